@@ -1,0 +1,1 @@
+"""HTTP routes (thin) and the mapping of every failure to an OpenAI error body."""

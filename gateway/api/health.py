@@ -1,0 +1,27 @@
+"""Liveness, readiness and the Prometheus endpoint."""
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """The process is alive and its event loop answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(http: Request) -> JSONResponse:
+    """200 once the backend can serve (model loaded), 503 before."""
+    serving = getattr(http.app.state, "serving", None)
+    ready = serving is not None and serving.backend.ready
+    return JSONResponse({"status": "ready" if ready else "loading"}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def prometheus_metrics() -> Response:
+    """Prometheus text exposition of every ``sinkwatch_`` metric."""
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

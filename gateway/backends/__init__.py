@@ -1,0 +1,1 @@
+"""Backends produce tokens and hidden-state features for a generation request."""

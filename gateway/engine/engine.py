@@ -1,0 +1,303 @@
+"""The embedded engine: one decode thread runs every active request in a single left-padded batch.
+
+Requests join the running batch after their own prefill and leave it the step after they finish or
+their client goes away, each with its own sampling parameters and seeded generator. Forward hooks
+capture the residual stream at the monitored layers; each request's states feed its own feature
+window. Decoding runs on a thread so the event loop never blocks on the model.
+"""
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+from gateway import metrics
+from gateway.engine.batch import BatchCache
+from gateway.engine.detokenizer import IncrementalDetokenizer
+from gateway.engine.loader import LoadedModel
+from gateway.engine.sampling import RowSampler, entropies, sample_batch
+from gateway.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, Overloaded
+from gateway.generation import (
+    ChatPrompt,
+    FinishEvent,
+    FinishReason,
+    GenerationEvent,
+    GenerationRequest,
+    TokenEvent,
+)
+from monitors.bands import LayerBand
+from monitors.capture import ResidualCapture
+from monitors.features import FeatureExtractor
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Capacity and capture settings of the embedded engine."""
+
+    max_batch: int = 8
+    max_queue: int = 64
+    max_model_len: int = 2048
+    capture: bool = True
+    window: int = 32
+
+
+def _thread_safe_put(
+    loop: asyncio.AbstractEventLoop, queue: asyncio.Queue
+) -> Callable[[GenerationEvent | BaseException], None]:
+    """A callable the decode thread uses to hand events to a request's queue on the event loop."""
+
+    def put(event: GenerationEvent | BaseException) -> None:
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    return put
+
+
+class _Sequence:
+    """One request inside the engine: its tokens, sampler, detokenizer and feature window."""
+
+    def __init__(
+        self,
+        request: GenerationRequest,
+        prompt_ids: list[int],
+        emit: Callable[[GenerationEvent | BaseException], None],
+        sampler: RowSampler,
+        detokenizer: IncrementalDetokenizer,
+        extractor: FeatureExtractor | None,
+    ) -> None:
+        self.request = request
+        self.prompt_ids = prompt_ids
+        self.emit = emit
+        self.sampler = sampler
+        self.detokenizer = detokenizer
+        self.extractor = extractor
+        self.output_ids: list[int] = []
+        self.finished = False
+        self.cancelled = False
+
+    def finish(self, reason: FinishReason) -> None:
+        tail = self.detokenizer.flush()
+        if tail:
+            self.emit(TokenEvent(tail, None))
+        self.emit(FinishEvent(reason, len(self.prompt_ids), len(self.output_ids)))
+        self.finished = True
+
+
+class EmbeddedEngine:
+    """In-process continuous batching over a transformers model, with hidden-state capture."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        config: EngineConfig,
+        bands: tuple[LayerBand, ...],
+        mean_states: Mapping[int, np.ndarray] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.config = config
+        self.bands = bands
+        self._mean_states = mean_states
+        self._capture = None
+        if config.capture:
+            layers = sorted({layer for band in bands for layer in band.layers})
+            self._capture = ResidualCapture(loaded.decoder_layers, layers)
+        self._waiting: deque[_Sequence] = deque()
+        self._active: list[_Sequence] = []
+        self._batch = BatchCache()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the decode thread."""
+        self._thread = threading.Thread(target=self._run, name="sinkwatch-engine", daemon=True)
+        self._thread.start()
+
+    def shutdown(self) -> None:
+        """Stop the decode thread; requests still running get an engine error."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a batch slot."""
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        """Requests currently decoding."""
+        return len(self._active)
+
+    # ---- requests --------------------------------------------------------------------------------
+
+    def encode_prompt(self, request: GenerationRequest) -> list[int]:
+        """Token ids of the prompt (chat template applied) plus any accepted continuation."""
+        tokenizer = self.loaded.tokenizer
+        prompt = request.prompt
+        if isinstance(prompt, ChatPrompt):
+            text = tokenizer.apply_chat_template(list(prompt.messages), add_generation_prompt=True, tokenize=False)
+            ids = tokenizer.encode(text, add_special_tokens=False)
+        elif prompt.token_ids is not None:
+            ids = list(prompt.token_ids)
+            if any(not 0 <= t < self.loaded.vocab_size for t in ids):
+                raise InvalidRequest("prompt contains token ids outside the vocabulary", param="prompt")
+        else:
+            ids = tokenizer.encode(prompt.text or "", add_special_tokens=False)
+        if request.continuation:
+            ids += tokenizer.encode(request.continuation, add_special_tokens=False)
+        if not ids:
+            raise InvalidRequest("the prompt is empty", param="prompt")
+        return ids
+
+    def check_fits(self, prompt_length: int, max_tokens: int, prompt_param: str, limit_param: str) -> None:
+        """Raise a 400 when prompt plus ``max_tokens`` (at least one token) exceed the context."""
+        limit = min(self.config.max_model_len, self.loaded.max_context)
+        requested = prompt_length + max(max_tokens, 1)
+        if requested > limit:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {limit} tokens. However, you requested "
+                f"{requested} tokens ({prompt_length} in the prompt, {max(max_tokens, 1)} in the "
+                "completion). Please reduce the length of the prompt or completion.",
+                param=prompt_param if prompt_length >= limit else limit_param,
+            )
+
+    def context_left(self, prompt_length: int) -> int:
+        """Tokens that can still be generated after a prompt of this length."""
+        return min(self.config.max_model_len, self.loaded.max_context) - prompt_length
+
+    async def generate(self, request: GenerationRequest, prompt_ids: list[int]) -> AsyncIterator[GenerationEvent]:
+        """Queue a request and yield its events; leaving the iterator early frees the slot."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
+        extractor = None
+        if self._capture is not None and request.monitor:
+            extractor = FeatureExtractor(self.bands, self.config.window, self._mean_states)
+        sequence = _Sequence(
+            request,
+            prompt_ids,
+            emit=_thread_safe_put(loop, events),
+            sampler=RowSampler(request.sampling, prompt_ids, self.loaded.vocab_size),
+            detokenizer=IncrementalDetokenizer(self.loaded.tokenizer, request.sampling.stop),
+            extractor=extractor,
+        )
+        with self._cond:
+            if self._closing:
+                raise EngineFailure("the engine is shutting down")
+            if len(self._waiting) >= self.config.max_queue:
+                raise Overloaded(f"the engine queue is full ({self.config.max_queue} waiting); retry later")
+            self._waiting.append(sequence)
+            self._cond.notify()
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, FinishEvent):
+                    return
+        finally:
+            sequence.cancelled = True
+
+    # ---- decode thread ---------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode(), self._capture.attached() if self._capture else nullcontext():
+            while True:
+                with self._cond:
+                    while not (self._waiting or self._active or self._closing):
+                        self._cond.wait()
+                    if self._closing:
+                        break
+                    admitted = []
+                    while self._waiting and len(self._active) + len(admitted) < self.config.max_batch:
+                        admitted.append(self._waiting.popleft())
+                for sequence in admitted:
+                    if not sequence.cancelled:
+                        self._prefill(sequence)
+                self._retire()
+                if not self._active:
+                    continue
+                try:
+                    self._decode_step()
+                except Exception as exc:  # every failure must reach the waiting clients
+                    self._fail_all(EngineFailure(f"generation failed: {type(exc).__name__}: {exc}"))
+                self._retire()
+        self._fail_all(EngineFailure("the engine shut down"))
+
+    def _prefill(self, sequence: _Sequence) -> None:
+        """Run the prompt alone, emit the first token, then join the running batch."""
+        cache = DynamicCache()
+        ids = torch.tensor([sequence.prompt_ids])
+        try:
+            out = self.loaded.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            self._advance([sequence], out.logits[:, -1].float())
+        except Exception as exc:  # a failed prefill fails its own request only
+            sequence.emit(EngineFailure(f"prefill failed: {type(exc).__name__}: {exc}"))
+            sequence.finished = True
+            return
+        if not sequence.finished:
+            self._batch.join(cache, len(sequence.prompt_ids))
+            self._active.append(sequence)
+
+    def _decode_step(self) -> None:
+        input_ids = torch.tensor([[s.output_ids[-1]] for s in self._active])
+        mask, positions = self._batch.step_inputs()
+        out = self.loaded.model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=self._batch.cache,
+            use_cache=True,
+        )
+        self._advance(self._active, out.logits[:, -1].float())
+
+    def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
+        """Sample one token for each sequence, emit it with its features, finish those that are done."""
+        monitored = any(s.extractor is not None for s in sequences)
+        states = self._capture.take().numpy() if self._capture is not None else None
+        token_entropy = entropies(logits).tolist() if monitored else None
+        tokens = sample_batch(logits, [s.sampler for s in sequences])
+        for row, (sequence, token) in enumerate(zip(sequences, tokens, strict=True)):
+            sequence.output_ids.append(token)
+            features = None
+            if sequence.extractor is not None:
+                features = sequence.extractor.push(states[row], token_entropy[row], token)
+            if token in self.loaded.eos_token_ids:
+                sequence.emit(TokenEvent("", token, features))
+                sequence.finish("stop")
+                continue
+            sequence.emit(TokenEvent(sequence.detokenizer.push(token), token, features))
+            if sequence.detokenizer.stopped:
+                sequence.finish("stop")
+            elif len(sequence.output_ids) >= sequence.request.sampling.max_tokens:
+                sequence.finish("length")
+
+    def _retire(self) -> None:
+        """Drop finished and abandoned sequences from the batch."""
+        keep = [i for i, s in enumerate(self._active) if not (s.finished or s.cancelled)]
+        if len(keep) != len(self._active):
+            self._batch.keep(keep)
+            self._active = [self._active[i] for i in keep]
+        metrics.ENGINE_ACTIVE.set(len(self._active))
+        metrics.ENGINE_WAITING.set(len(self._waiting))
+
+    def _fail_all(self, error: EngineFailure) -> None:
+        with self._cond:
+            doomed = self._active + list(self._waiting)
+            self._waiting.clear()
+        self._active = []
+        self._batch = BatchCache()
+        for sequence in doomed:
+            if not sequence.finished:
+                sequence.emit(error)

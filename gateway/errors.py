@@ -1,0 +1,112 @@
+"""One exception hierarchy for everything a client can be told, rendered as OpenAI error bodies."""
+
+from typing import ClassVar
+
+
+class OpenAIError(Exception):
+    """Base: an HTTP status, OpenAI's ``type``, and the offending ``param`` and machine ``code``."""
+
+    status_code: ClassVar[int] = 500
+    error_type: ClassVar[str] = "server_error"
+    default_code: ClassVar[str | None] = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code or self.default_code
+
+    def body(self) -> dict:
+        """``{"error": {...}}`` as OpenAI sends it."""
+        return {"error": {"message": self.message, "type": self.error_type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(OpenAIError):
+    """Malformed or unacceptable input (400)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    default_code = "invalid_value"
+
+
+class UnsupportedParameter(InvalidRequest):
+    """A valid OpenAI parameter this server does not implement (400, never silently ignored)."""
+
+    default_code = "unsupported_parameter"
+
+
+class ContextLengthExceeded(InvalidRequest):
+    """Prompt plus requested tokens do not fit the model's context (400)."""
+
+    default_code = "context_length_exceeded"
+
+
+class RequestTooLarge(InvalidRequest):
+    """The request body is over the configured size limit (413)."""
+
+    status_code = 413
+    default_code = "request_too_large"
+
+
+class AuthenticationFailed(OpenAIError):
+    """Missing or wrong API key (401)."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+    default_code = "invalid_api_key"
+
+
+class NotFound(OpenAIError):
+    """Unknown model or route (404)."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    default_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    """The requested model is not served here (404)."""
+
+    default_code = "model_not_found"
+
+
+class RateLimited(OpenAIError):
+    """Too many requests for this key, or a full queue (429)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    default_code = "rate_limit_exceeded"
+
+
+class Overloaded(RateLimited):
+    """The engine's bounded queue is full (429); retry later."""
+
+    default_code = "queue_full"
+
+
+class UpstreamError(OpenAIError):
+    """The upstream model server failed or answered something unusable (502)."""
+
+    status_code = 502
+    error_type = "upstream_error"
+    default_code = "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer in time (504)."""
+
+    status_code = 504
+    default_code = "upstream_timeout"
+
+
+class EngineFailure(OpenAIError):
+    """The embedded engine failed while generating (500)."""
+
+    default_code = "engine_failure"
+
+
+class NotReady(OpenAIError):
+    """The model is still loading (503); retry shortly."""
+
+    status_code = 503
+    default_code = "model_loading"

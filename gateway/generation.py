@@ -1,0 +1,71 @@
+"""What a backend is asked for and what it yields: the seam between serving and engines."""
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from monitors.features import StepFeatures
+
+FinishReason = Literal["stop", "length", "content_filter"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling; ``temperature == 0`` means greedy, ``max_tokens=None`` the context left."""
+
+    max_tokens: int | None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChatPrompt:
+    """Chat messages, rendered with the model's chat template by the backend."""
+
+    messages: tuple[dict, ...]
+
+
+@dataclass(frozen=True)
+class TextPrompt:
+    """A raw completion prompt (text, or token ids for the legacy endpoint)."""
+
+    text: str | None = None
+    token_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One generation: prompt, sampling, and the continuation already accepted (for rescue)."""
+
+    request_id: str
+    model: str
+    prompt: ChatPrompt | TextPrompt
+    sampling: SamplingParams
+    continuation: str = ""
+    monitor: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class TokenEvent:
+    """One generated token: its text delta (may be empty while bytes are incomplete) and its features."""
+
+    text: str
+    token_id: int | None
+    features: StepFeatures | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FinishEvent:
+    """The end of a generation."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+
+
+GenerationEvent = TokenEvent | FinishEvent

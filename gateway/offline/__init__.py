@@ -1,0 +1,1 @@
+"""Offline work on the embedded model: batch generation, teacher-forced capture, calibration."""

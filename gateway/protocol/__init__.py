@@ -1,0 +1,1 @@
+"""Pydantic models of the OpenAI protocol as sinkwatch serves it, plus the ``stability`` extension."""

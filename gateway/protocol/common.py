@@ -1,0 +1,97 @@
+"""Pieces shared by the chat and legacy completion protocols."""
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from gateway.errors import UnsupportedParameter
+from gateway.generation import SamplingParams
+
+# The API also documents these as accepted; they change nothing about generation here.
+INERT_PARAMETERS = ("metadata", "user", "safety_identifier", "prompt_cache_key", "service_tier", "store")
+
+
+class StrictModel(BaseModel):
+    """Rejects unknown fields, as OpenAI does ("Unrecognized request argument supplied")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StreamOptions(StrictModel):
+    include_usage: bool = False
+    include_obfuscation: bool | None = None
+
+
+class GateOptions(StrictModel):
+    """The ``sinkwatch`` request extension (sent by the openai client through ``extra_body``)."""
+
+    policy: Literal["observe", "annotate"] | None = None
+
+
+class SamplingFields(StrictModel):
+    """Sampling parameters common to both endpoints, with OpenAI's ranges."""
+
+    model: str
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    sinkwatch: GateOptions | None = None
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    safety_identifier: str | None = None
+    prompt_cache_key: str | None = None
+    service_tier: str | None = None
+    store: bool | None = None
+
+    @model_validator(mode="after")
+    def _supported(self) -> "SamplingFields":
+        if self.n not in (None, 1):
+            raise UnsupportedParameter("n > 1 is not supported; send one request per choice", param="n")
+        if isinstance(self.stop, list) and len(self.stop) > 4:
+            raise UnsupportedParameter("at most 4 stop sequences are supported", param="stop")
+        if self.stream_options is not None and not self.stream:
+            raise UnsupportedParameter("stream_options is only allowed when stream is true", param="stream_options")
+        for key in self.logit_bias or {}:
+            if not key.lstrip("-").isdigit():
+                raise UnsupportedParameter(f"logit_bias keys must be token ids, not {key!r}", param="logit_bias")
+        return self
+
+    def sampling(self, max_tokens: int | None) -> SamplingParams:
+        """The backend-level sampling parameters (OpenAI defaults: temperature 1, top_p 1)."""
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            seed=self.seed,
+            stop=stop,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+        )
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

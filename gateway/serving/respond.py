@@ -1,0 +1,90 @@
+"""Turn a started generation session into an HTTP response: JSON, or SSE ending in ``[DONE]``."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import EngineFailure, OpenAIError
+from gateway.serving.session import GenerationSession
+from gateway.serving.shapes import ResponseShape
+from gateway.serving.sse import DONE, sse_data, sse_error
+
+VERDICT_HEADER = "x-sinkwatch-verdict"
+
+
+class _SessionStream(StreamingResponse):
+    """A streaming response that always closes its session, even if the body never started."""
+
+    def __init__(self, session: GenerationSession, content: AsyncIterator[bytes]) -> None:
+        super().__init__(content, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+        self._session = session
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._session.aclose()
+
+
+async def whole_response(session: GenerationSession, shape: ResponseShape, http: Request) -> JSONResponse:
+    """Collect the generation; a client that disconnects meanwhile cancels it."""
+    collector = asyncio.ensure_future(_collect(session))
+    watcher = asyncio.ensure_future(_wait_for_disconnect(http))
+    try:
+        done, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not collector.done():
+            collector.cancel()
+        await session.aclose()
+    if collector not in done:
+        raise asyncio.CancelledError("client disconnected")
+    text = collector.result()
+    report = session.report()
+    body = shape.whole(text, session.finish.finish_reason, session.usage, report)
+    headers = {VERDICT_HEADER: report.verdict} if report is not None else {}
+    return JSONResponse(body.model_dump(mode="json"), headers=headers)
+
+
+async def _collect(session: GenerationSession) -> str:
+    return "".join([piece async for piece in session.deltas()])
+
+
+async def _wait_for_disconnect(http: Request) -> None:
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+
+
+def streaming_response(session: GenerationSession, shape: ResponseShape, include_usage: bool) -> StreamingResponse:
+    """SSE: opening chunks, text deltas, the finish chunk, the usage chunk if asked, then ``[DONE]``.
+
+    The stability report rides on the last chunk before ``[DONE]``.
+    """
+
+    async def events() -> AsyncIterator[bytes]:
+        for chunk in shape.opening():
+            yield sse_data(chunk)
+        try:
+            async for piece in session.deltas():
+                yield sse_data(shape.delta(piece))
+        except OpenAIError as error:
+            yield sse_error(error)
+            yield DONE
+            return
+        except Exception as exc:  # a stream already under way can only end with an error event
+            yield sse_error(EngineFailure(f"generation failed: {type(exc).__name__}"))
+            yield DONE
+            return
+        report = session.report()
+        finish_reason = session.finish.finish_reason
+        if include_usage:
+            yield sse_data(shape.closing(finish_reason, None))
+            yield sse_data(shape.usage(session.usage, report))
+        else:
+            yield sse_data(shape.closing(finish_reason, report))
+        yield DONE
+
+    return _SessionStream(session, events())

@@ -1,0 +1,57 @@
+"""Spectral summaries of a window of hidden states, computed from the tiny T×T Gram matrix.
+
+With ``Xc`` the centred window (T tokens × d dimensions), the covariance's non-zero eigenvalues are
+those of ``G = Xc Xcᵀ``, so ``PR = tr(G)² / ‖G‖_F²`` needs no eigendecomposition.
+"""
+
+import numpy as np
+
+_EPS = 1e-12
+
+
+def normalize_rows(states: np.ndarray) -> np.ndarray:
+    """Scale every row to unit L2 norm (rows of zeros stay zero)."""
+    norms = np.linalg.norm(states, axis=-1, keepdims=True)
+    return states / np.maximum(norms, _EPS)
+
+
+def centred_gram(gram: np.ndarray) -> np.ndarray:
+    """Gram matrix of the mean-centred rows, from the Gram matrix of the raw rows: ``H G H``."""
+    row_means = gram.mean(axis=1, keepdims=True)
+    return gram - row_means - row_means.T + gram.mean()
+
+
+def participation_ratio_from_gram(centred: np.ndarray) -> float:
+    """``(Σλ)² / Σλ²`` of the eigenvalues of a centred Gram matrix; 0 for a degenerate window."""
+    trace = float(np.trace(centred))
+    frob_sq = float(np.sum(centred * centred))
+    if frob_sq <= _EPS or trace <= _EPS:
+        return 0.0
+    return trace * trace / frob_sq
+
+
+def effective_rank_from_gram(centred: np.ndarray) -> float:
+    """``exp(H(σ/Σσ))`` with σ the singular values of the centred window (square roots of G's eigenvalues)."""
+    eigenvalues = np.clip(np.linalg.eigvalsh(centred), 0.0, None)
+    singular = np.sqrt(eigenvalues)
+    total = singular.sum()
+    if total <= _EPS:
+        return 0.0
+    p = singular[singular > 0] / total
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def participation_ratio(states: np.ndarray, row_normalised: bool = True) -> float:
+    """Participation ratio of the covariance of a window of states (rows = tokens)."""
+    x = np.asarray(states, dtype=np.float64)
+    if row_normalised:
+        x = normalize_rows(x)
+    return participation_ratio_from_gram(centred_gram(x @ x.T))
+
+
+def effective_rank(states: np.ndarray, row_normalised: bool = True) -> float:
+    """Entropy-based effective rank of a window of states (rows = tokens)."""
+    x = np.asarray(states, dtype=np.float64)
+    if row_normalised:
+        x = normalize_rows(x)
+    return effective_rank_from_gram(centred_gram(x @ x.T))

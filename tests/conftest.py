@@ -1,0 +1,88 @@
+"""Shared fixtures: the real embedded model, a real gateway on a loopback port, the official client."""
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from gateway.config import Settings
+
+MODEL = "SmolLM2-135M-Instruct"
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RunningServer:
+    """A uvicorn server on a background thread, for tests that need real HTTP."""
+
+    def __init__(self, app, port: int) -> None:
+        import uvicorn
+
+        self.port = port
+        self.base_url = f"http://127.0.0.1:{port}"
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> "RunningServer":
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Block until ``/readyz`` answers 200 (the model is loaded)."""
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while httpx.get(f"{self.base_url}/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not become ready")
+            time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_gateway(settings: Settings) -> RunningServer:
+    """Create the app for ``settings`` and serve it on a free loopback port."""
+    from gateway.app import create_app
+
+    return RunningServer(create_app(settings), settings.port)
+
+
+@pytest.fixture(scope="session")
+def gateway_settings() -> Settings:
+    """Settings of the shared embedded gateway."""
+    return replace(Settings(), port=free_port(), max_batch=8, max_queue=16)
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_settings: Settings) -> Iterator[RunningServer]:
+    """One real gateway serving the real embedded model for the whole session."""
+    with start_gateway(gateway_settings) as server:
+        server.wait_ready()
+        yield server
+
+
+@pytest.fixture
+def client(gateway: RunningServer):
+    """The official openai client pointed at the gateway (any api key works without auth configured)."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{gateway.base_url}/v1", api_key="test-key", max_retries=0, timeout=120)
