@@ -1,6 +1,7 @@
 """``sinkwatch``: serve, fetch, calibrate, eval, bench."""
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -28,10 +29,19 @@ def _fetch(args: argparse.Namespace) -> None:
     print(provision(args.model))
 
 
-def _calibrate(args: argparse.Namespace) -> None:
-    from gateway.offline.calibrate import run_calibration
+# Command groups: ``sinkwatch <group> <name>``; each module has ``add_arguments(parser)`` and ``run(args)``.
+COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
+    "bench": ("measure speed and overhead", {"engine": "gateway.bench.engine"}),
+}
 
-    run_calibration(args)
+
+def _add_group(commands: argparse._SubParsersAction, group: str, help_text: str, members: dict[str, str]) -> None:
+    members_parser = commands.add_parser(group, help=help_text).add_subparsers(dest=f"{group}_command", required=True)
+    for name, module_path in members.items():
+        module = importlib.import_module(module_path)
+        sub = members_parser.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(sub)
+        sub.set_defaults(handler=module.run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--model", default="SmolLM2-135M-Instruct")
     fetch.set_defaults(handler=_fetch)
 
-    from gateway.offline.calibrate import add_calibrate_arguments
+    from gateway.offline import calibrate
 
-    calibrate = commands.add_parser("calibrate", help="set detector thresholds from normal prompts")
-    add_calibrate_arguments(calibrate)
-    calibrate.set_defaults(handler=_calibrate)
+    calibrate_parser = commands.add_parser("calibrate", help="set detector thresholds from normal prompts")
+    calibrate.add_arguments(calibrate_parser)
+    calibrate_parser.set_defaults(handler=calibrate.run)
+
+    for group, (help_text, members) in COMMAND_GROUPS.items():
+        _add_group(commands, group, help_text, members)
     return parser
 
 

@@ -27,7 +27,7 @@ from monitors.text import RepetitionTracker
 log = logging.getLogger(__name__)
 
 
-def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch calibrate``."""
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--prompts", default="normal", help="shipped prompt set name or JSONL file")
@@ -44,7 +44,7 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="default: the calibration shipped for the model")
 
 
-def run_calibration(args: argparse.Namespace) -> Calibration:
+def run(args: argparse.Namespace) -> Calibration:
     """Generate, capture, fit, measure, write."""
     name = served_name(args.model)
     loaded = load_model(provision(args.model), name)

@@ -1,0 +1,1 @@
+"""Benchmarks behind `sinkwatch bench`; results are recorded in docs/BENCHMARKS.md."""
