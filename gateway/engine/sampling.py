@@ -46,18 +46,9 @@ class RowSampler:
             logits = logits - p.presence_penalty * (self.output_counts > 0).float()
         return logits
 
-    def draw(self, logits: torch.Tensor) -> int:
-        """Pick the next token from one adjusted row."""
-        p = self.params
-        if p.temperature == 0:
-            return int(torch.argmax(logits))
-        probs = torch.softmax(logits / p.temperature, dim=-1)
-        if p.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
-            keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < p.top_p
-            sorted_probs = torch.where(keep, sorted_probs, 0.0)
-            return int(order[torch.multinomial(sorted_probs, 1, generator=self.generator)])
-        return int(torch.multinomial(probs, 1, generator=self.generator))
+    def uniform(self) -> float:
+        """One draw in [0, 1) from this sequence's own generator (seeded) or the global one."""
+        return float(torch.rand(1, generator=self.generator))
 
 
 def entropies(logits: torch.Tensor) -> torch.Tensor:
@@ -66,11 +57,52 @@ def entropies(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(dim=-1)
 
 
+# Candidate counts tried in turn before sorting the whole vocabulary for top-p.
+_NUCLEUS_CANDIDATES = (1024, 8192)
+
+
+def _inverse_cdf(probs: torch.Tensor, u: float) -> int:
+    """Index drawn from unnormalised ``probs`` with the uniform ``u`` (cheaper than multinomial)."""
+    cdf = torch.cumsum(probs, dim=-1)
+    return min(int(torch.searchsorted(cdf, u * cdf[-1], right=True)), probs.shape[-1] - 1)
+
+
+def _nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest set of tokens whose probability reaches ``top_p``: (probabilities, token ids).
+
+    Looks among the top candidates first and sorts the whole vocabulary only when they do not reach
+    ``top_p``; either way the set is exact.
+    """
+    total = float(probs.sum())
+    candidates = None
+    for k in _NUCLEUS_CANDIDATES:
+        if k >= probs.shape[-1]:
+            break
+        values, ids = torch.topk(probs, k)
+        if float(values.sum()) >= top_p * total:
+            candidates = values, ids
+            break
+    values, ids = candidates or torch.sort(probs, descending=True)
+    keep = torch.cumsum(values, dim=-1) - values < top_p * total
+    return values[keep], ids[keep]
+
+
 def sample_batch(logits: torch.Tensor, samplers: Sequence[RowSampler]) -> list[int]:
     """Sample one token per row; every row keeps its own parameters and generator."""
+    rows = torch.stack([sampler.adjust(row) for row, sampler in zip(logits, samplers, strict=True)])
+    temperatures = torch.tensor([s.params.temperature or 1.0 for s in samplers]).unsqueeze(1)
+    probs = torch.softmax(rows / temperatures, dim=-1)
+    greedy = rows.argmax(dim=-1).tolist()
     tokens = []
-    for row, sampler in zip(logits, samplers, strict=True):
-        token = sampler.draw(sampler.adjust(row))
+    for i, sampler in enumerate(samplers):
+        params = sampler.params
+        if params.temperature == 0:
+            token = greedy[i]
+        elif params.top_p < 1.0:
+            values, ids = _nucleus(probs[i], params.top_p)
+            token = int(ids[_inverse_cdf(values, sampler.uniform())])
+        else:
+            token = _inverse_cdf(probs[i], sampler.uniform())
         sampler.record(token)
         tokens.append(token)
     return tokens
