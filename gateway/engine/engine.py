@@ -230,10 +230,13 @@ class EmbeddedEngine:
                     continue
                 try:
                     self._decode_step()
-                except Exception as exc:  # every failure must reach the waiting clients
-                    self._fail_all(EngineFailure(f"generation failed: {type(exc).__name__}: {exc}"))
+                except Exception as exc:  # every failure must reach the clients of the batch
+                    self._fail_active(EngineFailure(f"generation failed: {type(exc).__name__}: {exc}"))
                 self._retire()
-        self._fail_all(EngineFailure("the engine shut down"))
+        with self._cond:
+            self._active.extend(self._waiting)
+            self._waiting.clear()
+        self._fail_active(EngineFailure("the engine shut down"))
 
     def _prefill(self, sequence: _Sequence) -> None:
         """Run the prompt alone, emit the first token, then join the running batch."""
@@ -292,12 +295,10 @@ class EmbeddedEngine:
         metrics.ENGINE_ACTIVE.set(len(self._active))
         metrics.ENGINE_WAITING.set(len(self._waiting))
 
-    def _fail_all(self, error: EngineFailure) -> None:
-        with self._cond:
-            doomed = self._active + list(self._waiting)
-            self._waiting.clear()
-        self._active = []
-        self._batch = BatchCache()
+    def _fail_active(self, error: EngineFailure) -> None:
+        """End every sequence in the batch with ``error`` and start from an empty batch."""
+        doomed, self._active, self._batch = self._active, [], BatchCache()
         for sequence in doomed:
             if not sequence.finished:
                 sequence.emit(error)
+                sequence.finished = True

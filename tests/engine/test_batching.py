@@ -87,3 +87,28 @@ def test_full_queue_refuses_with_overloaded(loaded):
     results = _with_engine(loaded, EngineConfig(max_batch=1, max_queue=1), scenario)
     assert any(isinstance(r, Overloaded) for r in results)
     assert any(isinstance(r, tuple) for r in results)
+
+
+def test_failed_decode_step_fails_the_batch_and_the_engine_keeps_serving(loaded, monkeypatch):
+    from gateway.errors import EngineFailure
+
+    async def scenario(engine):
+        original = engine._decode_step
+        calls = {"n": 0}
+
+        def flaky_step():
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise RuntimeError("simulated kernel failure")
+            original()
+
+        monkeypatch.setattr(engine, "_decode_step", flaky_step)
+        failed = await asyncio.gather(
+            _run(engine, _request(0, PROMPTS[0], 20, temperature=0.0)), return_exceptions=True
+        )
+        recovered = await _run(engine, _request(1, PROMPTS[2], 5, temperature=0.0))
+        return failed[0], recovered
+
+    failed, (ids, reason) = _with_engine(loaded, EngineConfig(max_batch=2), scenario)
+    assert isinstance(failed, EngineFailure)
+    assert ids and reason in {"stop", "length"}
