@@ -7,12 +7,14 @@ from monitors.bands import LayerBand, default_bands
 from monitors.calibration import Calibration, load_calibration
 from monitors.detector import StabilityDetector
 from monitors.features import FeatureExtractor, StepFeatures
+from monitors.probe import LinearProbe
 from monitors.verdict import Reason, Verdict, VerdictLevel
 
 __all__ = [
     "Calibration",
     "FeatureExtractor",
     "LayerBand",
+    "LinearProbe",
     "Reason",
     "StabilityDetector",
     "StepFeatures",

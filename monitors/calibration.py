@@ -5,28 +5,51 @@ import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from monitors.bands import LayerBand
+from monitors.probe import LinearProbe
 
 Direction = Literal["low", "high"]
 Family = Literal["sink", "rank"]
+Method = Literal["ewma", "cusum"]
+
+# CUSUM reference value, in standard deviations of the signal on normal traffic: the classic choice that
+# makes the statistic most sensitive to a sustained shift of one standard deviation.
+CUSUM_SLACK = 0.5
 
 
 @dataclass(frozen=True)
 class SignalThreshold:
-    """A feature, the side on which it is abnormal, and the calibrated value that marks abnormal."""
+    """A feature, the side on which it is abnormal, how it is tracked, and the calibrated alarm level.
+
+    ``ewma``: the smoothed feature itself is compared with ``threshold``. ``cusum``: the one-sided CUSUM of
+    the feature standardised by its normal-traffic ``mean``/``std`` is compared with ``threshold``.
+    ``span`` (EWMA) and ``persistence`` override the calibration-wide values for this signal.
+    """
 
     name: str
     direction: Direction
     threshold: float
     family: Family
+    method: Method = "ewma"
+    mean: float = 0.0
+    std: float = 1.0
+    span: int | None = None
+    persistence: int | None = None
 
     def crossed(self, value: float) -> bool:
-        """True when ``value`` is on the abnormal side of the threshold."""
+        """True when ``value`` (the tracked statistic) is past the threshold."""
+        if self.method == "cusum":
+            return value > self.threshold
         return value < self.threshold if self.direction == "low" else value > self.threshold
+
+    def standardised(self, value: float) -> float:
+        """How far ``value`` lies on the abnormal side of normal traffic, in standard deviations."""
+        z = (value - self.mean) / self.std
+        return -z if self.direction == "low" else z
 
 
 @dataclass(frozen=True)
@@ -45,25 +68,37 @@ class Calibration:
     mean_states: dict[int, list[float]] = field(default_factory=dict)
     n_generations: int = 0
     created: str = ""
+    outlier_dims: dict[int, list[int]] = field(default_factory=dict)
+    probe: LinearProbe | None = None
+    expected_lead_tokens: float | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def mean_state_arrays(self) -> dict[int, np.ndarray]:
         """The model's mean residual state per captured layer, as arrays."""
         return {layer: np.asarray(v, dtype=np.float64) for layer, v in self.mean_states.items()}
 
+    def extractor_options(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`monitors.features.FeatureExtractor` that come from calibration."""
+        return {"mean_states": self.mean_state_arrays(), "outlier_dims": self.outlier_dims, "probe": self.probe}
+
     def to_json(self) -> str:
-        """Serialise to the JSON stored on disk."""
+        """Serialise to the JSON stored on disk (one signal or band per line where that keeps it readable)."""
         data = asdict(self)
         data["bands"] = {b.name: list(b.layers) for b in self.bands}
         data["mean_states"] = {str(k): v for k, v in self.mean_states.items()}
+        data["outlier_dims"] = {str(k): v for k, v in self.outlier_dims.items()}
+        data["probe"] = self.probe.to_dict() if self.probe else None
         return json.dumps(data, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> "Calibration":
-        """Inverse of :meth:`to_json`."""
+        """Inverse of :meth:`to_json`; older files without the newer fields load with their defaults."""
         data = json.loads(text)
         data["bands"] = tuple(LayerBand(name, tuple(layers)) for name, layers in data["bands"].items())
         data["signals"] = tuple(SignalThreshold(**s) for s in data["signals"])
         data["mean_states"] = {int(k): v for k, v in data.get("mean_states", {}).items()}
+        data["outlier_dims"] = {int(k): v for k, v in data.get("outlier_dims", {}).items()}
+        data["probe"] = LinearProbe.from_dict(data["probe"]) if data.get("probe") else None
         return cls(**data)
 
 
@@ -87,12 +122,22 @@ def load_calibration(model_or_path: str | Path) -> Calibration:
     return Calibration.from_json(path.read_text())
 
 
-def _persistent_extreme(trajectory: np.ndarray, direction: Direction, persistence: int) -> float:
-    """The most abnormal value the trajectory holds for ``persistence`` consecutive tokens."""
+def persistent_extreme(trajectory: np.ndarray, direction: Direction, persistence: int) -> float:
+    """The most abnormal value the trajectory holds for ``persistence`` consecutive tokens (nan if shorter)."""
     if len(trajectory) < persistence:
         return float("nan")
     windows = np.lib.stride_tricks.sliding_window_view(trajectory, persistence)
     return float(windows.max(axis=1).min()) if direction == "low" else float(windows.min(axis=1).max())
+
+
+def cusum(values: np.ndarray, spec: SignalThreshold) -> np.ndarray:
+    """One-sided CUSUM ``S_t = max(0, S_{t-1} + z_t - CUSUM_SLACK)`` of the standardised abnormal excess."""
+    out = np.empty(len(values))
+    level = 0.0
+    for i, value in enumerate(values):
+        level = max(0.0, level + spec.standardised(float(value)) - CUSUM_SLACK)
+        out[i] = level
+    return out
 
 
 def ewma(values: np.ndarray, span: int) -> np.ndarray:
@@ -106,13 +151,21 @@ def ewma(values: np.ndarray, span: int) -> np.ndarray:
     return out
 
 
+def tracked(values: np.ndarray, spec: SignalThreshold, span: int) -> np.ndarray:
+    """The statistic the detector compares with ``spec.threshold``, token by token (``span`` unless the
+    signal has its own)."""
+    return cusum(values, spec) if spec.method == "cusum" else ewma(values, spec.span or span)
+
+
 def fit_threshold(
-    trajectories: list[np.ndarray], direction: Direction, span: int, persistence: int, fpr: float
+    trajectories: list[np.ndarray], spec: SignalThreshold, span: int, persistence: int, fpr: float
 ) -> float:
     """The threshold that at most a fraction ``fpr`` of these (normal) generations cross for ``persistence``
-    consecutive smoothed tokens."""
-    extremes = np.array([_persistent_extreme(ewma(t, span), direction, persistence) for t in trajectories if len(t)])
+    consecutive tracked tokens."""
+    side: Direction = "high" if spec.method == "cusum" else spec.direction
+    persistence = spec.persistence or persistence
+    extremes = np.array([persistent_extreme(tracked(t, spec, span), side, persistence) for t in trajectories if len(t)])
     extremes = extremes[np.isfinite(extremes)]
     if not len(extremes):
         raise ValueError("no trajectory is long enough to calibrate on")
-    return float(np.quantile(extremes, fpr if direction == "low" else 1 - fpr))
+    return float(np.quantile(extremes, fpr if side == "low" else 1 - fpr))

@@ -1,8 +1,14 @@
-"""Streaming detector: smooths each calibrated signal, tracks threshold crossings, emits a verdict."""
+"""Streaming detector: tracks each calibrated signal (EWMA or CUSUM), counts persistent crossings, emits a verdict.
+
+Every signal has its own calibrated alarm level (see :mod:`monitors.calibration`); the verdict is
+``rank_exhaustion`` when a rank-floor signal holds past its level, ``sink`` when at least
+``min_agreeing`` sink signals do, and ``warn`` while some signal is past its level but not yet for
+``persistence`` tokens (or too few agree).
+"""
 
 from dataclasses import dataclass
 
-from monitors.calibration import Calibration, SignalThreshold
+from monitors.calibration import CUSUM_SLACK, Calibration, SignalThreshold
 from monitors.features import StepFeatures
 from monitors.text import RepetitionTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
@@ -13,13 +19,19 @@ REPETITION_SIGNAL = "text.repetition"
 @dataclass
 class _SignalState:
     spec: SignalThreshold
-    smoothed: float | None = None
+    statistic: float | None = None
     run: int = 0
     since: int | None = None
 
     def update(self, value: float, alpha: float, index: int) -> bool:
-        self.smoothed = value if self.smoothed is None else alpha * value + (1 - alpha) * self.smoothed
-        if self.spec.crossed(self.smoothed):
+        if self.spec.span:
+            alpha = 2.0 / (self.spec.span + 1)
+        if self.spec.method == "cusum":
+            excess = self.spec.standardised(value) - CUSUM_SLACK
+            self.statistic = max(0.0, (self.statistic or 0.0) + excess)
+        else:
+            self.statistic = value if self.statistic is None else alpha * value + (1 - alpha) * self.statistic
+        if self.spec.crossed(self.statistic):
             self.run += 1
             self.since = index if self.since is None else self.since
         else:
@@ -34,6 +46,14 @@ def usable_values(features: StepFeatures, window: int) -> dict[str, float]:
     return {name: v for name, v in features.values.items() if "." not in name}
 
 
+def with_rank_margins(values: dict[str, float], floors: dict[str, float]) -> dict[str, float]:
+    """``values`` plus ``<band>.rank_margin = <band>.pr - floor`` for every band with a calibrated floor."""
+    margins = {
+        f"{band}.rank_margin": values[f"{band}.pr"] - floor for band, floor in floors.items() if f"{band}.pr" in values
+    }
+    return {**values, **margins}
+
+
 class StabilityDetector:
     """One per generation: feed it :class:`StepFeatures`, read back a :class:`Verdict` after each token."""
 
@@ -42,45 +62,75 @@ class StabilityDetector:
         self._alpha = 2.0 / (calibration.ewma_span + 1)
         self._signals = [_SignalState(spec) for spec in calibration.signals]
         self._repetition = RepetitionTracker()
+        self._primed_tokens = 0
         self._onset: int | None = None
         self._last_stable: int | None = None
         self._fired_level = VerdictLevel.OK
         self._stats = _RunningStats()
         self.verdict = Verdict(VerdictLevel.OK, token_index=-1)
 
+    def prime(self, token_ids: list[int]) -> None:
+        """Seed the text history with tokens already accepted (a rescue continues after them)."""
+        for token_id in token_ids:
+            self._repetition.push(token_id)
+        self._primed_tokens += len(token_ids)
+
     def update(self, features: StepFeatures) -> Verdict:
-        """Take one token's features; return the verdict so far (a fired verdict is sticky)."""
-        values = usable_values(features, self.calibration.window)
+        """Take one token's features; return the verdict so far.
+
+        ``sink`` and ``rank_exhaustion`` are sticky; ``warn`` holds only while a signal crosses its
+        threshold, and the last stable token moves on again once it stops.
+        """
+        values = with_rank_margins(usable_values(features, self.calibration.window), self.calibration.rank_floors)
         values[REPETITION_SIGNAL] = self._repetition.push(features.token_id)
-        self._stats.add(values, self.calibration.rank_floors)
-        crossing = []
+        self._stats.add(values)
+        crossing, persistent = [], []
         for state in self._signals:
             value = values.get(state.spec.name)
             if value is None:
                 continue
-            if state.update(value, self._alpha, features.index) and state.run >= self.calibration.persistence:
+            if state.update(value, self._alpha, features.index):
                 crossing.append(state)
-        level = self._level(crossing)
-        if crossing and self._onset is None:
-            self._onset = min(s.since for s in crossing)
-        if not crossing and self._fired_level is VerdictLevel.OK:
+                if state.run >= (state.spec.persistence or self.calibration.persistence):
+                    persistent.append(state)
+        level = self._level(crossing, persistent)
+        fired = self._fired_level is not VerdictLevel.OK
+        if persistent and self._onset is None:
+            self._onset = min(s.since for s in persistent)
+        elif not persistent and not fired:
+            self._onset = None
+        if not crossing and not fired:
             self._last_stable = features.index
-        if level.severity > self._fired_level.severity:
+        if level.severity >= 2 and level.severity > self._fired_level.severity:
+            if not fired:
+                self._last_stable = self._stable_before_repetition(self._last_stable)
             self._fired_level = level
-        reasons = tuple(Reason(s.spec.name, s.smoothed, s.spec.threshold, s.spec.direction, s.since) for s in crossing)
+        reasons = tuple(
+            Reason(s.spec.name, s.statistic, s.spec.threshold, s.spec.direction, s.since) for s in persistent
+        )
         self.verdict = Verdict(
             level=max(level, self._fired_level, key=lambda v: v.severity),
             token_index=features.index,
-            reasons=reasons or self.verdict.reasons,
+            reasons=reasons or (self.verdict.reasons if fired else ()),
             onset_token=self._onset,
             last_stable_token=self._last_stable,
+            expected_lead_tokens=self.calibration.expected_lead_tokens,
         )
         return self.verdict
 
-    def _level(self, crossing: list[_SignalState]) -> VerdictLevel:
-        if any(s.spec.family == "rank" for s in crossing):
+    def _stable_before_repetition(self, last_stable: int | None) -> int | None:
+        """Move the last stable token back before the repetitive stretch under way, if any: a loop's text
+        starts repeating before the smoothed signals cross. Never into tokens primed from an earlier attempt."""
+        start = self._repetition.stretch_start
+        if start is None or start < self._primed_tokens:
+            return last_stable
+        before = start - self._primed_tokens - 1
+        return before if last_stable is None else min(last_stable, before)
+
+    def _level(self, crossing: list[_SignalState], persistent: list[_SignalState]) -> VerdictLevel:
+        if any(s.spec.family == "rank" for s in persistent):
             return VerdictLevel.RANK_EXHAUSTION
-        if sum(s.spec.family == "sink" for s in crossing) >= self.calibration.min_agreeing:
+        if sum(s.spec.family == "sink" for s in persistent) >= self.calibration.min_agreeing:
             return VerdictLevel.SINK
         return VerdictLevel.WARN if crossing else VerdictLevel.OK
 
@@ -90,19 +140,15 @@ class StabilityDetector:
 
 
 class _RunningStats:
-    """Means and extremes of the features over a generation, with the rank margin to each band's floor."""
+    """Means and minima of the features over a generation (rank margins included)."""
 
     def __init__(self) -> None:
         self._sum: dict[str, float] = {}
         self._min: dict[str, float] = {}
         self._count: dict[str, int] = {}
 
-    def add(self, values: dict[str, float], floors: dict[str, float]) -> None:
-        extended = dict(values)
-        for band, floor in floors.items():
-            if f"{band}.pr" in values:
-                extended[f"{band}.rank_margin"] = values[f"{band}.pr"] - floor
-        for name, value in extended.items():
+    def add(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
             self._sum[name] = self._sum.get(name, 0.0) + value
             self._count[name] = self._count.get(name, 0) + 1
             self._min[name] = min(self._min.get(name, value), value)

@@ -3,6 +3,21 @@
 One ``FeatureExtractor`` per generation. It keeps, for every captured layer, a ring of the last
 ``window`` residual-stream states and their Gram matrix, updated with one dot product per layer per
 token, so each step costs O(layers × window × d) plus O(layers × window²).
+
+Features (``<band>.`` prefix = mean over the band's layers):
+
+- ``entropy``: next-token entropy (nats), free from the logits;
+- ``<band>.pr`` / ``pr_raw`` / ``pr_clip``: participation ratio of the window, rows normalised / raw /
+  rows normalised after removing the model's outlier dimensions (calibrated per layer);
+- ``<band>.eff_rank``: effective rank ``exp(H(σ/Σσ))`` of the row-normalised window, at the band's last
+  layer only (it needs an eigendecomposition per layer, the one costly step);
+- ``<band>.cosine`` / ``cosine_clip``: cosine of consecutive states (full / outlier dimensions removed);
+- ``<band>.drift``: cosine of the state with the model's mean state (needs calibrated mean states);
+- ``<band>.recurrence``: the largest cosine between the state and any earlier state of the window but the
+  previous one: how closely the trajectory revisits where it has been (loops revisit);
+- ``path``: inference work, the residual stream's path length across the captured layers
+  ``Σ‖h[l_{i+1}] − h[l_i]‖`` relative to the norm of the last captured state;
+- ``probe``: the score of a calibrated linear probe on a few captured layers (when one is given).
 """
 
 from collections.abc import Mapping, Sequence
@@ -11,6 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from monitors.bands import LayerBand, captured_layers
+from monitors.probe import LinearProbe
+from monitors.spectral import _RANK_TOL
 
 _EPS = 1e-12
 
@@ -38,14 +55,6 @@ class StepFeatures:
         return cls(index=int(data["i"]), token_id=int(data["t"]), window=int(data["w"]), values=dict(data["v"]))
 
 
-def next_token_entropy(logits: np.ndarray) -> np.ndarray:
-    """Shannon entropy (nats) of softmax(logits) along the last axis."""
-    z = logits - logits.max(axis=-1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    log_p = z - log_norm
-    return -(np.exp(log_p) * log_p).sum(axis=-1)
-
-
 class FeatureExtractor:
     """Turns each generated token's captured states into :class:`StepFeatures` for one generation."""
 
@@ -54,6 +63,9 @@ class FeatureExtractor:
         bands: Sequence[LayerBand],
         window: int = 32,
         mean_states: Mapping[int, np.ndarray] | None = None,
+        *,
+        outlier_dims: Mapping[int, Sequence[int]] | None = None,
+        probe: LinearProbe | None = None,
     ) -> None:
         if window < 2:
             raise ValueError("window must hold at least 2 tokens")
@@ -62,10 +74,37 @@ class FeatureExtractor:
         self.window = window
         self._row_of_layer = {layer: i for i, layer in enumerate(self.layers)}
         self._band_rows = {b.name: [self._row_of_layer[layer] for layer in b.layers] for b in self.bands}
+        self._eff_rank_rows = [rows[-1] for rows in self._band_rows.values()]
+        self._band_average = np.zeros((len(self.layers), len(self.bands)))
+        for column, rows in enumerate(self._band_rows.values()):
+            self._band_average[rows, column] = 1.0 / len(rows)
+        self._band_keys = _KeyTable(tuple(self._band_rows))
         self._mean_dirs = self._mean_directions(mean_states)
+        self._outliers = self._outlier_index(outlier_dims or {})
+        self._probe = self._probe_arrays(probe)
         self._ring: np.ndarray | None = None
         self._gram = np.zeros((len(self.layers), window, window))
+        self._outlier_ring = np.zeros((len(self.layers), window, self._outliers[0].shape[1]))
+        self._outlier_gram = np.zeros((len(self.layers), window, window))
         self._count = 0
+
+    def _outlier_index(self, outlier_dims: Mapping[int, Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """Per captured layer, the outlier dimensions to remove, padded: ``(index [L, k], mask [L, k])``."""
+        width = max((len(outlier_dims.get(layer, ())) for layer in self.layers), default=0)
+        index = np.zeros((len(self.layers), width), dtype=np.int64)
+        mask = np.zeros((len(self.layers), width))
+        for row, layer in enumerate(self.layers):
+            dims = list(outlier_dims.get(layer, ()))
+            index[row, : len(dims)] = dims
+            mask[row, : len(dims)] = 1.0
+        return index, mask
+
+    def _probe_arrays(self, probe: LinearProbe | None) -> tuple[list[int], np.ndarray, np.ndarray, float] | None:
+        """The probe folded for scoring, or None when it is absent or reads layers that are not captured."""
+        if probe is None or any(layer not in self._row_of_layer for layer in probe.layers):
+            return None
+        w, mean, bias = probe.arrays()
+        return [self._row_of_layer[layer] for layer in probe.layers], w, mean, float(bias)
 
     def _mean_directions(self, mean_states: Mapping[int, np.ndarray] | None) -> np.ndarray | None:
         if not mean_states or any(layer not in mean_states for layer in self.layers):
@@ -81,30 +120,69 @@ class FeatureExtractor:
         slot = self._count % self.window
         previous = (self._count - 1) % self.window
         self._ring[:, slot] = x
-        dots = np.einsum("lwd,ld->lw", self._ring, x)
+        dots = (self._ring @ x[:, :, None])[..., 0]
         self._gram[:, slot, :] = dots
         self._gram[:, :, slot] = dots
+        index, mask = self._outliers
+        if index.shape[1]:
+            self._outlier_ring[:, slot] = np.take_along_axis(x, index, axis=1) * mask
+            outlier_dots = np.einsum("lwk,lk->lw", self._outlier_ring, self._outlier_ring[:, slot])
+            self._outlier_gram[:, slot, :] = outlier_dots
+            self._outlier_gram[:, :, slot] = outlier_dots
         self._count += 1
         filled = min(self._count, self.window)
 
-        norms = np.sqrt(np.maximum(np.diagonal(self._gram, axis1=1, axis2=2)[:, :filled], _EPS))
         raw = self._gram[:, :filled, :filled]
-        unit = raw / (norms[:, :, None] * norms[:, None, :])
+        unit = _unit_gram(raw)
         per_layer = {
-            "pr": _batched_pr(_batched_centre(unit)),
-            "pr_raw": _batched_pr(_batched_centre(raw)),
-            "eff_rank": _batched_effective_rank(_batched_centre(unit)),
+            "pr": _batched_pr(unit),
+            "pr_raw": _batched_pr(raw),
         }
+        if index.shape[1]:
+            clipped = _unit_gram(raw - self._outlier_gram[:, :filled, :filled])
+            per_layer["pr_clip"] = _batched_pr(clipped)
+        if self._count > 2:
+            earlier = np.ones(filled, dtype=bool)
+            earlier[[slot, previous]] = False
+            per_layer["recurrence"] = unit[:, slot, :filled][:, earlier].max(axis=1)
         if self._count > 1:
             per_layer["cosine"] = unit[:, slot, previous]
+            if index.shape[1]:
+                per_layer["cosine_clip"] = clipped[:, slot, previous]
         if self._mean_dirs is not None:
             per_layer["drift"] = (self._mean_dirs * x).sum(axis=1) / np.maximum(np.linalg.norm(x, axis=1), _EPS)
 
         values = {"entropy": float(entropy)}
-        for band, rows in self._band_rows.items():
-            for metric, per_layer_values in per_layer.items():
-                values[f"{band}.{metric}"] = float(np.mean(per_layer_values[rows]))
+        if len(self.layers) > 1:
+            steps = np.linalg.norm(np.diff(x, axis=0), axis=1).sum()
+            values["path"] = float(steps / max(float(np.linalg.norm(x[-1])), _EPS))
+        if self._probe is not None:
+            rows, w, mean, bias = self._probe
+            values["probe"] = float((x[rows].reshape(-1) - mean) @ w + bias)
+        band_means = (np.stack(list(per_layer.values())) @ self._band_average).tolist()
+        for metric, means in zip(per_layer, band_means, strict=True):
+            values.update(zip(self._band_keys[metric], means, strict=True))
+        eff_rank = _batched_effective_rank(_batched_centre(unit[self._eff_rank_rows])).tolist()
+        values.update(zip(self._band_keys["eff_rank"], eff_rank, strict=True))
         return StepFeatures(index=self._count - 1, token_id=token_id, window=filled, values=values)
+
+
+class _KeyTable(dict):
+    """``metric -> ("<band>.<metric>", ...)``, built on first use (feature names are formatted once)."""
+
+    def __init__(self, bands: tuple[str, ...]) -> None:
+        super().__init__()
+        self._bands = bands
+
+    def __missing__(self, metric: str) -> tuple[str, ...]:
+        self[metric] = keys = tuple(f"{band}.{metric}" for band in self._bands)
+        return keys
+
+
+def _unit_gram(gram: np.ndarray) -> np.ndarray:
+    """The Gram matrix of the same rows scaled to unit norm."""
+    norms = np.sqrt(np.maximum(np.diagonal(gram, axis1=1, axis2=2), _EPS))
+    return gram / (norms[:, :, None] * norms[:, None, :])
 
 
 def _batched_centre(gram: np.ndarray) -> np.ndarray:
@@ -112,15 +190,27 @@ def _batched_centre(gram: np.ndarray) -> np.ndarray:
     return gram - row_means - np.swapaxes(row_means, 1, 2) + gram.mean(axis=(1, 2), keepdims=True)
 
 
-def _batched_pr(centred: np.ndarray) -> np.ndarray:
-    trace = np.trace(centred, axis1=1, axis2=2)
-    frob_sq = np.sum(centred * centred, axis=(1, 2))
-    return np.where(frob_sq > _EPS, trace * trace / np.maximum(frob_sq, _EPS), 0.0)
+def _batched_pr(gram: np.ndarray) -> np.ndarray:
+    """Participation ratio of the centred rows behind each Gram matrix, without forming ``H G H``.
+
+    With ``r = G1`` and ``s = 1ᵀG1`` (n rows): ``tr(HGH) = tr(G) - s/n`` and
+    ``‖HGH‖_F² = ‖G‖_F² - (2/n)‖r‖² + s²/n²``.
+    """
+    n = gram.shape[-1]
+    row_sums = gram.sum(axis=2)
+    total = row_sums.sum(axis=1)
+    trace = np.trace(gram, axis1=1, axis2=2) - total / n
+    frob_sq = (
+        np.einsum("lij,lij->l", gram, gram) - 2.0 / n * np.einsum("li,li->l", row_sums, row_sums) + total**2 / n**2
+    )
+    return np.where((frob_sq > _EPS) & (trace > _EPS), trace * trace / np.maximum(frob_sq, _EPS), 0.0)
 
 
 def _batched_effective_rank(centred: np.ndarray) -> np.ndarray:
-    singular = np.sqrt(np.clip(np.linalg.eigvalsh(centred), 0.0, None))
+    eigenvalues = np.linalg.eigvalsh(centred)
+    eigenvalues = np.where(eigenvalues > _RANK_TOL * eigenvalues.max(axis=1, keepdims=True), eigenvalues, 0.0)
+    singular = np.sqrt(eigenvalues)
     total = singular.sum(axis=1, keepdims=True)
     p = singular / np.maximum(total, _EPS)
     entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, _EPS)), 0.0), axis=1)
-    return np.where(total[:, 0] > _EPS, np.exp(entropy), 0.0)
+    return np.where(eigenvalues.sum(axis=1) > _EPS, np.exp(entropy), 0.0)

@@ -41,13 +41,18 @@ class Reason:
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """The detector's state after a token: level, reasons, onset and the last stable token."""
+    """The detector's state after a token: level, reasons, onset and the last stable token.
+
+    ``expected_lead_tokens`` is the calibrated estimate of how many tokens this detector fires before
+    the text-level repetition detector would (median over the calibration's sinking generations).
+    """
 
     level: VerdictLevel
     token_index: int
     reasons: tuple[Reason, ...] = field(default_factory=tuple)
     onset_token: int | None = None
     last_stable_token: int | None = None
+    expected_lead_tokens: float | None = None
 
     @property
     def fired(self) -> bool:

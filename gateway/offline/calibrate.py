@@ -1,146 +1,110 @@
-"""``sinkwatch calibrate``: thresholds for the served model from its own normal generations.
+"""``sinkwatch calibrate``: the served model's detector, fitted on its own generations (tune split only).
 
-Each signal's threshold is set so that at most ``target_fpr`` of normal generations (tune split) hold
-it for ``persistence`` consecutive smoothed tokens; rank-floor signals share that budget across bands.
-The resulting detector's false-positive rate on the same generations is measured and printed.
+The corpus (:mod:`gateway.offline.corpus`) is generated through the embedded engine once and cached;
+calibration uses only the prompts of the tune split: normal prompts set the thresholds for
+``--target-fpr`` false positives per normal generation, sink-prone prompts (loops, bland answers) teach
+the probe and choose which signals the combined detector uses. The detector's false-positive rate on the
+same normal generations is printed; ``sinkwatch eval detect`` measures it on the test split.
 """
 
 import argparse
-import datetime
-import logging
-import zlib
 from pathlib import Path
 
-import numpy as np
-
-from gateway.engine.engine import EmbeddedEngine, EngineConfig
-from gateway.engine.loader import load_model
-from gateway.engine.provision import DEFAULT_MODEL, provision, served_name
-from gateway.generation import SamplingParams
-from gateway.offline.prompts import load_prompts
-from gateway.offline.runner import GenerationJob, generate_all, replay_features, teacher_forced_states
-from monitors.bands import captured_layers, default_bands, parse_bands
-from monitors.calibration import Calibration, SignalThreshold, fit_threshold, shipped_calibration_path
-from monitors.detector import REPETITION_SIGNAL, StabilityDetector, usable_values
-from monitors.text import RepetitionTracker
-
-log = logging.getLogger(__name__)
+from gateway.engine.provision import DEFAULT_MODEL, served_name
+from gateway.offline.corpus import CORPUS_VERSION, build_corpus, missing_jobs, state_shape
+from gateway.offline.dataset import build_generations, labelled_entries
+from gateway.offline.detection import detect
+from gateway.offline.fit import FitOptions, fit_calibration
+from gateway.offline.reference import fit_reference
+from gateway.offline.signals import Reference, Sampling, hold
+from monitors.bands import default_bands, parse_bands
+from monitors.calibration import Calibration, shipped_calibration_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``sinkwatch calibrate``."""
+    """Flags of ``sinkwatch calibrate`` (shared with ``sinkwatch eval``)."""
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--prompts", default="normal", help="shipped prompt set name or JSONL file")
-    parser.add_argument("--split", default="tune", help="only prompts of this split are used")
-    parser.add_argument("--temperatures", default="0.7,1.0", help="each prompt is sampled once per temperature")
-    parser.add_argument("--max-tokens", type=int, default=160)
+    parser.add_argument("--corpus", default=CORPUS_VERSION, help="cached corpus name under ~/.cache/sinkwatch/eval")
+    parser.add_argument("--max-tokens", type=int, default=160, help="tokens per corpus generation")
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--prompts-per-set", type=int, help="only the first prompts of each set (miniature corpora)")
     parser.add_argument("--bands", default="", help="layer bands (default: three thirds of the model)")
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--ewma-span", type=int, default=8)
     parser.add_argument("--persistence", type=int, default=4)
-    parser.add_argument("--min-agreeing", type=int, default=2)
-    parser.add_argument("--target-fpr", type=float, default=0.05)
-    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--target-fpr", type=float, default=0.05, help="per normal generation")
+    parser.add_argument("--max-signals", type=int, default=4, help="signals in the combined detector")
+    parser.add_argument("--probe-layers", default="13,17", help="captured layers the linear probe reads")
+    parser.add_argument("--probe-horizon", type=int, default=32, help="probe target: sink within this many tokens")
+    parser.add_argument("--probe-folds", type=int, default=5, help="folds for the out-of-fold probe scores")
+    parser.add_argument("--probe-l2", type=float, default=1e-2, help="ridge penalty (features standardised)")
+    parser.add_argument(
+        "--outlier-share", type=float, default=0.02, help="share of squared norm marking an outlier dim"
+    )
     parser.add_argument("--output", type=Path, help="default: the calibration shipped for the model")
 
 
+def fit_options(args: argparse.Namespace) -> FitOptions:
+    """The detector-fit options named by the flags."""
+    return FitOptions(args.window, args.ewma_span, args.persistence, args.target_fpr, args.max_signals)
+
+
+def ensure_corpus(args: argparse.Namespace, split: str | None) -> None:
+    """Generate whatever part of the corpus is missing (nothing when it is cached)."""
+    from gateway.engine.loader import load_model
+    from gateway.engine.provision import provision
+
+    if missing_jobs(args.max_tokens, args.corpus, split, args.prompts_per_set):
+        loaded = load_model(provision(args.model), served_name(args.model))
+        build_corpus(loaded, args.max_tokens, args.max_batch, args.corpus, split, args.prompts_per_set)
+
+
+def bands_of(args: argparse.Namespace) -> tuple:
+    """The bands named by ``--bands``, else the default thirds."""
+    return parse_bands(args.bands) if args.bands else default_bands(state_shape(args.corpus)[0])
+
+
+def calibrate_on(
+    args: argparse.Namespace, entries: list, offline: bool = False, sampling: Sampling | None = None
+) -> tuple[Calibration, list, Reference]:
+    """Fit reference and detector on these labelled entries (as ``sampling`` observes them).
+
+    Returns the calibration, the entries' generations (their ``probe`` trajectory is the out-of-fold one
+    the thresholds were set on) and the reference.
+    """
+    sampling = sampling or Sampling(bands_of(args), window=args.window)
+    bands = sampling.bands
+    probe_layers = [int(x) for x in args.probe_layers.split(",")]
+    reference, out_of_fold = fit_reference(
+        entries,
+        args.corpus,
+        probe_layers,
+        args.probe_horizon,
+        args.outlier_share,
+        args.probe_l2,
+        sampling.projection_matrix(state_shape(args.corpus)[1]),
+        args.probe_folds,
+    )
+    generations = build_generations(entries, args.corpus, sampling, reference, offline)
+    for g in generations:
+        if g.entry.key in out_of_fold:
+            g.trajectories["probe"] = hold(out_of_fold[g.entry.key], sampling.stride)
+    calibration, _ = fit_calibration(served_name(args.model), bands, generations, reference, fit_options(args))
+    return calibration, generations, reference
+
+
 def run(args: argparse.Namespace) -> Calibration:
-    """Generate, capture, fit, measure, write."""
-    name = served_name(args.model)
-    loaded = load_model(provision(args.model), name)
-    bands = parse_bands(args.bands) if args.bands else default_bands(loaded.num_layers)
-    layers = captured_layers(bands)
-    cases = load_prompts(args.prompts, args.split)
-    temperatures = [float(t) for t in args.temperatures.split(",")]
-    jobs = [
-        GenerationJob(
-            f"{case.id}@{t}",
-            case.messages,
-            SamplingParams(max_tokens=args.max_tokens, temperature=t, top_p=0.95, seed=zlib.crc32(case.id.encode())),
-        )
-        for case in cases
-        for t in temperatures
-    ]
-    print(f"calibrate: {len(jobs)} generations of up to {args.max_tokens} tokens on {name}")
-    engine = EmbeddedEngine(loaded, EngineConfig(max_batch=args.max_batch, capture=False), bands)
-    engine.start()
-    try:
-        records = generate_all(engine, jobs)
-    finally:
-        engine.shutdown()
-    states = [teacher_forced_states(loaded, r, layers) for r in records if r.output_ids]
-    records = [r for r in records if r.output_ids]
-    all_states = np.concatenate([s.states for s in states])
-    mean_states = {layer: all_states[:, i].mean(axis=0) for i, layer in enumerate(layers)}
-    features = [
-        replay_features(s, r.output_ids, bands, args.window, mean_states) for s, r in zip(states, records, strict=True)
-    ]
-    calibration = _fit(args, name, bands, mean_states, features, [r.output_ids for r in records])
-    fpr = _measured_fpr(calibration, features)
-    print(f"calibrate: detector fires (sink or rank_exhaustion) on {fpr:.1%} of the calibration generations")
-    output = args.output or shipped_calibration_path(name)
+    """Generate (if needed), fit on the tune split, measure, write."""
+    ensure_corpus(args, "tune")
+    entries = [(e, lab) for e, lab in labelled_entries(args.corpus) if e.split == "tune"]
+    print(f"calibrate: {len(entries)} labelled tune generations from corpus {args.corpus}")
+    calibration, generations, _ = calibrate_on(args, entries)
+    normal = [g for g in generations if g.entry.prompt_set == "normal" and not g.label.sink]
+    fired = sum(detect(calibration, g).fired_at is not None for g in normal)
+    print(f"calibrate: signals {[f'{s.name}/{s.method}' for s in calibration.signals]}")
+    print(f"calibrate: the detector fires on {fired}/{len(normal)} normal tune generations")
+    output = args.output or shipped_calibration_path(calibration.model)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(calibration.to_json())
     print(f"calibrate: wrote {output}")
     return calibration
-
-
-def _trajectories(features: list, name: str, window: int) -> list[np.ndarray]:
-    out = []
-    for generation in features:
-        values = [usable_values(f, window).get(name) for f in generation]
-        out.append(np.array([v for v in values if v is not None]))
-    return out
-
-
-def _repetition_trajectories(token_ids: list[list[int]]) -> list[np.ndarray]:
-    trajectories = []
-    for ids in token_ids:
-        tracker = RepetitionTracker()
-        trajectories.append(np.array([tracker.push(t) for t in ids]))
-    return trajectories
-
-
-def _fit(args, name, bands, mean_states, features, token_ids) -> Calibration:
-    sink_specs = [("entropy", "low"), (REPETITION_SIGNAL, "high")]
-    sink_specs += [(f"{b.name}.cosine", "high") for b in bands[1:]]
-    sink_specs += [(f"{b.name}.drift", "high") for b in bands[1:]]
-    signals = []
-    for signal, direction in sink_specs:
-        trajectories = (
-            _repetition_trajectories(token_ids)
-            if signal == REPETITION_SIGNAL
-            else _trajectories(features, signal, args.window)
-        )
-        threshold = fit_threshold(trajectories, direction, args.ewma_span, args.persistence, args.target_fpr)
-        signals.append(SignalThreshold(signal, direction, threshold, "sink"))
-    floors = {}
-    for band in bands:
-        trajectories = _trajectories(features, f"{band.name}.pr", args.window)
-        floor = fit_threshold(trajectories, "low", args.ewma_span, args.persistence, args.target_fpr / len(bands))
-        floors[band.name] = floor
-        signals.append(SignalThreshold(f"{band.name}.pr", "low", floor, "rank"))
-    return Calibration(
-        model=name,
-        window=args.window,
-        bands=bands,
-        ewma_span=args.ewma_span,
-        persistence=args.persistence,
-        min_agreeing=args.min_agreeing,
-        target_fpr=args.target_fpr,
-        signals=tuple(signals),
-        rank_floors=floors,
-        mean_states={layer: [round(float(x), 6) for x in v] for layer, v in mean_states.items()},
-        n_generations=len(features),
-        created=datetime.date.today().isoformat(),
-    )
-
-
-def _measured_fpr(calibration: Calibration, features: list) -> float:
-    fired = 0
-    for generation in features:
-        detector = StabilityDetector(calibration)
-        for step in generation:
-            detector.update(step)
-        fired += detector.verdict.fired
-    return fired / max(len(features), 1)

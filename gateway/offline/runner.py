@@ -17,6 +17,7 @@ from gateway.engine.loader import LoadedModel
 from gateway.generation import ChatPrompt, FinishEvent, GenerationRequest, SamplingParams, TokenEvent
 from monitors.bands import LayerBand
 from monitors.capture import ResidualCapture
+from monitors.entropy import next_token_entropies
 from monitors.features import FeatureExtractor, StepFeatures
 
 
@@ -44,7 +45,7 @@ async def _generate_one(engine: EmbeddedEngine, job: GenerationJob) -> Generatio
     request = GenerationRequest(job.key, engine.loaded.name, ChatPrompt(job.messages), job.sampling, monitor=False)
     prompt_ids = engine.encode_prompt(request)
     output_ids, pieces, finish = [], [], None
-    async for event in engine.generate(request, prompt_ids):
+    async for event in engine.submit(request, prompt_ids):
         if isinstance(event, TokenEvent):
             pieces.append(event.text)
             if event.token_id is not None:
@@ -79,17 +80,24 @@ class TokenStates:
 
 
 @torch.inference_mode()
-def teacher_forced_states(loaded: LoadedModel, record: GenerationRecord, layers: Sequence[int]) -> TokenStates:
-    """States at the positions that produced each generated token, from one prefill."""
+def teacher_forced_pass(
+    loaded: LoadedModel, record: GenerationRecord, layers: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[tokens, vocab]`` and states ``[tokens, layers, d]`` at the positions that produced each
+    generated token, from one prefill."""
     ids = record.prompt_ids + record.output_ids[:-1]
     first = len(record.prompt_ids) - 1
     capture = ResidualCapture(loaded.decoder_layers, layers, all_positions=True)
     with capture.attached():
         logits = loaded.model(input_ids=torch.tensor([ids])).logits[0, first:].float()
         states = capture.take()[0, first:]
-    log_p = torch.log_softmax(logits, dim=-1)
-    entropy = -(log_p.exp() * log_p).sum(dim=-1)
-    return TokenStates(tuple(layers), states.numpy(), entropy.numpy())
+    return logits, states
+
+
+def teacher_forced_states(loaded: LoadedModel, record: GenerationRecord, layers: Sequence[int]) -> TokenStates:
+    """States and next-token entropy behind each generated token, from one prefill."""
+    logits, states = teacher_forced_pass(loaded, record, layers)
+    return TokenStates(tuple(layers), states.numpy(), next_token_entropies(logits).numpy())
 
 
 def replay_features(
