@@ -1,5 +1,7 @@
 """Runs a generation's features through the detector and turns the result into a stability report."""
 
+from dataclasses import replace
+
 from gateway import metrics
 from gateway.protocol.stability import BandReport, StabilityReason, StabilityReport
 from monitors.calibration import Calibration
@@ -9,26 +11,34 @@ from monitors.verdict import Verdict
 
 
 class RequestMonitor:
-    """One per request: feed it each token's features; ask it for the verdict and the report."""
+    """One per generation attempt: feed it each token's features; ask it for the verdict and the report."""
 
-    def __init__(self, calibration: Calibration, policy: str) -> None:
+    def __init__(self, calibration: Calibration) -> None:
         self.calibration = calibration
-        self.policy = policy
         self._detector = StabilityDetector(calibration)
+        self._offset = 0
         self.tokens = 0
+
+    def prime(self, token_ids: list[int]) -> None:
+        """Continue after an accepted prefix (a rescue): the detector's text history starts with it, and
+        verdicts count tokens from the start of the completion rather than of this attempt."""
+        self._detector.prime(token_ids)
+        self._offset = len(token_ids)
 
     def observe(self, features: StepFeatures) -> Verdict:
         """Update the detector with one token."""
         self.tokens += 1
-        return self._detector.update(features)
+        self._detector.update(features)
+        return self.verdict
 
     @property
     def verdict(self) -> Verdict:
-        return self._detector.verdict
+        """The detector's verdict, indexed in the completion."""
+        return shifted(self._detector.verdict, self._offset)
 
     def report(self) -> StabilityReport:
-        """The ``stability`` object for the response."""
-        verdict = self._detector.verdict
+        """The ``stability`` object for this attempt (the gate adds its own section)."""
+        verdict = self.verdict
         summary = self._detector.summary()
         bands = {
             band.name: BandReport(layers=list(band.layers), **summary["bands"].get(band.name, {}))
@@ -44,16 +54,31 @@ class RequestMonitor:
             repetition_mean=summary.get("text_repetition_mean"),
             bands=bands,
             calibration=f"{self.calibration.model}@{self.calibration.created}",
-            policy=self.policy,
         )
 
-    def record_metrics(self, model: str) -> None:
-        """Export the final verdict and the per-band statistics."""
+    def record_band_metrics(self, model: str) -> None:
+        """Export the per-band statistics of this attempt."""
         if self.tokens == 0:
             return
-        metrics.VERDICTS.labels(model, self._detector.verdict.level.value).inc()
         for band, stats in self._detector.summary()["bands"].items():
             if "pr_mean" in stats:
                 metrics.PARTICIPATION_RATIO.labels(model, band).observe(stats["pr_mean"])
             if "rank_margin_min" in stats:
                 metrics.RANK_MARGIN.labels(model, band).observe(stats["rank_margin_min"])
+
+
+def shifted(verdict: Verdict, offset: int) -> Verdict:
+    """``verdict`` with its token indices moved ``offset`` tokens later."""
+    if not offset:
+        return verdict
+
+    def later(index: int | None) -> int | None:
+        return None if index is None else index + offset
+
+    return replace(
+        verdict,
+        token_index=verdict.token_index + offset,
+        reasons=tuple(replace(r, since_token=r.since_token + offset) for r in verdict.reasons),
+        onset_token=later(verdict.onset_token),
+        last_stable_token=later(verdict.last_stable_token),
+    )

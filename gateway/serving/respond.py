@@ -13,6 +13,7 @@ from gateway.serving.shapes import ResponseShape
 from gateway.serving.sse import DONE, sse_data, sse_error
 
 VERDICT_HEADER = "x-sinkwatch-verdict"
+ACTION_HEADER = "x-sinkwatch-action"
 
 
 class _SessionStream(StreamingResponse):
@@ -44,8 +45,10 @@ async def whole_response(session: GenerationSession, shape: ResponseShape, http:
         raise asyncio.CancelledError("client disconnected")
     text = collector.result()
     report = session.report()
-    body = shape.whole(text, session.finish.finish_reason, session.usage, report)
+    body = shape.whole(text, session.finish_reason, session.usage, report)
     headers = {VERDICT_HEADER: report.verdict} if report is not None else {}
+    if report is not None and report.gate is not None:
+        headers[ACTION_HEADER] = report.gate.action
     return JSONResponse(body.model_dump(mode="json"), headers=headers)
 
 
@@ -79,7 +82,7 @@ def streaming_response(session: GenerationSession, shape: ResponseShape, include
             yield DONE
             return
         report = session.report()
-        finish_reason = session.finish.finish_reason
+        finish_reason = session.finish_reason
         if include_usage:
             yield sse_data(shape.closing(finish_reason, None))
             yield sse_data(shape.usage(session.usage, report))

@@ -1,0 +1,1 @@
+"""The gate: maps stability verdicts to actions (observe, annotate, block, rescue) by policy."""

@@ -1,0 +1,49 @@
+"""Policies and how a request picks one: body extension, then header, then the server default."""
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gateway.errors import InvalidRequest
+
+POLICY_HEADER = "x-sinkwatch-policy"
+
+
+class Policy(StrEnum):
+    """``observe``: metrics only. ``annotate``: attach the report. ``block``: stop a collapsing generation.
+    ``rescue``: roll back to the last stable token and resample with a change orthogonal to the failure."""
+
+    OBSERVE = "observe"
+    ANNOTATE = "annotate"
+    BLOCK = "block"
+    RESCUE = "rescue"
+
+    @property
+    def acts(self) -> bool:
+        """True when the policy may change what the client receives."""
+        return self in (Policy.BLOCK, Policy.RESCUE)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Operator settings of the gate."""
+
+    default_policy: Policy = Policy.ANNOTATE
+    allow_override: bool = True
+    holdback_tokens: int = 3
+    block_mode: str = "finish"
+    rescue_attempts: int = 2
+    rescue_token_budget: int = 256
+    rescue_strategy: str = "combined"
+
+
+def resolve_policy(config: GateConfig, body_policy: str | None, header_policy: str | None) -> Policy:
+    """The policy of one request: ``sinkwatch.policy`` in the body, else the header, else the default."""
+    requested = body_policy or header_policy
+    if requested is None or not config.allow_override:
+        return config.default_policy
+    try:
+        return Policy(requested.strip().lower())
+    except ValueError:
+        choices = ", ".join(p.value for p in Policy)
+        param = "sinkwatch.policy" if body_policy else POLICY_HEADER
+        raise InvalidRequest(f"unknown policy {requested!r}; choose one of {choices}", param=param) from None
