@@ -1,0 +1,50 @@
+"""The ASGI layers in front of the routes, outermost first: CORS (when enabled), API keys and rate
+limits, the request size limit, the proxy fast path (for backends that can relay unchanged; it checks
+its own JSON), and strict JSON for the full serving path."""
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from prometheus_client import start_http_server
+from starlette.middleware.cors import CORSMiddleware
+
+from gateway.backends.base import Backend
+from gateway.config import Settings
+from gateway.proxy.passthrough import Passthrough
+from gateway.security.keys import ApiKeys
+from gateway.security.middleware import BodyLimit, Guard, StrictJson
+from gateway.security.ratelimit import RateLimiter
+
+
+def install_middleware(app: FastAPI, settings: Settings, backend: Backend) -> None:
+    """Add the layers; Starlette runs the last one added first."""
+    app.add_middleware(StrictJson)
+    if getattr(backend, "passthrough", False):
+        app.add_middleware(Passthrough, backend=backend)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
+    keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
+    limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
+    if keys.enabled or limiter.enabled:
+        app.add_middleware(Guard, keys=keys, limiter=limiter)
+    if origins := [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-request-id", "x-sinkwatch-policy"],
+            expose_headers=["x-request-id", "x-sinkwatch-verdict"],
+        )
+
+
+def serve_metrics_apart(settings: Settings) -> Callable[[], None]:
+    """Serve ``/metrics`` on its own port when ``--metrics-port`` is set; returns what stops it."""
+    if not settings.metrics_port:
+        return lambda: None
+    server, thread = start_http_server(settings.metrics_port, addr=settings.host)
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    return stop

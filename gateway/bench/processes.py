@@ -1,0 +1,117 @@
+"""Servers in their own processes, for benchmarks and load tests: the gateway and the fake upstream."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Process:
+    """A server process and the base URL of its OpenAI API."""
+
+    popen: subprocess.Popen
+    base_url: str
+    wrapped: bool = False
+
+    @property
+    def pid(self) -> int:
+        """The server's process id (the wrapped child's, under a profiler)."""
+        if not self.wrapped:
+            return self.popen.pid
+        with open(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children") as children:
+            return int(children.read().split()[0])
+
+    def rss_bytes(self) -> int:
+        """Resident memory, from /proc."""
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return 0
+
+    def open_files(self) -> int:
+        """Open file descriptors (sockets included)."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time so far."""
+        with open(f"/proc/{self.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _wait_until(url: str, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited with {process.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer in {timeout:g} s")
+        time.sleep(0.1)
+
+
+@contextmanager
+def _running(
+    command: list[str], ready_url: str, base_url: str, timeout: float, wrapped: bool = False
+) -> Iterator[Process]:
+    """Start ``command`` in its own process group; stop the whole group with SIGINT (a profiler wrapping the
+    server then writes its profile), SIGKILL if it lingers."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    popen = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_until(ready_url, popen, timeout)
+        yield Process(popen, base_url, wrapped)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(popen.pid, signal.SIGINT)
+        try:
+            popen.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            popen.wait()
+
+
+@contextmanager
+def fake_upstream_process(tokens: int, token_interval: float = 0.0, model: str = "fake-model") -> Iterator[Process]:
+    """``python -m gateway.bench.fake_upstream`` on a free port."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/v1"
+    module = [sys.executable, "-m", "gateway.bench.fake_upstream", "--port", str(port), "--model", model]
+    command = [*module, "--tokens", str(tokens), "--token-interval", str(token_interval)]
+    with _running(command, f"{base}/models", base, timeout=30) as process:
+        yield process
+
+
+@contextmanager
+def gateway_process(*flags: str, timeout: float = 120, profile: Path | None = None) -> Iterator[Process]:
+    """``sinkwatch serve FLAGS`` on a free port, once ``/readyz`` answers 200; with ``profile``, under
+    py-spy (on PATH), which writes collapsed stacks of CPU samples there when the server stops."""
+    port = free_port()
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *flags]
+    if profile is not None:
+        command = ["py-spy", "record", "--format", "raw", "--rate", "250", "--output", str(profile), "--", *command]
+    ready, base = f"http://127.0.0.1:{port}/readyz", f"http://127.0.0.1:{port}/v1"
+    with _running(command, ready, base, timeout, wrapped=profile is not None) as process:
+        yield process

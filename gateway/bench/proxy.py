@@ -1,0 +1,245 @@
+"""Proxy overhead: a fast fake OpenAI upstream measured directly and through sinkwatch, interleaved.
+
+Three processes on loopback: the fake upstream (two of them: one answering as fast as it can, one
+streaming at a controlled token rate, told apart by model name), the gateway (``sinkwatch serve
+--backend openai`` in front of both) and this load generator. Every measurement alternates between
+the upstream itself and the gateway, so drift in machine load hits both alike:
+
+- one client, whole answers: latency p50/p99, direct and proxied, and what the gateway adds;
+- one client, streams: time to first token, the same way;
+- saturation: answers per second at several client concurrencies (median over rounds), the best of
+  each, and the gateway's share of the direct rate; the gateway's CPU time per request;
+- concurrent streams at the paced token rate: the most streams served with no error and at least 90%
+  of the ideal stream rate.
+
+``--profile`` runs the gateway under py-spy (``pip install py-spy``) and reports where its CPU samples
+went while serving, by component.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import tempfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from gateway.bench.loadgen import LoadClient, LoadResult, percentile, run_load
+from gateway.bench.processes import Process, fake_upstream_process, gateway_process
+
+FAST_MODEL = "fake-fast"
+PACED_MODEL = "fake-paced"
+CHAT = "/chat/completions"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sinkwatch bench proxy``."""
+    parser.add_argument("--requests", type=int, default=2000, help="single-client requests per kind and path")
+    parser.add_argument("--tokens", type=int, default=16, help="tokens per answer")
+    parser.add_argument("--concurrency", default="1,4,16,64", help="client counts for the request-rate saturation")
+    parser.add_argument("--streams", default="100,250,500,1000", help="concurrent stream counts to try")
+    parser.add_argument("--token-rate", type=float, default=50.0, help="tokens/s of each paced stream")
+    parser.add_argument("--seconds", type=float, default=4.0, help="duration of each saturation run")
+    parser.add_argument("--rounds", type=int, default=2, help="saturation runs per level and path")
+    parser.add_argument("--profile", action="store_true", help="sample the gateway with py-spy (must be on PATH)")
+    parser.add_argument("--output", type=Path, help="write the results as JSON here")
+
+
+@dataclass
+class Paths:
+    """The same API reached directly and through the gateway."""
+
+    direct: Process
+    paced: Process
+    gateway: Process
+
+    def base(self, proxied: bool, paced: bool = False) -> str:
+        return self.gateway.base_url if proxied else (self.paced if paced else self.direct).base_url
+
+
+def _body(model: str, tokens: int, stream: bool) -> bytes:
+    messages = [{"role": "user", "content": "Write one sentence about proxies."}]
+    return orjson.dumps({"model": model, "messages": messages, "max_tokens": tokens, "stream": stream})
+
+
+def _quantiles_ms(values: list[float]) -> dict[str, float]:
+    return {"p50_ms": percentile(values, 0.5) * 1e3, "p99_ms": percentile(values, 0.99) * 1e3}
+
+
+async def _single_client(paths: Paths, body: bytes, stream: bool, requests: int) -> dict:
+    """One client alternating direct and proxied requests; latency (whole) or time to first token (stream)."""
+    clients = {proxied: LoadClient(paths.base(proxied), 1) for proxied in (False, True)}
+    results = {proxied: LoadResult() for proxied in (False, True)}
+    try:
+        for _ in range(requests // 20):  # warm up both paths
+            for proxied in (False, True):
+                await clients[proxied].call(CHAT, body, stream, LoadResult())
+        for _ in range(requests):
+            for proxied in (False, True):
+                await clients[proxied].call(CHAT, body, stream, results[proxied])
+    finally:
+        for client in clients.values():
+            client.close()
+    measure = "first_tokens" if stream else "latencies"
+    direct, proxied = (_quantiles_ms(getattr(results[p], measure)) for p in (False, True))
+    errors = results[False].errors + results[True].errors
+    added = {key: proxied[key] - direct[key] for key in direct}
+    return {"direct": direct, "proxied": proxied, "added": added, "errors": len(errors)}
+
+
+async def _saturation(paths: Paths, body: bytes, levels: list[int], seconds: float, rounds: int) -> dict:
+    """Answers per second per client concurrency, direct and proxied (median over interleaved rounds)."""
+    rates: dict[str, dict[int, list[float]]] = {"direct": {}, "proxied": {}}
+    cpu_per_request: list[float] = []
+    errors = 0
+    for level in levels:
+        for _ in range(rounds):
+            for proxied in (False, True):
+                cpu_before = paths.gateway.cpu_seconds()
+                result = await run_load(
+                    paths.base(proxied), CHAT, body, stream=False, concurrency=level, duration=seconds
+                )
+                errors += len(result.errors)
+                rates["proxied" if proxied else "direct"].setdefault(level, []).append(result.rate)
+                if proxied and result.requests:
+                    cpu_per_request.append((paths.gateway.cpu_seconds() - cpu_before) / result.requests)
+    medians = {kind: {level: statistics.median(r) for level, r in by_level.items()} for kind, by_level in rates.items()}
+    best = {kind: max(by_level.values()) for kind, by_level in medians.items()}
+    return {
+        "rate_per_s": medians,
+        "max_rate_per_s": best,
+        "proxied_share_of_direct": best["proxied"] / best["direct"],
+        "gateway_cpu_us_per_request": statistics.median(cpu_per_request) * 1e6,
+        "errors": errors,
+    }
+
+
+async def _streams(paths: Paths, levels: list[int], tokens: int, token_rate: float, seconds: float) -> dict:
+    """Concurrent paced streams: stream rate against the ideal, errors, time to first token."""
+    body = _body(PACED_MODEL, tokens, stream=True)
+    ideal_duration = tokens / token_rate
+    table: dict[str, list[dict]] = {"direct": [], "proxied": []}
+    for level in levels:
+        for proxied in (False, True):
+            result = await run_load(
+                paths.base(proxied, paced=True), CHAT, body, stream=True, concurrency=level, duration=seconds
+            )
+            ideal_rate = level / ideal_duration
+            table["proxied" if proxied else "direct"].append(
+                {
+                    "streams": level,
+                    "stream_rate_per_s": result.rate,
+                    "share_of_ideal": result.rate / ideal_rate,
+                    "errors": len(result.errors),
+                    "ttft_p99_ms": percentile(result.first_tokens, 0.99) * 1e3,
+                }
+            )
+    held = {
+        kind: max((row["streams"] for row in rows if not row["errors"] and row["share_of_ideal"] >= 0.9), default=0)
+        for kind, rows in table.items()
+    }
+    return {"levels": table, "max_streams_held": held, "tokens_per_stream": tokens, "token_rate": token_rate}
+
+
+def _machine() -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "?")
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+_GROUPS = (
+    ("gateway/proxy/", "gateway proxy fast path"),
+    ("gateway/upstream/", "gateway upstream client"),
+    ("gateway/security/", "gateway guards"),
+    ("(middleware.py:", "gateway guards"),  # py-spy shortens this path
+    ("gateway/", "gateway (other)"),
+    ("uvicorn/", "uvicorn (HTTP server)"),
+    ("starlette/", "starlette/fastapi layers"),
+    ("fastapi/", "starlette/fastapi layers"),
+    ("prometheus_client/", "prometheus_client"),
+    ("asyncio/", "asyncio (Python side)"),
+)
+
+
+def _group(frame: str) -> str:
+    return next((name for marker, name in _GROUPS if marker in frame), "other")
+
+
+def _profile_summary(path: Path) -> dict:
+    """Where the gateway's CPU samples went while serving (py-spy collapsed stacks; start-up excluded).
+
+    ``self``: by the innermost frame (time in the event loop's own C code, sockets included, shows as
+    ``event loop (uvloop, C)``); ``inclusive``: samples with any frame of the group on the stack.
+    """
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        serving = next(
+            (i for i, frame in enumerate(frames) if frame.startswith("Runner.run (asyncio/runners.py")), None
+        )
+        if serving is None or not count.isdigit():
+            continue  # start-up and shutdown
+        samples, frames = int(count), frames[serving + 1 :]
+        total += samples
+        leaf = _group(frames[-1]) if frames else "event loop (uvloop, C)"
+        own[leaf] = own.get(leaf, 0) + samples
+        for group in {_group(frame) for frame in frames}:
+            inclusive[group] = inclusive.get(group, 0) + samples
+
+    def shares(counts: dict[str, int]) -> dict[str, float]:
+        return {k: round(100 * v / max(total, 1), 1) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+    return {"samples": total, "self_percent": shares(own), "inclusive_percent": shares(inclusive)}
+
+
+async def _measure(paths: Paths, args: argparse.Namespace) -> dict:
+    levels = [int(c) for c in args.concurrency.split(",")]
+    whole, streamed = _body(FAST_MODEL, args.tokens, False), _body(FAST_MODEL, args.tokens, True)
+    return {
+        "single_client_whole": await _single_client(paths, whole, False, args.requests),
+        "single_client_stream_ttft": await _single_client(paths, streamed, True, args.requests // 2),
+        "saturation": await _saturation(paths, whole, levels, args.seconds, args.rounds),
+        "concurrent_streams": await _streams(
+            paths, [int(s) for s in args.streams.split(",")], args.tokens, args.token_rate, args.seconds
+        ),
+    }
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the benchmark and print (and optionally save) the results."""
+    results: dict = {"machine": _machine(), "settings": {k: v for k, v in vars(args).items() if k != "handler"}}
+    profile_path = Path(tempfile.mkdtemp()) / "gateway-stacks.txt" if args.profile else None
+    paced_interval = 1.0 / args.token_rate
+    with (
+        fake_upstream_process(args.tokens, model=FAST_MODEL) as direct,
+        fake_upstream_process(args.tokens, paced_interval, model=PACED_MODEL) as paced,
+        gateway_process(
+            "--backend",
+            "openai",
+            "--upstreams",
+            f"fast={direct.base_url},paced={paced.base_url}",
+            profile=profile_path,
+        ) as gateway,
+    ):
+        results.update(asyncio.run(_measure(Paths(direct, paced, gateway), args)))
+    results["machine"]["load_average_at_end"] = os.getloadavg()
+    if profile_path is not None:
+        results["gateway_profile"] = _profile_summary(profile_path)
+    text = json.dumps(results, indent=1, default=str)
+    print(text)
+    if args.output:
+        args.output.write_text(text)

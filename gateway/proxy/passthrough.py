@@ -1,0 +1,282 @@
+"""The proxy fast path: OpenAI requests relayed to the upstream pool, the answer's bytes passed through.
+
+When the backend has nothing to monitor (``openai`` without a reader), a generation request does not
+need the full serving path (pydantic models, session, gate, response shaping): this ASGI middleware
+answers ``POST /v1/chat/completions`` and ``POST /v1/completions`` itself, before FastAPI routing. It
+checks what it must (JSON object, a served model, the types of the fields it reads), leaves the rest to
+the upstream (whose client errors pass through as they came), and relays the upstream's answer: a
+JSON body checked and forwarded as is, or server-sent events checked one by one and forwarded as
+received. Only two things change: the ``sinkwatch`` body extension is removed, and a stream asks the
+upstream for usage (to count tokens) whose usage chunk is dropped again if the client did not ask.
+
+Faults of the upstream become OpenAI errors (a final error event then ``[DONE]`` once streaming has
+begun); a client that goes away cancels the upstream request.
+"""
+
+import asyncio
+import os
+import time
+from typing import ClassVar
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway import metrics
+from gateway.api.error_handlers import error_response
+from gateway.backends.openai import OpenAIBackend
+from gateway.errors import InvalidRequest, ModelNotFound, NotReady, OpenAIError
+from gateway.gate.policy import POLICY_HEADER
+from gateway.proxy.checks import checked_request
+from gateway.upstream.pool import UpstreamResponse
+from gateway.upstream.sse import check_event_stream, event_batches, malformed
+
+ROUTES = {"/v1/chat/completions": ("chat", "/chat/completions"), "/v1/completions": ("completions", "/completions")}
+MAX_RESPONSE_BYTES = 64 << 20
+DONE = b"data: [DONE]\n\n"
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+POLICY_HEADER_BYTES = POLICY_HEADER.encode()
+_SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
+
+
+class Passthrough:
+    """ASGI middleware: serves generation requests straight from the backend's upstream pool."""
+
+    def __init__(self, app: ASGIApp, backend: OpenAIBackend) -> None:
+        self.app = app
+        self.backend = backend
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if route is None or not self.backend.passthrough:
+            await self.app(scope, receive, send)
+            return
+        await ProxiedRequest(self.backend, route, scope, receive, send).serve()
+
+
+def _request_id(scope: Scope) -> str:
+    """The client's ``x-request-id`` when it is short and plain, else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if 0 < len(text) <= 128 and set(text) <= _SAFE_ID:
+                return text
+    return os.urandom(16).hex()
+
+
+class _Stopwatch:
+    """Time spent in the gateway: running, except while paused (waiting on the upstream)."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self._since = time.perf_counter()
+
+    def pause(self) -> None:
+        self.total += time.perf_counter() - self._since
+
+    def resume(self) -> None:
+        self._since = time.perf_counter()
+
+
+class ProxiedRequest:
+    """One request on the fast path: check, send, relay, record."""
+
+    def __init__(self, backend: OpenAIBackend, route: tuple[str, str], scope: Scope, receive: Receive, send: Send):
+        self.backend = backend
+        self.endpoint, self.path = route
+        self.scope, self.receive, self._send = scope, receive, send
+        self.started_at = time.perf_counter()
+        self.clock = _Stopwatch()
+        self.response_started = False
+        self.finished = False
+        self.cancelled = False
+        self.first_token_at: float | None = None
+        self.usage: dict | None = None
+
+    async def serve(self) -> None:
+        try:
+            request, forward, include_usage = checked_request(await self._body(), self.endpoint, self._policy_header())
+            if not self.backend.ready:
+                raise NotReady("no upstream is ready; retry shortly")
+            model = request["model"]
+            if not self.backend.pool.serves(model):
+                message = f"The model '{model}' does not exist or you do not have access to it."
+                raise ModelNotFound(message, param="model")
+        except OpenAIError as error:
+            await error_response(error, self.endpoint)(self.scope, self.receive, self._send)
+            return
+        await self._proxy(model, forward, bool(request.get("stream")), include_usage)
+
+    def _policy_header(self) -> str | None:
+        for name, value in self.scope["headers"]:
+            if name == POLICY_HEADER_BYTES:
+                return value.decode("latin-1")
+        return None
+
+    async def _body(self) -> bytes:
+        chunks = []
+        while True:
+            message = await self.receive()
+            if message["type"] != "http.request":
+                raise InvalidRequest("the client went away before sending the request body")
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _proxy(self, model: str, body: bytes, stream: bool, include_usage: bool) -> None:
+        series = _Series.of(model, self.endpoint, self.backend.name)
+        series.in_flight.inc()
+        task = asyncio.current_task()
+        watcher = asyncio.ensure_future(self._watch_disconnect(task))
+        response: UpstreamResponse | None = None
+        outcome = "server_error"
+        request_id = _request_id(self.scope)
+        try:
+            self.clock.pause()
+            response = await self.backend.pool.open(self.path, body, model=model, request_id=request_id)
+            self.clock.resume()
+            headers = [(b"x-request-id", request_id.encode())]
+            if not response.ok:
+                raise await response.error()
+            if stream:
+                await self._relay_stream(response, headers, include_usage)
+            else:
+                await self._relay_whole(response, headers)
+            outcome = "ok"
+        except OpenAIError as error:
+            outcome = "client_error" if error.status_code < 500 else "server_error"
+            await self._fail(error)
+        except asyncio.CancelledError:
+            if not self.cancelled:
+                raise
+            task.uncancel()
+            outcome = "cancelled"
+        finally:
+            self.finished = True
+            watcher.cancel()
+            if response is not None:
+                await response.aclose()
+            self._record(series, outcome)
+
+    async def _watch_disconnect(self, task: asyncio.Task) -> None:
+        while (await self.receive())["type"] != "http.disconnect":
+            pass
+        if not self.finished:
+            self.cancelled = True
+            task.cancel()
+
+    async def _start(self, headers: list[tuple[bytes, bytes]], status: int = 200) -> None:
+        self.response_started = True
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def _fail(self, error: OpenAIError) -> None:
+        """An error response, or a final error event when the stream has begun."""
+        if not self.response_started:
+            await error_response(error, self.endpoint)(self.scope, self.receive, self._send)
+            return
+        metrics.ERRORS.labels(self.endpoint, error.error_type).inc()
+        event = b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE
+        await self._send({"type": "http.response.body", "body": event, "more_body": False})
+
+    async def _relay_whole(self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]]) -> None:
+        self.clock.pause()
+        body = await response.read_all(MAX_RESPONSE_BYTES)
+        self.clock.resume()
+        if response.content_type != "application/json":
+            raise malformed(response, f"'{response.content_type or 'no content type'}' instead of JSON")
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise malformed(response, "a body that is not JSON") from None
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise malformed(response, "JSON that is not a completion")
+        self.usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else None
+        await self._start([*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers])
+        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _relay_stream(
+        self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]], include_usage: bool
+    ) -> None:
+        check_event_stream(response)
+        await self._start([*_SSE_HEADERS, *headers])
+        events = event_batches(response)
+        try:
+            while True:
+                self.clock.pause()
+                batch = await anext(events, None)
+                self.clock.resume()
+                if batch is None:
+                    break
+                out = []
+                for raw, event in batch:
+                    if "usage" in event and isinstance(event["usage"], dict):
+                        self.usage = event["usage"]
+                        if not include_usage and not event.get("choices"):
+                            continue
+                    if self.first_token_at is None and _has_text(event):
+                        self.first_token_at = time.perf_counter()
+                    out.append(raw)
+                    out.append(b"\n\n")
+                if out:
+                    await self._send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+        finally:
+            await events.aclose()
+        await self._send({"type": "http.response.body", "body": DONE, "more_body": False})
+
+    def _record(self, series: "_Series", outcome: str) -> None:
+        now = time.perf_counter()
+        series.in_flight.dec()
+        series.requests(outcome).inc()
+        series.duration.observe(now - self.started_at)
+        self.clock.pause()
+        series.overhead.observe(self.clock.total)
+        if self.first_token_at is not None:
+            series.ttft.observe(self.first_token_at - self.started_at)
+        if outcome == "ok" and self.usage is not None:
+            prompt, completion = self.usage.get("prompt_tokens"), self.usage.get("completion_tokens")
+            if isinstance(prompt, int) and isinstance(completion, int):
+                series.input_tokens.inc(prompt)
+                series.output_tokens.inc(completion)
+                series.completion_tokens.observe(completion)
+
+
+class _Series:
+    """The labelled metric series of one (model, endpoint, backend), looked up once and kept."""
+
+    _known: ClassVar[dict[tuple[str, str, str], "_Series"]] = {}
+
+    def __init__(self, model: str, endpoint: str, backend: str) -> None:
+        labels = (model, endpoint, backend)
+        self._labels = labels
+        self.in_flight = metrics.IN_FLIGHT.labels(model, endpoint)
+        self.duration = metrics.REQUEST_DURATION.labels(*labels)
+        self.ttft = metrics.TIME_TO_FIRST_TOKEN.labels(*labels)
+        self.overhead = metrics.GATEWAY_OVERHEAD.labels(endpoint, backend)
+        self.input_tokens = metrics.TOKENS.labels(model, backend, "input")
+        self.output_tokens = metrics.TOKENS.labels(model, backend, "output")
+        self.completion_tokens = metrics.COMPLETION_TOKENS.labels(model, backend)
+        self._requests: dict[str, object] = {}
+
+    def requests(self, outcome: str):
+        counter = self._requests.get(outcome)
+        if counter is None:
+            counter = self._requests[outcome] = metrics.REQUESTS.labels(*self._labels, outcome)
+        return counter
+
+    @classmethod
+    def of(cls, model: str, endpoint: str, backend: str) -> "_Series":
+        """The series of a served model (models come from the upstreams' lists: a closed set)."""
+        key = (model, endpoint, backend)
+        series = cls._known.get(key)
+        if series is None:
+            series = cls._known[key] = cls(model, endpoint, backend)
+        return series
+
+
+def _has_text(event: dict) -> bool:
+    choices = event.get("choices")
+    if not choices or not isinstance(choices[0], dict):
+        return False
+    choice = choices[0]
+    delta = choice.get("delta")
+    return bool(delta.get("content") if isinstance(delta, dict) else choice.get("text"))

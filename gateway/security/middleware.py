@@ -1,0 +1,158 @@
+"""ASGI middleware that guards the API: request size limit, strict JSON, API keys, per-key rate limits.
+
+Plain ASGI (no ``BaseHTTPMiddleware``), so each costs a function call per request. Refusals are
+OpenAI error bodies: 413 ``request_too_large``, 400 ``invalid_json``, 401 ``invalid_api_key``,
+429 ``rate_limit_exceeded`` with ``retry-after``.
+"""
+
+import math
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import metrics
+from gateway.api.error_handlers import endpoint_label, error_response
+from gateway.errors import AuthenticationFailed, InvalidRequest, OpenAIError, RateLimited, RequestTooLarge
+from gateway.security.keys import ApiKeys
+from gateway.security.ratelimit import RateLimiter
+
+ANONYMOUS = "anonymous"
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+async def _refuse(error: OpenAIError, scope: Scope, receive: Receive, send: Send, headers: dict | None = None) -> None:
+    response = error_response(error, endpoint_label(scope["path"]))
+    response.headers.update(headers or {})
+    await response(scope, receive, send)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+class BodyLimit:
+    """Reads a request's body up front (413 past ``max_bytes``) and hands it on in one message."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        await self.app(scope, _replay(b"".join(chunks), receive), send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = RequestTooLarge(f"The request body is larger than the limit of {self.max_bytes} bytes.")
+        await _refuse(error, scope, receive, send, {"connection": "close"})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the whole body first, then whatever the server sends (disconnects)."""
+    return _replay_message({"type": "http.request", "body": body, "more_body": False}, receive)
+
+
+def _replay_message(message: Message, receive: Receive) -> Receive:
+    """A ``receive`` that gives ``message`` first, then what ``receive`` gives."""
+    pending = [message]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
+def invalid_json(problem: orjson.JSONDecodeError) -> InvalidRequest:
+    """The error for a body that is not strict JSON."""
+    return InvalidRequest(
+        f"We could not parse the JSON body of your request ({problem.msg}). The body must be valid JSON.",
+        code="invalid_json",
+    )
+
+
+class StrictJson:
+    """Refuses API request bodies that are not strict JSON (RFC 8259): invalid UTF-8, lone surrogates,
+    NaN, nesting past 1024 levels. Python's ``json`` accepts some of these, and a lone surrogate in a
+    prompt would break the tokenizer far from here; this answers 400 ``invalid_json`` instead."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in _BODY_METHODS or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        message = await receive()
+        if message["type"] == "http.request":
+            try:
+                orjson.loads(message.get("body", b"") or b"{}")
+            except orjson.JSONDecodeError as problem:
+                await _refuse(invalid_json(problem), scope, receive, send)
+                return
+        await self.app(scope, _replay_message(message, receive), send)
+
+
+class Guard:
+    """API keys (when configured) and rate limits on ``/v1/`` routes; health and metrics stay open."""
+
+    def __init__(self, app: ASGIApp, keys: ApiKeys, limiter: RateLimiter) -> None:
+        self.app = app
+        self.keys = keys
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        name = ANONYMOUS
+        if self.keys.enabled:
+            name = self._identify(scope)
+            if name is None:
+                await self._unauthorized(scope, receive, send)
+                return
+        if self.limiter.enabled and (wait := self.limiter.check(name)):
+            metrics.RATE_LIMITED.labels("requests").inc()
+            error = RateLimited(f"Rate limit reached for requests; try again in {wait:.2f}s.")
+            await _refuse(error, scope, receive, send, {"retry-after": str(math.ceil(wait))})
+            return
+        await self.app(scope, receive, send)
+
+    def _identify(self, scope: Scope) -> str | None:
+        header = _header(scope, b"authorization")
+        scheme, _, token = (header or b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        return self.keys.identify(token.strip())
+
+    async def _unauthorized(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if _header(scope, b"authorization") is None:
+            metrics.AUTH_FAILURES.labels("missing").inc()
+            error = AuthenticationFailed(
+                "You didn't provide an API key. You need to provide your API key in an Authorization header "
+                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            )
+        else:
+            metrics.AUTH_FAILURES.labels("invalid").inc()
+            error = AuthenticationFailed("Incorrect API key provided.")
+        await _refuse(error, scope, receive, send, {"www-authenticate": "Bearer"})
