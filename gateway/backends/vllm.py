@@ -1,0 +1,100 @@
+"""The ``vllm`` backend: vLLM servers running sinkwatch's plugin, through the upstream pool.
+
+Every generation is streamed from the upstream (whatever the client asked; the gateway shapes the answer)
+with ``return_token_ids`` on, so each chunk names the tokens it carries. A monitored request also carries
+``vllm_xargs`` with the gateway's request id and the address of its statistics receiver; the plugin in
+the engine computes each generated token's features (the embedded engine's :class:`FeatureExtractor`,
+over the decode-time hidden states) and pushes them there. The backend joins the two streams by request
+id and token index, so the monitors, the gate and the stability report work exactly as with the
+embedded engine. Rescue continues an accepted prefix with vLLM's ``continue_final_message``.
+"""
+
+from collections.abc import AsyncIterator
+
+import orjson
+
+from gateway import metrics
+from gateway.backends.openai import chunk_choice, finish_event, upstream_request
+from gateway.backends.vllm_stats import FeatureStream, StatsReceiver
+from gateway.config import Settings
+from gateway.generation import GenerationEvent, GenerationRequest, StartEvent, TokenEvent
+from gateway.upstream.pool import UpstreamPool
+from gateway.upstream.sse import check_event_stream, event_batches
+from monitors.bands import LayerBand
+from monitors.calibration import Calibration
+from monitors.vllm_plugin.wire import RequestTag, monitor_profile
+
+
+class VLLMBackend:
+    """Generations from vLLM upstreams, with features from the engine plugin when a receiver is given."""
+
+    name = "vllm"
+
+    def __init__(self, pool: UpstreamPool, receiver: StatsReceiver | None) -> None:
+        self.pool = pool
+        self.receiver = receiver
+
+    @property
+    def ready(self) -> bool:
+        return self.pool.ready
+
+    def model_names(self) -> list[str]:
+        return self.pool.model_names()
+
+    async def start(self) -> None:
+        if self.receiver is not None:
+            await self.receiver.start()
+            for outcome in ("received", "missing", "late"):  # series exist from the start, for rate()
+                metrics.VLLM_STATS.labels(outcome)
+        await self.pool.start()
+
+    async def close(self) -> None:
+        await self.pool.close()
+        if self.receiver is not None:
+            await self.receiver.close()
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        path, body = upstream_request(request, "continue_final_message")
+        body["return_token_ids"] = True
+        stream: FeatureStream | None = None
+        if self.receiver is not None and request.monitor:
+            stream = self.receiver.open(request.request_id)
+            body["vllm_xargs"] = RequestTag(request.request_id, self.receiver.address).to_xargs()
+        try:
+            response = await self.pool.open(
+                path, orjson.dumps(body), model=request.model, request_id=request.request_id
+            )
+            async with response:
+                if not response.ok:
+                    raise await response.error()
+                check_event_stream(response)
+                yield StartEvent(prompt_tokens=None)
+                index, finish_reason, usage = 0, None, {}
+                async for batch in event_batches(response):
+                    for _, event in batch:
+                        text, token_ids, reason = chunk_choice(event)
+                        finish_reason = reason or finish_reason
+                        usage = event.get("usage") or usage
+                        if not token_ids and text:
+                            yield TokenEvent(text, None)
+                        for position, token_id in enumerate(token_ids, start=1):
+                            features = await stream.take(index, token_id) if stream is not None else None
+                            index += 1
+                            yield TokenEvent(text if position == len(token_ids) else "", token_id, features)
+                yield finish_event(finish_reason, usage, index)
+        finally:
+            if stream is not None:
+                stream.close()
+
+
+def vllm_backend(
+    settings: Settings, calibration: Calibration | None, bands: tuple[LayerBand, ...] | None
+) -> VLLMBackend:
+    """The ``vllm`` backend the settings describe; features are collected only when they can be used."""
+    receiver = None
+    if calibration is not None and settings.capture:
+        profile = monitor_profile(calibration, bands or calibration.bands)
+        receiver = StatsReceiver(
+            settings.vllm_stats_bind, settings.vllm_stats_address, profile, settings.vllm_stats_timeout
+        )
+    return VLLMBackend(UpstreamPool.from_settings(settings), receiver)

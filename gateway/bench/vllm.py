@@ -1,0 +1,129 @@
+"""vLLM plugin overhead: tokens/s of a vLLM server with the sinkwatch plugin off vs on, at 1 and 16 streams.
+
+Two servers run side by side on the same model: one with ``SINKWATCH_VLLM_PLUGIN=0`` (vLLM as shipped),
+one with the plugin. Requests go straight to them (no gateway in the way) and are interleaved by round
+(off, on, on-untagged; the order rotates) so that drift in machine load hits each alike; each figure is
+the median over rounds. ``on`` requests carry the tag that makes the plugin compute and push features
+(to a socket this benchmark drains and counts, so monitoring is known to have happened); ``untagged``
+requests on the same server show what the plugin costs requests it does not monitor. ``ignore_eos``
+makes every stream decode exactly ``--tokens`` tokens.
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import zmq
+
+from gateway.bench.vllm_server import VLLMServer, vllm_python
+from gateway.engine.provision import DEFAULT_MODEL, provision, served_name
+from monitors.vllm_plugin.wire import RequestTag, decode_batch
+
+PROMPT = "Write a detailed essay about the history of sailing ships."
+CONFIGS = ("off", "on", "on_untagged")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sinkwatch bench vllm``."""
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per stream")
+    parser.add_argument("--concurrency", default="1,16", help="comma-separated stream counts")
+    parser.add_argument("--waves", type=int, default=2, help="batches of --concurrency requests per measurement")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--vllm-python", default=vllm_python(), help="python of the vLLM environment")
+    parser.add_argument("--logs", type=Path, default=Path("out/bench-vllm"), help="folder for the servers' logs")
+    parser.add_argument("--output", type=Path, help="write the results as JSON here")
+
+
+class FeatureCounter:
+    """Binds a PULL socket for the plugin's features and counts what arrives, on a thread."""
+
+    def __init__(self) -> None:
+        self._context = zmq.Context()
+        self._socket = self._context.socket(zmq.PULL)
+        self._socket.bind("tcp://127.0.0.1:0")
+        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.received = 0
+        threading.Thread(target=self._count, daemon=True).start()
+
+    def _count(self) -> None:
+        while True:
+            self.received += len(decode_batch(self._socket.recv())[1])
+
+
+async def _request(client: httpx.AsyncClient, url: str, model: str, index: int, tokens: int, sink: str | None) -> int:
+    body = {
+        "model": model,
+        "prompt": PROMPT,
+        "max_tokens": tokens,
+        "temperature": 0.8,
+        "seed": index,
+        "ignore_eos": True,
+    }
+    if sink is not None:
+        body["vllm_xargs"] = RequestTag(f"bench-{index}", sink).to_xargs()
+    response = await client.post(f"{url}/completions", json=body, timeout=600)
+    response.raise_for_status()
+    return int(response.json()["usage"]["completion_tokens"])
+
+
+async def _tokens_per_second(url: str, model: str, streams: int, waves: int, tokens: int, sink: str | None) -> float:
+    async with httpx.AsyncClient(limits=httpx.Limits(max_connections=streams)) as client:
+        start = time.perf_counter()
+        produced = 0
+        for wave in range(waves):
+            batch = (_request(client, url, model, wave * streams + i, tokens, sink) for i in range(streams))
+            produced += sum(await asyncio.gather(*batch))
+        return produced / (time.perf_counter() - start)
+
+
+def run(args: argparse.Namespace) -> None:
+    model_dir, name = provision(args.model), served_name(args.model)
+    counter = FeatureCounter()
+    common = {"model_dir": model_dir, "served_name": name, "dtype": args.dtype, "python": args.vllm_python}
+    off_server = VLLMServer(log_path=args.logs / "off.log", env={"SINKWATCH_VLLM_PLUGIN": "0"}, **common)
+    on_server = VLLMServer(log_path=args.logs / "on.log", env={"SINKWATCH_VLLM_PLUGIN": "1"}, **common)
+    print(f"starting two vLLM servers ({args.dtype}); logs in {args.logs}")
+    with off_server, on_server:
+        targets = {
+            "off": (off_server.url, None),
+            "on": (on_server.url, counter.address),
+            "on_untagged": (on_server.url, None),
+        }
+        results = []
+        for streams in (int(c) for c in args.concurrency.split(",")):
+            for url, sink in targets.values():  # warm up each path once
+                asyncio.run(_tokens_per_second(url, name, streams, 1, 8, sink))
+            samples: dict[str, list[float]] = {config: [] for config in CONFIGS}
+            for round_index in range(args.rounds):
+                order = CONFIGS[round_index % 3 :] + CONFIGS[: round_index % 3]
+                for config in order:
+                    url, sink = targets[config]
+                    tps = asyncio.run(_tokens_per_second(url, name, streams, args.waves, args.tokens, sink))
+                    samples[config].append(tps)
+            row = {"streams": streams, **{c: statistics.median(v) for c, v in samples.items()}, "samples": samples}
+            row["loss_on"] = 1 - row["on"] / row["off"]
+            row["loss_on_untagged"] = 1 - row["on_untagged"] / row["off"]
+            results.append(row)
+            print(
+                f"{streams:>3} streams: off {row['off']:7.1f} tok/s | on {row['on']:7.1f} ({row['loss_on']:+.1%} loss)"
+                f" | on, unmonitored requests {row['on_untagged']:7.1f} ({row['loss_on_untagged']:+.1%})"
+            )
+    print(f"features received from the plugin: {counter.received}")
+    report = {
+        "model": name,
+        "dtype": args.dtype,
+        "tokens_per_stream": args.tokens,
+        "rounds": args.rounds,
+        "features_received": counter.received,
+        "results": results,
+    }
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(json.dumps(report, indent=1))

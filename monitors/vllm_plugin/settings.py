@@ -1,0 +1,38 @@
+"""The plugin's configuration, from the environment of the vLLM processes.
+
+``SINKWATCH_CALIBRATION`` and ``SINKWATCH_BANDS`` mean what they mean for ``sinkwatch serve``: set them
+to the same values on the gateway and on vLLM (messages carry a profile, and a gateway drops features
+computed with another one).
+"""
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Where a worker may send statistics unless told otherwise: this host and private networks (a cluster's
+# pod and service ranges). The sink address comes from the request, so it must not reach anywhere.
+DEFAULT_ALLOWED_SINKS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """``SINKWATCH_VLLM_PLUGIN`` (on unless 0/false/off), calibration, bands, and the allowed sink networks."""
+
+    enabled: bool = True
+    calibration: str = ""
+    bands: str = ""
+    allowed_sinks: tuple[Network, ...] = ()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "PluginSettings":
+        env = os.environ if environ is None else environ
+        allowed = env.get("SINKWATCH_VLLM_ALLOWED_SINKS", DEFAULT_ALLOWED_SINKS)
+        return cls(
+            enabled=env.get("SINKWATCH_VLLM_PLUGIN", "1").strip().lower() not in {"0", "false", "no", "off"},
+            calibration=env.get("SINKWATCH_CALIBRATION", ""),
+            bands=env.get("SINKWATCH_BANDS", ""),
+            allowed_sinks=tuple(ipaddress.ip_network(n.strip()) for n in allowed.split(",") if n.strip()),
+        )

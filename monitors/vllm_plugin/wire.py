@@ -1,0 +1,61 @@
+"""What travels between the vLLM plugin and the gateway: request tags out, feature batches back.
+
+The gateway tags each monitored request through vLLM's ``vllm_xargs`` (they reach the worker as
+``SamplingParams.extra_args``): its own request id and the ZMQ endpoint where it collects statistics.
+The worker answers with one JSON message per engine step and gateway: the :class:`StepFeatures` of every
+token it sampled for that gateway's requests, stamped with the monitoring profile (calibration and
+bands) the features were computed with, so that a gateway never mixes features from another setup.
+"""
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from monitors.bands import LayerBand
+from monitors.calibration import Calibration
+from monitors.features import StepFeatures
+
+REQUEST_ID_ARG = "sinkwatch_request_id"
+SINK_ARG = "sinkwatch_sink"
+
+
+@dataclass(frozen=True)
+class RequestTag:
+    """A monitored request as the worker sees it: the gateway's id for it and where to send its features."""
+
+    request_id: str
+    sink: str
+
+    def to_xargs(self) -> dict[str, str]:
+        """The ``vllm_xargs`` entries that carry this tag in an OpenAI request body."""
+        return {REQUEST_ID_ARG: self.request_id, SINK_ARG: self.sink}
+
+    @classmethod
+    def from_extra_args(cls, extra_args: Mapping | None) -> "RequestTag | None":
+        """The tag in a request's ``SamplingParams.extra_args``, or None for an unmonitored request."""
+        if not extra_args:
+            return None
+        request_id, sink = extra_args.get(REQUEST_ID_ARG), extra_args.get(SINK_ARG)
+        if not isinstance(request_id, str) or not isinstance(sink, str) or not request_id or not sink:
+            return None
+        return cls(request_id, sink)
+
+
+def monitor_profile(calibration: Calibration, bands: Iterable[LayerBand]) -> str:
+    """Names everything that shapes the features: calibration, bands and window. Both sides must agree."""
+    spec = ";".join(f"{band.name}={','.join(map(str, band.layers))}" for band in bands)
+    return f"{calibration.model}@{calibration.created}|{spec}|w{calibration.window}"
+
+
+def encode_batch(profile: str, items: Iterable[tuple[str, StepFeatures]]) -> bytes:
+    """One message: the profile and ``(gateway request id, features)`` pairs."""
+    return json.dumps({"profile": profile, "steps": [[rid, f.to_wire()] for rid, f in items]}).encode()
+
+
+def decode_batch(message: bytes) -> tuple[str, list[tuple[str, StepFeatures]]]:
+    """Inverse of :func:`encode_batch`; raises ``ValueError`` on anything malformed."""
+    try:
+        data = json.loads(message)
+        return str(data["profile"]), [(str(rid), StepFeatures.from_wire(wire)) for rid, wire in data["steps"]]
+    except (KeyError, TypeError, ValueError) as bad:
+        raise ValueError(f"malformed sinkwatch stats message: {bad}") from bad

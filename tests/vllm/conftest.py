@@ -1,0 +1,97 @@
+"""Fixtures of the vLLM backend tests: a fake vLLM with the plugin's behaviour, and gateways in front of it.
+
+Tests marked ``vllm`` start a real vLLM server (minutes on CPU); they run only when selected with
+``-m vllm`` (``make test-vllm``), never as part of the default suite.
+"""
+
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from gateway.bench.vllm_server import VLLMServer
+from gateway.config import Settings
+from gateway.engine.provision import provision
+from monitors.calibration import Calibration, load_calibration
+from tests.conftest import RunningServer, free_port, start_gateway
+from tests.vllm.fake_vllm import MODEL, FakeVLLM
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if "vllm" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="starts a real vLLM server: run with -m vllm (make test-vllm)")
+    for item in items:
+        if item.get_closest_marker("vllm") is not None:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def calibration() -> Calibration:
+    return load_calibration(MODEL)
+
+
+@pytest.fixture
+def fake_vllm(calibration: Calibration) -> Iterator[tuple[FakeVLLM, RunningServer]]:
+    """The fake vLLM server, listening on loopback."""
+    fake = FakeVLLM(calibration)
+    with RunningServer(fake.app, free_port()) as server:
+        yield fake, server
+    fake.close()
+
+
+@pytest.fixture
+def vllm_gateway(fake_vllm: tuple[FakeVLLM, RunningServer]) -> Iterator[RunningServer]:
+    """A gateway with the ``vllm`` backend in front of the fake (features wait at most 0.5 s)."""
+    _, upstream = fake_vllm
+    settings = replace(
+        Settings(),
+        backend="vllm",
+        upstreams=f"{upstream.base_url}/v1",
+        upstream_health_interval=0.2,
+        vllm_stats_timeout=0.5,
+        port=free_port(),
+    )
+    with start_gateway(settings) as server:
+        server.wait_ready(timeout=30)
+        yield server
+
+
+# The real server: float32 like the embedded engine, so that the two can be compared closely. Prefill
+# chunks of at most 256 tokens make the long prompt prefill in two steps; a KV cache of 20 blocks of 32
+# tokens (about 600 usable) is too small for the concurrent requests, so vLLM preempts some of them.
+KV_TOKENS = 660
+KV_BYTES_PER_TOKEN = 30 * 2 * 3 * 64 * 4  # layers x (K, V) x KV heads x head size x float32
+
+
+@pytest.fixture(scope="session")
+def vllm_server() -> Iterator[VLLMServer]:
+    """A real vLLM server with the plugin, on CPU (minutes to start; ``out/test-vllm/vllm.log``)."""
+    server = VLLMServer(
+        model_dir=provision(MODEL),
+        served_name=MODEL,
+        log_path=Path("out/test-vllm/vllm.log"),
+        dtype="float32",
+        max_model_len=512,
+        kv_cache_gib=None,
+        extra_args=(
+            "--max-num-batched-tokens",
+            "256",
+            "--block-size",
+            "32",
+            "--kv-cache-memory-bytes",
+            str(KV_TOKENS * KV_BYTES_PER_TOKEN),
+        ),
+    )
+    with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def real_vllm_gateway(vllm_server: VLLMServer) -> Iterator[RunningServer]:
+    """A gateway with the ``vllm`` backend in front of the real server."""
+    settings = replace(Settings(), backend="vllm", upstreams=vllm_server.url, port=free_port())
+    with start_gateway(settings) as server:
+        server.wait_ready(timeout=60)
+        yield server

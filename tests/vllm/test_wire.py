@@ -1,0 +1,44 @@
+"""What travels between the plugin and the gateway."""
+
+from dataclasses import replace
+
+import pytest
+
+from monitors.bands import LayerBand
+from monitors.features import StepFeatures
+from monitors.vllm_plugin.wire import RequestTag, decode_batch, encode_batch, monitor_profile
+
+
+def test_a_tag_travels_in_vllm_xargs_and_comes_back_from_extra_args():
+    tag = RequestTag("chatcmpl-1", "tcp://10.0.0.5:5599")
+    assert RequestTag.from_extra_args(tag.to_xargs()) == tag
+
+
+@pytest.mark.parametrize(
+    "extra_args",
+    [None, {}, {"sinkwatch_request_id": "r"}, {"sinkwatch_request_id": "", "sinkwatch_sink": "tcp://h:1"}, {"x": 1}],
+)
+def test_requests_without_a_complete_tag_are_not_monitored(extra_args):
+    assert RequestTag.from_extra_args(extra_args) is None
+
+
+def test_a_batch_round_trips_features_exactly():
+    features = StepFeatures(index=3, token_id=17, window=4, values={"entropy": 1.25, "late.pr": 3.5})
+    profile, steps = decode_batch(encode_batch("p", [("r1", features), ("r2", features)]))
+    assert profile == "p"
+    assert steps == [("r1", features), ("r2", features)]
+
+
+@pytest.mark.parametrize("message", [b"not json", b"{}", b'{"profile": "p", "steps": [["r"]]}', b"[1]"])
+def test_malformed_messages_are_refused(message):
+    with pytest.raises(ValueError):
+        decode_batch(message)
+
+
+def test_the_profile_changes_with_calibration_bands_and_window(calibration):
+    bands = calibration.bands
+    profile = monitor_profile(calibration, bands)
+    assert monitor_profile(calibration, (LayerBand("late", (20,)),)) != profile
+    assert monitor_profile(replace(calibration, window=16), bands) != profile
+    assert monitor_profile(replace(calibration, created="2000-01-01"), bands) != profile
+    assert monitor_profile(calibration, bands) == profile
