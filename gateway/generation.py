@@ -51,6 +51,13 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class StartEvent:
+    """The backend accepted the request (always the first event); prompt size when known up front."""
+
+    prompt_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class TokenEvent:
     """One generated token: its text delta (may be empty while bytes are incomplete) and its features."""
 
@@ -68,4 +75,4 @@ class FinishEvent:
     completion_tokens: int
 
 
-GenerationEvent = TokenEvent | FinishEvent
+GenerationEvent = StartEvent | TokenEvent | FinishEvent

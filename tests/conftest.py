@@ -1,7 +1,6 @@
 """Shared fixtures: the real embedded model, a real gateway on a loopback port, the official client."""
 
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,16 +10,10 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from gateway.bench.processes import free_port
 from gateway.config import Settings
 
 MODEL = "SmolLM2-135M-Instruct"
-
-
-def free_port() -> int:
-    """A TCP port on loopback that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RunningServer:
@@ -59,6 +52,20 @@ class RunningServer:
         self.thread.join(timeout=30)
 
 
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``, scraped from ``base_url/metrics``."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = set(labels.items())
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text)
+        for sample in family.samples
+        if sample.name == name and wanted <= set(sample.labels.items())
+    )
+
+
 def start_gateway(settings: Settings) -> RunningServer:
     """Create the app for ``settings`` and serve it on a free loopback port."""
     from gateway.app import create_app
@@ -80,9 +87,22 @@ def gateway(gateway_settings: Settings) -> Iterator[RunningServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def loaded_model():
+    """The real embedded model, loaded once for tests that run it directly (offline tools, monitors)."""
+    from gateway.engine.loader import load_model
+    from gateway.engine.provision import provision
+
+    return load_model(provision(MODEL), MODEL)
+
+
 @pytest.fixture
 def client(gateway: RunningServer):
     """The official openai client pointed at the gateway (any api key works without auth configured)."""
     from openai import OpenAI
 
     return OpenAI(base_url=f"{gateway.base_url}/v1", api_key="test-key", max_retries=0, timeout=120)
+
+
+# Fixtures of a fake OpenAI upstream and a gateway proxying to it (after the helpers they use).
+from tests.upstreams import proxy, upstream  # noqa: E402, F401

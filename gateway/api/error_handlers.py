@@ -19,13 +19,16 @@ def error_response(error: OpenAIError, endpoint: str) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status_code)
 
 
-def _endpoint(request: Request) -> str:
+def endpoint_label(path: str) -> str:
     """A closed label set for the metrics: the route's last path segment, or 'other'."""
-    path = request.url.path
     for name in ("chat", "completions", "models"):
         if path.startswith(f"/v1/{name}" if name != "chat" else "/v1/chat/completions"):
             return name
     return "other"
+
+
+def _endpoint(request: Request) -> str:
+    return endpoint_label(request.url.path)
 
 
 def _param(location: tuple) -> str | None:

@@ -4,6 +4,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.errors import NotFound
+
 router = APIRouter()
 
 
@@ -22,6 +24,9 @@ async def readyz(http: Request) -> JSONResponse:
 
 
 @router.get("/metrics")
-async def prometheus_metrics() -> Response:
-    """Prometheus text exposition of every ``sinkwatch_`` metric."""
+async def prometheus_metrics(http: Request) -> Response:
+    """Prometheus text exposition of every ``sinkwatch_`` metric (404 when served on ``--metrics-port``)."""
+    serving = getattr(http.app.state, "serving", None)
+    if serving is not None and serving.settings.metrics_port:
+        raise NotFound(f"Invalid URL (GET {http.url.path}); metrics are served on another port")
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

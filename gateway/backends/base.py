@@ -25,4 +25,5 @@ class Backend(Protocol):
         """Release everything; called once at shutdown."""
 
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        """Stream the generation's events; ends with exactly one ``FinishEvent``."""
+        """Stream the generation's events: one ``StartEvent`` once the request is accepted, token events,
+        then exactly one ``FinishEvent``."""

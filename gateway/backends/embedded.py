@@ -8,7 +8,7 @@ from dataclasses import replace
 from gateway.engine.engine import EmbeddedEngine, EngineConfig
 from gateway.engine.loader import load_model
 from gateway.engine.provision import provision
-from gateway.generation import ChatPrompt, GenerationEvent, GenerationRequest
+from gateway.generation import ChatPrompt, GenerationEvent, GenerationRequest, StartEvent
 from monitors.bands import LayerBand
 
 log = logging.getLogger(__name__)
@@ -25,13 +25,13 @@ class EmbeddedBackend:
         served_name: str,
         config: EngineConfig,
         bands: tuple[LayerBand, ...] | None,
-        mean_states: dict | None = None,
+        extractor_options: dict | None = None,
     ) -> None:
         self._model = model
         self._served_name = served_name
         self._config = config
         self._bands = bands
-        self._mean_states = mean_states
+        self._extractor_options = extractor_options
         self.engine: EmbeddedEngine | None = None
 
     @property
@@ -51,7 +51,7 @@ class EmbeddedBackend:
 
         loaded = load_model(provision(self._model), self._served_name)
         bands = self._bands or default_bands(loaded.num_layers)
-        return EmbeddedEngine(loaded, self._config, bands, self._mean_states)
+        return EmbeddedEngine(loaded, self._config, bands, self._extractor_options)
 
     async def close(self) -> None:
         if self.engine is not None:
@@ -65,5 +65,10 @@ class EmbeddedBackend:
             request = replace(request, sampling=replace(sampling, max_tokens=engine.context_left(len(prompt_ids))))
         prompt_param = "messages" if isinstance(request.prompt, ChatPrompt) else "prompt"
         engine.check_fits(len(prompt_ids), request.sampling.max_tokens, prompt_param, "max_tokens")
-        async for event in engine.generate(request, prompt_ids):
-            yield event
+        events = engine.submit(request, prompt_ids)
+        try:
+            yield StartEvent(prompt_tokens=len(prompt_ids))
+            async for event in events:
+                yield event
+        finally:
+            await events.aclose()

@@ -13,6 +13,7 @@ import statistics
 import time
 from pathlib import Path
 
+from gateway.bench.figures import plot_engine
 from gateway.engine.engine import EmbeddedEngine, EngineConfig
 from gateway.engine.loader import LoadedModel, load_model
 from gateway.engine.provision import DEFAULT_MODEL, provision, served_name
@@ -30,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", default="1,4,8", help="comma-separated stream counts")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
+    parser.add_argument("--plot", type=Path, help="write a PNG of throughput and time per token here")
 
 
 async def _stream(engine: EmbeddedEngine, index: int, tokens: int, detector: StabilityDetector | None) -> int:
@@ -37,7 +39,7 @@ async def _stream(engine: EmbeddedEngine, index: int, tokens: int, detector: Sta
     sampling = SamplingParams(max_tokens=tokens, temperature=0.8, seed=index, logit_bias={eos: -100.0})
     request = GenerationRequest(f"bench-{index}", engine.loaded.name, ChatPrompt(PROMPT), sampling)
     produced = 0
-    async for event in engine.generate(request, engine.encode_prompt(request)):
+    async for event in engine.submit(request, engine.encode_prompt(request)):
         if isinstance(event, TokenEvent) and event.token_id is not None:
             produced += 1
             if detector is not None and event.features is not None:
@@ -48,7 +50,7 @@ async def _stream(engine: EmbeddedEngine, index: int, tokens: int, detector: Sta
 def _tokens_per_second(loaded: LoadedModel, capture: bool, streams: int, tokens: int) -> float:
     calibration = load_calibration(loaded.name)
     config = EngineConfig(max_batch=max(streams, 1), capture=capture, window=calibration.window)
-    engine = EmbeddedEngine(loaded, config, calibration.bands, calibration.mean_state_arrays())
+    engine = EmbeddedEngine(loaded, config, calibration.bands, calibration.extractor_options())
     engine.start()
 
     async def run() -> int:
@@ -96,4 +98,6 @@ def run(args: argparse.Namespace) -> dict:
         print(f"aggregate at {streams} streams: {summary['scaling'][str(streams)]:.2f}x single stream (capture on)")
     if args.output:
         args.output.write_text(json.dumps(summary, indent=2))
+    if args.plot:
+        print(f"figure: {plot_engine(samples, levels, args.plot)}")
     return summary

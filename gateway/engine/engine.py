@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
-import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -21,7 +21,7 @@ from gateway import metrics
 from gateway.engine.batch import BatchCache
 from gateway.engine.detokenizer import IncrementalDetokenizer
 from gateway.engine.loader import LoadedModel
-from gateway.engine.sampling import RowSampler, entropies, sample_batch
+from gateway.engine.sampling import RowSampler, sample_batch
 from gateway.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, Overloaded
 from gateway.generation import (
     ChatPrompt,
@@ -33,6 +33,7 @@ from gateway.generation import (
 )
 from monitors.bands import LayerBand
 from monitors.capture import ResidualCapture
+from monitors.entropy import next_token_entropies
 from monitors.features import FeatureExtractor
 
 
@@ -89,6 +90,42 @@ class _Sequence:
         self.finished = True
 
 
+async def _events_of(
+    sequence: "_Sequence", events: "asyncio.Queue[GenerationEvent | BaseException]"
+) -> AsyncIterator[GenerationEvent]:
+    """A submitted sequence's events until its finish; leaving early marks it cancelled."""
+    try:
+        while True:
+            event = await events.get()
+            if isinstance(event, BaseException):
+                raise event
+            yield event
+            if isinstance(event, FinishEvent):
+                return
+    finally:
+        sequence.cancelled = True
+
+
+def encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
+    """Token ids of the prompt (chat template applied) plus any accepted continuation."""
+    tokenizer = loaded.tokenizer
+    prompt = request.prompt
+    if isinstance(prompt, ChatPrompt):
+        text = tokenizer.apply_chat_template(list(prompt.messages), add_generation_prompt=True, tokenize=False)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+    elif prompt.token_ids is not None:
+        ids = list(prompt.token_ids)
+        if any(not 0 <= t < loaded.vocab_size for t in ids):
+            raise InvalidRequest("prompt contains token ids outside the vocabulary", param="prompt")
+    else:
+        ids = tokenizer.encode(prompt.text or "", add_special_tokens=False)
+    if request.continuation:
+        ids += tokenizer.encode(request.continuation, add_special_tokens=False)
+    if not ids:
+        raise InvalidRequest("the prompt is empty", param="prompt")
+    return ids
+
+
 class EmbeddedEngine:
     """In-process continuous batching over a transformers model, with hidden-state capture."""
 
@@ -97,12 +134,12 @@ class EmbeddedEngine:
         loaded: LoadedModel,
         config: EngineConfig,
         bands: tuple[LayerBand, ...],
-        mean_states: Mapping[int, np.ndarray] | None = None,
+        extractor_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.loaded = loaded
         self.config = config
         self.bands = bands
-        self._mean_states = mean_states
+        self._extractor_options = dict(extractor_options or {})  # from Calibration.extractor_options()
         self._capture = None
         if config.capture:
             layers = sorted({layer for band in bands for layer in band.layers})
@@ -143,22 +180,7 @@ class EmbeddedEngine:
 
     def encode_prompt(self, request: GenerationRequest) -> list[int]:
         """Token ids of the prompt (chat template applied) plus any accepted continuation."""
-        tokenizer = self.loaded.tokenizer
-        prompt = request.prompt
-        if isinstance(prompt, ChatPrompt):
-            text = tokenizer.apply_chat_template(list(prompt.messages), add_generation_prompt=True, tokenize=False)
-            ids = tokenizer.encode(text, add_special_tokens=False)
-        elif prompt.token_ids is not None:
-            ids = list(prompt.token_ids)
-            if any(not 0 <= t < self.loaded.vocab_size for t in ids):
-                raise InvalidRequest("prompt contains token ids outside the vocabulary", param="prompt")
-        else:
-            ids = tokenizer.encode(prompt.text or "", add_special_tokens=False)
-        if request.continuation:
-            ids += tokenizer.encode(request.continuation, add_special_tokens=False)
-        if not ids:
-            raise InvalidRequest("the prompt is empty", param="prompt")
-        return ids
+        return encode_prompt(self.loaded, request)
 
     def check_fits(self, prompt_length: int, max_tokens: int, prompt_param: str, limit_param: str) -> None:
         """Raise a 400 when prompt plus ``max_tokens`` (at least one token) exceed the context."""
@@ -176,13 +198,14 @@ class EmbeddedEngine:
         """Tokens that can still be generated after a prompt of this length."""
         return min(self.config.max_model_len, self.loaded.max_context) - prompt_length
 
-    async def generate(self, request: GenerationRequest, prompt_ids: list[int]) -> AsyncIterator[GenerationEvent]:
-        """Queue a request and yield its events; leaving the iterator early frees the slot."""
+    def submit(self, request: GenerationRequest, prompt_ids: list[int]) -> AsyncIterator[GenerationEvent]:
+        """Queue a request now (raising ``Overloaded`` when the queue is full); iterate the result for its
+        events. Closing the iterator early frees the slot."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[GenerationEvent | BaseException] = asyncio.Queue()
         extractor = None
         if self._capture is not None and request.monitor:
-            extractor = FeatureExtractor(self.bands, self.config.window, self._mean_states)
+            extractor = FeatureExtractor(self.bands, self.config.window, **self._extractor_options)
         sequence = _Sequence(
             request,
             prompt_ids,
@@ -198,16 +221,7 @@ class EmbeddedEngine:
                 raise Overloaded(f"the engine queue is full ({self.config.max_queue} waiting); retry later")
             self._waiting.append(sequence)
             self._cond.notify()
-        try:
-            while True:
-                event = await events.get()
-                if isinstance(event, BaseException):
-                    raise event
-                yield event
-                if isinstance(event, FinishEvent):
-                    return
-        finally:
-            sequence.cancelled = True
+        return _events_of(sequence, events)
 
     # ---- decode thread ---------------------------------------------------------------------------
 
@@ -269,7 +283,7 @@ class EmbeddedEngine:
         """Sample one token for each sequence, emit it with its features, finish those that are done."""
         monitored = any(s.extractor is not None for s in sequences)
         states = self._capture.take().numpy() if self._capture is not None else None
-        token_entropy = entropies(logits).tolist() if monitored else None
+        token_entropy = next_token_entropies(logits).tolist() if monitored else None
         tokens = sample_batch(logits, [s.sampler for s in sequences])
         for row, (sequence, token) in enumerate(zip(sequences, tokens, strict=True)):
             sequence.output_ids.append(token)

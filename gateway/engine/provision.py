@@ -19,6 +19,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 CONVERTED_MARKER = "sinkwatch-converted.json"
+# 2: weights saved the transformers way (tied embeddings as model.embed_tokens.weight), which vLLM can load;
+# folders converted by an older format are converted again.
+CONVERSION_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ def provision(model: str) -> Path:
 
 
 def _is_converted(folder: Path) -> bool:
-    return (folder / CONVERTED_MARKER).is_file()
+    marker = folder / CONVERTED_MARKER
+    return marker.is_file() and json.loads(marker.read_text()).get("format") == CONVERSION_FORMAT
 
 
 def _sha256(path: Path) -> str:
@@ -127,7 +131,7 @@ def _converted(gguf: Path, target: Path) -> Path:
     if _is_converted(target):
         return target
     import torch
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"sinkwatch: converting {gguf.name} to safetensors (once; later starts load in about a second)")
@@ -146,9 +150,12 @@ def _converted(gguf: Path, target: Path) -> Path:
             (staging / "config.json").write_text(json.dumps(config, indent=2))
             model.generation_config.save_pretrained(staging)
             bar.update()
-            save_model(model, str(staging / "model.safetensors"))
+            weights = model.state_dict()
+            if model.config.tie_word_embeddings:  # keep the embeddings, as transformers does; loaders re-tie the head
+                weights.pop("lm_head.weight", None)
+            save_file({name: tensor.contiguous() for name, tensor in weights.items()}, staging / "model.safetensors")
             bar.update()
-        (staging / CONVERTED_MARKER).write_text(json.dumps({"source": gguf.name}))
+        (staging / CONVERTED_MARKER).write_text(json.dumps({"source": gguf.name, "format": CONVERSION_FORMAT}))
         if target.exists():
             shutil.rmtree(target)
         staging.replace(target)

@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 import torch
 
+from gateway.errors import InvalidRequest
 from gateway.generation import SamplingParams
 
 
@@ -22,6 +23,8 @@ class RowSampler:
             self.seen[torch.tensor(list(prompt_ids))] = True
         self.bias = None
         if params.logit_bias:
+            if max(params.logit_bias) >= vocab_size or min(params.logit_bias) < 0:
+                raise InvalidRequest("logit_bias names token ids outside the vocabulary", param="logit_bias")
             self.bias = torch.zeros(vocab_size)
             ids = torch.tensor(list(params.logit_bias))
             self.bias[ids] = torch.tensor(list(params.logit_bias.values()), dtype=torch.float32)
@@ -49,12 +52,6 @@ class RowSampler:
     def uniform(self) -> float:
         """One draw in [0, 1) from this sequence's own generator (seeded) or the global one."""
         return float(torch.rand(1, generator=self.generator))
-
-
-def entropies(logits: torch.Tensor) -> torch.Tensor:
-    """Next-token entropy (nats) of each row of raw logits, before any sampling adjustment."""
-    log_p = torch.log_softmax(logits, dim=-1)
-    return -(log_p.exp() * log_p).sum(dim=-1)
 
 
 # Candidate counts tried in turn before sorting the whole vocabulary for top-p.

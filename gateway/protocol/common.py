@@ -25,7 +25,7 @@ class StreamOptions(StrictModel):
 class GateOptions(StrictModel):
     """The ``sinkwatch`` request extension (sent by the openai client through ``extra_body``)."""
 
-    policy: Literal["observe", "annotate"] | None = None
+    policy: Literal["observe", "annotate", "block", "rescue"] | None = None
 
 
 class SamplingFields(StrictModel):
@@ -34,7 +34,7 @@ class SamplingFields(StrictModel):
     model: str
     temperature: Annotated[float, Field(ge=0, le=2)] | None = None
     top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
     stop: str | list[str] | None = None
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
@@ -60,8 +60,8 @@ class SamplingFields(StrictModel):
         if self.stream_options is not None and not self.stream:
             raise UnsupportedParameter("stream_options is only allowed when stream is true", param="stream_options")
         for key in self.logit_bias or {}:
-            if not key.lstrip("-").isdigit():
-                raise UnsupportedParameter(f"logit_bias keys must be token ids, not {key!r}", param="logit_bias")
+            if not (key.isascii() and key.isdigit() and int(key) < 2**31):
+                raise UnsupportedParameter(f"logit_bias keys must be token ids, not {key[:40]!r}", param="logit_bias")
         return self
 
     def sampling(self, max_tokens: int | None) -> SamplingParams:

@@ -27,7 +27,7 @@ def _request(i: int, prompt: str, max_tokens: int, **sampling) -> GenerationRequ
 async def _run(engine: EmbeddedEngine, request: GenerationRequest, delay: float = 0.0) -> tuple[list[int], str]:
     await asyncio.sleep(delay)
     ids = []
-    async for event in engine.generate(request, engine.encode_prompt(request)):
+    async for event in engine.submit(request, engine.encode_prompt(request)):
         if isinstance(event, TokenEvent) and event.token_id is not None:
             ids.append(event.token_id)
         if isinstance(event, FinishEvent):
@@ -62,7 +62,7 @@ def test_batched_requests_match_solo_runs(loaded):
 
 def test_abandoned_request_leaves_the_batch(loaded):
     async def scenario(engine):
-        events = engine.generate(
+        events = engine.submit(
             _request(0, PROMPTS[1], 500, temperature=0.0), engine.encode_prompt(_request(0, PROMPTS[1], 500))
         )
         await anext(events)
