@@ -30,6 +30,8 @@ from monitors.probe import LinearProbe
 from monitors.spectral import _RANK_TOL
 
 _EPS = 1e-12
+# Tokens a per-layer metric needs before it exists: a previous state (cosine), one more (recurrence).
+_NEEDS_TOKENS = {"cosine": 1, "cosine_clip": 1, "recurrence": 2}
 
 
 @dataclass(slots=True)
@@ -114,11 +116,41 @@ class FeatureExtractor:
 
     def push(self, states: np.ndarray, entropy: float, token_id: int) -> StepFeatures:
         """Add the states (``[len(self.layers), d]``, in ``self.layers`` order) behind one generated token."""
+        return FeatureExtractor.push_many([self], np.asarray(states)[None], [entropy], [token_id])[0]
+
+    @staticmethod
+    def push_many(
+        extractors: Sequence["FeatureExtractor"],
+        states: np.ndarray,
+        entropies: Sequence[float],
+        token_ids: Sequence[int],
+    ) -> list[StepFeatures]:
+        """One token for each of several generations at once (``states``: ``[generations, layers, d]``).
+
+        The extractors must share their configuration (bands, window, calibration arrays); each keeps its own
+        window. Computing a decode step's rows together costs about what one row costs alone: the work is
+        numpy calls on small arrays, and they are made once for the whole step. Windows that are not full yet
+        are zero-padded: zero rows add nothing to the Gram sums, and the padding is masked where it would.
+        """
+        first = extractors[0]
         x = np.asarray(states, dtype=np.float64)
+        rows, layers = len(extractors), len(first.layers)
+        grams = np.empty((rows, layers, first.window, first.window))
+        outlier_grams = np.empty_like(grams) if first._outliers[0].shape[1] else None
+        slots, counts = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
+        for row, extractor in enumerate(extractors):
+            slots[row] = extractor._record(x[row])
+            counts[row] = extractor._count
+            grams[row] = extractor._gram
+            if outlier_grams is not None:
+                outlier_grams[row] = extractor._outlier_gram
+        return first._features(x, grams, outlier_grams, slots, counts, entropies, token_ids)
+
+    def _record(self, x: np.ndarray) -> int:
+        """Put one token's states in the window, update its Gram matrices; returns the slot it took."""
         if self._ring is None:
             self._ring = np.zeros((len(self.layers), self.window, x.shape[-1]))
         slot = self._count % self.window
-        previous = (self._count - 1) % self.window
         self._ring[:, slot] = x
         dots = (self._ring @ x[:, :, None])[..., 0]
         self._gram[:, slot, :] = dots
@@ -130,41 +162,73 @@ class FeatureExtractor:
             self._outlier_gram[:, slot, :] = outlier_dots
             self._outlier_gram[:, :, slot] = outlier_dots
         self._count += 1
-        filled = min(self._count, self.window)
+        return slot
 
-        raw = self._gram[:, :filled, :filled]
-        unit = _unit_gram(raw)
-        per_layer = {
-            "pr": _batched_pr(unit),
-            "pr_raw": _batched_pr(raw),
-        }
-        if index.shape[1]:
-            clipped = _unit_gram(raw - self._outlier_gram[:, :filled, :filled])
-            per_layer["pr_clip"] = _batched_pr(clipped)
-        if self._count > 2:
-            earlier = np.ones(filled, dtype=bool)
-            earlier[[slot, previous]] = False
-            per_layer["recurrence"] = unit[:, slot, :filled][:, earlier].max(axis=1)
-        if self._count > 1:
-            per_layer["cosine"] = unit[:, slot, previous]
-            if index.shape[1]:
-                per_layer["cosine_clip"] = clipped[:, slot, previous]
+    def _features(
+        self,
+        x: np.ndarray,
+        grams: np.ndarray,
+        outlier_grams: np.ndarray | None,
+        slots: np.ndarray,
+        counts: np.ndarray,
+        entropies: Sequence[float],
+        token_ids: Sequence[int],
+    ) -> list[StepFeatures]:
+        """Features of a step's rows from their windows' Gram matrices (``[rows, layers, window, window]``)."""
+        rows, layers, window = grams.shape[0], grams.shape[1], self.window
+        filled = np.minimum(counts, window)
+        previous = (slots - 1) % window
+        every_row = np.arange(rows)
+        n = np.repeat(filled, layers)
+        flat = grams.reshape(rows * layers, window, window)
+        unit = _unit_gram(flat)
+        per_layer = {"pr": _batched_pr(unit, n), "pr_raw": _batched_pr(flat, n)}
+        unit = unit.reshape(grams.shape)
+        if outlier_grams is not None:
+            clipped = _unit_gram((grams - outlier_grams).reshape(flat.shape))
+            per_layer["pr_clip"] = _batched_pr(clipped, n)
+            clipped = clipped.reshape(grams.shape)
+        position = np.arange(window)
+        earlier = (position < filled[:, None]) & (position != slots[:, None]) & (position != previous[:, None])
+        latest = unit[every_row, :, slots, :]
+        per_layer["recurrence"] = np.where(earlier[:, None, :], latest, -1.0).max(axis=2)  # cosines are ≥ -1
+        per_layer["cosine"] = unit[every_row, :, slots, previous]
+        if outlier_grams is not None:
+            per_layer["cosine_clip"] = clipped[every_row, :, slots, previous]
         if self._mean_dirs is not None:
-            per_layer["drift"] = (self._mean_dirs * x).sum(axis=1) / np.maximum(np.linalg.norm(x, axis=1), _EPS)
-
-        values = {"entropy": float(entropy)}
-        if len(self.layers) > 1:
-            steps = np.linalg.norm(np.diff(x, axis=0), axis=1).sum()
-            values["path"] = float(steps / max(float(np.linalg.norm(x[-1])), _EPS))
-        if self._probe is not None:
-            rows, w, mean, bias = self._probe
-            values["probe"] = float((x[rows].reshape(-1) - mean) @ w + bias)
+            per_layer["drift"] = (self._mean_dirs * x).sum(axis=2) / np.maximum(np.linalg.norm(x, axis=2), _EPS)
+        per_layer = {metric: values.reshape(rows, layers) for metric, values in per_layer.items()}
         band_means = (np.stack(list(per_layer.values())) @ self._band_average).tolist()
-        for metric, means in zip(per_layer, band_means, strict=True):
-            values.update(zip(self._band_keys[metric], means, strict=True))
-        eff_rank = _batched_effective_rank(_batched_centre(unit[self._eff_rank_rows])).tolist()
-        values.update(zip(self._band_keys["eff_rank"], eff_rank, strict=True))
-        return StepFeatures(index=self._count - 1, token_id=token_id, window=filled, values=values)
+        eff_rank_units = unit[:, self._eff_rank_rows]
+        eff_rank = (
+            _batched_effective_rank(
+                _batched_centre(eff_rank_units.reshape(-1, window, window), np.repeat(filled, len(self.bands)))
+            )
+            .reshape(rows, len(self.bands))
+            .tolist()
+        )
+        path = None
+        if layers > 1:
+            steps = np.linalg.norm(np.diff(x, axis=1), axis=2).sum(axis=1)
+            path = (steps / np.maximum(np.linalg.norm(x[:, -1], axis=1), _EPS)).tolist()
+        probe = None
+        if self._probe is not None:
+            probe_rows, w, mean, bias = self._probe
+            probe = ((x[:, probe_rows].reshape(rows, -1) - mean) @ w + bias).tolist()
+        results = []
+        for row in range(rows):
+            count = int(counts[row])
+            values = {"entropy": float(entropies[row])}
+            if path is not None:
+                values["path"] = path[row]
+            if probe is not None:
+                values["probe"] = probe[row]
+            for metric, means in zip(per_layer, band_means, strict=True):
+                if count > _NEEDS_TOKENS.get(metric, 0):
+                    values.update(zip(self._band_keys[metric], means[row], strict=True))
+            values.update(zip(self._band_keys["eff_rank"], eff_rank[row], strict=True))
+            results.append(StepFeatures(count - 1, int(token_ids[row]), int(filled[row]), values))
+        return results
 
 
 class _KeyTable(dict):
@@ -185,18 +249,23 @@ def _unit_gram(gram: np.ndarray) -> np.ndarray:
     return gram / (norms[:, :, None] * norms[:, None, :])
 
 
-def _batched_centre(gram: np.ndarray) -> np.ndarray:
-    row_means = gram.mean(axis=2, keepdims=True)
-    return gram - row_means - np.swapaxes(row_means, 1, 2) + gram.mean(axis=(1, 2), keepdims=True)
+def _batched_centre(gram: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Each Gram matrix of the centred rows, for windows of ``n`` rows zero-padded to the matrix size
+    (the padding stays zero, so its eigenvalues are zeros)."""
+    n = n[:, None].astype(np.float64)
+    row_means = gram.sum(axis=2) / n
+    grand_mean = row_means.sum(axis=1, keepdims=True) / n
+    centred = gram - row_means[:, :, None] - row_means[:, None, :] + grand_mean[:, :, None]
+    inside = (np.arange(gram.shape[-1]) < n).astype(np.float64)
+    return centred * inside[:, :, None] * inside[:, None, :]
 
 
-def _batched_pr(gram: np.ndarray) -> np.ndarray:
+def _batched_pr(gram: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Participation ratio of the centred rows behind each Gram matrix, without forming ``H G H``.
 
     With ``r = G1`` and ``s = 1ᵀG1`` (n rows): ``tr(HGH) = tr(G) - s/n`` and
-    ``‖HGH‖_F² = ‖G‖_F² - (2/n)‖r‖² + s²/n²``.
+    ``‖HGH‖_F² = ‖G‖_F² - (2/n)‖r‖² + s²/n²``. Rows past ``n`` (zero padding) add nothing to the sums.
     """
-    n = gram.shape[-1]
     row_sums = gram.sum(axis=2)
     total = row_sums.sum(axis=1)
     trace = np.trace(gram, axis1=1, axis2=2) - total / n

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache
 
@@ -34,7 +35,7 @@ from gateway.generation import (
 from monitors.bands import LayerBand
 from monitors.capture import ResidualCapture
 from monitors.entropy import next_token_entropies
-from monitors.features import FeatureExtractor
+from monitors.features import FeatureExtractor, StepFeatures
 
 
 @dataclass(frozen=True)
@@ -285,20 +286,35 @@ class EmbeddedEngine:
         states = self._capture.take().numpy() if self._capture is not None else None
         token_entropy = next_token_entropies(logits).tolist() if monitored else None
         tokens = sample_batch(logits, [s.sampler for s in sequences])
-        for row, (sequence, token) in enumerate(zip(sequences, tokens, strict=True)):
+        features = self._features(sequences, states, token_entropy, tokens) if monitored else [None] * len(tokens)
+        for sequence, token, token_features in zip(sequences, tokens, features, strict=True):
             sequence.output_ids.append(token)
-            features = None
-            if sequence.extractor is not None:
-                features = sequence.extractor.push(states[row], token_entropy[row], token)
             if token in self.loaded.eos_token_ids:
-                sequence.emit(TokenEvent("", token, features))
+                sequence.emit(TokenEvent("", token, token_features))
                 sequence.finish("stop")
                 continue
-            sequence.emit(TokenEvent(sequence.detokenizer.push(token), token, features))
+            sequence.emit(TokenEvent(sequence.detokenizer.push(token), token, token_features))
             if sequence.detokenizer.stopped:
                 sequence.finish("stop")
             elif len(sequence.output_ids) >= sequence.request.sampling.max_tokens:
                 sequence.finish("length")
+
+    @staticmethod
+    def _features(
+        sequences: list[_Sequence], states: np.ndarray, token_entropy: list[float], tokens: list[int]
+    ) -> list[StepFeatures | None]:
+        """Each monitored row's features, computed for the whole step at once."""
+        rows = [row for row, sequence in enumerate(sequences) if sequence.extractor is not None]
+        pushed = FeatureExtractor.push_many(
+            [sequences[row].extractor for row in rows],
+            states[rows],
+            [token_entropy[row] for row in rows],
+            [tokens[row] for row in rows],
+        )
+        features: list[StepFeatures | None] = [None] * len(sequences)
+        for row, row_features in zip(rows, pushed, strict=True):
+            features[row] = row_features
+        return features
 
     def _retire(self) -> None:
         """Drop finished and abandoned sequences from the batch."""

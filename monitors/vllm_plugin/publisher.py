@@ -79,14 +79,18 @@ class FeaturePublisher:
                 log.exception("sinkwatch: failed to publish an engine step's features")
 
     def process(self, step: CapturedStep) -> None:
-        """Push each row into its request's extractor and send each gateway its requests' features."""
+        """Push the step's rows into their requests' extractors together; send each gateway its requests' features."""
         batches: dict[str, list[tuple[str, StepFeatures]]] = defaultdict(list)
-        for row, (engine_id, tag) in enumerate(zip(step.engine_ids, step.tags, strict=True)):
+        extractors = []
+        for engine_id in step.engine_ids:
             extractor = self._extractors.get(engine_id)
             if extractor is None:
                 extractor = self._extractors[engine_id] = self._new_extractor()
-            features = extractor.push(step.states[row], float(step.entropies[row]), step.token_ids[row])
-            batches[tag.sink].append((tag.request_id, features))
+            extractors.append(extractor)
+        if extractors:
+            rows = FeatureExtractor.push_many(extractors, step.states, step.entropies, step.token_ids)
+            for tag, features in zip(step.tags, rows, strict=True):
+                batches[tag.sink].append((tag.request_id, features))
         for engine_id in step.ended:
             self._extractors.pop(engine_id, None)
         for sink, items in batches.items():

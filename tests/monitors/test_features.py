@@ -89,3 +89,33 @@ def test_recurrence_is_the_closest_earlier_state_but_the_previous_one():
     states[5] = states[1] * 2.0  # the trajectory returns to where it was four tokens ago
     last = _run(states, window=8)[-1]
     assert last.values["late.recurrence"] == pytest.approx(1.0)
+
+
+def test_a_window_that_is_not_full_yet_matches_the_direct_computation():
+    states = _states(5)
+    last = _run(states, window=8)[-1]
+    assert last.window == 5
+    assert last.values["early.pr"] == pytest.approx(
+        np.mean([participation_ratio(states[:, i]) for i in (0, 1)]), rel=1e-9
+    )
+    assert last.values["late.eff_rank"] == pytest.approx(effective_rank(states[:, 2]), rel=1e-6)
+
+
+def test_generations_pushed_together_get_what_each_would_get_alone():
+    rng = np.random.default_rng(2)
+    mean = {layer: rng.standard_normal(WIDTH) for layer in (1, 2, 5)}
+    options = {"mean_states": mean, "outlier_dims": {1: [3], 2: [3, 4], 5: [0]}}
+    lengths = (1, 2, 3, 7, 12)  # not full, full, and wrapped windows side by side
+    runs = [_states(length, seed=length) for length in lengths]
+    alone = [_run(states, window=6, **options)[-1] for states in runs]
+    together = [FeatureExtractor(BANDS, 6, **options) for _ in lengths]
+    for step in range(max(lengths)):
+        rows = [i for i, length in enumerate(lengths) if step < length]
+        pushed = FeatureExtractor.push_many(
+            [together[i] for i in rows], np.stack([runs[i][step] for i in rows]), [1.0] * len(rows), [7] * len(rows)
+        )
+        for i, features in zip(rows, pushed, strict=True):
+            if step == lengths[i] - 1:
+                assert features.index == alone[i].index and features.window == alone[i].window
+                assert features.values.keys() == alone[i].values.keys()
+                assert features.values == pytest.approx(alone[i].values, rel=1e-9, abs=1e-12)
