@@ -5,9 +5,13 @@ full serving path (``gateway.api.error_handlers``).
 """
 
 import orjson
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 
+from gateway.api.error_handlers import validation_error
 from gateway.errors import InvalidRequest
 from gateway.gate.policy import GateConfig, resolve_policy
+from gateway.protocol.common import GateOptions
 from gateway.security.middleware import invalid_json
 
 _PROMPT_FIELD = {"chat": "messages", "completions": "prompt"}
@@ -50,21 +54,19 @@ def _check_fields(request: dict, endpoint: str) -> None:
 
 
 def _check_extension(request: dict, header_policy: str | None) -> None:
-    """The ``sinkwatch`` extension and the policy header get the same 400s as on the full serving path.
+    """The ``sinkwatch`` extension and the policy header get the same 400s as on the full serving path:
+    the extension is validated by the same model, the header by the same resolution.
 
     Nothing is monitored on the fast path, so a valid policy changes nothing; an invalid one is still an error.
     """
     extension = request.get("sinkwatch")
-    if extension is not None and not isinstance(extension, dict):
-        raise _invalid("sinkwatch", "an object")
-    extension = extension or {}
-    unknown = sorted(set(extension) - {"policy"})
-    if unknown:
-        param = f"sinkwatch.{unknown[0]}"
-        raise InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
-    body_policy = extension.get("policy")
-    if body_policy is not None and not isinstance(body_policy, str):
-        raise _invalid("sinkwatch.policy", "a string")
+    body_policy = None
+    if extension is not None:
+        try:
+            body_policy = GateOptions.model_validate(extension).policy
+        except ValidationError as problem:
+            located = [{**e, "loc": ("body", "sinkwatch", *e["loc"])} for e in problem.errors()]
+            raise validation_error(RequestValidationError(located)) from None
     resolve_policy(GateConfig(), body_policy, header_policy)
 
 

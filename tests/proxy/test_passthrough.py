@@ -116,6 +116,7 @@ def test_connections_to_the_upstream_are_kept_alive(upstream, proxy):
     ("extension", "headers", "param"),
     [
         ({"policy": "shout"}, {}, "sinkwatch.policy"),
+        ({"policy": "BLOCK"}, {}, "sinkwatch.policy"),  # the body's policy is exact, as on the full path
         ({"policy": 3}, {}, "sinkwatch.policy"),
         ({"mode": "x"}, {}, "sinkwatch.mode"),
         ("block", {}, "sinkwatch"),
@@ -132,3 +133,13 @@ def test_a_bad_policy_is_a_400_on_the_fast_path_too(proxy, extension, headers, p
 def test_a_valid_policy_is_accepted_on_the_fast_path(proxy):
     body = {**CHAT, "sinkwatch": {"policy": "block"}}
     assert _post(proxy.base_url, "/v1/chat/completions", body, **{"x-sinkwatch-policy": "rescue"}).status_code == 200
+
+
+def test_the_fast_path_words_a_bad_extension_as_the_full_path_does(proxy):
+    response = _post(proxy.base_url, "/v1/chat/completions", {**CHAT, "sinkwatch": {"mode": "x"}})
+    assert response.json()["error"] == {
+        "message": "Unrecognized request argument supplied: sinkwatch.mode",
+        "type": "invalid_request_error",
+        "param": "sinkwatch.mode",
+        "code": "unknown_parameter",
+    }
