@@ -1,5 +1,6 @@
 """Layer bands: contiguous layer ranges whose metrics are reported together (core, mantle, crust)."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 BAND_NAMES = ("early", "middle", "late")
@@ -26,6 +27,11 @@ def default_bands(num_layers: int, layers_per_band: int = 2) -> tuple[LayerBand,
         layers = sorted({min(stop - 1, start + round(step * (i + 1))) for i in range(layers_per_band)})
         bands.append(LayerBand(name, tuple(layers)))
     return tuple(bands)
+
+
+def format_bands(bands: Iterable[LayerBand]) -> str:
+    """The inverse of :func:`parse_bands`: ``"early=4,8;middle=12,16;late=21,26"``."""
+    return ";".join(f"{band.name}={','.join(map(str, band.layers))}" for band in bands)
 
 
 def parse_bands(spec: str) -> tuple[LayerBand, ...]:

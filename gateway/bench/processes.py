@@ -1,6 +1,7 @@
 """Servers in their own processes, for benchmarks and load tests: the gateway and the fake upstream."""
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -74,12 +75,18 @@ def _wait_until(url: str, process: subprocess.Popen, timeout: float) -> None:
 
 @contextmanager
 def _running(
-    command: list[str], ready_url: str, base_url: str, timeout: float, wrapped: bool = False
+    command: list[str],
+    ready_url: str,
+    base_url: str,
+    timeout: float,
+    wrapped: bool = False,
+    cpus: frozenset[int] | None = None,
 ) -> Iterator[Process]:
-    """Start ``command`` in its own process group; stop the whole group with SIGINT (a profiler wrapping the
-    server then writes its profile), SIGKILL if it lingers."""
+    """Start ``command`` in its own process group (bound to ``cpus`` when given); stop the whole group with
+    SIGINT (a profiler wrapping the server then writes its profile), SIGKILL if it lingers."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    popen = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+    bind = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
+    popen = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=bind)
     try:
         _wait_until(ready_url, popen, timeout)
         yield Process(popen, base_url, wrapped)
@@ -105,13 +112,16 @@ def fake_upstream_process(tokens: int, token_interval: float = 0.0, model: str =
 
 
 @contextmanager
-def gateway_process(*flags: str, timeout: float = 120, profile: Path | None = None) -> Iterator[Process]:
+def gateway_process(
+    *flags: str, timeout: float = 120, profile: Path | None = None, cpus: frozenset[int] | None = None
+) -> Iterator[Process]:
     """``sinkwatch serve FLAGS`` on a free port, once ``/readyz`` answers 200; with ``profile``, under
-    py-spy (on PATH), which writes collapsed stacks of CPU samples there when the server stops."""
+    py-spy (on PATH), which writes collapsed stacks of CPU samples there when the server stops; with
+    ``cpus``, bound to those cores."""
     port = free_port()
     command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *flags]
     if profile is not None:
         command = ["py-spy", "record", "--format", "raw", "--rate", "250", "--output", str(profile), "--", *command]
     ready, base = f"http://127.0.0.1:{port}/readyz", f"http://127.0.0.1:{port}/v1"
-    with _running(command, ready, base, timeout, wrapped=profile is not None) as process:
+    with _running(command, ready, base, timeout, wrapped=profile is not None, cpus=cpus) as process:
         yield process

@@ -12,6 +12,12 @@ the upstream itself and the gateway, so drift in machine load hits both alike:
 - concurrent streams at the paced token rate: the most streams served with no error and at least 90%
   of the ideal stream rate.
 
+Placement: by default the gateway gets cores of its own (``--gateway-cores``, 1) and the load generator
+and the fakes share the rest, as in a deployment, where clients, gateway and model server do not share
+CPUs; without that, on a small machine, the proxied path also pays for the gateway's CPU out of the
+client's and upstream's share, and the saturation ratio says how the machine splits, not whether the
+gateway keeps up. ``--gateway-cores 0`` runs everything on all cores.
+
 ``--profile`` runs the gateway under py-spy (``pip install py-spy``) and reports where its CPU samples
 went while serving, by component.
 """
@@ -46,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token-rate", type=float, default=50.0, help="tokens/s of each paced stream")
     parser.add_argument("--seconds", type=float, default=4.0, help="duration of each saturation run")
     parser.add_argument("--rounds", type=int, default=2, help="saturation runs per level and path")
+    parser.add_argument(
+        "--gateway-cores", type=int, default=1, help="cores for the gateway alone (0: all processes share all cores)"
+    )
     parser.add_argument("--profile", action="store_true", help="sample the gateway with py-spy (must be on PATH)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
 
@@ -219,9 +228,26 @@ async def _measure(paths: Paths, args: argparse.Namespace) -> dict:
     }
 
 
+def _split_cores(gateway_cores: int) -> tuple[frozenset[int] | None, frozenset[int] | None]:
+    """``(gateway's cores, everyone else's)`` out of this process's cores; ``(None, None)`` to share them all."""
+    cores = sorted(os.sched_getaffinity(0))
+    if gateway_cores <= 0:
+        return None, None
+    if gateway_cores >= len(cores):
+        raise SystemExit(f"--gateway-cores {gateway_cores}: only {len(cores)} cores here, and the rest need one")
+    return frozenset(cores[-gateway_cores:]), frozenset(cores[:-gateway_cores])
+
+
 def run(args: argparse.Namespace) -> None:
     """Run the benchmark and print (and optionally save) the results."""
+    gateway_cpus, client_cpus = _split_cores(args.gateway_cores)
+    if client_cpus is not None:
+        os.sched_setaffinity(0, client_cpus)  # the load generator, and the fakes it starts
     results: dict = {"machine": _machine(), "settings": {k: v for k, v in vars(args).items() if k != "handler"}}
+    results["machine"]["placement"] = {
+        "gateway": sorted(gateway_cpus) if gateway_cpus else "shared",
+        "load generator and fakes": sorted(client_cpus) if client_cpus else "shared",
+    }
     profile_path = Path(tempfile.mkdtemp()) / "gateway-stacks.txt" if args.profile else None
     paced_interval = 1.0 / args.token_rate
     with (
@@ -233,6 +259,7 @@ def run(args: argparse.Namespace) -> None:
             "--upstreams",
             f"fast={direct.base_url},paced={paced.base_url}",
             profile=profile_path,
+            cpus=gateway_cpus,
         ) as gateway,
     ):
         results.update(asyncio.run(_measure(Paths(direct, paced, gateway), args)))

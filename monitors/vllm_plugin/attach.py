@@ -10,8 +10,7 @@ from vllm.model_executor.models.interfaces import supports_eagle3
 from monitors.bands import captured_layers, parse_bands
 from monitors.vllm_plugin.publisher import FeaturePublisher
 from monitors.vllm_plugin.settings import PluginSettings
-from monitors.vllm_plugin.sinks import SinkSockets
-from monitors.vllm_plugin.tap import RunnerTap, new_extractor_factory, resolve_calibration
+from monitors.vllm_plugin.tap import RunnerTap, resolve_calibration
 from monitors.vllm_plugin.wire import monitor_profile
 
 log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, so it shows in its log
@@ -59,8 +58,7 @@ def attach_tap(runner: Any, settings: PluginSettings) -> RunnerTap | None:
     runner.get_model().set_aux_hidden_state_layers(aux_layers)
     runner.use_aux_hidden_state_outputs = True
     profile = monitor_profile(calibration, bands)
-    sockets = SinkSockets(settings.allowed_sinks)
-    publisher = FeaturePublisher(new_extractor_factory(calibration, bands), profile, sockets)
+    publisher = FeaturePublisher(calibration, bands, cpus=settings.publisher_cpus)
     publisher.start()
     atexit.register(publisher.close)
     log.info("sinkwatch: monitoring decoder layers %s (profile %s)", layers, profile)

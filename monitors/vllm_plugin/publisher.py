@@ -1,59 +1,78 @@
-"""Turns captured states into features and sends them, on a thread of its own beside the model runner.
+"""The worker's side of monitoring: a thread that forwards captured steps to the feature reducer process.
 
-The publisher owns one :class:`FeatureExtractor` per monitored engine request (the same extractor the
-embedded engine uses, so both backends compute identical statistics) and the sockets to the gateways.
 The runner hands it one :class:`CapturedStep` per engine step through a bounded queue and never waits:
 when the queue is full the step is refused, and the runner stops monitoring the requests in it rather
-than let their windows skip a token.
+than let their windows skip a token. The thread computes the next-token entropies when the runner left
+it the logits (CPU hosts; torch releases the GIL meanwhile) and sends the step to the reducer
+(``reducer.py``, a process the publisher starts) over a local ZMQ pipe, waiting while the reducer is
+behind. Thread and reducer run off the model's CPU cores (``placement``).
 """
 
+import json
 import logging
+import pickle
 import queue
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
-from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 
-import numpy as np
+import zmq
 
-from monitors.features import FeatureExtractor, StepFeatures
-from monitors.vllm_plugin.sinks import SinkSockets
-from monitors.vllm_plugin.wire import RequestTag, encode_batch
+from monitors.bands import LayerBand, format_bands
+from monitors.calibration import Calibration
+from monitors.vllm_plugin.placement import bind, resolve_cpus
+from monitors.vllm_plugin.reducer import STOP
+from monitors.vllm_plugin.step import CapturedStep
 
 log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, so it shows in its log
 
 MAX_PENDING_STEPS = 256  # engine steps waiting for the publisher before the runner gives up on them
-
-
-@dataclass
-class CapturedStep:
-    """What one engine step sampled for the monitored requests: one row per request.
-
-    ``states`` is ``[rows, layers, d]`` (the residual stream behind each sampled token at the captured
-    layers, float32), ``entropies`` the next-token entropy of each row; ``ended`` lists engine request ids
-    whose extractors can be dropped.
-    """
-
-    engine_ids: list[str]
-    tags: list[RequestTag]
-    token_ids: list[int]
-    states: np.ndarray
-    entropies: np.ndarray
-    ended: list[str] = field(default_factory=list)
+PIPE_HWM = 64  # steps queued in the pipe to the reducer before the publisher waits for it
+SEND_WAIT_MS = 1000  # how long a send waits before checking that the reducer is still running
+REDUCER_EXIT_WAIT_S = 10
 
 
 class FeaturePublisher:
-    """A daemon thread: extractor pushes, batching per gateway, ZMQ sends."""
+    """A daemon thread and the reducer process behind it."""
 
-    def __init__(self, new_extractor: Callable[[], FeatureExtractor], profile: str, sockets: SinkSockets) -> None:
-        self._new_extractor = new_extractor
-        self._profile = profile
-        self._sockets = sockets
-        self._extractors: dict[str, FeatureExtractor] = {}
+    def __init__(self, calibration: Calibration, bands: tuple[LayerBand, ...], cpus: str = "auto") -> None:
+        self._calibration = calibration
+        self._bands = bands
+        self._cpus_setting = cpus
+        self._cpus: frozenset[int] | None = None
         self._queue: queue.Queue[CapturedStep | None] = queue.Queue(maxsize=MAX_PENDING_STEPS)
         self._thread = threading.Thread(target=self._run, name="sinkwatch-publisher", daemon=True)
+        self._context = zmq.Context()
+        self._pipe = self._context.socket(zmq.PUSH)
+        self._pipe.setsockopt(zmq.SNDHWM, PIPE_HWM)
+        self._pipe.setsockopt(zmq.SNDTIMEO, SEND_WAIT_MS)
+        self._pipe.setsockopt(zmq.LINGER, 0)
+        # a socket file in a directory only this user can enter: no other local process can connect and
+        # take steps off the pipe (an abstract socket would have no permissions)
+        self._folder = tempfile.mkdtemp(prefix="sinkwatch-reducer-")
+        self._endpoint = f"ipc://{self._folder}/pipe"
+        self._pipe.bind(self._endpoint)
+        self._reducer: subprocess.Popen | None = None
+        self._reducer_lost = False
 
     def start(self) -> None:
+        """Start the reducer process, then the thread; both leave the model's cores."""
+        self._cpus = resolve_cpus(self._cpus_setting)
+        config = {
+            "calibration": self._calibration.to_json(),
+            "bands": format_bands(self._bands),
+            "endpoint": self._endpoint,
+        }
+        self._reducer = subprocess.Popen([sys.executable, "-m", "monitors.vllm_plugin.reducer"], stdin=subprocess.PIPE)
+        bind(self._reducer.pid, self._cpus, "feature reducer process")
+        try:
+            with self._reducer.stdin:
+                self._reducer.stdin.write(json.dumps(config).encode())
+        except BrokenPipeError:
+            log.error("sinkwatch: the feature reducer did not start (code %s)", self._reducer.wait())
         self._thread.start()
 
     def submit(self, step: CapturedStep) -> bool:
@@ -65,33 +84,40 @@ class FeaturePublisher:
         return True
 
     def close(self) -> None:
-        """Publish what is queued, stop the thread, close the sockets."""
+        """Forward what is queued, stop the thread and the reducer."""
         if self._thread.is_alive():
             self._queue.put(None)
-            self._thread.join(timeout=10)
-        self._sockets.close()
+            self._thread.join(timeout=REDUCER_EXIT_WAIT_S)
+        if self._reducer is not None:
+            try:
+                self._pipe.send(STOP)
+                self._reducer.wait(REDUCER_EXIT_WAIT_S)
+            except (zmq.Again, subprocess.TimeoutExpired):
+                self._reducer.kill()
+                self._reducer.wait()
+        self._pipe.close()
+        self._context.term()
+        shutil.rmtree(self._folder, ignore_errors=True)
 
     def _run(self) -> None:
+        bind(0, self._cpus, "publisher thread")
         while (step := self._queue.get()) is not None:
             try:
-                self.process(step)
+                self._forward(step)
             except Exception:  # a bad step must not end monitoring for everyone
-                log.exception("sinkwatch: failed to publish an engine step's features")
+                log.exception("sinkwatch: failed to forward an engine step's states")
 
-    def process(self, step: CapturedStep) -> None:
-        """Push the step's rows into their requests' extractors together; send each gateway its requests' features."""
-        batches: dict[str, list[tuple[str, StepFeatures]]] = defaultdict(list)
-        extractors = []
-        for engine_id in step.engine_ids:
-            extractor = self._extractors.get(engine_id)
-            if extractor is None:
-                extractor = self._extractors[engine_id] = self._new_extractor()
-            extractors.append(extractor)
-        if extractors:
-            rows = FeatureExtractor.push_many(extractors, step.states, step.entropies, step.token_ids)
-            for tag, features in zip(step.tags, rows, strict=True):
-                batches[tag.sink].append((tag.request_id, features))
-        for engine_id in step.ended:
-            self._extractors.pop(engine_id, None)
-        for sink, items in batches.items():
-            self._sockets.send(sink, encode_batch(self._profile, items))
+    def _forward(self, step: CapturedStep) -> None:
+        """Send a step to the reducer with its entropies, waiting while the reducer catches up."""
+        message = pickle.dumps(replace(step, entropies=step.row_entropies(), logits=None), protocol=5)
+        while not self._reducer_lost:
+            try:
+                self._pipe.send(message)
+                return
+            except zmq.Again:
+                if self._reducer is not None and self._reducer.poll() is not None:
+                    self._reducer_lost = True
+                    log.error(
+                        "sinkwatch: the feature reducer exited (code %s); monitored requests get no features",
+                        self._reducer.returncode,
+                    )

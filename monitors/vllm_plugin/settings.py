@@ -19,12 +19,14 @@ DEFAULT_ALLOWED_SINKS = "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.
 
 @dataclass(frozen=True)
 class PluginSettings:
-    """``SINKWATCH_VLLM_PLUGIN`` (on unless 0/false/off), calibration, bands, and the allowed sink networks."""
+    """``SINKWATCH_VLLM_PLUGIN`` (on unless 0/false/off), calibration, bands, the allowed sink networks, and
+    the publisher thread's CPU cores (``SINKWATCH_VLLM_PUBLISHER_CPUS``, see ``placement``)."""
 
     enabled: bool = True
     calibration: str = ""
     bands: str = ""
     allowed_sinks: tuple[Network, ...] = ()
+    publisher_cpus: str = "auto"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "PluginSettings":
@@ -35,4 +37,5 @@ class PluginSettings:
             calibration=env.get("SINKWATCH_CALIBRATION", ""),
             bands=env.get("SINKWATCH_BANDS", ""),
             allowed_sinks=tuple(ipaddress.ip_network(n.strip()) for n in allowed.split(",") if n.strip()),
+            publisher_cpus=env.get("SINKWATCH_VLLM_PUBLISHER_CPUS", "auto"),
         )

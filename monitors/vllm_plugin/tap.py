@@ -9,7 +9,9 @@ decoder layer ``k - 1`` too, so both see the same residual stream.
 Between the forward pass and sampling, the tap takes, for each monitored request that samples a token
 this step (a decode step, or the last chunk of a prefill: partial prefill chunks sample nothing), the
 states at the request's last scheduled position (the position whose logits give the token) and the
-entropy of those raw logits; after sampling it adds the token ids and hands the step to the publisher.
+entropy of those raw logits (computed on the accelerator; on a CPU host the logits rows go to the
+publisher, which computes it off the model's cores); after sampling it adds the token ids and hands the
+step to the publisher.
 Requests are keyed by the engine's request id: they keep their extractor through preemption and
 recomputation, and lose it when they finish or are aborted (they leave the runner's request table).
 """
@@ -22,8 +24,8 @@ import torch
 
 from monitors.calibration import Calibration, load_calibration
 from monitors.entropy import next_token_entropies
-from monitors.features import FeatureExtractor
-from monitors.vllm_plugin.publisher import CapturedStep, FeaturePublisher
+from monitors.vllm_plugin.publisher import FeaturePublisher
+from monitors.vllm_plugin.step import CapturedStep
 from monitors.vllm_plugin.wire import RequestTag
 
 log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, so it shows in its log
@@ -37,7 +39,8 @@ class _Rows:
     engine_ids: list[str]
     tags: list[RequestTag]
     states: torch.Tensor
-    entropies: torch.Tensor
+    logits: torch.Tensor
+    entropies: torch.Tensor | None
 
 
 class RunnerTap:
@@ -70,7 +73,9 @@ class RunnerTap:
         last_positions = self._runner.query_start_loc.np[[r + 1 for r in rows]] - 1
         positions = torch.from_numpy(last_positions).to(state.logits.device, dtype=torch.long)
         states = torch.stack([aux.index_select(0, positions) for aux in state.aux_hidden_states], dim=1)
-        return _Rows(rows, engine_ids, tags, states, next_token_entropies(state.logits[rows]))
+        logits = state.logits[rows]
+        entropies = None if logits.device.type == "cpu" else next_token_entropies(logits)
+        return _Rows(rows, engine_ids, tags, states, logits, entropies)
 
     def publish(self, rows: _Rows | None, output: Any) -> None:
         """After sampling: attach the sampled token ids and hand the step to the publisher."""
@@ -83,8 +88,9 @@ class RunnerTap:
             tags=rows.tags,
             token_ids=token_ids,
             states=rows.states.float().cpu().numpy(),
-            entropies=rows.entropies.cpu().numpy(),
+            entropies=None if rows.entropies is None else rows.entropies.cpu().numpy(),
             ended=self._ended,
+            logits=rows.logits if rows.entropies is None else None,
         )
         if self._publisher.submit(step):
             self._ended = []
@@ -105,12 +111,6 @@ class RunnerTap:
         for engine_id in [e for e in self._tags if e not in requests]:
             if self._tags.pop(engine_id) is not None:
                 self._ended.append(engine_id)
-
-
-def new_extractor_factory(calibration: Calibration, bands: tuple) -> Any:
-    """Extractors exactly as the embedded engine builds them for this calibration."""
-    options = calibration.extractor_options()
-    return lambda: FeatureExtractor(bands, calibration.window, **options)
 
 
 def resolve_calibration(configured: str, served_names: list[str]) -> Calibration | None:

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from monitors.bands import LayerBand
+from monitors.bands import LayerBand, format_bands
 from monitors.calibration import Calibration
 from monitors.features import StepFeatures
 
@@ -43,8 +43,7 @@ class RequestTag:
 
 def monitor_profile(calibration: Calibration, bands: Iterable[LayerBand]) -> str:
     """Names everything that shapes the features: calibration, bands and window. Both sides must agree."""
-    spec = ";".join(f"{band.name}={','.join(map(str, band.layers))}" for band in bands)
-    return f"{calibration.model}@{calibration.created}|{spec}|w{calibration.window}"
+    return f"{calibration.model}@{calibration.created}|{format_bands(bands)}|w{calibration.window}"
 
 
 def encode_batch(profile: str, items: Iterable[tuple[str, StepFeatures]]) -> bytes:

@@ -1,14 +1,26 @@
-"""The worker's publisher: the embedded engine's feature extractor per request, one message per step and gateway."""
+"""The worker's side (publisher thread, reducer process) and the reducer: the embedded engine's feature
+extractor per request, one message per step and gateway."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import zmq
 
+from monitors.bands import format_bands
 from monitors.features import FeatureExtractor
-from monitors.vllm_plugin.publisher import MAX_PENDING_STEPS, CapturedStep, FeaturePublisher
+from monitors.vllm_plugin.publisher import MAX_PENDING_STEPS, FeaturePublisher
+from monitors.vllm_plugin.reducer import FeatureReducer, new_extractor_factory
 from monitors.vllm_plugin.settings import PluginSettings
 from monitors.vllm_plugin.sinks import SinkSockets
-from monitors.vllm_plugin.tap import new_extractor_factory
+from monitors.vllm_plugin.step import CapturedStep
 from monitors.vllm_plugin.wire import RequestTag, decode_batch, monitor_profile
 
 
@@ -23,13 +35,13 @@ def sink():
 
 
 @pytest.fixture
-def publisher(calibration):
+def reducer(calibration):
     sockets = SinkSockets(PluginSettings.from_env({}).allowed_sinks)
-    publisher = FeaturePublisher(
+    reducer = FeatureReducer(
         new_extractor_factory(calibration, calibration.bands), monitor_profile(calibration, calibration.bands), sockets
     )
-    yield publisher
-    publisher.close()
+    yield reducer
+    reducer.close()
 
 
 def _states(calibration, steps: int, seed: int) -> np.ndarray:
@@ -37,12 +49,12 @@ def _states(calibration, steps: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).normal(size=(steps, layers, 576)).astype(np.float32)
 
 
-def _receive(pull) -> tuple[str, list]:
-    assert pull.poll(5000), "no message from the publisher"
+def _receive(pull, timeout_ms: int = 5000) -> tuple[str, list]:
+    assert pull.poll(timeout_ms), "no message from the plugin"
     return decode_batch(pull.recv())
 
 
-def test_features_equal_those_of_the_embedded_engines_extractor(calibration, publisher, sink):
+def test_features_equal_those_of_the_embedded_engines_extractor(calibration, reducer, sink):
     address = sink.getsockopt_string(zmq.LAST_ENDPOINT)
     tags = [RequestTag("gw-a", address), RequestTag("gw-b", address)]
     states = {"a": _states(calibration, 5, 1), "b": _states(calibration, 5, 2)}
@@ -52,7 +64,7 @@ def test_features_equal_those_of_the_embedded_engines_extractor(calibration, pub
     }
     for step in range(5):
         rows = np.stack([states["a"][step], states["b"][step]])
-        publisher.process(CapturedStep(["e-a", "e-b"], tags, [10 + step, 20 + step], rows, np.array([1.0, 2.0])))
+        reducer.process(CapturedStep(["e-a", "e-b"], tags, [10 + step, 20 + step], rows, np.array([1.0, 2.0])))
         profile, items = _receive(sink)
         assert profile == monitor_profile(calibration, calibration.bands)
         assert [rid for rid, _ in items] == ["gw-a", "gw-b"]
@@ -62,7 +74,7 @@ def test_features_equal_those_of_the_embedded_engines_extractor(calibration, pub
             assert got.values == pytest.approx(want.values, rel=1e-12, abs=1e-12)
 
 
-def test_each_gateway_gets_its_own_requests(calibration, publisher, sink):
+def test_each_gateway_gets_its_own_requests(calibration, reducer, sink):
     context = zmq.Context()
     other = context.socket(zmq.PULL)
     other.bind("tcp://127.0.0.1:0")
@@ -71,7 +83,7 @@ def test_each_gateway_gets_its_own_requests(calibration, publisher, sink):
             RequestTag("r1", sink.getsockopt_string(zmq.LAST_ENDPOINT)),
             RequestTag("r2", other.getsockopt_string(zmq.LAST_ENDPOINT)),
         ]
-        publisher.process(CapturedStep(["e1", "e2"], tags, [1, 2], _states(calibration, 2, 0), np.ones(2)))
+        reducer.process(CapturedStep(["e1", "e2"], tags, [1, 2], _states(calibration, 2, 0), np.ones(2)))
         assert [rid for rid, _ in _receive(sink)[1]] == ["r1"]
         assert [rid for rid, _ in _receive(other)[1]] == ["r2"]
     finally:
@@ -79,20 +91,65 @@ def test_each_gateway_gets_its_own_requests(calibration, publisher, sink):
         context.term()
 
 
-def test_an_ended_request_loses_its_window(calibration, publisher, sink):
+def test_an_ended_request_loses_its_window(calibration, reducer, sink):
     tag = RequestTag("r", sink.getsockopt_string(zmq.LAST_ENDPOINT))
     states = _states(calibration, 3, 0)
-    publisher.process(CapturedStep(["e"], [tag], [1], states[:1], np.ones(1)))
-    publisher.process(CapturedStep(["e"], [tag], [1], states[1:2], np.ones(1), ended=["e"]))
-    publisher.process(CapturedStep(["e"], [tag], [1], states[2:3], np.ones(1)))
+    reducer.process(CapturedStep(["e"], [tag], [1], states[:1], np.ones(1)))
+    reducer.process(CapturedStep(["e"], [tag], [1], states[1:2], np.ones(1), ended=["e"]))
+    reducer.process(CapturedStep(["e"], [tag], [1], states[2:3], np.ones(1)))
     indices = [_receive(sink)[1][0][1].index for _ in range(3)]
     assert indices == [0, 1, 0]
 
 
-def test_the_thread_publishes_what_is_submitted_and_refuses_when_far_behind(calibration, publisher, sink):
+def test_steps_go_through_the_reducer_process_and_entropies_come_from_logits(calibration, sink):
+
+    publisher = FeaturePublisher(calibration, calibration.bands, cpus="inherit")
     tag = RequestTag("r", sink.getsockopt_string(zmq.LAST_ENDPOINT))
-    step = CapturedStep(["e"], [tag], [1], _states(calibration, 1, 0), np.ones(1))
-    assert all(publisher.submit(step) for _ in range(MAX_PENDING_STEPS))
-    assert not publisher.submit(step)
-    publisher.start()
-    assert _receive(sink)[1][0][0] == "r"
+    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])  # uniform over 4 tokens: ln 4 nats
+    try:
+        assert all(
+            publisher.submit(CapturedStep(["e"], [tag], [7], _states(calibration, 1, 0), None, logits=logits))
+            for _ in range(MAX_PENDING_STEPS)
+        )
+        assert not publisher.submit(CapturedStep(["e"], [tag], [7], _states(calibration, 1, 0), np.ones(1)))
+        publisher.start()
+        received = [_receive(sink, timeout_ms=60_000)[1][0] for _ in range(MAX_PENDING_STEPS)]
+        assert [features.index for _, features in received] == list(range(MAX_PENDING_STEPS))
+        assert received[0][1].values["entropy"] == pytest.approx(np.log(4.0))
+        reducer = publisher._reducer
+    finally:
+        publisher.close()
+    assert reducer.returncode == 0  # stopped when told to
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_the_reducer_stops_when_its_worker_is_gone(calibration, tmp_path):
+    config = {
+        "calibration": calibration.to_json(),
+        "bands": format_bands(calibration.bands),
+        "endpoint": f"ipc://{tmp_path}/pipe",
+    }
+    pid_file = tmp_path / "pid"
+    worker = (  # starts the reducer as the publisher does, then exits at once
+        "import subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'monitors.vllm_plugin.reducer'], stdin=subprocess.PIPE)\n"
+        f"p.stdin.write({json.dumps(config)!r}.encode())\n"
+        "p.stdin.close()\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+    )
+    subprocess.run([sys.executable, "-c", worker], check=True, timeout=60)
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 60
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the reducer outlived its worker")

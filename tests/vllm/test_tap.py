@@ -76,7 +76,7 @@ def test_each_monitored_request_gets_the_states_at_its_last_scheduled_position()
         for layer in range(2):
             assert np.array_equal(step.states[row, layer], aux[layer][position].numpy())
     sampled = torch.log_softmax(runner.execute_model_state.logits[[0, 1, 3]], dim=-1)
-    assert step.entropies == pytest.approx(-(sampled.exp() * sampled).sum(dim=-1).numpy(), abs=1e-5)
+    assert step.row_entropies() == pytest.approx(-(sampled.exp() * sampled).sum(dim=-1).numpy(), abs=1e-5)
 
 
 def test_partial_prefill_chunks_sample_nothing_and_publish_nothing():
