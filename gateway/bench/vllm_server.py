@@ -9,7 +9,6 @@ spawns.
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Mapping
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import httpx
 
+from gateway.bench.processes import free_port
+
 DEFAULT_PYTHON = ".venv-vllm/bin/python"
 START_TIMEOUT = 900.0  # seconds: the first start compiles the model, minutes on a busy 2-core CPU
 
@@ -25,12 +26,6 @@ START_TIMEOUT = 900.0  # seconds: the first start compiles the model, minutes on
 def vllm_python() -> str:
     """``$SINKWATCH_VLLM_PYTHON``, else the project's ``.venv-vllm``."""
     return os.environ.get("SINKWATCH_VLLM_PYTHON", DEFAULT_PYTHON)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -51,7 +46,7 @@ class VLLMServer:
     env: Mapping[str, str] = field(default_factory=dict)
     extra_args: tuple[str, ...] = ()
     python: str = field(default_factory=vllm_python)
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     _process: subprocess.Popen | None = None
 
     @property
