@@ -17,9 +17,12 @@ import json
 import logging
 import os
 import pickle
+import shutil
+import signal
 import sys
 from collections import defaultdict
 from collections.abc import Callable
+from pathlib import Path
 
 import zmq
 
@@ -98,8 +101,16 @@ def serve(endpoint: str, reducer: FeatureReducer, parent_pid: int) -> None:
         context.term()
 
 
+def _remove_pipe(endpoint: str) -> None:
+    """Remove the folder of an ``ipc://FOLDER/pipe`` socket (the publisher's private temporary folder),
+    which a worker that was killed or interrupted leaves behind."""
+    if endpoint.startswith("ipc://"):
+        shutil.rmtree(Path(endpoint.removeprefix("ipc://")).parent, ignore_errors=True)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop with the worker's process group, cleaning up
     config = json.loads(sys.stdin.read())
     calibration = Calibration.from_json(config["calibration"])
     bands = parse_bands(config["bands"])
@@ -107,8 +118,11 @@ def main() -> None:
     reducer = FeatureReducer(new_extractor_factory(calibration, bands), monitor_profile(calibration, bands), sockets)
     try:
         serve(config["endpoint"], reducer, os.getppid())
+    except KeyboardInterrupt:  # Ctrl-C on the server reaches its whole process group
+        pass
     finally:
         reducer.close()
+        _remove_pipe(config["endpoint"])
 
 
 if __name__ == "__main__":

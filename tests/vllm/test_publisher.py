@@ -3,6 +3,7 @@ extractor per request, one message per step and gateway."""
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -135,8 +136,9 @@ def test_the_reducer_stops_when_its_worker_is_gone(calibration, tmp_path):
     config = {
         "calibration": calibration.to_json(),
         "bands": format_bands(calibration.bands),
-        "endpoint": f"ipc://{tmp_path}/pipe",
+        "endpoint": f"ipc://{tmp_path}/worker/pipe",
     }
+    (tmp_path / "worker").mkdir()
     pid_file = tmp_path / "pid"
     worker = (  # starts the reducer as the publisher does, then exits at once
         "import subprocess, sys\n"
@@ -153,3 +155,27 @@ def test_the_reducer_stops_when_its_worker_is_gone(calibration, tmp_path):
     if _alive(pid):
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the reducer outlived its worker")
+    assert not (tmp_path / "worker").exists()  # it removed the pipe its worker left behind
+
+
+def test_a_terminated_reducer_removes_its_pipe(calibration, sink, tmp_path):
+    (tmp_path / "worker").mkdir()
+    endpoint = f"ipc://{tmp_path}/worker/pipe"
+    config = {"calibration": calibration.to_json(), "bands": format_bands(calibration.bands), "endpoint": endpoint}
+    context = zmq.Context()
+    pipe = context.socket(zmq.PUSH)  # the worker's end
+    pipe.bind(endpoint)
+    reducer = subprocess.Popen([sys.executable, "-m", "monitors.vllm_plugin.reducer"], stdin=subprocess.PIPE)
+    try:
+        reducer.stdin.write(json.dumps(config).encode())
+        reducer.stdin.close()
+        tag = RequestTag("r", sink.getsockopt_string(zmq.LAST_ENDPOINT))
+        pipe.send(pickle.dumps(CapturedStep(["e"], [tag], [1], _states(calibration, 1, 0), np.ones(1))))
+        _receive(sink, timeout_ms=60_000)  # it is serving
+        reducer.send_signal(signal.SIGTERM)
+        assert reducer.wait(30) == 0
+    finally:
+        reducer.kill()
+        pipe.close(linger=0)
+        context.term()
+    assert not (tmp_path / "worker").exists()
