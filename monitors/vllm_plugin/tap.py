@@ -39,8 +39,8 @@ class _Rows:
     engine_ids: list[str]
     tags: list[RequestTag]
     states: torch.Tensor
-    logits: torch.Tensor
-    entropies: torch.Tensor | None
+    entropies: torch.Tensor | None  # computed on the accelerator, or
+    logits: torch.Tensor | None  # the rows' logits, for the publisher to compute them from (CPU)
 
 
 class RunnerTap:
@@ -74,8 +74,9 @@ class RunnerTap:
         positions = torch.from_numpy(last_positions).to(state.logits.device, dtype=torch.long)
         states = torch.stack([aux.index_select(0, positions) for aux in state.aux_hidden_states], dim=1)
         logits = state.logits[rows]
-        entropies = None if logits.device.type == "cpu" else next_token_entropies(logits)
-        return _Rows(rows, engine_ids, tags, states, logits, entropies)
+        if logits.device.type == "cpu":
+            return _Rows(rows, engine_ids, tags, states, entropies=None, logits=logits)
+        return _Rows(rows, engine_ids, tags, states, entropies=next_token_entropies(logits), logits=None)
 
     def publish(self, rows: _Rows | None, output: Any) -> None:
         """After sampling: attach the sampled token ids and hand the step to the publisher."""
@@ -90,7 +91,7 @@ class RunnerTap:
             states=rows.states.float().cpu().numpy(),
             entropies=None if rows.entropies is None else rows.entropies.cpu().numpy(),
             ended=self._ended,
-            logits=rows.logits if rows.entropies is None else None,
+            logits=rows.logits,
         )
         if self._publisher.submit(step):
             self._ended = []
