@@ -10,6 +10,7 @@ behind. Thread and reducer run off the model's CPU cores (``placement``).
 
 import json
 import logging
+import os
 import pickle
 import queue
 import shutil
@@ -65,6 +66,7 @@ class FeaturePublisher:
             "calibration": self._calibration.to_json(),
             "bands": format_bands(self._bands),
             "endpoint": self._endpoint,
+            "worker_pid": os.getpid(),
         }
         self._reducer = subprocess.Popen([sys.executable, "-m", "monitors.vllm_plugin.reducer"], stdin=subprocess.PIPE)
         bind(self._reducer.pid, self._cpus, "feature reducer process")

@@ -9,8 +9,8 @@ Python between kernels (measured: 8.5 % fewer tokens/s at 16 monitored streams o
 the host, through a local pipe; only features go to the gateways.
 
 Run as ``python -m monitors.vllm_plugin.reducer``: it reads its configuration (a JSON object: the
-calibration, the bands and the pipe's address) from stdin, and exits when the pipe says stop or the
-worker that started it is gone.
+calibration, the bands, the pipe's address and the worker's pid) from stdin, and exits when the pipe
+says stop or the worker that started it is gone.
 """
 
 import json
@@ -77,15 +77,16 @@ class FeatureReducer:
         self._sockets.close()
 
 
-def serve(endpoint: str, reducer: FeatureReducer, parent_pid: int) -> None:
-    """Reduce the steps arriving at ``endpoint`` until told to stop or the parent process is gone."""
+def serve(endpoint: str, reducer: FeatureReducer, worker_pid: int) -> None:
+    """Reduce the steps arriving at ``endpoint`` until told to stop or the worker that started it is gone
+    (no longer its parent: also when the worker died before this process was up)."""
     context = zmq.Context()
     pipe = context.socket(zmq.PULL)
     pipe.connect(endpoint)
     try:
         while True:
             if not pipe.poll(LIVENESS_POLL_MS):
-                if os.getppid() != parent_pid:
+                if os.getppid() != worker_pid:
                     log.warning("sinkwatch: the vLLM worker is gone; the feature reducer stops")
                     return
                 continue
@@ -117,7 +118,7 @@ def main() -> None:
     sockets = SinkSockets(PluginSettings.from_env().allowed_sinks)
     reducer = FeatureReducer(new_extractor_factory(calibration, bands), monitor_profile(calibration, bands), sockets)
     try:
-        serve(config["endpoint"], reducer, os.getppid())
+        serve(config["endpoint"], reducer, config["worker_pid"])
     except KeyboardInterrupt:  # Ctrl-C on the server reaches its whole process group
         pass
     finally:

@@ -140,11 +140,12 @@ def test_the_reducer_stops_when_its_worker_is_gone(calibration, tmp_path):
     }
     (tmp_path / "worker").mkdir()
     pid_file = tmp_path / "pid"
-    worker = (  # starts the reducer as the publisher does, then exits at once
-        "import subprocess, sys\n"
-        "p = subprocess.Popen([sys.executable, '-m', 'monitors.vllm_plugin.reducer'], stdin=subprocess.PIPE)\n"
-        f"p.stdin.write({json.dumps(config)!r}.encode())\n"
-        "p.stdin.close()\n"
+    config_file = tmp_path / "config.json"
+    worker = (  # starts the reducer as the publisher does and exits at once, before the reducer is even up
+        "import json, os, subprocess, sys\n"
+        f"open({str(config_file)!r}, 'w').write(json.dumps({{**{config!r}, 'worker_pid': os.getpid()}}))\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'monitors.vllm_plugin.reducer'],"
+        f" stdin=open({str(config_file)!r}))\n"
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
     )
     subprocess.run([sys.executable, "-c", worker], check=True, timeout=60)
@@ -161,7 +162,12 @@ def test_the_reducer_stops_when_its_worker_is_gone(calibration, tmp_path):
 def test_a_terminated_reducer_removes_its_pipe(calibration, sink, tmp_path):
     (tmp_path / "worker").mkdir()
     endpoint = f"ipc://{tmp_path}/worker/pipe"
-    config = {"calibration": calibration.to_json(), "bands": format_bands(calibration.bands), "endpoint": endpoint}
+    config = {
+        "calibration": calibration.to_json(),
+        "bands": format_bands(calibration.bands),
+        "endpoint": endpoint,
+        "worker_pid": os.getpid(),
+    }
     context = zmq.Context()
     pipe = context.socket(zmq.PUSH)  # the worker's end
     pipe.bind(endpoint)
