@@ -3,15 +3,19 @@
 import torch
 
 
-def next_token_entropies(logits: torch.Tensor) -> torch.Tensor:
+def next_token_entropies(logits: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) per row, before any sampling adjustment.
 
     ``H = log Σe - Σ(e·z)/Σe`` with ``z = logits - max`` and ``e = exp(z)``: one exponential per logit and no
     log-softmax tensor, several times faster on CPU for a 49k vocabulary. ``-inf`` logits (masked tokens)
-    contribute 0 instead of NaN.
+    contribute 0 instead of NaN. With ``overwrite`` (float32 logits the caller owns) the logits are used as
+    scratch: a single temporary of their size is made, which matters on CPU, where a few MB allocated and
+    freed per step can cost more in page faults than the arithmetic.
     """
     z = logits.float()
-    z = (z - z.amax(dim=-1, keepdim=True)).clamp_(min=torch.finfo(torch.float32).min)
+    maxima = z.amax(dim=-1, keepdim=True)
+    z = z.sub_(maxima) if overwrite and z is logits else z - maxima
+    z.clamp_(min=torch.finfo(torch.float32).min)
     e = z.exp()
     total = e.sum(dim=-1)
-    return total.log() - (e * z).sum(dim=-1) / total
+    return total.log() - e.mul_(z).sum(dim=-1) / total

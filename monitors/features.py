@@ -32,6 +32,7 @@ from monitors.spectral import _RANK_TOL
 _EPS = 1e-12
 # Tokens a per-layer metric needs before it exists: a previous state (cosine), one more (recurrence).
 _NEEDS_TOKENS = {"cosine": 1, "cosine_clip": 1, "recurrence": 2}
+_MOST_TOKENS_NEEDED = max(_NEEDS_TOKENS.values())
 
 
 @dataclass(slots=True)
@@ -80,7 +81,7 @@ class FeatureExtractor:
         self._band_average = np.zeros((len(self.layers), len(self.bands)))
         for column, rows in enumerate(self._band_rows.values()):
             self._band_average[rows, column] = 1.0 / len(rows)
-        self._band_keys = _KeyTable(tuple(self._band_rows))
+        self._column_names: tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]] | None = None
         self._mean_dirs = self._mean_directions(mean_states)
         self._outliers = self._outlier_index(outlier_dims or {})
         self._probe = self._probe_arrays(probe)
@@ -137,17 +138,24 @@ class FeatureExtractor:
         rows, layers = len(extractors), len(first.layers)
         grams = np.empty((rows, layers, first.window, first.window))
         outlier_grams = np.empty_like(grams) if first._outliers[0].shape[1] else None
+        outlier_x = first._outlier_values(x) if outlier_grams is not None else None
         slots, counts = np.empty(rows, dtype=np.int64), np.empty(rows, dtype=np.int64)
         for row, extractor in enumerate(extractors):
-            slots[row] = extractor._record(x[row])
+            slots[row] = extractor._record(x[row], None if outlier_x is None else outlier_x[row])
             counts[row] = extractor._count
             grams[row] = extractor._gram
             if outlier_grams is not None:
                 outlier_grams[row] = extractor._outlier_gram
         return first._features(x, grams, outlier_grams, slots, counts, entropies, token_ids)
 
-    def _record(self, x: np.ndarray) -> int:
-        """Put one token's states in the window, update its Gram matrices; returns the slot it took."""
+    def _outlier_values(self, x: np.ndarray) -> np.ndarray:
+        """The outlier dimensions of every row's states, zero where a layer has fewer (``[rows, layers, k]``)."""
+        index, mask = self._outliers
+        return x[:, np.arange(len(self.layers))[:, None], index] * mask
+
+    def _record(self, x: np.ndarray, outlier_x: np.ndarray | None) -> int:
+        """Put one token's states (and their outlier dimensions) in the window, update its Gram matrices;
+        returns the slot it took."""
         if self._ring is None:
             self._ring = np.zeros((len(self.layers), self.window, x.shape[-1]))
         slot = self._count % self.window
@@ -155,10 +163,9 @@ class FeatureExtractor:
         dots = (self._ring @ x[:, :, None])[..., 0]
         self._gram[:, slot, :] = dots
         self._gram[:, :, slot] = dots
-        index, mask = self._outliers
-        if index.shape[1]:
-            self._outlier_ring[:, slot] = np.take_along_axis(x, index, axis=1) * mask
-            outlier_dots = np.einsum("lwk,lk->lw", self._outlier_ring, self._outlier_ring[:, slot])
+        if outlier_x is not None:
+            self._outlier_ring[:, slot] = outlier_x
+            outlier_dots = (self._outlier_ring @ outlier_x[:, :, None])[..., 0]
             self._outlier_gram[:, slot, :] = outlier_dots
             self._outlier_gram[:, :, slot] = outlier_dots
         self._count += 1
@@ -184,8 +191,8 @@ class FeatureExtractor:
         unit = _unit_gram(flat)
         per_layer = {"pr": _batched_pr(unit, n), "pr_raw": _batched_pr(flat, n)}
         unit = unit.reshape(grams.shape)
-        if outlier_grams is not None:
-            clipped = _unit_gram((grams - outlier_grams).reshape(flat.shape))
+        if outlier_grams is not None:  # the batch's copy of the outlier Gram matrices becomes the clipped one
+            clipped = _unit_gram(np.subtract(grams, outlier_grams, out=outlier_grams).reshape(flat.shape))
             per_layer["pr_clip"] = _batched_pr(clipped, n)
             clipped = clipped.reshape(grams.shape)
         position = np.arange(window)
@@ -196,68 +203,81 @@ class FeatureExtractor:
         if outlier_grams is not None:
             per_layer["cosine_clip"] = clipped[every_row, :, slots, previous]
         if self._mean_dirs is not None:
-            per_layer["drift"] = (self._mean_dirs * x).sum(axis=2) / np.maximum(np.linalg.norm(x, axis=2), _EPS)
-        per_layer = {metric: values.reshape(rows, layers) for metric, values in per_layer.items()}
-        band_means = (np.stack(list(per_layer.values())) @ self._band_average).tolist()
-        eff_rank_units = unit[:, self._eff_rank_rows]
-        eff_rank = (
-            _batched_effective_rank(
-                _batched_centre(eff_rank_units.reshape(-1, window, window), np.repeat(filled, len(self.bands)))
-            )
-            .reshape(rows, len(self.bands))
-            .tolist()
-        )
+            per_layer["drift"] = np.einsum("ld,rld->rl", self._mean_dirs, x) / np.maximum(_norms(x), _EPS)
+        band_means = np.stack([values.reshape(rows, layers) for values in per_layer.values()]) @ self._band_average
+        eff_rank_units = unit[:, self._eff_rank_rows].reshape(-1, window, window)
+        eff_rank = _batched_effective_rank(_batched_centre(eff_rank_units, np.repeat(filled, len(self.bands))))
+        # one row per generation: every band's value of every metric, then the effective ranks
+        table = np.concatenate([band_means.transpose(1, 0, 2).reshape(rows, -1), eff_rank.reshape(rows, -1)], axis=1)
+        names, needs = self._columns(tuple(per_layer))
         path = None
         if layers > 1:
-            steps = np.linalg.norm(np.diff(x, axis=1), axis=2).sum(axis=1)
-            path = (steps / np.maximum(np.linalg.norm(x[:, -1], axis=1), _EPS)).tolist()
+            steps = _norms(np.diff(x, axis=1)).sum(axis=1)
+            path = (steps / np.maximum(_norms(x[:, -1]), _EPS)).tolist()
         probe = None
         if self._probe is not None:
             probe_rows, w, mean, bias = self._probe
             probe = ((x[:, probe_rows].reshape(rows, -1) - mean) @ w + bias).tolist()
         results = []
-        for row in range(rows):
+        for row, row_values in enumerate(table.tolist()):
             count = int(counts[row])
             values = {"entropy": float(entropies[row])}
             if path is not None:
                 values["path"] = path[row]
             if probe is not None:
                 values["probe"] = probe[row]
-            for metric, means in zip(per_layer, band_means, strict=True):
-                if count > _NEEDS_TOKENS.get(metric, 0):
-                    values.update(zip(self._band_keys[metric], means[row], strict=True))
-            values.update(zip(self._band_keys["eff_rank"], eff_rank[row], strict=True))
+            if count > _MOST_TOKENS_NEEDED:
+                values.update(zip(names, row_values, strict=True))
+            else:
+                values.update((name, v) for name, v, need in zip(names, row_values, needs, strict=True) if count > need)
             results.append(StepFeatures(count - 1, int(token_ids[row]), int(filled[row]), values))
         return results
 
+    def _columns(self, metrics: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """Names of a step table's columns (``<band>.<metric>``, effective ranks last) and the tokens each needs;
+        formatted once per extractor."""
+        if self._column_names is None or self._column_names[0] != metrics:
+            columns = [(metric, band) for metric in metrics for band in self._band_rows]
+            columns += [("eff_rank", band) for band in self._band_rows]
+            names = tuple(f"{band}.{metric}" for metric, band in columns)
+            needs = tuple(_NEEDS_TOKENS.get(metric, 0) for metric, _ in columns)
+            self._column_names = (metrics, names, needs)
+        return self._column_names[1], self._column_names[2]
 
-class _KeyTable(dict):
-    """``metric -> ("<band>.<metric>", ...)``, built on first use (feature names are formatted once)."""
 
-    def __init__(self, bands: tuple[str, ...]) -> None:
-        super().__init__()
-        self._bands = bands
-
-    def __missing__(self, metric: str) -> tuple[str, ...]:
-        self[metric] = keys = tuple(f"{band}.{metric}" for band in self._bands)
-        return keys
+def _norms(x: np.ndarray) -> np.ndarray:
+    """L2 norms along the last axis."""
+    return np.sqrt(np.einsum("...d,...d->...", x, x))
 
 
 def _unit_gram(gram: np.ndarray) -> np.ndarray:
-    """The Gram matrix of the same rows scaled to unit norm."""
-    norms = np.sqrt(np.maximum(np.diagonal(gram, axis1=1, axis2=2), _EPS))
-    return gram / (norms[:, :, None] * norms[:, None, :])
+    """The Gram matrix of the same rows scaled to unit norm (scaled in place of a new array: these batches are
+    large enough that every temporary costs as much as the arithmetic)."""
+    inverse_norms = 1.0 / np.sqrt(np.maximum(np.diagonal(gram, axis1=1, axis2=2), _EPS))
+    unit = gram * inverse_norms[:, :, None]
+    unit *= inverse_norms[:, None, :]
+    return unit
 
 
 def _batched_centre(gram: np.ndarray, n: np.ndarray) -> np.ndarray:
     """Each Gram matrix of the centred rows, for windows of ``n`` rows zero-padded to the matrix size
     (the padding stays zero, so its eigenvalues are zeros)."""
     n = n[:, None].astype(np.float64)
-    row_means = gram.sum(axis=2) / n
+    row_means = _row_sums(gram) / n
     grand_mean = row_means.sum(axis=1, keepdims=True) / n
-    centred = gram - row_means[:, :, None] - row_means[:, None, :] + grand_mean[:, :, None]
-    inside = (np.arange(gram.shape[-1]) < n).astype(np.float64)
-    return centred * inside[:, :, None] * inside[:, None, :]
+    centred = gram - row_means[:, :, None]
+    centred -= row_means[:, None, :]
+    centred += grand_mean[:, :, None]
+    if (n < gram.shape[-1]).any():
+        inside = (np.arange(gram.shape[-1]) < n).astype(np.float64)
+        centred *= inside[:, :, None]
+        centred *= inside[:, None, :]
+    return centred
+
+
+def _row_sums(gram: np.ndarray) -> np.ndarray:
+    """Row sums of a stack of matrices (a product with ones: several times faster than ``sum`` over 32 columns)."""
+    return gram @ np.ones(gram.shape[-1])
 
 
 def _batched_pr(gram: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -266,12 +286,12 @@ def _batched_pr(gram: np.ndarray, n: np.ndarray) -> np.ndarray:
     With ``r = G1`` and ``s = 1ᵀG1`` (n rows): ``tr(HGH) = tr(G) - s/n`` and
     ``‖HGH‖_F² = ‖G‖_F² - (2/n)‖r‖² + s²/n²``. Rows past ``n`` (zero padding) add nothing to the sums.
     """
-    row_sums = gram.sum(axis=2)
+    row_sums = _row_sums(gram)
     total = row_sums.sum(axis=1)
     trace = np.trace(gram, axis1=1, axis2=2) - total / n
-    frob_sq = (
-        np.einsum("lij,lij->l", gram, gram) - 2.0 / n * np.einsum("li,li->l", row_sums, row_sums) + total**2 / n**2
-    )
+    flat = gram.reshape(len(gram), 1, -1)
+    gram_frob_sq = (flat @ flat.transpose(0, 2, 1))[:, 0, 0]
+    frob_sq = gram_frob_sq - 2.0 / n * np.einsum("li,li->l", row_sums, row_sums) + total**2 / n**2
     return np.where((frob_sq > _EPS) & (trace > _EPS), trace * trace / np.maximum(frob_sq, _EPS), 0.0)
 
 

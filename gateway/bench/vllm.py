@@ -26,6 +26,7 @@ from monitors.vllm_plugin.wire import RequestTag, decode_batch
 
 PROMPT = "Write a detailed essay about the history of sailing ships."
 CONFIGS = ("off", "on", "on_untagged")
+FEATURES_DRAIN_S = 10  # how long the plugin gets to send the last features after the last request
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,14 +74,24 @@ async def _request(client: httpx.AsyncClient, url: str, model: str, index: int, 
     return int(response.json()["usage"]["completion_tokens"])
 
 
-async def _tokens_per_second(url: str, model: str, streams: int, waves: int, tokens: int, sink: str | None) -> float:
+async def _decode(url: str, model: str, streams: int, waves: int, tokens: int, sink: str | None) -> tuple[int, float]:
+    """Tokens decoded by ``waves`` batches of ``streams`` concurrent requests, and the seconds they took."""
     async with httpx.AsyncClient(limits=httpx.Limits(max_connections=streams)) as client:
         start = time.perf_counter()
         produced = 0
         for wave in range(waves):
             batch = (_request(client, url, model, wave * streams + i, tokens, sink) for i in range(streams))
             produced += sum(await asyncio.gather(*batch))
-        return produced / (time.perf_counter() - start)
+        return produced, time.perf_counter() - start
+
+
+def _await_features(counter: FeatureCounter, monitored_tokens: int) -> bool:
+    """Whether every monitored token's features arrived (the plugin may still be sending the last ones)."""
+    deadline = time.monotonic() + FEATURES_DRAIN_S
+    while counter.received < monitored_tokens and time.monotonic() < deadline:
+        time.sleep(0.1)
+    print(f"features received from the plugin: {counter.received} of {monitored_tokens} monitored tokens")
+    return counter.received >= monitored_tokens
 
 
 def run(args: argparse.Namespace) -> None:
@@ -96,17 +107,19 @@ def run(args: argparse.Namespace) -> None:
             "on": (on_server.url, counter.address),
             "on_untagged": (on_server.url, None),
         }
-        results = []
+        results, monitored_tokens = [], 0
         for streams in (int(c) for c in args.concurrency.split(",")):
             for url, sink in targets.values():  # warm up each path once
-                asyncio.run(_tokens_per_second(url, name, streams, 1, 8, sink))
+                produced, _ = asyncio.run(_decode(url, name, streams, 1, 8, sink))
+                monitored_tokens += produced if sink else 0
             samples: dict[str, list[float]] = {config: [] for config in CONFIGS}
             for round_index in range(args.rounds):
                 order = CONFIGS[round_index % 3 :] + CONFIGS[: round_index % 3]
                 for config in order:
                     url, sink = targets[config]
-                    tps = asyncio.run(_tokens_per_second(url, name, streams, args.waves, args.tokens, sink))
-                    samples[config].append(tps)
+                    produced, seconds = asyncio.run(_decode(url, name, streams, args.waves, args.tokens, sink))
+                    samples[config].append(produced / seconds)
+                    monitored_tokens += produced if sink else 0
             row = {"streams": streams, **{c: statistics.median(v) for c, v in samples.items()}, "samples": samples}
             row["loss_on"] = 1 - row["on"] / row["off"]
             row["loss_on_untagged"] = 1 - row["on_untagged"] / row["off"]
@@ -115,15 +128,18 @@ def run(args: argparse.Namespace) -> None:
                 f"{streams:>3} streams: off {row['off']:7.1f} tok/s | on {row['on']:7.1f} ({row['loss_on']:+.1%} loss)"
                 f" | on, unmonitored requests {row['on_untagged']:7.1f} ({row['loss_on_untagged']:+.1%})"
             )
-    print(f"features received from the plugin: {counter.received}")
+        complete = _await_features(counter, monitored_tokens)
     report = {
         "model": name,
         "dtype": args.dtype,
         "tokens_per_stream": args.tokens,
         "rounds": args.rounds,
         "features_received": counter.received,
+        "monitored_tokens": monitored_tokens,
         "results": results,
     }
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=1))
+    if not complete:  # the "on" figures then measure a plugin that did not do its work
+        raise SystemExit("the plugin did not deliver every monitored token's features: see the 'on' server's log")

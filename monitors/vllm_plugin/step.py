@@ -27,11 +27,15 @@ class CapturedStep:
     logits: Any = None
 
     def row_entropies(self) -> np.ndarray:
-        """Each row's next-token entropy, computed here from the logits when the runner left it."""
+        """Each row's next-token entropy, computed here from the logits when the runner left it (the logits are
+        the tap's own copy of the rows, used as scratch)."""
         if self.entropies is not None:
             return self.entropies
         if self.logits is None:
             raise ValueError("a captured step needs its entropies or its logits")
-        from monitors.entropy import next_token_entropies  # torch: only where logits come from, not the reducer
+        import torch  # only where logits come from, not in the reducer
 
-        return next_token_entropies(self.logits).numpy()
+        from monitors.entropy import next_token_entropies
+
+        with torch.inference_mode():  # the runner's logits are inference tensors: scratch only in this mode
+            return next_token_entropies(self.logits, overwrite=True).numpy()

@@ -35,3 +35,15 @@ def test_masked_tokens_contribute_nothing():
 def test_half_precision_logits_are_computed_in_float32():
     logits = (torch.randn(2, 49152) * 8).half()
     assert next_token_entropies(logits) == pytest.approx(_reference(logits.float()).float(), abs=1e-3)
+
+
+def test_the_logits_stay_as_they_were_unless_the_caller_lets_them_be_overwritten():
+    logits = torch.randn(4, 2000) * 5
+    original = logits.clone()
+    entropy = next_token_entropies(logits)
+    assert torch.equal(logits, original)
+    assert torch.equal(next_token_entropies(logits, overwrite=True), entropy)
+    assert not torch.equal(logits, original)  # used as scratch
+    half = original.half()
+    assert torch.equal(next_token_entropies(half, overwrite=True), next_token_entropies(original.half()))
+    assert torch.equal(half, original.half())  # converted to float32 first: a copy, not overwritten

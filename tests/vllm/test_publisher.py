@@ -17,7 +17,7 @@ import zmq
 
 from monitors.bands import format_bands
 from monitors.features import FeatureExtractor
-from monitors.vllm_plugin.publisher import MAX_PENDING_STEPS, FeaturePublisher
+from monitors.vllm_plugin.publisher import MAX_PENDING_STEPS, REDUCER_MALLOC_ENV, FeaturePublisher
 from monitors.vllm_plugin.reducer import FeatureReducer, new_extractor_factory
 from monitors.vllm_plugin.settings import PluginSettings
 from monitors.vllm_plugin.sinks import SinkSockets
@@ -102,14 +102,19 @@ def test_an_ended_request_loses_its_window(calibration, reducer, sink):
     assert indices == [0, 1, 0]
 
 
+def _runner_logits() -> torch.Tensor:
+    """A row of logits as the model runner leaves them (an inference tensor): uniform over 4 tokens, ln 4 nats."""
+    with torch.inference_mode():
+        return torch.zeros(1, 4)
+
+
 def test_steps_go_through_the_reducer_process_and_entropies_come_from_logits(calibration, sink):
 
     publisher = FeaturePublisher(calibration, calibration.bands, cpus="inherit")
     tag = RequestTag("r", sink.getsockopt_string(zmq.LAST_ENDPOINT))
-    logits = torch.tensor([[0.0, 0.0, 0.0, 0.0]])  # uniform over 4 tokens: ln 4 nats
     try:
         assert all(
-            publisher.submit(CapturedStep(["e"], [tag], [7], _states(calibration, 1, 0), None, logits=logits))
+            publisher.submit(CapturedStep(["e"], [tag], [7], _states(calibration, 1, 0), None, logits=_runner_logits()))
             for _ in range(MAX_PENDING_STEPS)
         )
         assert not publisher.submit(CapturedStep(["e"], [tag], [7], _states(calibration, 1, 0), np.ones(1)))
@@ -118,6 +123,11 @@ def test_steps_go_through_the_reducer_process_and_entropies_come_from_logits(cal
         assert [features.index for _, features in received] == list(range(MAX_PENDING_STEPS))
         assert received[0][1].values["entropy"] == pytest.approx(np.log(4.0))
         reducer = publisher._reducer
+        environment = dict(
+            entry.split(b"=", 1) for entry in Path(f"/proc/{reducer.pid}/environ").read_bytes().split(b"\0") if entry
+        )
+        for name, value in REDUCER_MALLOC_ENV.items():  # the heap settings that spare it a page fault per temporary
+            assert environment[name.encode()] == value.encode()
     finally:
         publisher.close()
     assert reducer.returncode == 0  # stopped when told to
