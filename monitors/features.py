@@ -251,7 +251,7 @@ def _norms(x: np.ndarray) -> np.ndarray:
 
 
 def _unit_gram(gram: np.ndarray) -> np.ndarray:
-    """The Gram matrix of the same rows scaled to unit norm (scaled in place of a new array: these batches are
+    """The Gram matrix of the same rows scaled to unit norm: one new array, scaled in place (these batches are
     large enough that every temporary costs as much as the arithmetic)."""
     inverse_norms = 1.0 / np.sqrt(np.maximum(np.diagonal(gram, axis1=1, axis2=2), _EPS))
     unit = gram * inverse_norms[:, :, None]
