@@ -33,9 +33,6 @@ class CapturedStep:
             return self.entropies
         if self.logits is None:
             raise ValueError("a captured step needs its entropies or its logits")
-        import torch  # only where logits come from, not in the reducer
+        from monitors.entropy import next_token_entropies  # torch: only where logits come from, not the reducer
 
-        from monitors.entropy import next_token_entropies
-
-        with torch.inference_mode():  # the runner's logits are inference tensors: scratch only in this mode
-            return next_token_entropies(self.logits, overwrite=True).numpy()
+        return next_token_entropies(self.logits, overwrite=True).numpy()

@@ -47,3 +47,10 @@ def test_the_logits_stay_as_they_were_unless_the_caller_lets_them_be_overwritten
     half = original.half()
     assert torch.equal(next_token_entropies(half, overwrite=True), next_token_entropies(original.half()))
     assert torch.equal(half, original.half())  # converted to float32 first: a copy, not overwritten
+
+
+def test_logits_made_under_inference_mode_can_be_overwritten_outside_it():
+    with torch.inference_mode():  # as vLLM's model runner makes them
+        logits = torch.randn(2, 500) * 5
+    expected = _reference(logits.clone()).float()
+    assert next_token_entropies(logits, overwrite=True) == pytest.approx(expected, abs=1e-4)
