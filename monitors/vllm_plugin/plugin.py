@@ -2,8 +2,9 @@
 
 Only worker processes import the model runner module; :func:`register` waits for that import (a
 post-import hook) instead of importing it, so the API server and engine core pay nothing. In the worker,
-two runner methods gain a tap: the end of model loading (enable the auxiliary hidden-state outputs) and
-``sample_tokens`` (capture before sampling, publish after).
+three runner methods gain a tap: the end of model loading (enable the auxiliary hidden-state outputs),
+``execute_model`` (a step begins: the publisher may work on the previous ones) and ``sample_tokens``
+(capture before sampling, publish after).
 """
 
 import functools
@@ -71,6 +72,7 @@ def wrap_runner(runner_cls: type, settings: PluginSettings) -> None:
     if getattr(runner_cls, "_sinkwatch_wrapped", False):
         return
     setup_aux = runner_cls._setup_eagle3_aux_hidden_state_outputs
+    execute_model = runner_cls.execute_model
     sample_tokens = runner_cls.sample_tokens
 
     @functools.wraps(setup_aux)
@@ -79,6 +81,13 @@ def wrap_runner(runner_cls: type, settings: PluginSettings) -> None:
         from monitors.vllm_plugin.attach import attach_tap
 
         self._sinkwatch_tap = attach_tap(self, settings)
+
+    @functools.wraps(execute_model)
+    def execute_model_tapped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        tap = getattr(self, "_sinkwatch_tap", None)
+        if tap is not None:
+            tap.step_started()
+        return execute_model(self, *args, **kwargs)
 
     @functools.wraps(sample_tokens)
     def sample_tokens_tapped(self: Any, grammar_output: Any) -> Any:
@@ -91,5 +100,6 @@ def wrap_runner(runner_cls: type, settings: PluginSettings) -> None:
         return output
 
     runner_cls._setup_eagle3_aux_hidden_state_outputs = setup_aux_and_tap
+    runner_cls.execute_model = execute_model_tapped
     runner_cls.sample_tokens = sample_tokens_tapped
     runner_cls._sinkwatch_wrapped = True

@@ -2,10 +2,13 @@
 
 The runner hands it one :class:`CapturedStep` per engine step through a bounded queue and never waits:
 when the queue is full the step is refused, and the runner stops monitoring the requests in it rather
-than let their windows skip a token. The thread computes the next-token entropies when the runner left
-it the logits (CPU hosts; torch releases the GIL meanwhile) and sends the step to the reducer
-(``reducer.py``, a process the publisher starts) over a local ZMQ pipe, waiting while the reducer is
-behind. Thread and reducer run off the model's CPU cores (``placement``).
+than let their windows skip a token. The thread works on a step only once the runner has started the next
+one (or has had ``HANDOFF_GRACE_S`` to do so): between two steps the engine core schedules and the API
+server streams out the tokens, and monitoring work done then, on the cores they run on, delays every
+request; during the model's forward pass those cores are idle or busy-waiting. The thread computes the
+next-token entropies when the runner left it the logits (CPU hosts; torch releases the GIL meanwhile)
+and sends the step to the reducer (``reducer.py``, a process the publisher starts) over a local ZMQ pipe,
+waiting while the reducer is behind. Thread and reducer run off the model's CPU cores (``placement``).
 """
 
 import json
@@ -34,6 +37,12 @@ MAX_PENDING_STEPS = 256  # engine steps waiting for the publisher before the run
 PIPE_HWM = 64  # steps queued in the pipe to the reducer before the publisher waits for it
 SEND_WAIT_MS = 1000  # how long a send waits before checking that the reducer is still running
 REDUCER_EXIT_WAIT_S = 10
+# How long a step's work waits for the runner to start its next step. From the end of sampling to the start of
+# the next step (the engine core taking the sampled tokens and scheduling) the runner took 2–3 ms at the
+# median, 7–8 ms at p99 and 21 ms at most over 3000 steps at 1 and 16 streams on a 2-core CPU host
+# (docs/BENCHMARKS.md). A step that waits longer was the engine's last before it went idle; its features
+# are late by this much.
+HANDOFF_GRACE_S = 0.05
 # glibc malloc settings for the reducer. By default glibc hands freed memory at the top of the heap back to
 # the OS past a trim threshold that adapts to the program, and the extractors' per-step temporaries (one
 # to a few MB each) were then faulted in afresh at every step: 132 000 page faults and 11.5 ms of CPU per
@@ -50,7 +59,10 @@ class FeaturePublisher:
         self._bands = bands
         self._cpus_setting = cpus
         self._cpus: frozenset[int] | None = None
-        self._queue: queue.Queue[CapturedStep | None] = queue.Queue(maxsize=MAX_PENDING_STEPS)
+        self._queue: queue.Queue[tuple[CapturedStep, int] | None] = queue.Queue(maxsize=MAX_PENDING_STEPS)
+        self._runner_steps = 0  # engine steps the runner has started
+        self._runner_idle_at = -1  # the count at which the runner last failed to start a step within the grace
+        self._runner_moved_on = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="sinkwatch-publisher", daemon=True)
         self._context = zmq.Context()
         self._pipe = self._context.socket(zmq.PUSH)
@@ -87,10 +99,16 @@ class FeaturePublisher:
             log.error("sinkwatch: the feature reducer did not start (code %s)", self._reducer.wait())
         self._thread.start()
 
+    def runner_started_step(self) -> None:
+        """The runner began an engine step: work on the steps before it no longer delays the engine."""
+        with self._runner_moved_on:
+            self._runner_steps += 1
+            self._runner_moved_on.notify()
+
     def submit(self, step: CapturedStep) -> bool:
         """Queue a step without waiting; False when the publisher is too far behind to take it."""
         try:
-            self._queue.put_nowait(step)
+            self._queue.put_nowait((step, self._runner_steps))
         except queue.Full:
             return False
         return True
@@ -113,11 +131,22 @@ class FeaturePublisher:
 
     def _run(self) -> None:
         bind(0, self._cpus, "publisher thread")
-        while (step := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            step, runner_steps = item
+            self._await_next_step(runner_steps)
             try:
                 self._forward(step)
             except Exception:  # a bad step must not end monitoring for everyone
                 log.exception("sinkwatch: failed to forward an engine step's states")
+
+    def _await_next_step(self, runner_steps: int) -> None:
+        """Wait until the runner has started more than ``runner_steps`` steps, or the grace is over; once
+        the grace ran out at a count, the steps queued at that count go at once (the engine is idle)."""
+        with self._runner_moved_on:
+            if runner_steps == self._runner_idle_at:
+                return
+            if not self._runner_moved_on.wait_for(lambda: self._runner_steps > runner_steps, HANDOFF_GRACE_S):
+                self._runner_idle_at = runner_steps
 
     def _forward(self, step: CapturedStep) -> None:
         """Send a step to the reducer with its entropies, waiting while the reducer catches up."""

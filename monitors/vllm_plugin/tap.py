@@ -73,10 +73,15 @@ class RunnerTap:
         last_positions = self._runner.query_start_loc.np[[r + 1 for r in rows]] - 1
         positions = torch.from_numpy(last_positions).to(state.logits.device, dtype=torch.long)
         states = torch.stack([aux.index_select(0, positions) for aux in state.aux_hidden_states], dim=1)
-        logits = state.logits[rows]
+        # index_select: a list index (``logits[rows]``) takes ~10x longer on CPU, on the runner's critical path
+        logits = state.logits.index_select(0, torch.tensor(rows, device=state.logits.device))
         if logits.device.type == "cpu":
             return _Rows(rows, engine_ids, tags, states, entropies=None, logits=logits)
         return _Rows(rows, engine_ids, tags, states, entropies=next_token_entropies(logits), logits=None)
+
+    def step_started(self) -> None:
+        """The runner began an engine step (tells the publisher that the engine core has scheduled it)."""
+        self._publisher.runner_started_step()
 
     def publish(self, rows: _Rows | None, output: Any) -> None:
         """After sampling: attach the sampled token ids and hand the step to the publisher."""

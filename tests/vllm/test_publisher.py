@@ -17,6 +17,7 @@ import zmq
 
 from monitors.bands import format_bands
 from monitors.features import FeatureExtractor
+from monitors.vllm_plugin import publisher as publisher_module
 from monitors.vllm_plugin.publisher import MAX_PENDING_STEPS, REDUCER_MALLOC_ENV, FeaturePublisher
 from monitors.vllm_plugin.reducer import FeatureReducer, new_extractor_factory
 from monitors.vllm_plugin.settings import PluginSettings
@@ -131,6 +132,35 @@ def test_steps_go_through_the_reducer_process_and_entropies_come_from_logits(cal
     finally:
         publisher.close()
     assert reducer.returncode == 0  # stopped when told to
+
+
+def test_a_step_waits_for_the_runner_to_start_the_next_one(calibration, sink, monkeypatch):
+    monkeypatch.setattr(publisher_module, "HANDOFF_GRACE_S", 600.0)  # longer than the test: only the runner frees it
+    publisher = FeaturePublisher(calibration, calibration.bands, cpus="inherit")
+    tag = RequestTag("r", sink.getsockopt_string(zmq.LAST_ENDPOINT))
+    try:
+        publisher.start()
+        publisher.runner_started_step()  # the step below is captured during this engine step
+        assert publisher.submit(CapturedStep(["e"], [tag], [7], _states(calibration, 1, 0), np.ones(1)))
+        assert not sink.poll(2000)  # between engine steps: the work waits
+        publisher.runner_started_step()
+        assert _receive(sink, timeout_ms=60_000)[1][0][1].token_id == 7
+    finally:
+        publisher.close()
+
+
+def test_steps_of_an_idle_runner_wait_once_for_the_grace(calibration, sink, monkeypatch):
+    monkeypatch.setattr(publisher_module, "HANDOFF_GRACE_S", 0.5)
+    publisher = FeaturePublisher(calibration, calibration.bands, cpus="inherit")
+    tag = RequestTag("r", sink.getsockopt_string(zmq.LAST_ENDPOINT))
+    try:
+        for token in range(3):  # no engine step follows any of them
+            assert publisher.submit(CapturedStep(["e"], [tag], [token], _states(calibration, 1, token), np.ones(1)))
+        publisher.start()
+        assert [_receive(sink, timeout_ms=60_000)[1][0][1].token_id for _ in range(3)] == [0, 1, 2]
+        assert publisher._runner_idle_at == 0  # the first waited out the grace, the others went at once
+    finally:
+        publisher.close()
 
 
 def _alive(pid: int) -> bool:
