@@ -39,10 +39,10 @@ SEND_WAIT_MS = 1000  # how long a send waits before checking that the reducer is
 REDUCER_EXIT_WAIT_S = 10
 # How long a step's work waits for the runner to start its next step. From the end of sampling to the start of
 # the next step (the engine core taking the sampled tokens and scheduling) the runner took 2–3 ms at the
-# median, 7–8 ms at p99 and 21 ms at most over 3000 steps at 1 and 16 streams on a 2-core CPU host
-# (docs/BENCHMARKS.md). A step that waits longer was the engine's last before it went idle; its features
-# are late by this much.
-HANDOFF_GRACE_S = 0.05
+# median, 7–8 ms at p99 and more than 20 ms once in 3000 steps at 1 and 16 streams on a 2-core CPU host
+# (docs/BENCHMARKS.md). A step that waits longer was the engine's last before it went idle: its features,
+# which the gateway waits for, are late by this much, so the grace is as short as the gaps allow.
+HANDOFF_GRACE_S = 0.02
 # glibc malloc settings for the reducer. By default glibc hands freed memory at the top of the heap back to
 # the OS past a trim threshold that adapts to the program, and the extractors' per-step temporaries (one
 # to a few MB each) were then faulted in afresh at every step: 132 000 page faults and 11.5 ms of CPU per
