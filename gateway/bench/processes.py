@@ -3,6 +3,7 @@
 import contextlib
 import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -111,17 +112,23 @@ def fake_upstream_process(tokens: int, token_interval: float = 0.0, model: str =
         yield process
 
 
+def py_spy() -> str | None:
+    """The py-spy executable: on PATH, or beside this Python (a virtualenv that was not activated)."""
+    return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+
+
 @contextmanager
 def gateway_process(
     *flags: str, timeout: float = 120, profile: Path | None = None, cpus: frozenset[int] | None = None
 ) -> Iterator[Process]:
     """``sinkwatch serve FLAGS`` on a free port, once ``/readyz`` answers 200; with ``profile``, under
-    py-spy (on PATH), which writes collapsed stacks of CPU samples there when the server stops; with
+    py-spy (:func:`py_spy`), which writes collapsed stacks of CPU samples there when the server stops; with
     ``cpus``, bound to those cores."""
     port = free_port()
     command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *flags]
     if profile is not None:
-        command = ["py-spy", "record", "--format", "raw", "--rate", "250", "--output", str(profile), "--", *command]
+        sampler = [py_spy() or "py-spy", "record", "--format", "raw", "--rate", "250", "--output", str(profile)]
+        command = [*sampler, "--", *command]
     ready, base = f"http://127.0.0.1:{port}/readyz", f"http://127.0.0.1:{port}/v1"
     with _running(command, ready, base, timeout, wrapped=profile is not None, cpus=cpus) as process:
         yield process

@@ -36,7 +36,7 @@ from pathlib import Path
 import orjson
 
 from gateway.bench.loadgen import LoadClient, LoadResult, percentile, run_load
-from gateway.bench.processes import Process, fake_upstream_process, gateway_process
+from gateway.bench.processes import Process, fake_upstream_process, gateway_process, py_spy
 
 FAST_MODEL = "fake-fast"
 PACED_MODEL = "fake-paced"
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gateway-cores", type=int, default=1, help="cores for the gateway alone (0: all processes share all cores)"
     )
-    parser.add_argument("--profile", action="store_true", help="sample the gateway with py-spy (must be on PATH)")
+    parser.add_argument("--profile", action="store_true", help="sample the gateway with py-spy (pip install py-spy)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
 
 
@@ -240,6 +240,8 @@ def _split_cores(gateway_cores: int) -> tuple[frozenset[int] | None, frozenset[i
 
 def run(args: argparse.Namespace) -> None:
     """Run the benchmark and print (and optionally save) the results."""
+    if args.profile and py_spy() is None:
+        raise SystemExit("--profile needs py-spy, on PATH or in this Python's environment: pip install py-spy")
     gateway_cpus, client_cpus = _split_cores(args.gateway_cores)
     if client_cpus is not None:
         os.sched_setaffinity(0, client_cpus)  # the load generator, and the fakes it starts
