@@ -43,6 +43,11 @@ REDUCER_EXIT_WAIT_S = 10
 # (docs/BENCHMARKS.md). A step that waits longer was the engine's last before it went idle: its features,
 # which the gateway waits for, are late by this much, so the grace is as short as the gaps allow.
 HANDOFF_GRACE_S = 0.02
+# How vLLM's CPU worker binds the OpenMP runtime it preloads (LD_PRELOAD) to the model's cores. A reducer
+# started with these is bound to the model's core by that runtime as it loads, racing any binding from here
+# (it won, until this was found: the reducer competed with the model's own thread); it starts without them
+# and binds itself once loaded.
+OPENMP_BINDING_VARIABLES = frozenset({"GOMP_CPU_AFFINITY", "KMP_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES"})
 # glibc malloc settings for the reducer. By default glibc hands freed memory at the top of the heap back to
 # the OS past a trim threshold that adapts to the program, and the extractors' per-step temporaries (one
 # to a few MB each) were then faulted in afresh at every step: 132 000 page faults and 11.5 ms of CPU per
@@ -85,13 +90,14 @@ class FeaturePublisher:
             "bands": format_bands(self._bands),
             "endpoint": self._endpoint,
             "worker_pid": os.getpid(),
+            "cpus": None if self._cpus is None else sorted(self._cpus),
         }
+        environment = {name: value for name, value in os.environ.items() if name not in OPENMP_BINDING_VARIABLES}
         self._reducer = subprocess.Popen(
             [sys.executable, "-m", "monitors.vllm_plugin.reducer"],
             stdin=subprocess.PIPE,
-            env={**os.environ, **REDUCER_MALLOC_ENV},
+            env={**environment, **REDUCER_MALLOC_ENV},
         )
-        bind(self._reducer.pid, self._cpus, "feature reducer process")
         try:
             with self._reducer.stdin:
                 self._reducer.stdin.write(json.dumps(config).encode())

@@ -9,8 +9,8 @@ Python between kernels (measured: 8.5 % fewer tokens/s at 16 monitored streams o
 the host, through a local pipe; only features go to the gateways.
 
 Run as ``python -m monitors.vllm_plugin.reducer``: it reads its configuration (a JSON object: the
-calibration, the bands, the pipe's address and the worker's pid) from stdin, and exits when the pipe
-says stop or the worker that started it is gone.
+calibration, the bands, the pipe's address, the worker's pid and the CPU cores to run on) from stdin, binds
+itself to those cores, and exits when the pipe says stop or the worker that started it is gone.
 """
 
 import json
@@ -29,6 +29,7 @@ import zmq
 from monitors.bands import LayerBand, parse_bands
 from monitors.calibration import Calibration
 from monitors.features import FeatureExtractor, StepFeatures
+from monitors.vllm_plugin.placement import bind
 from monitors.vllm_plugin.settings import PluginSettings
 from monitors.vllm_plugin.sinks import SinkSockets
 from monitors.vllm_plugin.step import CapturedStep
@@ -113,6 +114,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stop with the worker's process group, cleaning up
     config = json.loads(sys.stdin.read())
+    bind(0, frozenset(config["cpus"]) if config.get("cpus") else None, "feature reducer process")
     calibration = Calibration.from_json(config["calibration"])
     bands = parse_bands(config["bands"])
     sockets = SinkSockets(PluginSettings.from_env().allowed_sinks)

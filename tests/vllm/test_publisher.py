@@ -163,6 +163,26 @@ def test_steps_of_an_idle_runner_wait_once_for_the_grace(calibration, sink, monk
         publisher.close()
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_the_reducer_runs_on_its_cores_despite_the_openmp_binding_vllm_leaves_in_the_environment(
+    calibration, sink, monkeypatch
+):
+    model_core, spare_core = sorted(os.sched_getaffinity(0))[:2]
+    # what vLLM's CPU worker runs with: torch's OpenMP runtime preloaded, bound to the model's core
+    monkeypatch.setenv("LD_PRELOAD", str(Path(torch.__file__).parent / "lib" / "libgomp.so.1"))
+    monkeypatch.setenv("GOMP_CPU_AFFINITY", str(model_core))
+    publisher = FeaturePublisher(calibration, calibration.bands, cpus=str(spare_core))
+    tag = RequestTag("r", sink.getsockopt_string(zmq.LAST_ENDPOINT))
+    try:
+        publisher.start()
+        assert publisher.submit(CapturedStep(["e"], [tag], [7], _states(calibration, 1, 0), np.ones(1)))
+        _receive(sink, timeout_ms=60_000)  # the reducer is up and serving
+        status = Path(f"/proc/{publisher._reducer.pid}/status").read_text()
+        assert f"Cpus_allowed_list:\t{spare_core}\n" in status
+    finally:
+        publisher.close()
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting for a parent that does not reap counts as gone)."""
     try:
