@@ -163,7 +163,9 @@ def test_steps_of_an_idle_runner_wait_once_for_the_grace(calibration, sink, monk
         publisher.close()
 
 
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="needs two cores: the one vLLM binds, another for the reducer"
+)
 def test_the_reducer_runs_on_its_cores_despite_the_openmp_binding_vllm_leaves_in_the_environment(
     calibration, sink, monkeypatch
 ):
