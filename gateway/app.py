@@ -78,7 +78,7 @@ def create_app(settings: Settings, backend: Backend | None = None, calibration: 
     app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry)
     app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()))
     install_error_handlers(app)
-    install_middleware(app, settings, backend)
+    app.state.fast_path = install_middleware(app, settings, backend)
     app.include_router(openai_routes.router)
     app.include_router(health.router)
     return app

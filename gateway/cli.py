@@ -14,13 +14,15 @@ def _serve(args: argparse.Namespace) -> None:
 
     from gateway.app import create_app
     from gateway.engine.provision import provision
+    from gateway.server import http_protocol
 
     settings = load_settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.backend == "embedded":
         provision(settings.model)
     app = create_app(settings)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, access_log=False)
+    address = {"host": settings.host, "port": settings.port}
+    uvicorn.run(app, **address, log_level=settings.log_level, access_log=False, http=http_protocol(app))
 
 
 def _fetch(args: argparse.Namespace) -> None:

@@ -22,10 +22,12 @@ class RunningServer:
     def __init__(self, app, port: int) -> None:
         import uvicorn
 
+        from gateway.server import http_protocol
+
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
+        options = {"log_level": "warning", "access_log": False, "http": http_protocol(app)}
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> "RunningServer":

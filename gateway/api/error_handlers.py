@@ -2,9 +2,10 @@
 
 import logging
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import metrics
@@ -12,11 +13,18 @@ from gateway.errors import InvalidRequest, NotFound, OpenAIError
 
 log = logging.getLogger(__name__)
 
+SERVER_ERROR = "The server had an error while processing your request."
 
-def error_response(error: OpenAIError, endpoint: str) -> JSONResponse:
-    """Render and count an error."""
+
+def rendered_error(error: OpenAIError, endpoint: str) -> bytes:
+    """Count an error (``sinkwatch_errors_total``) and render its OpenAI body."""
     metrics.ERRORS.labels(endpoint, error.error_type).inc()
-    return JSONResponse(error.body(), status_code=error.status_code)
+    return orjson.dumps(error.body())
+
+
+def error_response(error: OpenAIError, endpoint: str) -> Response:
+    """Render and count an error."""
+    return Response(rendered_error(error, endpoint), status_code=error.status_code, media_type="application/json")
 
 
 def endpoint_label(path: str) -> str:
@@ -62,15 +70,15 @@ def install_error_handlers(app: FastAPI) -> None:
     """Map our errors, validation errors, HTTP errors and anything unexpected to OpenAI bodies."""
 
     @app.exception_handler(OpenAIError)
-    async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+    async def _openai_error(request: Request, exc: OpenAIError) -> Response:
         return error_response(exc, _endpoint(request))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
         return error_response(validation_error(exc), _endpoint(request))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             error: OpenAIError = NotFound(f"Invalid URL ({request.method} {request.url.path})")
         else:
@@ -79,6 +87,6 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(error, _endpoint(request))
 
     @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error serving %s", request.url.path)
-        return error_response(OpenAIError("The server had an error while processing your request."), _endpoint(request))
+        return error_response(OpenAIError(SERVER_ERROR), _endpoint(request))

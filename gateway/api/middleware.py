@@ -9,24 +9,32 @@ from prometheus_client import start_http_server
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway.backends.base import Backend
+from gateway.backends.openai import OpenAIBackend
 from gateway.config import Settings
+from gateway.proxy.native import FastPath
 from gateway.proxy.passthrough import Passthrough
+from gateway.security.admission import Admission
 from gateway.security.keys import ApiKeys
 from gateway.security.middleware import BodyLimit, Guard, StrictJson
 from gateway.security.ratelimit import RateLimiter
 
 
-def install_middleware(app: FastAPI, settings: Settings, backend: Backend) -> None:
-    """Add the layers; Starlette runs the last one added first."""
+def install_middleware(app: FastAPI, settings: Settings, backend: Backend) -> FastPath | None:
+    """Add the layers (Starlette runs the last one added first); returns the native fast path's view of
+    them when the backend relays unchanged (``gateway.proxy.native``)."""
     app.add_middleware(StrictJson)
-    if getattr(backend, "passthrough", False):
+    relays = isinstance(backend, OpenAIBackend) and backend.passthrough
+    if relays:
         app.add_middleware(Passthrough, backend=backend)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
-    limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
-    if keys.enabled or limiter.enabled:
-        app.add_middleware(Guard, keys=keys, limiter=limiter)
-    if origins := [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]:
+    admission = Admission(
+        ApiKeys.load(settings.api_keys, settings.api_keys_file),
+        RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+    )
+    if admission.enabled:
+        app.add_middleware(Guard, admission=admission)
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
@@ -34,6 +42,9 @@ def install_middleware(app: FastAPI, settings: Settings, backend: Backend) -> No
             allow_headers=["authorization", "content-type", "x-request-id", "x-sinkwatch-policy"],
             expose_headers=["x-request-id", "x-sinkwatch-verdict"],
         )
+    if not relays:
+        return None
+    return FastPath(backend, admission if admission.enabled else None, settings.max_request_bytes, bool(origins))
 
 
 def serve_metrics_apart(settings: Settings) -> Callable[[], None]:

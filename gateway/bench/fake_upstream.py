@@ -81,6 +81,7 @@ def _chunk(data: bytes) -> bytes:
 
 
 _LAST_CHUNK = b"0\r\n\r\n"
+ACCEPT_BACKLOG = 2048
 CREATED = 1_700_000_000  # fixed, so that answers are byte-identical across requests
 _JSON = b"application/json"
 _SSE = b"text/event-stream"
@@ -301,8 +302,10 @@ class FakeUpstream:
         return connection
 
     async def start(self) -> None:
-        """Listen (on a free port when ``port`` is 0)."""
-        self._server = await asyncio.get_running_loop().create_server(self._protocol, self.host, self.port)
+        """Listen (on a free port when ``port`` is 0), with uvicorn's accept backlog, as a real model server
+        would: asyncio's default of 100 drops connection attempts when a gateway opens hundreds at once."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, self.host, self.port, backlog=ACCEPT_BACKLOG)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:

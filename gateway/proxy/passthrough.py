@@ -9,6 +9,10 @@ JSON body checked and forwarded as is, or server-sent events checked one by one 
 received. Only two things change: the ``sinkwatch`` body extension is removed, and a stream asks the
 upstream for usage (to count tokens) whose usage chunk is dropped again if the client did not ask.
 
+Under ``sinkwatch serve`` most such requests never reach ASGI: the native fast path
+(``gateway.proxy.native``) runs the same :class:`ProxiedRequest` on the connection itself. Either way the
+request talks to its client through a :class:`~gateway.proxy.channel.ClientChannel`.
+
 Faults of the upstream become OpenAI errors (a final error event then ``[DONE]`` once streaming has
 begun); a client that goes away cancels the upstream request.
 """
@@ -22,10 +26,11 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import metrics
-from gateway.api.error_handlers import error_response
+from gateway.api.error_handlers import rendered_error
 from gateway.backends.openai import OpenAIBackend
-from gateway.errors import InvalidRequest, ModelNotFound, NotReady, OpenAIError
+from gateway.errors import ModelNotFound, NotReady, OpenAIError
 from gateway.gate.policy import POLICY_HEADER
+from gateway.proxy.channel import JSON_HEADERS, AsgiChannel, ClientChannel
 from gateway.proxy.checks import checked_request
 from gateway.upstream.pool import UpstreamResponse
 from gateway.upstream.sse import check_event_stream, event_batches, malformed
@@ -34,7 +39,6 @@ ROUTES = {"/v1/chat/completions": ("chat", "/chat/completions"), "/v1/completion
 MAX_RESPONSE_BYTES = 64 << 20
 DONE = b"data: [DONE]\n\n"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 POLICY_HEADER_BYTES = POLICY_HEADER.encode()
 _SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
@@ -51,16 +55,16 @@ class Passthrough:
         if route is None or not self.backend.passthrough:
             await self.app(scope, receive, send)
             return
-        await ProxiedRequest(self.backend, route, scope, receive, send).serve()
+        await ProxiedRequest(self.backend, route, AsgiChannel(scope, receive, send)).serve()
 
 
-def _request_id(scope: Scope) -> str:
+def _request_id(channel: ClientChannel) -> str:
     """The client's ``x-request-id`` when it is short and plain, else a new one."""
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            text = value.decode("latin-1")
-            if 0 < len(text) <= 128 and set(text) <= _SAFE_ID:
-                return text
+    value = channel.header(b"x-request-id")
+    if value is not None:
+        text = value.decode("latin-1")
+        if 0 < len(text) <= 128 and set(text) <= _SAFE_ID:
+            return text
     return os.urandom(16).hex()
 
 
@@ -81,10 +85,10 @@ class _Stopwatch:
 class ProxiedRequest:
     """One request on the fast path: check, send, relay, record."""
 
-    def __init__(self, backend: OpenAIBackend, route: tuple[str, str], scope: Scope, receive: Receive, send: Send):
+    def __init__(self, backend: OpenAIBackend, route: tuple[str, str], channel: ClientChannel):
         self.backend = backend
         self.endpoint, self.path = route
-        self.scope, self.receive, self._send = scope, receive, send
+        self.channel = channel
         self.started_at = time.perf_counter()
         self.clock = _Stopwatch()
         self.response_started = False
@@ -95,7 +99,9 @@ class ProxiedRequest:
 
     async def serve(self) -> None:
         try:
-            request, forward, include_usage = checked_request(await self._body(), self.endpoint, self._policy_header())
+            policy = self.channel.header(POLICY_HEADER_BYTES)
+            body = await self.channel.read_body()
+            request, forward, include_usage = checked_request(body, self.endpoint, policy and policy.decode("latin-1"))
             if not self.backend.ready:
                 raise NotReady("no upstream is ready; retry shortly")
             model = request["model"]
@@ -103,34 +109,18 @@ class ProxiedRequest:
                 message = f"The model '{model}' does not exist or you do not have access to it."
                 raise ModelNotFound(message, param="model")
         except OpenAIError as error:
-            await error_response(error, self.endpoint)(self.scope, self.receive, self._send)
+            await self.channel.respond_error(error, self.endpoint)
             return
         await self._proxy(model, forward, bool(request.get("stream")), include_usage)
-
-    def _policy_header(self) -> str | None:
-        for name, value in self.scope["headers"]:
-            if name == POLICY_HEADER_BYTES:
-                return value.decode("latin-1")
-        return None
-
-    async def _body(self) -> bytes:
-        chunks = []
-        while True:
-            message = await self.receive()
-            if message["type"] != "http.request":
-                raise InvalidRequest("the client went away before sending the request body")
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                return b"".join(chunks)
 
     async def _proxy(self, model: str, body: bytes, stream: bool, include_usage: bool) -> None:
         series = _Series.of(model, self.endpoint, self.backend.name)
         series.in_flight.inc()
         task = asyncio.current_task()
-        watcher = asyncio.ensure_future(self._watch_disconnect(task))
+        stop_watching = self.channel.watch_disconnect(lambda: self._client_gone(task))
         response: UpstreamResponse | None = None
         outcome = "server_error"
-        request_id = _request_id(self.scope)
+        request_id = _request_id(self.channel)
         try:
             self.clock.pause()
             response = await self.backend.pool.open(self.path, body, model=model, request_id=request_id)
@@ -153,30 +143,27 @@ class ProxiedRequest:
             outcome = "cancelled"
         finally:
             self.finished = True
-            watcher.cancel()
+            stop_watching()
             if response is not None:
                 await response.aclose()
             self._record(series, outcome)
 
-    async def _watch_disconnect(self, task: asyncio.Task) -> None:
-        while (await self.receive())["type"] != "http.disconnect":
-            pass
+    def _client_gone(self, task: asyncio.Task) -> None:
         if not self.finished:
             self.cancelled = True
             task.cancel()
 
-    async def _start(self, headers: list[tuple[bytes, bytes]], status: int = 200) -> None:
+    async def _start(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.response_started = True
-        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.channel.start(200, headers)
 
     async def _fail(self, error: OpenAIError) -> None:
         """An error response, or a final error event when the stream has begun."""
         if not self.response_started:
-            await error_response(error, self.endpoint)(self.scope, self.receive, self._send)
+            await self.channel.respond_error(error, self.endpoint)
             return
-        metrics.ERRORS.labels(self.endpoint, error.error_type).inc()
-        event = b"data: " + orjson.dumps(error.body()) + b"\n\n" + DONE
-        await self._send({"type": "http.response.body", "body": event, "more_body": False})
+        event = b"data: " + rendered_error(error, self.endpoint) + b"\n\n" + DONE
+        await self.channel.send(event, more=False)
 
     async def _relay_whole(self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]]) -> None:
         self.clock.pause()
@@ -191,8 +178,8 @@ class ProxiedRequest:
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise malformed(response, "JSON that is not a completion")
         self.usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else None
-        await self._start([*_JSON_HEADERS, (b"content-length", str(len(body)).encode()), *headers])
-        await self._send({"type": "http.response.body", "body": body, "more_body": False})
+        await self._start([*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *headers])
+        await self.channel.send(body, more=False)
 
     async def _relay_stream(
         self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]], include_usage: bool
@@ -218,10 +205,10 @@ class ProxiedRequest:
                     out.append(raw)
                     out.append(b"\n\n")
                 if out:
-                    await self._send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+                    await self.channel.send(b"".join(out), more=True)
         finally:
             await events.aclose()
-        await self._send({"type": "http.response.body", "body": DONE, "more_body": False})
+        await self.channel.send(DONE, more=False)
 
     def _record(self, series: "_Series", outcome: str) -> None:
         now = time.perf_counter()

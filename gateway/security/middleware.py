@@ -5,32 +5,20 @@ OpenAI error bodies: 413 ``request_too_large``, 400 ``invalid_json``, 401 ``inva
 429 ``rate_limit_exceeded`` with ``retry-after``.
 """
 
-import math
-
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import metrics
 from gateway.api.error_handlers import endpoint_label, error_response
-from gateway.errors import AuthenticationFailed, InvalidRequest, OpenAIError, RateLimited, RequestTooLarge
-from gateway.security.keys import ApiKeys
-from gateway.security.ratelimit import RateLimiter
+from gateway.errors import InvalidRequest, OpenAIError, RequestTooLarge
+from gateway.security.admission import Admission, header
 
-ANONYMOUS = "anonymous"
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
-async def _refuse(error: OpenAIError, scope: Scope, receive: Receive, send: Send, headers: dict | None = None) -> None:
+async def _refuse(error: OpenAIError, headers: dict[str, str], scope: Scope, receive: Receive, send: Send) -> None:
     response = error_response(error, endpoint_label(scope["path"]))
-    response.headers.update(headers or {})
+    response.headers.update(headers)
     await response(scope, receive, send)
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
 
 
 class BodyLimit:
@@ -44,7 +32,7 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] not in _BODY_METHODS:
             await self.app(scope, receive, send)
             return
-        declared = _header(scope, b"content-length")
+        declared = header(scope["headers"], b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._too_large(scope, receive, send)
             return
@@ -64,8 +52,12 @@ class BodyLimit:
         await self.app(scope, _replay(b"".join(chunks), receive), send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        error = RequestTooLarge(f"The request body is larger than the limit of {self.max_bytes} bytes.")
-        await _refuse(error, scope, receive, send, {"connection": "close"})
+        await _refuse(too_large(self.max_bytes), {"connection": "close"}, scope, receive, send)
+
+
+def too_large(max_bytes: int) -> RequestTooLarge:
+    """The error for a body over ``max_bytes`` (answered with ``connection: close``: the rest is not read)."""
+    return RequestTooLarge(f"The request body is larger than the limit of {max_bytes} bytes.")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -108,7 +100,7 @@ class StrictJson:
             try:
                 orjson.loads(message.get("body", b"") or b"{}")
             except orjson.JSONDecodeError as problem:
-                await _refuse(invalid_json(problem), scope, receive, send)
+                await _refuse(invalid_json(problem), {}, scope, receive, send)
                 return
         await self.app(scope, _replay_message(message, receive), send)
 
@@ -116,43 +108,14 @@ class StrictJson:
 class Guard:
     """API keys (when configured) and rate limits on ``/v1/`` routes; health and metrics stay open."""
 
-    def __init__(self, app: ASGIApp, keys: ApiKeys, limiter: RateLimiter) -> None:
+    def __init__(self, app: ASGIApp, admission: Admission) -> None:
         self.app = app
-        self.keys = keys
-        self.limiter = limiter
+        self.admission = admission
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
-            await self.app(scope, receive, send)
-            return
-        name = ANONYMOUS
-        if self.keys.enabled:
-            name = self._identify(scope)
-            if name is None:
-                await self._unauthorized(scope, receive, send)
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            refused = self.admission.refusal(scope["headers"])
+            if refused is not None:
+                await _refuse(*refused, scope, receive, send)
                 return
-        if self.limiter.enabled and (wait := self.limiter.check(name)):
-            metrics.RATE_LIMITED.labels("requests").inc()
-            error = RateLimited(f"Rate limit reached for requests; try again in {wait:.2f}s.")
-            await _refuse(error, scope, receive, send, {"retry-after": str(math.ceil(wait))})
-            return
         await self.app(scope, receive, send)
-
-    def _identify(self, scope: Scope) -> str | None:
-        header = _header(scope, b"authorization")
-        scheme, _, token = (header or b"").decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return self.keys.identify(token.strip())
-
-    async def _unauthorized(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _header(scope, b"authorization") is None:
-            metrics.AUTH_FAILURES.labels("missing").inc()
-            error = AuthenticationFailed(
-                "You didn't provide an API key. You need to provide your API key in an Authorization header "
-                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
-            )
-        else:
-            metrics.AUTH_FAILURES.labels("invalid").inc()
-            error = AuthenticationFailed("Incorrect API key provided.")
-        await _refuse(error, scope, receive, send, {"www-authenticate": "Bearer"})

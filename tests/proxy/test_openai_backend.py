@@ -20,11 +20,6 @@ pytestmark = pytest.mark.anyio
 MESSAGES = ({"role": "user", "content": "Tell me a story."},)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _request(prompt, continuation: str = "", **sampling) -> GenerationRequest:
     params = SamplingParams(max_tokens=sampling.pop("max_tokens", 8), **sampling)
     return GenerationRequest("req-1", "fake-model", prompt, params, continuation=continuation)

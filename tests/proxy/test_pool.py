@@ -18,11 +18,6 @@ STREAM = orjson.dumps({"model": "fake-model", "messages": [{"role": "user", "con
 CONFIG = PoolConfig(connect_timeout=1, read_timeout=5, health_interval=60)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _errors(name: str, kind: str) -> float:
     return metrics.UPSTREAM_ERRORS.labels(name, kind)._value.get()
 

@@ -19,11 +19,6 @@ pytestmark = pytest.mark.anyio
 TEXT = "The quick brown fox jumps over the lazy dog.\nIt was a sunny   day, and the fox trotted home."
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def calibration():
     return load_calibration(MODEL)
