@@ -101,7 +101,7 @@ class Upstream:
         self.models: frozenset[str] = frozenset()
         self.in_flight = 0
         self._up_gauge = metrics.UPSTREAM_UP.labels(name)
-        self._in_flight_gauge = metrics.UPSTREAM_IN_FLIGHT.labels(name)
+        metrics.UPSTREAM_IN_FLIGHT.labels(name).set_function(lambda: self.in_flight)  # read when scraped
         outcomes = ("ok", "client_error", "error", "cancelled")
         self._outcomes = {outcome: metrics.UPSTREAM_REQUESTS.labels(name, outcome) for outcome in outcomes}
         self._up_gauge.set(0)
@@ -119,11 +119,9 @@ class Upstream:
 
     def started(self) -> None:
         self.in_flight += 1
-        self._in_flight_gauge.inc()
 
     def finished(self, outcome: str) -> None:
         self.in_flight -= 1
-        self._in_flight_gauge.dec()
         self._outcomes[outcome].inc()
 
     async def check_health(self, timeout: float) -> None:
