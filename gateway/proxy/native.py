@@ -1,18 +1,21 @@
 """The proxy fast path without ASGI: uvicorn's HTTP/1.1 protocol, with generation requests served in place.
 
-Relaying a request costs the gateway far more in the HTTP server and the ASGI layers (request cycle,
-message dicts, middleware calls, header checks, a second task watching for disconnects) than in the
-proxy's own work (docs/BENCHMARKS.md). :class:`FastPathProtocol` is uvicorn's ``httptools`` protocol: it
-parses, keeps connections alive, times out idle ones, controls flow and shuts down as uvicorn does, and
-serves every request through the ASGI app as before, except ``POST /v1/chat/completions`` and
-``POST /v1/completions`` for a backend that relays unchanged. Those it hands to a
-:class:`NativeExchange`, which runs the same guards (API keys, rate limits, body size) and the same
-:class:`~gateway.proxy.passthrough.ProxiedRequest` and writes the response to the socket itself: the
-head with the first body bytes in one write, chunked framing for streams.
+Through ASGI, a relayed request spent about a third of the gateway's CPU in the HTTP server's request
+cycle and the ASGI layers (message dicts, middleware calls, header checks, a second task watching for
+disconnects), three times the proxy's own work (docs/BENCHMARKS.md).
+
+:class:`FastPathProtocol` is uvicorn's ``httptools`` protocol: it parses, keeps connections alive, times
+out idle ones, controls flow and shuts down as uvicorn does, and serves every request through the ASGI
+app as before, except ``POST /v1/chat/completions`` and ``POST /v1/completions`` for a backend that
+relays unchanged. Those it hands to a :class:`NativeExchange`, which runs the same guards (API keys,
+rate limits, body size) and the same :class:`~gateway.proxy.passthrough.ProxiedRequest`, and writes the
+response to the socket itself: the head with the first body bytes in one write, chunked framing for
+streams.
 
 Requests it does not take stay on the ASGI path, whose :class:`~gateway.proxy.passthrough.Passthrough`
-serves them the same way: HTTP/1.0, ``Expect: 100-continue``, a request pipelined behind another,
-a query string, and cross-origin requests when CORS is on (its headers come from the ASGI middleware).
+serves them the same way: HTTP/1.0, ``Expect: 100-continue``, an ``Upgrade`` request, a request
+pipelined behind another, a query string or an absolute URL, and cross-origin requests when CORS is on
+(its headers come from the ASGI middleware).
 
 The exchange stands where uvicorn keeps its request cycle (``protocol.cycle``), with the attributes the
 protocol reads and writes: the body as it arrives, the end of it, the client's disconnect, the end of
@@ -211,6 +214,8 @@ class FastPathProtocol(HttpToolsProtocol):
         parser = self.parser
         if parser.get_method() != b"POST" or parser.get_http_version() != "1.1" or self.expect_100_continue:
             return None
+        if parser.should_upgrade():
+            return None  # uvicorn answers protocol upgrades
         if self.limit_concurrency is not None:
             return None  # uvicorn's own limit answers 503 on the ASGI path
         if self.pipeline or (self.cycle is not None and not self.cycle.response_complete):

@@ -57,8 +57,8 @@ class _Transport(asyncio.Transport):
         pass
 
 
-async def _cycle_after(request: bytes, cors_origins: str = "") -> object:
-    """The request cycle the gateway's protocol makes for ``request`` (backend not started: it answers 503)."""
+def _protocol(cors_origins: str = "") -> tuple[asyncio.Protocol, _Transport]:
+    """The gateway's HTTP protocol on a fake connection (backend not started: it answers 503)."""
     settings = replace(Settings(), backend="openai", upstreams="http://127.0.0.1:9/v1", cors_origins=cors_origins)
     app = create_app(settings)
     config = uvicorn.Config(app, http=http_protocol(app))
@@ -66,6 +66,12 @@ async def _cycle_after(request: bytes, cors_origins: str = "") -> object:
     protocol = config.http_protocol_class(config=config, server_state=ServerState(), app_state={})
     transport = _Transport()
     protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def _cycle_after(request: bytes, cors_origins: str = "") -> object:
+    """The request cycle the gateway's protocol makes for ``request``, once it has answered."""
+    protocol, transport = _protocol(cors_origins)
     protocol.data_received(request)
     cycle = protocol.cycle
     await asyncio.gather(*protocol.tasks)
@@ -82,13 +88,23 @@ async def _cycle_after(request: bytes, cors_origins: str = "") -> object:
         (_request("/v1/completions", body=COMPLETION), True),
         (_request(version="1.0"), False),
         (_request("/v1/chat/completions?x=1"), False),
+        (_request("http://gateway/v1/chat/completions"), False),
         (_request(expect="100-continue"), False),
     ],
-    ids=["chat", "completions", "http-1.0", "query", "expect-100"],
+    ids=["chat", "completions", "http-1.0", "query", "absolute-url", "expect-100"],
 )
 async def test_generation_requests_skip_asgi_unless_http_needs_the_full_server(request_bytes, native):
     cycle = await _cycle_after(request_bytes)
     assert isinstance(cycle, NativeExchange if native else RequestResponseCycle)
+
+
+@pytest.mark.anyio
+async def test_an_upgrade_request_is_left_to_uvicorn():
+    protocol, _ = _protocol()
+    protocol.data_received(_request(connection="upgrade", upgrade="h2c"))
+    assert isinstance(protocol.cycle, RequestResponseCycle)
+    for task in protocol.tasks:
+        task.cancel()
 
 
 @pytest.mark.anyio
