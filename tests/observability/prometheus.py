@@ -82,3 +82,18 @@ class PrometheusServer:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}; Prometheus log:\n{self._log.read_text()[-3000:]}")
             time.sleep(0.5)
+
+    def wait_for_scrapes(self, job: str, count: int, timeout: float) -> None:
+        """Wait until every target of ``job`` has been scraped ``count`` more times from now.
+
+        A labelled counter's series is born at its first increment, so ``rate()`` has data for it only
+        once two scrapes have seen it.
+        """
+        selector = f'up{{job="{job}"}}'
+        for scrape in range(count):
+            since = time.time()
+            self.wait_for(
+                lambda since=since: all(float(r["value"][1]) > since for r in self.query(f"timestamp({selector})")),
+                timeout,
+                f"scrape {scrape + 1} of {count} of every {job} target",
+            )

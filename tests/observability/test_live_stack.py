@@ -182,12 +182,13 @@ def stack(gateway, tmp_path_factory) -> Iterator[Stack]:
         with GatewayProcess(workdir, *proxy_flags, *limits, "--log-level", "warning") as proxy:
             addresses = [url.removeprefix("http://") for url in (gateway.base_url, proxy.base_url)]
             with PrometheusServer(workdir, {"sinkwatch-gateway": addresses}, [rules]) as prometheus:
-                # Every increment must happen after a first scrape, or rate() cannot see it.
+                # Every increment must happen after a first scrape, and be seen by two more, or rate() cannot see it.
                 prometheus.wait_for(
                     lambda: len(prometheus.query('up{job="sinkwatch-gateway"} == 1')) == 2, 60, "both gateways up"
                 )
                 forced = asyncio.run(_load_embedded(gateway.base_url))
                 _load_proxy(proxy.base_url)
+                prometheus.wait_for_scrapes("sinkwatch-gateway", count=2, timeout=30)
                 yield Stack(prometheus, forced)
 
 
