@@ -2,15 +2,18 @@
 
 Two servers run side by side on the same model: one with ``SINKWATCH_VLLM_PLUGIN=0`` (vLLM as shipped),
 one with the plugin. Requests go straight to them (no gateway in the way) and are interleaved by round
-(off, on, on-untagged; the order rotates) so that drift in machine load hits each alike; each figure is
-the median over rounds. ``on`` requests carry the tag that makes the plugin compute and push features
-(to a socket this benchmark drains and counts, so monitoring is known to have happened); ``untagged``
-requests on the same server show what the plugin costs requests it does not monitor. ``ignore_eos``
-makes every stream decode exactly ``--tokens`` tokens.
+(off, on, on-untagged; the order rotates) so that drift in machine load hits each alike, and each
+measurement follows a few untimed tokens on its own server; each figure is the median over rounds.
+``on`` requests carry the tag that makes the plugin compute and push features (to a socket this
+benchmark drains and counts, so monitoring is known to have happened); ``untagged`` requests on the same
+server show what the plugin costs requests it does not monitor. ``ignore_eos`` makes every stream decode
+exactly ``--tokens`` tokens. The servers are started twice, in both orders (``START_ORDERS``), half the
+rounds each.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import threading
@@ -26,6 +29,14 @@ from monitors.vllm_plugin.wire import RequestTag, decode_batch
 
 PROMPT = "Write a detailed essay about the history of sailing ships."
 CONFIGS = ("off", "on", "on_untagged")
+# Half the rounds start the plugin-off server first, half the plugin-on one: on 2026-12-01 the server
+# started first decoded 6-11 % slower than the other on identical unmonitored work (docs/BENCHMARKS.md),
+# a bias larger than the 3 % being measured; alternating cancels it in the pooled figures.
+START_ORDERS = (("off", "on"), ("on", "off"))
+# Untimed tokens per stream that wake a server before each measurement: on 2026-12-01 a measurement
+# taken right after one on the other server ran 4-9 % slower than one after the same server's, which
+# penalised the plugin-off server (always after a switch) more than the plugin-on server's two paths.
+WAKE_TOKENS = 8
 FEATURES_DRAIN_S = 10  # how long the plugin gets to send the last features after the last request
 
 
@@ -36,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per stream")
     parser.add_argument("--concurrency", default="1,16", help="comma-separated stream counts")
     parser.add_argument("--waves", type=int, default=2, help="batches of --concurrency requests per measurement")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds, split over the two start orders")
     parser.add_argument("--vllm-python", default=vllm_python(), help="python of the vLLM environment")
     parser.add_argument("--logs", type=Path, default=Path("out/bench-vllm"), help="folder for the servers' logs")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
@@ -94,46 +105,93 @@ def _await_features(counter: FeatureCounter, monitored_tokens: int) -> bool:
     return counter.received >= monitored_tokens
 
 
-def run(args: argparse.Namespace) -> None:
+def session_rounds(rounds: int) -> list[int]:
+    """Rounds per start order: half each, the first order taking the odd one."""
+    return [rounds - rounds // 2, rounds // 2]
+
+
+def _median_ratio(numerators: list[float], denominators: list[float]) -> float:
+    return statistics.median(n / d for n, d in zip(numerators, denominators, strict=True))
+
+
+def summarize(streams: int, sessions: list[dict[str, list[float]]]) -> dict:
+    """Medians over all sessions' rounds, and the medians of per-round ratios (robust to drift between rounds)."""
+    samples = {config: [value for session in sessions for value in session[config]] for config in CONFIGS}
+    row = {"streams": streams, **{config: statistics.median(values) for config, values in samples.items()}}
+    row["loss_on"] = 1 - row["on"] / row["off"]
+    row["loss_on_untagged"] = 1 - row["on_untagged"] / row["off"]
+    row["round_loss_on"] = 1 - _median_ratio(samples["on"], samples["off"])
+    row["round_cost_same_server"] = 1 - _median_ratio(samples["on"], samples["on_untagged"])
+    row["sessions"] = sessions
+    return row
+
+
+def _session(
+    args: argparse.Namespace, stream_counts: list[int], index: int, counter: FeatureCounter, monitored_tokens: int
+) -> tuple[list, int]:
+    """Start both servers in this session's order and measure each stream count: its samples, tokens monitored."""
     model_dir, name = provision(args.model), served_name(args.model)
-    counter = FeatureCounter()
     common = {"model_dir": model_dir, "served_name": name, "dtype": args.dtype, "python": args.vllm_python}
-    off_server = VLLMServer(log_path=args.logs / "off.log", env={"SINKWATCH_VLLM_PLUGIN": "0"}, **common)
-    on_server = VLLMServer(log_path=args.logs / "on.log", env={"SINKWATCH_VLLM_PLUGIN": "1"}, **common)
-    print(f"starting two vLLM servers ({args.dtype}); logs in {args.logs}")
-    with off_server, on_server:
+    servers = {
+        plugin: VLLMServer(log_path=args.logs / f"{plugin}-{index}.log", env={"SINKWATCH_VLLM_PLUGIN": flag}, **common)
+        for plugin, flag in (("off", "0"), ("on", "1"))
+    }
+    start_order = START_ORDERS[index]
+    print(f"session {index + 1}: starting the plugin-{start_order[0]} server, then the plugin-{start_order[1]} one")
+    measured = []
+    with contextlib.ExitStack() as running:
+        for plugin in start_order:
+            running.enter_context(servers[plugin])
         targets = {
-            "off": (off_server.url, None),
-            "on": (on_server.url, counter.address),
-            "on_untagged": (on_server.url, None),
+            "off": (servers["off"].url, None),
+            "on": (servers["on"].url, counter.address),
+            "on_untagged": (servers["on"].url, None),
         }
-        results, monitored_tokens = [], 0
-        for streams in (int(c) for c in args.concurrency.split(",")):
+        for streams in stream_counts:
             for url, sink in targets.values():  # warm up each path once
                 produced, _ = asyncio.run(_decode(url, name, streams, 1, 8, sink))
                 monitored_tokens += produced if sink else 0
             samples: dict[str, list[float]] = {config: [] for config in CONFIGS}
-            for round_index in range(args.rounds):
+            for round_index in range(session_rounds(args.rounds)[index]):
                 order = CONFIGS[round_index % 3 :] + CONFIGS[: round_index % 3]
                 for config in order:
                     url, sink = targets[config]
+                    asyncio.run(_decode(url, name, streams, 1, WAKE_TOKENS, None))
                     produced, seconds = asyncio.run(_decode(url, name, streams, args.waves, args.tokens, sink))
                     samples[config].append(produced / seconds)
                     monitored_tokens += produced if sink else 0
-            row = {"streams": streams, **{c: statistics.median(v) for c, v in samples.items()}, "samples": samples}
-            row["loss_on"] = 1 - row["on"] / row["off"]
-            row["loss_on_untagged"] = 1 - row["on_untagged"] / row["off"]
-            results.append(row)
-            print(
-                f"{streams:>3} streams: off {row['off']:7.1f} tok/s | on {row['on']:7.1f} ({row['loss_on']:+.1%} loss)"
-                f" | on, unmonitored requests {row['on_untagged']:7.1f} ({row['loss_on_untagged']:+.1%})"
-            )
-        complete = _await_features(counter, monitored_tokens)
+            measured.append(samples)
+            off, on, untagged = (statistics.median(samples[config]) for config in CONFIGS)
+            print(f"  {streams:>3} streams: off {off:7.1f} tok/s | on {on:7.1f} | on, unmonitored {untagged:7.1f}")
+        # the plugin's server stops with the session: its last features must be in first
+        if not _await_features(counter, monitored_tokens):
+            raise SystemExit("the plugin did not deliver every monitored token's features: see the 'on' server's log")
+    return measured, monitored_tokens
+
+
+def run(args: argparse.Namespace) -> None:
+    stream_counts = [int(c) for c in args.concurrency.split(",")]
+    print(f"vLLM servers in {args.dtype}; logs in {args.logs}")
+    counter = FeatureCounter()
+    sessions, monitored_tokens = [], 0
+    for index, rounds in enumerate(session_rounds(args.rounds)):
+        if rounds:
+            measured, monitored_tokens = _session(args, stream_counts, index, counter, monitored_tokens)
+            sessions.append(measured)
+    results = [summarize(streams, [measured[i] for measured in sessions]) for i, streams in enumerate(stream_counts)]
+    for row in results:
+        print(
+            f"{row['streams']:>3} streams, all rounds: off {row['off']:7.1f} tok/s | on {row['on']:7.1f}"
+            f" ({row['loss_on']:+.1%} loss; per-round median {row['round_loss_on']:+.1%})"
+            f" | on, unmonitored {row['on_untagged']:7.1f} (same-server cost, per-round median"
+            f" {row['round_cost_same_server']:+.1%})"
+        )
     report = {
-        "model": name,
+        "model": served_name(args.model),
         "dtype": args.dtype,
         "tokens_per_stream": args.tokens,
         "rounds": args.rounds,
+        "start_orders": [list(order) for order in START_ORDERS[: len(sessions)]],
         "features_received": counter.received,
         "monitored_tokens": monitored_tokens,
         "results": results,
@@ -141,5 +199,3 @@ def run(args: argparse.Namespace) -> None:
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(report, indent=1))
-    if not complete:  # the "on" figures then measure a plugin that did not do its work
-        raise SystemExit("the plugin did not deliver every monitored token's features: see the 'on' server's log")
