@@ -34,7 +34,7 @@ CONFIGS = ("off", "on", "on_untagged")
 # a bias larger than the 3 % being measured; alternating cancels it in the pooled figures.
 START_ORDERS = (("off", "on"), ("on", "off"))
 # Untimed tokens per stream that wake a server before each measurement: on 2026-12-01 a measurement
-# taken right after one on the other server ran 4-9 % slower than one after the same server's, which
+# taken right after one on the other server ran 3-11 % slower than one after the same server's, which
 # penalised the plugin-off server (always after a switch) more than the plugin-on server's two paths.
 WAKE_TOKENS = 8
 FEATURES_DRAIN_S = 10  # how long the plugin gets to send the last features after the last request
