@@ -29,9 +29,9 @@ from monitors.vllm_plugin.wire import RequestTag, decode_batch
 
 PROMPT = "Write a detailed essay about the history of sailing ships."
 CONFIGS = ("off", "on", "on_untagged")
-# Half the rounds start the plugin-off server first, half the plugin-on one: on 2026-12-01 the server
-# started first decoded 6-11 % slower than the other on identical unmonitored work (docs/BENCHMARKS.md),
-# a bias larger than the 3 % being measured; alternating cancels it in the pooled figures.
+# Half the rounds start the plugin-off server first, half the plugin-on one: two processes of the same
+# server can differ by a few per cent (docs/BENCHMARKS.md), as much as the 3 % being measured; a new pair
+# in the other order keeps a difference that comes with the start order out of the pooled figures.
 START_ORDERS = (("off", "on"), ("on", "off"))
 # Untimed tokens per stream that wake a server before each measurement: on 2026-12-01 a measurement
 # taken right after one on the other server ran 3-11 % slower than one after the same server's, which
