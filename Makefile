@@ -81,6 +81,8 @@ vllm-setup: $(VLLM_INSTALLED) setup
 test-vllm: vllm-setup
 	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest -m vllm tests/vllm
 
-## bench-vllm: vLLM throughput with the plugin off vs on at 1 and 16 streams; results go in docs/BENCHMARKS.md
+## bench-vllm: vLLM throughput with the plugin off vs on at 1 and 16 streams, as recorded in docs/BENCHMARKS.md
+# (float32: vLLM's CPU build decodes bfloat16 slowly without AVX-512; about 25 minutes on 2 cores)
 bench-vllm: vllm-setup
-	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/sinkwatch bench vllm
+	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/sinkwatch bench vllm --dtype float32 --rounds 10 \
+		--output out/bench-vllm.json
