@@ -18,6 +18,7 @@ import json
 import statistics
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -33,9 +34,10 @@ CONFIGS = ("off", "on", "on_untagged")
 # server can differ by a few per cent (docs/BENCHMARKS.md), as much as the 3 % being measured; a new pair
 # in the other order keeps a difference that comes with the start order out of the pooled figures.
 START_ORDERS = (("off", "on"), ("on", "off"))
-# Untimed tokens per stream that wake a server before each measurement: on 2026-12-01 a measurement
-# taken right after one on the other server ran 3-11 % slower than one after the same server's, which
-# penalised the plugin-off server (always after a switch) more than the plugin-on server's two paths.
+# Untimed tokens per stream that warm up each path, then wake a server before each measurement: on
+# 2026-12-01 a measurement taken right after one on the other server ran 3-11 % slower than one after the
+# same server's, which penalised the plugin-off server (always after a switch) more than the plugin-on
+# server's two paths.
 WAKE_TOKENS = 8
 FEATURES_DRAIN_S = 10  # how long the plugin gets to send the last features after the last request
 
@@ -126,58 +128,78 @@ def summarize(streams: int, sessions: list[dict[str, list[float]]]) -> dict:
     return row
 
 
-def _session(
-    args: argparse.Namespace, stream_counts: list[int], index: int, counter: FeatureCounter, monitored_tokens: int
-) -> tuple[list, int]:
-    """Start both servers in this session's order and measure each stream count: its samples, tokens monitored."""
-    model_dir, name = provision(args.model), served_name(args.model)
-    common = {"model_dir": model_dir, "served_name": name, "dtype": args.dtype, "python": args.vllm_python}
-    servers = {
-        plugin: VLLMServer(log_path=args.logs / f"{plugin}-{index}.log", env={"SINKWATCH_VLLM_PLUGIN": flag}, **common)
-        for plugin, flag in (("off", "0"), ("on", "1"))
-    }
-    start_order = START_ORDERS[index]
-    print(f"session {index + 1}: starting the plugin-{start_order[0]} server, then the plugin-{start_order[1]} one")
-    measured = []
-    with contextlib.ExitStack() as running:
-        for plugin in start_order:
-            running.enter_context(servers[plugin])
-        targets = {
-            "off": (servers["off"].url, None),
-            "on": (servers["on"].url, counter.address),
-            "on_untagged": (servers["on"].url, None),
+@dataclass
+class _Run:
+    """What the sessions of one benchmark run share: the model, the feature counter, the tokens monitored."""
+
+    args: argparse.Namespace
+    model_dir: Path
+    name: str
+    stream_counts: list[int]
+    counter: FeatureCounter = field(default_factory=FeatureCounter)
+    monitored_tokens: int = 0
+
+    def session(self, index: int, rounds: int) -> list[dict[str, list[float]]]:
+        """Start both servers in session ``index``'s order and measure each stream count: its samples."""
+        servers = {
+            plugin: VLLMServer(
+                model_dir=self.model_dir,
+                served_name=self.name,
+                log_path=self.args.logs / f"{plugin}-{index}.log",
+                dtype=self.args.dtype,
+                env={"SINKWATCH_VLLM_PLUGIN": flag},
+                python=self.args.vllm_python,
+            )
+            for plugin, flag in (("off", "0"), ("on", "1"))
         }
-        for streams in stream_counts:
-            for url, sink in targets.values():  # warm up each path once
-                produced, _ = asyncio.run(_decode(url, name, streams, 1, 8, sink))
-                monitored_tokens += produced if sink else 0
-            samples: dict[str, list[float]] = {config: [] for config in CONFIGS}
-            for round_index in range(session_rounds(args.rounds)[index]):
-                order = CONFIGS[round_index % 3 :] + CONFIGS[: round_index % 3]
-                for config in order:
-                    url, sink = targets[config]
-                    asyncio.run(_decode(url, name, streams, 1, WAKE_TOKENS, None))
-                    produced, seconds = asyncio.run(_decode(url, name, streams, args.waves, args.tokens, sink))
-                    samples[config].append(produced / seconds)
-                    monitored_tokens += produced if sink else 0
-            measured.append(samples)
-            off, on, untagged = (statistics.median(samples[config]) for config in CONFIGS)
-            print(f"  {streams:>3} streams: off {off:7.1f} tok/s | on {on:7.1f} | on, unmonitored {untagged:7.1f}")
-        # the plugin's server stops with the session: its last features must be in first
-        if not _await_features(counter, monitored_tokens):
-            raise SystemExit("the plugin did not deliver every monitored token's features: see the 'on' server's log")
-    return measured, monitored_tokens
+        start_order = START_ORDERS[index]
+        print(f"session {index + 1}: starting the plugin-{start_order[0]} server, then the plugin-{start_order[1]} one")
+        measured = []
+        with contextlib.ExitStack() as running:
+            for plugin in start_order:
+                running.enter_context(servers[plugin])
+            targets = {
+                "off": (servers["off"].url, None),
+                "on": (servers["on"].url, self.counter.address),
+                "on_untagged": (servers["on"].url, None),
+            }
+            for streams in self.stream_counts:
+                samples = self._measure(targets, streams, rounds)
+                measured.append(samples)
+                off, on, untagged = (statistics.median(samples[config]) for config in CONFIGS)
+                print(f"  {streams:>3} streams: off {off:7.1f} tok/s | on {on:7.1f} | on, unmonitored {untagged:7.1f}")
+            # the plugin's server stops with the session: its last features must be in first
+            if not _await_features(self.counter, self.monitored_tokens):
+                raise SystemExit(
+                    "the plugin did not deliver every monitored token's features: see the 'on' server's log"
+                )
+        return measured
+
+    def _measure(self, targets: dict[str, tuple[str, str | None]], streams: int, rounds: int) -> dict[str, list[float]]:
+        """Tokens/s of each path in ``rounds`` interleaved rounds, the order rotating."""
+        for url, sink in targets.values():  # warm up each path once, the monitored one with its sink
+            self._decode(url, streams, 1, WAKE_TOKENS, sink)
+        samples: dict[str, list[float]] = {config: [] for config in CONFIGS}
+        for round_index in range(rounds):
+            for config in CONFIGS[round_index % 3 :] + CONFIGS[: round_index % 3]:
+                url, sink = targets[config]
+                self._decode(url, streams, 1, WAKE_TOKENS, None)
+                produced, seconds = self._decode(url, streams, self.args.waves, self.args.tokens, sink)
+                samples[config].append(produced / seconds)
+        return samples
+
+    def _decode(self, url: str, streams: int, waves: int, tokens: int, sink: str | None) -> tuple[int, float]:
+        """:func:`_decode`, counting the tokens whose features the plugin must deliver."""
+        produced, seconds = asyncio.run(_decode(url, self.name, streams, waves, tokens, sink))
+        self.monitored_tokens += produced if sink else 0
+        return produced, seconds
 
 
 def run(args: argparse.Namespace) -> None:
     stream_counts = [int(c) for c in args.concurrency.split(",")]
     print(f"vLLM servers in {args.dtype}; logs in {args.logs}")
-    counter = FeatureCounter()
-    sessions, monitored_tokens = [], 0
-    for index, rounds in enumerate(session_rounds(args.rounds)):
-        if rounds:
-            measured, monitored_tokens = _session(args, stream_counts, index, counter, monitored_tokens)
-            sessions.append(measured)
+    bench = _Run(args, provision(args.model), served_name(args.model), stream_counts)
+    sessions = [bench.session(index, rounds) for index, rounds in enumerate(session_rounds(args.rounds)) if rounds]
     results = [summarize(streams, [measured[i] for measured in sessions]) for i, streams in enumerate(stream_counts)]
     for row in results:
         print(
@@ -187,13 +209,13 @@ def run(args: argparse.Namespace) -> None:
             f" {row['round_cost_same_server']:+.1%})"
         )
     report = {
-        "model": served_name(args.model),
+        "model": bench.name,
         "dtype": args.dtype,
         "tokens_per_stream": args.tokens,
         "rounds": args.rounds,
         "start_orders": [list(order) for order in START_ORDERS[: len(sessions)]],
-        "features_received": counter.received,
-        "monitored_tokens": monitored_tokens,
+        "features_received": bench.counter.received,
+        "monitored_tokens": bench.monitored_tokens,
         "results": results,
     }
     if args.output:
