@@ -6,8 +6,9 @@ INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
 .PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm test-load
-# Debian's Prometheus, promtool, Alertmanager and amtool: the rule tests and the live observability tests run them.
-PROMETHEUS_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool
+# From Debian: Prometheus, promtool, Alertmanager and amtool, which the rule tests and the live observability
+# tests run; nginx, the reference proxy of `sinkwatch bench proxy` and of its test.
+DEBIAN_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool /usr/sbin/nginx
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(INSTALLED): pyproject.toml
@@ -33,12 +34,12 @@ format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-$(PROMETHEUS_TOOLS):
+$(DEBIAN_TOOLS):
 	$(SUDO) apt-get update
-	$(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager
+	$(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager nginx-light
 
 ## rules: check the Prometheus and Alertmanager configs, check and unit-test the alert and recording rules
-rules: $(PROMETHEUS_TOOLS)
+rules: $(DEBIAN_TOOLS)
 	promtool check rules deploy/prometheus/rules/*.yml
 	promtool test rules deploy/prometheus/tests/*.test.yml
 	promtool check config deploy/prometheus/prometheus.yml

@@ -30,11 +30,11 @@ class Process:
 
     popen: subprocess.Popen
     base_url: str
-    wrapped: bool = False
+    wrapped: bool = False  # the server is the first child of the process started
 
     @property
     def pid(self) -> int:
-        """The server's process id (the wrapped child's, under a profiler)."""
+        """The server's process id (the wrapped child's: under a profiler, or nginx's worker under its master)."""
         if not self.wrapped:
             return self.popen.pid
         with open(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children") as children:
@@ -75,7 +75,7 @@ def _wait_until(url: str, process: subprocess.Popen, timeout: float) -> None:
 
 
 @contextmanager
-def _running(
+def running(
     command: list[str],
     ready_url: str,
     base_url: str,
@@ -108,7 +108,7 @@ def fake_upstream_process(tokens: int, token_interval: float = 0.0, model: str =
     base = f"http://127.0.0.1:{port}/v1"
     module = [sys.executable, "-m", "gateway.bench.fake_upstream", "--port", str(port), "--model", model]
     command = [*module, "--tokens", str(tokens), "--token-interval", str(token_interval)]
-    with _running(command, f"{base}/models", base, timeout=30) as process:
+    with running(command, f"{base}/models", base, timeout=30) as process:
         yield process
 
 
@@ -130,5 +130,5 @@ def gateway_process(
         sampler = [py_spy() or "py-spy", "record", "--format", "raw", "--rate", "250", "--output", str(profile)]
         command = [*sampler, "--", *command]
     ready, base = f"http://127.0.0.1:{port}/readyz", f"http://127.0.0.1:{port}/v1"
-    with _running(command, ready, base, timeout, wrapped=profile is not None, cpus=cpus) as process:
+    with running(command, ready, base, timeout, wrapped=profile is not None, cpus=cpus) as process:
         yield process

@@ -18,17 +18,23 @@ CPUs; without that, on a small machine, the proxied path also pays for the gatew
 client's and upstream's share, and the saturation ratio says how the machine splits, not whether the
 gateway keeps up. ``--gateway-cores 0`` runs everything on all cores.
 
+A reference proxy (``--reference``; nginx, when installed) is measured the same way on the gateway's
+cores: what a C proxy adds and reaches on the same host in the same run, so that the saturation ratio
+can be read against what any extra hop costs there (``gateway.bench.reference_proxy``).
+
 ``--profile`` runs the gateway under py-spy (``pip install py-spy``) and reports where its CPU samples
 went while serving, by component.
 """
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import statistics
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +43,7 @@ import orjson
 
 from gateway.bench.loadgen import LoadClient, LoadResult, percentile, run_load
 from gateway.bench.processes import Process, fake_upstream_process, gateway_process, py_spy
+from gateway.bench.reference_proxy import NGINX_INSTALL_HINT, nginx, nginx_process, nginx_version
 
 FAST_MODEL = "fake-fast"
 PACED_MODEL = "fake-paced"
@@ -55,20 +62,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gateway-cores", type=int, default=1, help="cores for the gateway alone (0: all processes share all cores)"
     )
+    parser.add_argument(
+        "--reference",
+        choices=("auto", "nginx", "none"),
+        default="auto",
+        help=f"a proxy measured alongside the gateway, on its cores (auto: nginx if installed; {NGINX_INSTALL_HINT})",
+    )
     parser.add_argument("--profile", action="store_true", help="sample the gateway with py-spy (pip install py-spy)")
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
 
 
 @dataclass
 class Paths:
-    """The same API reached directly and through the gateway."""
+    """The same API reached directly, through the gateway and, when there is one, through the reference proxy."""
 
     direct: Process
     paced: Process
     gateway: Process
+    reference: Process | None = None
 
-    def base(self, proxied: bool, paced: bool = False) -> str:
-        return self.gateway.base_url if proxied else (self.paced if paced else self.direct).base_url
+    def fast(self) -> dict[str, Process]:
+        """The paths to the fast upstream, by name, in the order each round measures them."""
+        named = {"direct": self.direct, "proxied": self.gateway, "reference": self.reference}
+        return {name: process for name, process in named.items() if process is not None}
 
 
 def _body(model: str, tokens: int, stream: bool) -> bytes:
@@ -81,51 +97,77 @@ def _quantiles_ms(values: list[float]) -> dict[str, float]:
 
 
 async def _single_client(paths: Paths, body: bytes, stream: bool, requests: int) -> dict:
-    """One client alternating direct and proxied requests; latency (whole) or time to first token (stream)."""
-    clients = {proxied: LoadClient(paths.base(proxied), 1) for proxied in (False, True)}
-    results = {proxied: LoadResult() for proxied in (False, True)}
+    """One client taking turns on every path; latency (whole) or time to first token (stream).
+
+    ``added``: what the gateway adds to the direct path; ``reference_added``: what the reference proxy adds.
+    """
+    fast = paths.fast()
+    clients = {name: LoadClient(process.base_url, 1) for name, process in fast.items()}
+    results = {name: LoadResult() for name in fast}
     try:
-        for _ in range(requests // 20):  # warm up both paths
-            for proxied in (False, True):
-                await clients[proxied].call(CHAT, body, stream, LoadResult())
+        for _ in range(requests // 20):  # warm up every path
+            for client in clients.values():
+                await client.call(CHAT, body, stream, LoadResult())
         for _ in range(requests):
-            for proxied in (False, True):
-                await clients[proxied].call(CHAT, body, stream, results[proxied])
+            for name, client in clients.items():
+                await client.call(CHAT, body, stream, results[name])
     finally:
         for client in clients.values():
             client.close()
     measure = "first_tokens" if stream else "latencies"
-    direct, proxied = (_quantiles_ms(getattr(results[p], measure)) for p in (False, True))
-    errors = results[False].errors + results[True].errors
-    added = {key: proxied[key] - direct[key] for key in direct}
-    return {"direct": direct, "proxied": proxied, "added": added, "errors": len(errors)}
+    quantiles = {name: _quantiles_ms(getattr(result, measure)) for name, result in results.items()}
+    report = {**quantiles, "errors": sum(len(result.errors) for result in results.values())}
+    for name, key in (("proxied", "added"), ("reference", "reference_added")):
+        if name in quantiles:
+            report[key] = {q: quantiles[name][q] - quantiles["direct"][q] for q in quantiles["direct"]}
+    return report
 
 
 async def _saturation(paths: Paths, body: bytes, levels: list[int], seconds: float, rounds: int) -> dict:
-    """Answers per second per client concurrency, direct and proxied (median over interleaved rounds)."""
-    rates: dict[str, dict[int, list[float]]] = {"direct": {}, "proxied": {}}
-    cpu_per_request: list[float] = []
+    """Answers per second per client concurrency on every path (median over interleaved rounds); the CPU
+    each proxy spends per request, and what the load generator and the fake upstream spend per request on
+    each path, by concurrency (an extra hop can cost them more too)."""
+    fast = paths.fast()
+    rates: dict[str, dict[int, list[float]]] = {name: {} for name in fast}
+    cpu_per_request: dict[str, list[float]] = {name: [] for name in fast if name != "direct"}
+    ends_per_request: dict[str, dict[int, list[float]]] = {name: {} for name in fast}
     errors = 0
     for level in levels:
         for _ in range(rounds):
-            for proxied in (False, True):
-                cpu_before = paths.gateway.cpu_seconds()
-                result = await run_load(
-                    paths.base(proxied), CHAT, body, stream=False, concurrency=level, duration=seconds
-                )
+            for name, process in fast.items():
+                cpu_before, ends_before = process.cpu_seconds(), _ends_cpu_seconds(paths)
+                result = await run_load(process.base_url, CHAT, body, stream=False, concurrency=level, duration=seconds)
                 errors += len(result.errors)
-                rates["proxied" if proxied else "direct"].setdefault(level, []).append(result.rate)
-                if proxied and result.requests:
-                    cpu_per_request.append((paths.gateway.cpu_seconds() - cpu_before) / result.requests)
-    medians = {kind: {level: statistics.median(r) for level, r in by_level.items()} for kind, by_level in rates.items()}
-    best = {kind: max(by_level.values()) for kind, by_level in medians.items()}
-    return {
+                rates[name].setdefault(level, []).append(result.rate)
+                if not result.requests:
+                    continue
+                ends = (_ends_cpu_seconds(paths) - ends_before) / result.requests
+                ends_per_request[name].setdefault(level, []).append(ends)
+                if name in cpu_per_request:
+                    cpu_per_request[name].append((process.cpu_seconds() - cpu_before) / result.requests)
+    medians = {name: {level: statistics.median(r) for level, r in by_level.items()} for name, by_level in rates.items()}
+    best = {name: max(by_level.values()) for name, by_level in medians.items()}
+    report = {
         "rate_per_s": medians,
         "max_rate_per_s": best,
         "proxied_share_of_direct": best["proxied"] / best["direct"],
-        "gateway_cpu_us_per_request": statistics.median(cpu_per_request) * 1e6,
+        "gateway_cpu_us_per_request": statistics.median(cpu_per_request["proxied"]) * 1e6,
+        "client_and_upstream_cpu_us_per_request": {
+            name: {level: statistics.median(values) * 1e6 for level, values in by_level.items()}
+            for name, by_level in ends_per_request.items()
+        },
         "errors": errors,
     }
+    if "reference" in best:
+        report["reference_share_of_direct"] = best["reference"] / best["direct"]
+        report["proxied_share_of_reference"] = best["proxied"] / best["reference"]
+        report["reference_cpu_us_per_request"] = statistics.median(cpu_per_request["reference"]) * 1e6
+    return report
+
+
+def _ends_cpu_seconds(paths: Paths) -> float:
+    """CPU time so far of the two ends every path shares: this load generator and the fast fake upstream."""
+    return time.process_time() + paths.direct.cpu_seconds()
 
 
 async def _streams(paths: Paths, levels: list[int], tokens: int, token_rate: float, seconds: float) -> dict:
@@ -135,9 +177,8 @@ async def _streams(paths: Paths, levels: list[int], tokens: int, token_rate: flo
     table: dict[str, list[dict]] = {"direct": [], "proxied": []}
     for level in levels:
         for proxied in (False, True):
-            result = await run_load(
-                paths.base(proxied, paced=True), CHAT, body, stream=True, concurrency=level, duration=seconds
-            )
+            base = (paths.gateway if proxied else paths.paced).base_url
+            result = await run_load(base, CHAT, body, stream=True, concurrency=level, duration=seconds)
             ideal_rate = level / ideal_duration
             table["proxied" if proxied else "direct"].append(
                 {
@@ -238,21 +279,22 @@ def _split_cores(gateway_cores: int) -> tuple[frozenset[int] | None, frozenset[i
     return frozenset(cores[-gateway_cores:]), frozenset(cores[:-gateway_cores])
 
 
-def run(args: argparse.Namespace) -> None:
-    """Run the benchmark and print (and optionally save) the results."""
-    if args.profile and py_spy() is None:
-        raise SystemExit("--profile needs py-spy, on PATH or in this Python's environment: pip install py-spy")
+def _results(args: argparse.Namespace, reference_nginx: str | None) -> dict:
+    """Start the servers (with ``reference_nginx``, that nginx too), bind them and this process to their
+    cores, measure."""
     gateway_cpus, client_cpus = _split_cores(args.gateway_cores)
     if client_cpus is not None:
         os.sched_setaffinity(0, client_cpus)  # the load generator, and the fakes it starts
     results: dict = {"machine": _machine(), "settings": {k: v for k, v in vars(args).items() if k != "handler"}}
+    proxies = "gateway and reference proxy" if reference_nginx else "gateway"
     results["machine"]["placement"] = {
-        "gateway": sorted(gateway_cpus) if gateway_cpus else "shared",
+        proxies: sorted(gateway_cpus) if gateway_cpus else "shared",
         "load generator and fakes": sorted(client_cpus) if client_cpus else "shared",
     }
     profile_path = Path(tempfile.mkdtemp()) / "gateway-stacks.txt" if args.profile else None
     paced_interval = 1.0 / args.token_rate
     with (
+        contextlib.ExitStack() as stack,
         fake_upstream_process(args.tokens, model=FAST_MODEL) as direct,
         fake_upstream_process(args.tokens, paced_interval, model=PACED_MODEL) as paced,
         gateway_process(
@@ -264,10 +306,30 @@ def run(args: argparse.Namespace) -> None:
             cpus=gateway_cpus,
         ) as gateway,
     ):
-        results.update(asyncio.run(_measure(Paths(direct, paced, gateway), args)))
+        reference = None
+        results["reference_proxy"] = None
+        if reference_nginx is not None:
+            reference = stack.enter_context(nginx_process(reference_nginx, direct.base_url, gateway_cpus))
+            results["reference_proxy"] = nginx_version(reference_nginx)
+        results.update(asyncio.run(_measure(Paths(direct, paced, gateway, reference), args)))
     results["machine"]["load_average_at_end"] = os.getloadavg()
     if profile_path is not None:
         results["gateway_profile"] = _profile_summary(profile_path)
+    return results
+
+
+def run(args: argparse.Namespace) -> None:
+    """Run the benchmark and print (and optionally save) the results."""
+    if args.profile and py_spy() is None:
+        raise SystemExit("--profile needs py-spy, on PATH or in this Python's environment: pip install py-spy")
+    reference_nginx = nginx() if args.reference != "none" else None
+    if args.reference == "nginx" and reference_nginx is None:
+        raise SystemExit(f"--reference nginx needs nginx: {NGINX_INSTALL_HINT}")
+    affinity = os.sched_getaffinity(0)
+    try:
+        results = _results(args, reference_nginx)
+    finally:
+        os.sched_setaffinity(0, affinity)
     text = json.dumps(results, indent=1, default=str)
     print(text)
     if args.output:
