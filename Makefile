@@ -36,7 +36,7 @@ format: $(INSTALLED)
 
 $(DEBIAN_TOOLS):
 	$(SUDO) apt-get update
-	$(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager nginx-light
+	$(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager nginx
 
 ## rules: check the Prometheus and Alertmanager configs, check and unit-test the alert and recording rules
 rules: $(DEBIAN_TOOLS)

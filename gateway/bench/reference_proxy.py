@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from gateway.bench.processes import Process, free_port, running
 
-NGINX_INSTALL_HINT = "apt-get install nginx-light"
+NGINX_INSTALL_HINT = "apt-get install nginx"
 
 _CONFIG = """\
 daemon off;

@@ -57,5 +57,5 @@ def test_asking_for_nginx_where_it_is_missing_says_how_to_install_it(monkeypatch
     monkeypatch.setattr(proxy, "nginx", lambda: None)
     parser = argparse.ArgumentParser()
     proxy.add_arguments(parser)
-    with pytest.raises(SystemExit, match="apt-get install nginx-light"):
+    with pytest.raises(SystemExit, match="apt-get install nginx"):
         proxy.run(parser.parse_args(["--reference", "nginx"]))
