@@ -126,11 +126,11 @@ async def _single_client(paths: Paths, body: bytes, stream: bool, requests: int)
 async def _saturation(paths: Paths, body: bytes, levels: list[int], seconds: float, rounds: int) -> dict:
     """Answers per second per client concurrency on every path (median over interleaved rounds); the CPU
     each proxy spends per request, and what the load generator and the fake upstream spend per request on
-    each path, by concurrency (an extra hop can cost them more too)."""
+    each path (an extra hop can cost them more too), by concurrency."""
     fast = paths.fast()
     rates: dict[str, dict[int, list[float]]] = {name: {} for name in fast}
-    cpu_per_request: dict[str, list[float]] = {name: [] for name in fast if name != "direct"}
-    ends_per_request: dict[str, dict[int, list[float]]] = {name: {} for name in fast}
+    proxy_cpu: dict[str, dict[int, list[float]]] = {name: {} for name in fast if name != "direct"}
+    ends_cpu: dict[str, dict[int, list[float]]] = {name: {} for name in fast}
     errors = 0
     for level in levels:
         for _ in range(rounds):
@@ -142,27 +142,35 @@ async def _saturation(paths: Paths, body: bytes, levels: list[int], seconds: flo
                 if not result.requests:
                     continue
                 ends = (_ends_cpu_seconds(paths) - ends_before) / result.requests
-                ends_per_request[name].setdefault(level, []).append(ends)
-                if name in cpu_per_request:
-                    cpu_per_request[name].append((process.cpu_seconds() - cpu_before) / result.requests)
+                ends_cpu[name].setdefault(level, []).append(ends)
+                if name in proxy_cpu:
+                    proxy_cpu[name].setdefault(level, []).append((process.cpu_seconds() - cpu_before) / result.requests)
     medians = {name: {level: statistics.median(r) for level, r in by_level.items()} for name, by_level in rates.items()}
     best = {name: max(by_level.values()) for name, by_level in medians.items()}
     report = {
         "rate_per_s": medians,
         "max_rate_per_s": best,
         "proxied_share_of_direct": best["proxied"] / best["direct"],
-        "gateway_cpu_us_per_request": statistics.median(cpu_per_request["proxied"]) * 1e6,
-        "client_and_upstream_cpu_us_per_request": {
-            name: {level: statistics.median(values) * 1e6 for level, values in by_level.items()}
-            for name, by_level in ends_per_request.items()
-        },
+        "gateway_cpu_us_per_request": _median_us(proxy_cpu["proxied"]),
+        "proxy_cpu_us_per_request": {name: _medians_us(by_level) for name, by_level in proxy_cpu.items()},
+        "client_and_upstream_cpu_us_per_request": {name: _medians_us(by_level) for name, by_level in ends_cpu.items()},
         "errors": errors,
     }
     if "reference" in best:
         report["reference_share_of_direct"] = best["reference"] / best["direct"]
         report["proxied_share_of_reference"] = best["proxied"] / best["reference"]
-        report["reference_cpu_us_per_request"] = statistics.median(cpu_per_request["reference"]) * 1e6
+        report["reference_cpu_us_per_request"] = _median_us(proxy_cpu["reference"])
     return report
+
+
+def _median_us(seconds_by_level: dict[int, list[float]]) -> float:
+    """The median over every level's samples, in microseconds."""
+    return statistics.median(value for values in seconds_by_level.values() for value in values) * 1e6
+
+
+def _medians_us(seconds_by_level: dict[int, list[float]]) -> dict[int, float]:
+    """The median of each level's samples, in microseconds."""
+    return {level: statistics.median(values) * 1e6 for level, values in seconds_by_level.items()}
 
 
 def _ends_cpu_seconds(paths: Paths) -> float:

@@ -39,9 +39,12 @@ def test_the_reference_proxy_is_measured_on_the_same_paths_and_compared(tmp_path
     assert saturation["proxied_share_of_reference"] == pytest.approx(best["proxied"] / best["reference"])
     assert saturation["reference_share_of_direct"] == pytest.approx(best["reference"] / best["direct"])
     assert saturation["reference_cpu_us_per_request"] > 0
-    ends = saturation["client_and_upstream_cpu_us_per_request"]
-    assert set(ends) == {"direct", "proxied", "reference"}
-    assert all(set(by_level) == {"1", "4"} and min(by_level.values()) > 0 for by_level in ends.values())
+    ends, proxies = saturation["client_and_upstream_cpu_us_per_request"], saturation["proxy_cpu_us_per_request"]
+    assert set(ends) == {"direct", "proxied", "reference"} and set(proxies) == {"proxied", "reference"}
+    for by_level in (*ends.values(), *proxies.values()):
+        assert set(by_level) == {"1", "4"} and min(by_level.values()) > 0
+    gateway_cpu = proxies["proxied"].values()
+    assert min(gateway_cpu) <= saturation["gateway_cpu_us_per_request"] <= max(gateway_cpu)
     assert report["concurrent_streams"]["levels"]["proxied"][0]["errors"] == 0
 
 
