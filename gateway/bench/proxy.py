@@ -301,8 +301,8 @@ def _results(args: argparse.Namespace, reference_nginx: str | None) -> dict:
     }
     profile_path = Path(tempfile.mkdtemp()) / "gateway-stacks.txt" if args.profile else None
     paced_interval = 1.0 / args.token_rate
+    results["reference_proxy"] = nginx_version(reference_nginx) if reference_nginx is not None else None
     with (
-        contextlib.ExitStack() as stack,
         fake_upstream_process(args.tokens, model=FAST_MODEL) as direct,
         fake_upstream_process(args.tokens, paced_interval, model=PACED_MODEL) as paced,
         gateway_process(
@@ -313,12 +313,12 @@ def _results(args: argparse.Namespace, reference_nginx: str | None) -> dict:
             profile=profile_path,
             cpus=gateway_cpus,
         ) as gateway,
+        (
+            nginx_process(reference_nginx, direct.base_url, gateway_cpus)
+            if reference_nginx is not None
+            else contextlib.nullcontext()
+        ) as reference,
     ):
-        reference = None
-        results["reference_proxy"] = None
-        if reference_nginx is not None:
-            reference = stack.enter_context(nginx_process(reference_nginx, direct.base_url, gateway_cpus))
-            results["reference_proxy"] = nginx_version(reference_nginx)
         results.update(asyncio.run(_measure(Paths(direct, paced, gateway, reference), args)))
     results["machine"]["load_average_at_end"] = os.getloadavg()
     if profile_path is not None:
