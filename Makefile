@@ -6,9 +6,10 @@ INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
 .PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm test-load
-# From Debian: Prometheus, promtool, Alertmanager and amtool, which the rule tests and the live observability
-# tests run; nginx, the reference proxy of `sinkwatch bench proxy` and of its test.
-DEBIAN_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool /usr/sbin/nginx
+# From Debian, installed together: Prometheus, promtool, Alertmanager and amtool, which the rule tests and the
+# live observability tests run; nginx, the reference proxy of `sinkwatch bench proxy` and of its test.
+PROMETHEUS_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool
+DEBIAN_TOOLS := $(PROMETHEUS_TOOLS) /usr/sbin/nginx
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(INSTALLED): pyproject.toml
@@ -39,7 +40,7 @@ $(DEBIAN_TOOLS):
 	$(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager nginx
 
 ## rules: check the Prometheus and Alertmanager configs, check and unit-test the alert and recording rules
-rules: $(DEBIAN_TOOLS)
+rules: $(PROMETHEUS_TOOLS)
 	promtool check rules deploy/prometheus/rules/*.yml
 	promtool test rules deploy/prometheus/tests/*.test.yml
 	promtool check config deploy/prometheus/prometheus.yml
@@ -51,7 +52,7 @@ generate: $(INSTALLED)
 	$(BIN)/python -m deploy.render
 
 ## test: lint, the rule tests, then the whole test suite against the real model
-test: setup lint rules
+test: setup lint rules $(DEBIAN_TOOLS)
 	$(BIN)/pytest
 
 ## bench: engine throughput (capture off/on, 1/4/8 streams); results go in docs/BENCHMARKS.md
