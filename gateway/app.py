@@ -3,7 +3,7 @@
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -19,6 +19,8 @@ from gateway.backends.vllm import vllm_backend
 from gateway.config import Settings
 from gateway.engine.engine import EngineConfig
 from gateway.serving.context import ServingContext
+from gateway.workers.context import WorkerContext
+from gateway.workers.exposition import WorkerExpositions, serve_exposition
 from monitors.bands import parse_bands
 from monitors.calibration import Calibration, load_calibration
 
@@ -54,8 +56,15 @@ def build_backend(settings: Settings, calibration: Calibration | None) -> Backen
     return EmbeddedBackend(settings.model, settings.served_name(), engine, bands, extractor_options)
 
 
-def create_app(settings: Settings, backend: Backend | None = None, calibration: Calibration | None = None) -> FastAPI:
-    """Build the gateway. The backend starts in the background: ``/readyz`` says when it is ready."""
+def create_app(
+    settings: Settings,
+    backend: Backend | None = None,
+    calibration: Calibration | None = None,
+    worker: WorkerContext | None = None,
+) -> FastAPI:
+    """Build the gateway (as one of several ``worker`` processes when given). The backend starts in the
+    background, ``/readyz`` says when it is ready; a worker waits for it (its upstreams' first health
+    checks) before it takes connections."""
     if calibration is None:
         calibration = resolve_calibration(settings)
     backend = backend or build_backend(settings, calibration)
@@ -64,8 +73,10 @@ def create_app(settings: Settings, backend: Backend | None = None, calibration: 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.BUILD_INFO.info({"version": __version__, "backend": backend.name})
         metrics.watch_event_loop(asyncio.get_running_loop())
-        stop_metrics = serve_metrics_apart(settings)
         starting = asyncio.create_task(_start(backend, calibration))
+        if worker is not None:
+            await starting  # a worker takes connections once it knows its upstreams; its siblings serve meanwhile
+        stop_metrics = await _serve_metrics(settings, worker)
         try:
             yield
         finally:
@@ -77,11 +88,21 @@ def create_app(settings: Settings, backend: Backend | None = None, calibration: 
     telemetry = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry)
     app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()))
+    app.state.worker_expositions = WorkerExpositions(worker.exposition_paths()) if worker else None
     install_error_handlers(app)
-    app.state.fast_path = install_middleware(app, settings, backend)
+    app.state.fast_path = install_middleware(app, settings, backend, worker.buckets if worker else None)
     app.include_router(openai_routes.router)
     app.include_router(health.router)
     return app
+
+
+async def _serve_metrics(settings: Settings, worker: WorkerContext | None) -> Callable[[], None]:
+    """A worker serves its own metrics to its siblings (the supervisor serves ``--metrics-port``); a single
+    process serves ``--metrics-port`` itself. Returns what stops it."""
+    if worker is None:
+        return serve_metrics_apart(settings)
+    server = await serve_exposition(worker.exposition_path(worker.index))
+    return server.close
 
 
 async def _start(backend: Backend, calibration: Calibration | None) -> None:

@@ -8,21 +8,23 @@ import sys
 
 from gateway.config import add_arguments, load_settings
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def _serve(args: argparse.Namespace) -> None:
-    import uvicorn
-
     from gateway.app import create_app
     from gateway.engine.provision import provision
-    from gateway.server import http_protocol
+    from gateway.server import run_server
 
     settings = load_settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    if settings.workers > 1:
+        from gateway.workers.supervisor import serve_workers
+
+        sys.exit(serve_workers(settings))
     if settings.backend == "embedded":
         provision(settings.model)
-    app = create_app(settings)
-    address = {"host": settings.host, "port": settings.port}
-    uvicorn.run(app, **address, log_level=settings.log_level, access_log=False, http=http_protocol(app))
+    run_server(create_app(settings), settings)
 
 
 def _fetch(args: argparse.Namespace) -> None:

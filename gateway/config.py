@@ -28,6 +28,9 @@ class Settings:
 
     host: str = _setting("127.0.0.1", "address to listen on")
     port: int = _setting(8000, "port to listen on")
+    workers: int = _setting(
+        1, "processes serving the port together (more than 1: openai backend without --reader only)"
+    )
     backend: str = _setting("embedded", "where tokens come from", ("embedded", "openai", "vllm"))
     model: str = _setting("SmolLM2-135M-Instruct", "packaged model name, .gguf file or transformers folder")
     served_model_name: str = _setting("", "name clients use for the model (default: derived from --model)")
@@ -124,6 +127,13 @@ def _validated(settings: Settings) -> Settings:
         choices = f.metadata.get("choices")
         if choices and getattr(settings, f.name) not in choices:
             raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {getattr(settings, f.name)!r}")
+    if settings.workers < 1:
+        raise ValueError(f"workers must be at least 1, not {settings.workers}")
+    if settings.workers > 1 and (settings.backend != "openai" or settings.reader):
+        raise ValueError(
+            "workers > 1 needs the openai backend without --reader: a model or a vLLM stats channel lives in "
+            "one process"
+        )
     return settings
 
 

@@ -1,7 +1,14 @@
-"""The HTTP server's protocol: uvicorn's, with the native proxy fast path when the app has one."""
+"""The HTTP server: uvicorn, with the native proxy fast path as its protocol when the app has one."""
 
+import contextlib
+import socket
+import sys
+
+import uvicorn
 from fastapi import FastAPI
+from uvicorn.main import STARTUP_FAILURE
 
+from gateway.config import Settings
 from gateway.proxy.native import FastPathProtocol, protocol_class
 
 
@@ -9,3 +16,21 @@ def http_protocol(app: FastAPI) -> type[FastPathProtocol] | str:
     """uvicorn's ``http`` setting for a :func:`gateway.app.create_app` app."""
     fast_path = getattr(app.state, "fast_path", None)
     return protocol_class(fast_path) if fast_path is not None else "auto"
+
+
+def run_server(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> None:
+    """Serve on ``settings``' address, or on ``sockets`` already bound, until a signal says stop (a Ctrl-C
+    is not an error); exit with uvicorn's status when the server could not start."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        http=http_protocol(app),
+    )
+    server = uvicorn.Server(config)
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the signal it caught again once shut down
+        server.run(sockets=sockets)
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)

@@ -420,7 +420,12 @@ MODEL_STATE = Row(
         Panel(
             "Gateway version",
             "Version and backend of each gateway serving this model.",
-            (Query("count by (version, backend) (sinkwatch_build_info)", "{{version}} {{backend}}"),),
+            (  # one series per gateway: its worker processes (``worker`` label) count once
+                Query(
+                    "count by (version, backend) (max by (job, instance, version, backend) (sinkwatch_build_info))",
+                    "{{version}} {{backend}}",
+                ),
+            ),
             unit="none",
             kind="stat",
         ),

@@ -54,3 +54,14 @@ def test_unknown_yaml_key_and_bad_choice_are_rejected(tmp_path):
         load_settings(_parse(["--config", str(config)]), environ={})
     with pytest.raises(ValueError, match="policy must be one of"):
         load_settings(None, environ={f"{ENV_PREFIX}POLICY": "panic"})
+
+
+def test_several_workers_only_for_a_backend_without_a_model():
+    openai = {f"{ENV_PREFIX}BACKEND": "openai", f"{ENV_PREFIX}WORKERS": "4"}
+    assert load_settings(None, environ=openai).workers == 4
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        load_settings(None, environ={f"{ENV_PREFIX}WORKERS": "0"})
+    for backend, reader in (("embedded", "off"), ("vllm", "off"), ("openai", "on")):
+        environ = {**openai, f"{ENV_PREFIX}BACKEND": backend, f"{ENV_PREFIX}READER": reader}
+        with pytest.raises(ValueError, match="workers > 1 needs the openai backend without --reader"):
+            load_settings(None, environ=environ)

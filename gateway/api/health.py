@@ -1,5 +1,7 @@
 """Liveness, readiness and the Prometheus endpoint."""
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,8 +27,11 @@ async def readyz(http: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def prometheus_metrics(http: Request) -> Response:
-    """Prometheus text exposition of every ``sinkwatch_`` metric (404 when served on ``--metrics-port``)."""
+    """Prometheus text exposition of every ``sinkwatch_`` metric, every worker's when there are several
+    (404 when served on ``--metrics-port``)."""
     serving = getattr(http.app.state, "serving", None)
     if serving is not None and serving.settings.metrics_port:
         raise NotFound(f"Invalid URL (GET {http.url.path}); metrics are served on another port")
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    expositions = getattr(http.app.state, "worker_expositions", None)
+    body = await asyncio.to_thread(expositions.render) if expositions is not None else generate_latest()
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -16,12 +16,15 @@ from gateway.proxy.passthrough import Passthrough
 from gateway.security.admission import Admission
 from gateway.security.keys import ApiKeys
 from gateway.security.middleware import BodyLimit, Guard, StrictJson
-from gateway.security.ratelimit import RateLimiter
+from gateway.security.ratelimit import RateLimiter, SharedBuckets
 
 
-def install_middleware(app: FastAPI, settings: Settings, backend: Backend) -> FastPath | None:
+def install_middleware(
+    app: FastAPI, settings: Settings, backend: Backend, buckets: SharedBuckets | None = None
+) -> FastPath | None:
     """Add the layers (Starlette runs the last one added first); returns the native fast path's view of
-    them when the backend relays unchanged (``gateway.proxy.native``)."""
+    them when the backend relays unchanged (``gateway.proxy.native``). Rate limits take from ``buckets``
+    when given (shared by worker processes)."""
     app.add_middleware(StrictJson)
     relays = isinstance(backend, OpenAIBackend) and backend.passthrough
     if relays:
@@ -29,7 +32,7 @@ def install_middleware(app: FastAPI, settings: Settings, backend: Backend) -> Fa
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     admission = Admission(
         ApiKeys.load(settings.api_keys, settings.api_keys_file),
-        RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst),
+        RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, shared=buckets),
     )
     if admission.enabled:
         app.add_middleware(Guard, admission=admission)

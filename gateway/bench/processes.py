@@ -35,28 +35,56 @@ class Process:
     @property
     def pid(self) -> int:
         """The server's process id (the wrapped child's: under a profiler, or nginx's worker under its master)."""
-        if not self.wrapped:
-            return self.popen.pid
-        with open(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children") as children:
-            return int(children.read().split()[0])
+        return _children(self.popen.pid)[0] if self.wrapped else self.popen.pid
 
     def rss_bytes(self) -> int:
-        """Resident memory, from /proc."""
-        with open(f"/proc/{self.pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return 0
+        """Resident memory, from /proc: the server's and its worker processes' (``--workers``)."""
+        return sum(_rss_bytes(pid) for pid in _with_descendants(self.pid))
 
     def open_files(self) -> int:
-        """Open file descriptors (sockets included)."""
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
+        """Open file descriptors (sockets included), the server's and its worker processes'."""
+        return sum(_open_files(pid) for pid in _with_descendants(self.pid))
 
     def cpu_seconds(self) -> float:
-        """User plus system CPU time so far."""
-        with open(f"/proc/{self.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """User plus system CPU time so far, the server's and its worker processes'."""
+        return sum(_cpu_seconds(pid) for pid in _with_descendants(self.pid))
+
+
+def _proc(pid: int, name: str) -> str:
+    """``/proc/PID/NAME``; empty when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/{name}") as file:
+            return file.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _children(pid: int) -> list[int]:
+    return [int(child) for child in _proc(pid, f"task/{pid}/children").split()]
+
+
+def _with_descendants(pid: int) -> list[int]:
+    found = [pid]
+    for child in _children(pid):
+        found += _with_descendants(child)
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = _proc(pid, "stat").rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def _rss_bytes(pid: int) -> int:
+    lines = [line for line in _proc(pid, "status").splitlines() if line.startswith("VmRSS:")]
+    return int(lines[0].split()[1]) * 1024 if lines else 0
+
+
+def _open_files(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except FileNotFoundError:
+        return 0  # gone meanwhile
 
 
 def _wait_until(url: str, process: subprocess.Popen, timeout: float) -> None:
@@ -122,12 +150,13 @@ def gateway_process(
     *flags: str, timeout: float = 120, profile: Path | None = None, cpus: frozenset[int] | None = None
 ) -> Iterator[Process]:
     """``sinkwatch serve FLAGS`` on a free port, once ``/readyz`` answers 200; with ``profile``, under
-    py-spy (:func:`py_spy`), which writes collapsed stacks of CPU samples there when the server stops; with
-    ``cpus``, bound to those cores."""
+    py-spy (:func:`py_spy`), which writes collapsed stacks of CPU samples there (worker processes' too)
+    when the server stops; with ``cpus``, bound to those cores."""
     port = free_port()
     command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *flags]
     if profile is not None:
-        sampler = [py_spy() or "py-spy", "record", "--format", "raw", "--rate", "250", "--output", str(profile)]
+        sampler = [py_spy() or "py-spy", "record", "--format", "raw", "--rate", "250", "--subprocesses"]
+        sampler += ["--output", str(profile)]
         command = [*sampler, "--", *command]
     ready, base = f"http://127.0.0.1:{port}/readyz", f"http://127.0.0.1:{port}/v1"
     with running(command, ready, base, timeout, wrapped=profile is not None, cpus=cpus) as process:

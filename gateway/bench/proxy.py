@@ -62,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gateway-cores", type=int, default=1, help="cores for the gateway alone (0: all processes share all cores)"
     )
+    parser.add_argument("--gateway-workers", type=int, default=1, help="the gateway's worker processes (--workers)")
     parser.add_argument(
         "--reference",
         choices=("auto", "nginx", "none"),
@@ -310,6 +311,8 @@ def _results(args: argparse.Namespace, reference_nginx: str | None) -> dict:
             "openai",
             "--upstreams",
             f"fast={direct.base_url},paced={paced.base_url}",
+            "--workers",
+            str(args.gateway_workers),
             profile=profile_path,
             cpus=gateway_cpus,
         ) as gateway,

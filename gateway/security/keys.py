@@ -64,6 +64,11 @@ class ApiKeys:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    @property
+    def names(self) -> list[str]:
+        """The keys' names (what rate limits count by)."""
+        return [key.name for key in self._keys]
+
     def identify(self, presented: str) -> str | None:
         """The name of the key presented, or None. Every stored digest is compared, in constant time each."""
         candidate = digest(presented)

@@ -1,8 +1,30 @@
-"""Per-key request rate limits as token buckets."""
+"""Per-key request rate limits as token buckets, per process or shared by the processes of a server.
+
+One step of the arithmetic, :func:`take_token`, serves both kinds of bucket. A :class:`TokenBucket` keeps
+its two numbers (tokens, last update) in the process; a :class:`SharedTokenBucket` keeps them in shared
+memory (:class:`SharedBuckets`) and takes its step under a lock, so that ``sinkwatch serve --workers N``
+lets a key through at its rate, not N times it. :class:`RateLimiter` holds one bucket per key name, of
+either kind.
+"""
 
 import math
+import multiprocessing
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from multiprocessing.context import assert_spawning
+from typing import Any
+
+
+def take_token(tokens: float, updated: float, now: float, rate: float, burst: int) -> tuple[float, float, float]:
+    """Refill a bucket from ``updated`` to ``now`` (capped at ``burst``), then take one token if there is one.
+
+    Returns the bucket's new ``(tokens, updated)`` and the wait: 0 when a token was taken, else the seconds
+    until one is available.
+    """
+    tokens = min(burst, tokens + (now - updated) * rate)
+    if tokens >= 1:
+        return tokens - 1, now, 0.0
+    return tokens, now, (1 - tokens) / rate
 
 
 class TokenBucket:
@@ -17,23 +39,91 @@ class TokenBucket:
 
     def take(self) -> float:
         """0 when a token was taken, else the seconds until one is available."""
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return 0.0
-        return (1 - self._tokens) / self.rate
+        self._tokens, self._updated, wait = take_token(
+            self._tokens, self._updated, self._clock(), self.rate, self.burst
+        )
+        return wait
+
+
+class SharedBuckets:
+    """The state of one token bucket per name, in memory shared by processes started with ``spawn``.
+
+    Create it before the workers, with every name a limiter will check, and hand it to each worker as a
+    ``Process(args=...)`` argument (its memory and lock travel only at process creation; plain pickling
+    refuses it). Each bucket starts full, whatever burst the limiters use: its tokens are ``inf`` until
+    the first take caps them at the burst.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.names = tuple(dict.fromkeys(names))
+        self._slots = {name: 2 * index for index, name in enumerate(self.names)}
+        self._state = context.RawArray("d", 2 * len(self.names))  # tokens, updated; per name
+        self._lock = context.Lock()
+        created = time.monotonic()
+        for slot in self._slots.values():
+            self._state[slot] = math.inf
+            self._state[slot + 1] = created
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Only while a process is being spawned: a plain pickle would copy the memory, not share it."""
+        assert_spawning(self)
+        return self.__dict__
+
+    def bucket(
+        self, name: str, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> "SharedTokenBucket":
+        """The bucket of ``name``, taking ``rate`` tokens per second up to ``burst``; ValueError if not shared."""
+        slot = self._slots.get(name)
+        if slot is None:
+            raise ValueError(f"no shared rate-limit bucket for {name!r}: SharedBuckets was created without it")
+        return SharedTokenBucket(self, slot, rate, burst, clock)
+
+
+class SharedTokenBucket:
+    """A :class:`TokenBucket` whose tokens live in :class:`SharedBuckets`; each take holds their lock."""
+
+    def __init__(
+        self, shared: SharedBuckets, slot: int, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._state = shared._state
+        self._lock = shared._lock
+        self._slot = slot
+
+    def take(self) -> float:
+        """0 when a token was taken, else the seconds until one is available."""
+        state, slot = self._state, self._slot
+        with self._lock:
+            state[slot], state[slot + 1], wait = take_token(
+                state[slot], state[slot + 1], self._clock(), self.rate, self.burst
+            )
+        return wait
 
 
 class RateLimiter:
-    """One bucket per key name (names come from the configured keys: a closed, small set)."""
+    """One bucket per key name (names come from the configured keys: a closed, small set).
 
-    def __init__(self, rate: float, burst: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
+    With ``shared``, the buckets are those of :class:`SharedBuckets` (one per name it was created with) and
+    checking any other name is a ValueError; without it, each name gets an in-process bucket when first seen.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        shared: SharedBuckets | None = None,
+    ) -> None:
         self.rate = rate
         self.burst = burst or max(1, math.ceil(rate))
         self._clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
+        self._shared = shared
+        self._buckets: dict[str, TokenBucket | SharedTokenBucket] = {}
+        if shared is not None:
+            self._buckets = {name: shared.bucket(name, self.rate, self.burst, clock) for name in shared.names}
 
     @property
     def enabled(self) -> bool:
@@ -43,5 +133,10 @@ class RateLimiter:
         """0 when ``key`` may send a request now, else the seconds to wait."""
         bucket = self._buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, self._clock)
+            bucket = self._buckets[key] = self._new_bucket(key)
         return bucket.take()
+
+    def _new_bucket(self, key: str) -> TokenBucket | SharedTokenBucket:
+        if self._shared is not None:  # every shared name has its bucket already: this raises the ValueError
+            return self._shared.bucket(key, self.rate, self.burst, self._clock)
+        return TokenBucket(self.rate, self.burst, self._clock)

@@ -1,0 +1,1 @@
+"""Several processes serving one port: the supervisor, and what its workers share."""

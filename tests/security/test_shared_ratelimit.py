@@ -1,0 +1,104 @@
+"""Rate limits shared by processes: one bucket per key name in shared memory, whatever process takes from it."""
+
+import multiprocessing
+import pickle
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
+
+import pytest
+
+from gateway.security.ratelimit import RateLimiter, SharedBuckets, take_token
+
+SPAWN = multiprocessing.get_context("spawn")
+BURST = 5
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _take_all(shared: SharedBuckets, name: str, attempts: int, start: Event, got: Queue) -> None:
+    """In a spawned process: try ``attempts`` times to take a token for ``name``; report how many were granted."""
+    limiter = RateLimiter(rate=0.001, burst=BURST, shared=shared)
+    start.wait(timeout=10)
+    got.put(sum(limiter.check(name) == 0 for _ in range(attempts)))
+
+
+def _run(shared: SharedBuckets, name: str, attempts: int, processes: int) -> list[int]:
+    start, got = SPAWN.Event(), SPAWN.Queue()
+    workers = [SPAWN.Process(target=_take_all, args=(shared, name, attempts, start, got)) for _ in range(processes)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    granted = [got.get(timeout=30) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=10)
+        assert worker.exitcode == 0
+    return granted
+
+
+def test_processes_sharing_the_buckets_get_the_burst_once_between_them():
+    shared = SharedBuckets(["a", "anonymous"])
+    granted = _run(shared, "a", attempts=2 * BURST, processes=3)
+    assert sum(granted) == BURST
+    limiter = RateLimiter(rate=0.001, burst=BURST, shared=shared)
+    assert limiter.check("a") > 0
+    assert limiter.check("anonymous") == 0
+
+
+def test_a_spawned_process_takes_from_the_same_memory_as_its_parent():
+    shared = SharedBuckets(["anonymous"])
+    assert _run(shared, "anonymous", attempts=2, processes=1) == [2]
+    limiter = RateLimiter(rate=0.001, burst=BURST, shared=shared)
+    assert [limiter.check("anonymous") == 0 for _ in range(BURST)] == [True] * (BURST - 2) + [False] * 2
+
+
+def test_shared_buckets_are_passed_at_process_creation_not_pickled():
+    with pytest.raises(RuntimeError, match="inheritance"):
+        pickle.dumps(SharedBuckets(["a"]))
+
+
+def test_a_shared_bucket_starts_full_and_refills_at_the_rate():
+    clock = Clock()
+    clock.now = -1000.0  # any reading: the stamp at creation, from time.monotonic, does not count
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock, shared=SharedBuckets(["a", "anonymous"]))
+    assert [limiter.check("a") for _ in range(3)] == [0, 0, 0]
+    assert limiter.check("a") == pytest.approx(0.5)
+    clock.now += 0.5
+    assert limiter.check("a") == 0
+    assert limiter.check("a") == pytest.approx(0.5)
+    clock.now += 100.0
+    assert [limiter.check("a") for _ in range(4)] == [0, 0, 0, pytest.approx(0.5)]
+    assert limiter.check("anonymous") == 0
+
+
+def test_limiters_on_the_same_shared_buckets_share_the_tokens():
+    clock = Clock()
+    shared = SharedBuckets(["a"])
+    first, second = (RateLimiter(rate=1.0, burst=2, clock=clock, shared=shared) for _ in range(2))
+    assert first.check("a") == 0 and second.check("a") == 0
+    assert first.check("a") > 0 and second.check("a") > 0
+    clock.now += 1.0
+    assert second.check("a") == 0 and first.check("a") > 0
+
+
+def test_a_name_the_shared_buckets_were_not_created_with_is_a_value_error():
+    shared = SharedBuckets(["a", "anonymous"])
+    limiter = RateLimiter(rate=1.0, shared=shared)
+    with pytest.raises(ValueError, match="'b'"):
+        limiter.check("b")
+    with pytest.raises(ValueError, match="'b'"):
+        limiter.check("b")
+    with pytest.raises(ValueError, match="'b'"):
+        shared.bucket("b", rate=1.0, burst=1)
+
+
+def test_one_step_refills_up_to_the_burst_then_takes_a_token_or_tells_the_wait():
+    assert take_token(0.0, 10.0, 11.0, rate=2.0, burst=3) == (1.0, 11.0, 0.0)
+    assert take_token(2.5, 10.0, 20.0, rate=2.0, burst=3) == (2.0, 20.0, 0.0)
+    assert take_token(float("inf"), 10.0, 0.0, rate=2.0, burst=3) == (2.0, 0.0, 0.0)
+    assert take_token(0.5, 10.0, 10.0, rate=2.0, burst=3) == (0.5, 10.0, 0.25)

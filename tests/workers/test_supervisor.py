@@ -1,0 +1,172 @@
+"""``sinkwatch serve --workers 2`` as a user runs it: one port, the official client, one set of metrics,
+one rate limit per key, a worker that dies started again, a signal that stops them all."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
+from gateway.bench.processes import Process, free_port, gateway_process
+from tests.upstreams import CHAT, FAKE_MODEL
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstreamThread]:
+    with FakeUpstreamThread(FakeUpstreamConfig(tokens=4)) as fake:
+        yield fake
+
+
+def samples(base_url: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``name`` scraped from ``base_url/metrics``: (labels, value)."""
+    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
+def by_worker(base_url: str, name: str) -> dict[str, float]:
+    """``name`` summed per ``worker`` label."""
+    totals: dict[str, float] = {}
+    for labels, value in samples(base_url, name):
+        totals[labels["worker"]] = totals.get(labels["worker"], 0.0) + value
+    return totals
+
+
+def wait_for(condition, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def all_workers_ready(server_root: str) -> bool:
+    """Every worker answers its metrics and sees the upstream up."""
+    try:
+        up = by_worker(server_root, "sinkwatch_upstream_up")
+        scraped = by_worker(server_root, "sinkwatch_worker_up")
+    except httpx.HTTPError:
+        return False
+    return len(scraped) == WORKERS and all(scraped.values()) and len(up) == WORKERS and all(up.values())
+
+
+def worker_pids(supervisor: int) -> set[int]:
+    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return {int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+
+
+def root(process: Process) -> str:
+    return process.base_url.removesuffix("/v1")
+
+
+def fresh_connection_request(base_url: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    """A chat request on a connection of its own (so the kernel may give it to any worker)."""
+    headers = {"connection": "close", **(headers or {})}
+    return httpx.post(f"{base_url}/chat/completions", json=CHAT, headers=headers, timeout=10)
+
+
+@pytest.fixture
+def workers(upstream: FakeUpstreamThread) -> Iterator[Process]:
+    flags = ["--backend", "openai", "--upstreams", upstream.base_url, "--upstream-health-interval", "0.2"]
+    with gateway_process(*flags, "--workers", str(WORKERS)) as process:
+        wait_for(lambda: all_workers_ready(root(process)))
+        yield process
+
+
+def test_workers_serve_one_port_and_one_set_of_metrics(workers: Process) -> None:
+    before = sum(by_worker(root(workers), "sinkwatch_requests_total").values())
+
+    def ask(_: int) -> str:
+        client = openai.OpenAI(base_url=workers.base_url, api_key="x", max_retries=0, timeout=10)
+        with client:
+            return (
+                client.chat.completions.create(model=FAKE_MODEL, messages=CHAT["messages"]).choices[0].message.content
+            )
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(40)))
+    assert all(answers)
+    served = by_worker(root(workers), "sinkwatch_requests_total")
+    assert set(served) == {"0", "1"}
+    assert sum(served.values()) - before == 40
+    assert by_worker(root(workers), "sinkwatch_worker_up") == {"0": 1.0, "1": 1.0}
+
+
+def test_a_rate_limit_holds_across_workers(upstream: FakeUpstreamThread) -> None:
+    burst = 6
+    flags = ["--backend", "openai", "--upstreams", upstream.base_url, "--workers", str(WORKERS)]
+    limits = ["--rate-limit-rps", "0.001", "--rate-limit-burst", str(burst)]
+    with gateway_process(*flags, *limits) as process:
+        wait_for(lambda: len(by_worker(root(process), "sinkwatch_worker_up")) == WORKERS)
+        with ThreadPoolExecutor(4) as pool:
+            statuses = [
+                response.status_code for response in pool.map(fresh_connection_request, [process.base_url] * 24)
+            ]
+        assert statuses.count(200) == burst
+        assert statuses.count(429) == 24 - burst
+        refused = by_worker(root(process), "sinkwatch_rate_limited_total")
+        answered = by_worker(root(process), "sinkwatch_requests_total")
+        per_worker = {worker: refused.get(worker, 0) + answered.get(worker, 0) for worker in ("0", "1")}
+        assert all(per_worker.values()), f"one worker took every request: {per_worker}"
+
+
+def test_a_worker_that_dies_is_started_again(workers: Process) -> None:
+    supervisor = workers.popen.pid
+    first = worker_pids(supervisor)
+    assert len(first) == WORKERS
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(worker_pids(supervisor)) == WORKERS and victim not in worker_pids(supervisor))
+    wait_for(lambda: all_workers_ready(root(workers)))
+    assert all(fresh_connection_request(workers.base_url).status_code == 200 for _ in range(10))
+
+
+def test_sigterm_stops_every_worker(upstream: FakeUpstreamThread) -> None:
+    flags = ["--backend", "openai", "--upstreams", upstream.base_url, "--workers", str(WORKERS)]
+    with gateway_process(*flags) as process:
+        pids = worker_pids(process.popen.pid)
+        process.popen.send_signal(signal.SIGTERM)
+        assert process.popen.wait(30) == 0
+        assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def test_the_supervisor_serves_the_metrics_port(upstream: FakeUpstreamThread) -> None:
+    metrics_port = free_port()
+    flags = ["--backend", "openai", "--upstreams", upstream.base_url, "--workers", str(WORKERS)]
+    with gateway_process(*flags, "--metrics-port", str(metrics_port)) as process:
+        metrics_root = f"http://127.0.0.1:{metrics_port}"
+        wait_for(lambda: len(by_worker(metrics_root, "sinkwatch_worker_up")) == WORKERS)
+        assert fresh_connection_request(process.base_url).status_code == 200
+        assert sum(by_worker(metrics_root, "sinkwatch_requests_total").values()) == 1
+        assert httpx.get(f"{root(process)}/metrics").status_code == 404
+
+
+def test_workers_that_cannot_start_stop_the_supervisor(upstream: FakeUpstreamThread, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port()), "--backend", "openai"]
+    command += ["--upstreams", upstream.base_url, "--workers", str(WORKERS)]
+    command += ["--api-keys-file", str(tmp_path / "missing")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 1
+    assert "could not start" in finished.stderr
+
+
+def test_workers_need_a_backend_without_a_model() -> None:
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--workers", "2"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 1
+    assert "workers > 1 needs the openai backend without --reader" in finished.stderr
