@@ -59,7 +59,7 @@ test: setup lint rules $(DEBIAN_TOOLS)
 bench: setup
 	$(BIN)/sinkwatch bench engine
 
-## test-load: 500 concurrent streams for 60 s through the proxy (about 90 s; marker `load`)
+## test-load: 500 concurrent streams for 60 s through the proxy, on one process and on two workers (about 3 min; marker `load`)
 test-load: $(INSTALLED)
 	$(BIN)/pytest -m load
 

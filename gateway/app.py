@@ -88,9 +88,11 @@ def create_app(
     telemetry = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry)
     app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()))
-    app.state.worker_expositions = WorkerExpositions(worker.exposition_paths()) if worker else None
+    app.state.worker_expositions = (
+        WorkerExpositions(worker.exposition_paths(), restarts=worker.restarts) if worker else None
+    )
     install_error_handlers(app)
-    app.state.fast_path = install_middleware(app, settings, backend, worker.buckets if worker else None)
+    app.state.fast_path = install_middleware(app, settings, backend, worker)
     app.include_router(openai_routes.router)
     app.include_router(health.router)
     return app

@@ -2,11 +2,9 @@
 
 import contextlib
 import socket
-import sys
 
 import uvicorn
 from fastapi import FastAPI
-from uvicorn.main import STARTUP_FAILURE
 
 from gateway.config import Settings
 from gateway.proxy.native import FastPathProtocol, protocol_class
@@ -20,7 +18,7 @@ def http_protocol(app: FastAPI) -> type[FastPathProtocol] | str:
 
 def run_server(app: FastAPI, settings: Settings, sockets: list[socket.socket] | None = None) -> None:
     """Serve on ``settings``' address, or on ``sockets`` already bound, until a signal says stop (a Ctrl-C
-    is not an error); exit with uvicorn's status when the server could not start."""
+    is not an error; uvicorn exits with its own status when the server cannot start)."""
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -32,5 +30,3 @@ def run_server(app: FastAPI, settings: Settings, sockets: list[socket.socket] | 
     server = uvicorn.Server(config)
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the signal it caught again once shut down
         server.run(sockets=sockets)
-    if not server.started:
-        sys.exit(STARTUP_FAILURE)

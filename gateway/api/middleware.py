@@ -5,7 +5,7 @@ its own JSON), and strict JSON for the full serving path."""
 from collections.abc import Callable
 
 from fastapi import FastAPI
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway.backends.base import Backend
@@ -16,24 +16,24 @@ from gateway.proxy.passthrough import Passthrough
 from gateway.security.admission import Admission
 from gateway.security.keys import ApiKeys
 from gateway.security.middleware import BodyLimit, Guard, StrictJson
-from gateway.security.ratelimit import RateLimiter, SharedBuckets
+from gateway.security.ratelimit import RateLimiter
+from gateway.workers.context import WorkerContext
 
 
 def install_middleware(
-    app: FastAPI, settings: Settings, backend: Backend, buckets: SharedBuckets | None = None
+    app: FastAPI, settings: Settings, backend: Backend, worker: WorkerContext | None = None
 ) -> FastPath | None:
     """Add the layers (Starlette runs the last one added first); returns the native fast path's view of
-    them when the backend relays unchanged (``gateway.proxy.native``). Rate limits take from ``buckets``
-    when given (shared by worker processes)."""
+    them when the backend relays unchanged (``gateway.proxy.native``). A ``worker`` takes the API keys its
+    supervisor read, and rate-limit tokens from the buckets all workers share."""
     app.add_middleware(StrictJson)
     relays = isinstance(backend, OpenAIBackend) and backend.passthrough
     if relays:
         app.add_middleware(Passthrough, backend=backend)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    admission = Admission(
-        ApiKeys.load(settings.api_keys, settings.api_keys_file),
-        RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, shared=buckets),
-    )
+    keys = worker.api_keys if worker else ApiKeys.load(settings.api_keys, settings.api_keys_file)
+    limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, shared=worker.buckets if worker else None)
+    admission = Admission(keys, limiter)
     if admission.enabled:
         app.add_middleware(Guard, admission=admission)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
@@ -50,11 +50,12 @@ def install_middleware(
     return FastPath(backend, admission if admission.enabled else None, settings.max_request_bytes, bool(origins))
 
 
-def serve_metrics_apart(settings: Settings) -> Callable[[], None]:
-    """Serve ``/metrics`` on its own port when ``--metrics-port`` is set; returns what stops it."""
+def serve_metrics_apart(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Callable[[], None]:
+    """Serve ``/metrics`` (``registry``'s) on its own port when ``--metrics-port`` is set; returns what
+    stops it."""
     if not settings.metrics_port:
         return lambda: None
-    server, thread = start_http_server(settings.metrics_port, addr=settings.host)
+    server, thread = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
 
     def stop() -> None:
         server.shutdown()

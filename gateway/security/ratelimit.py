@@ -7,11 +7,14 @@ lets a key through at its rate, not N times it. :class:`RateLimiter` holds one b
 either kind.
 """
 
+import fcntl
 import math
 import multiprocessing
+import os
 import time
 from collections.abc import Callable, Iterable
 from multiprocessing.context import assert_spawning
+from pathlib import Path
 from typing import Any
 
 
@@ -45,21 +48,45 @@ class TokenBucket:
         return wait
 
 
+class FileLock:
+    """An exclusive lock between processes: ``flock`` on a file. The kernel lets go of it when its holder
+    dies, so a worker killed while holding it (OOM, SIGKILL) cannot leave the others waiting forever, as a
+    semaphore would. Each process opens the file itself, at its first use; it locks nothing between
+    threads of one process (the event loop's thread is the only one that takes tokens)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        path.touch()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fd": None}  # a descriptor is this process's own
+
+    def __enter__(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
 class SharedBuckets:
-    """The state of one token bucket per name, in memory shared by processes started with ``spawn``.
+    """The state of one token bucket per name, in memory shared by processes started with ``spawn``, and
+    a :class:`FileLock` at ``lock_path`` that each take holds.
 
     Create it before the workers, with every name a limiter will check, and hand it to each worker as a
-    ``Process(args=...)`` argument (its memory and lock travel only at process creation; plain pickling
-    refuses it). Each bucket starts full, whatever burst the limiters use: its tokens are ``inf`` until
-    the first take caps them at the burst.
+    ``Process(args=...)`` argument (its memory travels only at process creation; plain pickling refuses
+    it). Each bucket starts full, whatever burst the limiters use: its tokens are ``inf`` until the first
+    take caps them at the burst.
     """
 
-    def __init__(self, names: Iterable[str]) -> None:
+    def __init__(self, names: Iterable[str], lock_path: Path) -> None:
         context = multiprocessing.get_context("spawn")
         self.names = tuple(dict.fromkeys(names))
         self._slots = {name: 2 * index for index, name in enumerate(self.names)}
         self._state = context.RawArray("d", 2 * len(self.names))  # tokens, updated; per name
-        self._lock = context.Lock()
+        self._lock = FileLock(lock_path)
         created = time.monotonic()
         for slot in self._slots.values():
             self._state[slot] = math.inf

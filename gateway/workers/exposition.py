@@ -16,7 +16,8 @@ that metric objects write to its files, so it cannot export ``set_function`` gau
 count) nor :class:`~prometheus_client.Info` metrics, and it needs its directory wiped and dead processes
 marked by hand.
 
-``sinkwatch_worker_up`` tells, per worker, whether its exposition was read at this scrape. A
+``sinkwatch_worker_up`` tells, per worker, whether its exposition was read at this scrape, and
+``sinkwatch_worker_restarts_total`` how often the supervisor started it again. A
 :class:`WorkerExpositions` must not be registered in a worker's default registry: that registry is what
 the workers serve, so each scrape would read itself.
 """
@@ -31,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from prometheus_client import generate_latest
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 
 WORKER_LABEL = "worker"
 UP_METRIC = "sinkwatch_worker_up"
+RESTARTS_METRIC = "sinkwatch_worker_restarts"  # a counter: exposed as sinkwatch_worker_restarts_total
+GATHERED_SERIES = frozenset({UP_METRIC, f"{RESTARTS_METRIC}_total"})  # added to the workers' own series
 _CHUNK = 1 << 16
 
 
@@ -64,12 +67,14 @@ class WorkerExpositions(Collector):
     ``paths[i]`` is worker ``i``'s socket. A worker whose exposition cannot be read within ``timeout``
     seconds (socket missing or refused, no answer, garbled text) is left out, with a warning and
     ``sinkwatch_worker_up{worker="i"} 0``; collecting never raises. The workers are read concurrently, so a
-    stuck one costs one ``timeout``, not one per worker.
+    stuck one costs one ``timeout``, not one per worker. ``restarts[i]``, when given, is how often the
+    supervisor started worker ``i`` again (``sinkwatch_worker_restarts_total``).
     """
 
-    def __init__(self, paths: Sequence[Path], timeout: float = 2.0) -> None:
+    def __init__(self, paths: Sequence[Path], timeout: float = 2.0, restarts: Sequence[int] = ()) -> None:
         self.paths = tuple(paths)
         self.timeout = timeout
+        self.restarts = restarts
 
     def collect(self) -> Iterator[Metric]:
         """Every worker's families, merged by name with a ``worker`` label, then ``sinkwatch_worker_up``."""
@@ -83,6 +88,13 @@ class WorkerExpositions(Collector):
                 _merge(merged, family, str(index))
         yield from merged.values()
         yield up
+        if self.restarts:
+            restarted = CounterMetricFamily(
+                RESTARTS_METRIC, "Times the supervisor started a worker again", labels=[WORKER_LABEL]
+            )
+            for index, count in enumerate(self.restarts):
+                restarted.add_metric([str(index)], float(count))
+            yield restarted
 
     def render(self) -> bytes:
         """The text exposition (format 0.0.4) of every worker's metrics."""

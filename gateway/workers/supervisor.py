@@ -1,18 +1,22 @@
 """``sinkwatch serve --workers N``: N processes serving one listening socket, watched by this one.
 
 One Python process saturates one core (docs/BENCHMARKS.md); more workers serve more requests where the
-machine has the cores. The supervisor binds the socket and starts the workers (the spawn start method:
-each builds its own app, upstream pool and health checks). The kernel hands each new connection to
-whichever worker accepts first. The workers take rate-limit tokens from buckets in shared memory, so a
-key's limit holds across all of them, and each serves its own metrics on a private unix socket: a scrape
-of ``/metrics`` (on any worker, or on the supervisor's ``--metrics-port``) gathers them all, labelled
-by ``worker`` (gateway/workers/exposition.py).
+machine has the cores. The supervisor binds the socket, reads the API keys and starts the workers (the
+spawn start method: each builds its own app, upstream pool and health checks). The kernel hands each new
+connection to whichever worker accepts first. The workers take rate-limit tokens from buckets in shared
+memory, so a key's limit holds across all of them, and each serves its own metrics on a private unix
+socket: a scrape of ``/metrics`` (on any worker, or on the supervisor's ``--metrics-port``) gathers them
+all, labelled by ``worker`` (gateway/workers/exposition.py).
 
-A worker that dies after it started serving is started again. One that dies before (bad settings, a
-port it cannot use) stops them all: starting it again would fail the same way. SIGINT or SIGTERM asks the
-workers to finish their requests and stop; a second one kills them.
+A worker that dies is started again, at once if it had been serving, else after a pause that doubles
+with each failed start (up to :data:`MAX_RESTART_DELAY`); ``sinkwatch_worker_restarts_total`` counts
+them. A worker that cannot start the first time (bad settings, an unreadable calibration) stops them all:
+starting it again would fail the same way. SIGINT or SIGTERM closes the listening socket (new
+connections are refused, not left queued) and asks the workers to finish their requests and stop; a
+second one kills them.
 """
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -22,13 +26,16 @@ import signal
 import socket
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
 import uvicorn
-from prometheus_client import start_http_server
+from prometheus_client import CollectorRegistry
 
+from gateway.api.middleware import serve_metrics_apart
 from gateway.config import Settings
 from gateway.security.admission import ANONYMOUS
 from gateway.security.keys import ApiKeys
@@ -40,129 +47,166 @@ log = logging.getLogger(__name__)
 
 _SPAWN = multiprocessing.get_context("spawn")
 _PR_SET_PDEATHSIG = 1  # prctl(2)
+FIRST_RESTART_DELAY = 1.0  # seconds before starting again a worker that died before it served
+MAX_RESTART_DELAY = 30.0
 
 
 def serve_workers(settings: Settings) -> int:
     """Serve with ``settings.workers`` processes until told to stop; the exit status."""
+    api_keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
     address = uvicorn.Config(app=None, host=settings.host, port=settings.port, log_level=settings.log_level)
     listener = address.bind_socket()
     run_dir = Path(tempfile.mkdtemp(prefix="sinkwatch-workers-"))
     try:
-        return Supervisor(settings, listener, run_dir, _shared_buckets(settings)).run()
+        names = api_keys.names or [ANONYMOUS]
+        buckets = SharedBuckets(names, run_dir / "ratelimit.lock") if settings.rate_limit_rps > 0 else None
+        restarts = _SPAWN.RawArray("q", settings.workers)
+        contexts = [
+            WorkerContext(i, settings.workers, os.getpid(), run_dir, restarts, api_keys, buckets)
+            for i in range(settings.workers)
+        ]
+        return Supervisor(settings, listener, contexts).run()
     finally:
         listener.close()
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _shared_buckets(settings: Settings) -> SharedBuckets | None:
-    """One bucket per API key name (and the anonymous one), when rate limits are on."""
-    if settings.rate_limit_rps <= 0:
-        return None
-    names = ApiKeys.load(settings.api_keys, settings.api_keys_file).names or [ANONYMOUS]
-    return SharedBuckets(names)
-
-
 class Supervisor:
     """Starts the workers, starts again those that die, and stops them all on a signal."""
 
-    def __init__(self, settings: Settings, listener: socket.socket, run_dir: Path, buckets: SharedBuckets | None):
+    def __init__(self, settings: Settings, listener: socket.socket, contexts: list[WorkerContext]) -> None:
         self.settings = settings
         self.listener = listener
-        self.contexts = [WorkerContext(i, settings.workers, run_dir, buckets) for i in range(settings.workers)]
-        self.workers: list[BaseProcess] = []
+        self.contexts = contexts
+        self.workers: list[BaseProcess | None] = [None] * len(contexts)
+        self.failed_starts = [0] * len(contexts)
+        self.due: dict[int, float] = {}  # worker index -> when to start it again (monotonic)
         self.signals = 0
         self._wakeup_reader, self._wakeup_writer = socket.socketpair()
 
     def run(self) -> int:
         """Until a signal, or a worker that could not start; the exit status."""
-        self._catch_signals()
-        self.workers = [self._start(context) for context in self.contexts]
-        metrics_server = self._serve_metrics()
+        stop_metrics = self._serve_metrics()
+        previous = self._catch_signals()
         status = 0
         try:
+            for context in self.contexts:
+                self._start(context)
             while not self.signals and status == 0:
-                wait([self._wakeup_reader, *(worker.sentinel for worker in self.workers)])
-                for index, (worker, context) in enumerate(zip(self.workers, self.contexts, strict=True)):
-                    if worker.exitcode is None or self.signals:
-                        continue
-                    if not context.exposition_path(index).exists():  # it never got as far as serving
-                        log.error("worker %d could not start (exit status %s); stopping", index, worker.exitcode)
-                        status = 1
-                        break
-                    log.warning("worker %d died (exit status %s); starting it again", index, worker.exitcode)
-                    self.workers[index] = self._start(context)
+                self._wait(self._next_due())
+                status = self._look_after_workers()
         finally:
             self._stop_all()
-            if metrics_server is not None:
-                metrics_server.shutdown()
-                metrics_server.server_close()
+            stop_metrics()
+            self._release_signals(previous)
         return status
 
-    def _start(self, context: WorkerContext) -> BaseProcess:
+    def _look_after_workers(self) -> int:
+        """Schedule a restart for every worker that died, and restart those whose time has come; 1 when a
+        worker could not start the first time."""
+        now = time.monotonic()
+        for worker, context in zip(self.workers, self.contexts, strict=True):
+            index = context.index
+            if worker is None or worker.exitcode is None or index in self.due:
+                continue
+            served = context.exposition_path(index).exists()  # it got as far as serving
+            if not served and context.restarts[index] == 0:
+                log.error("worker %d could not start (exit status %s); stopping", index, worker.exitcode)
+                return 1
+            failed = self.failed_starts[index] = 0 if served else self.failed_starts[index] + 1
+            delay = min(MAX_RESTART_DELAY, FIRST_RESTART_DELAY * 2 ** (failed - 1)) if failed else 0.0
+            log.warning("worker %d died (exit status %s); starting it again in %g s", index, worker.exitcode, delay)
+            self.due[index] = now + delay
+        for index, when in list(self.due.items()):
+            if when <= now and not self.signals:
+                del self.due[index]
+                self.contexts[index].restarts[index] += 1
+                self._start(self.contexts[index])
+        return 0
+
+    def _next_due(self) -> float | None:
+        """Seconds until the next restart is due; None when none is."""
+        return max(0.0, min(self.due.values()) - time.monotonic()) if self.due else None
+
+    def _start(self, context: WorkerContext) -> None:
         context.exposition_path(context.index).unlink(missing_ok=True)
         worker = _SPAWN.Process(
             target=_worker_main, args=(self.settings, self.listener, context), name=f"sinkwatch-worker-{context.index}"
         )
         worker.start()
-        return worker
+        self.workers[context.index] = worker
 
-    def _serve_metrics(self):
+    def _alive(self) -> list[BaseProcess]:
+        return [worker for worker in self.workers if worker is not None and worker.exitcode is None]
+
+    def _wait(self, timeout: float | None) -> None:
+        """Until a worker exits, a signal arrives or ``timeout`` seconds pass."""
+        wait([self._wakeup_reader, *(worker.sentinel for worker in self._alive())], timeout)
+        self._wakeup_reader.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while self._wakeup_reader.recv(64):
+                pass
+
+    def _serve_metrics(self) -> Callable[[], None]:
         """The gathered metrics on ``--metrics-port``, when set (the workers do not serve it)."""
-        if not self.settings.metrics_port:
-            return None
-        expositions = WorkerExpositions(self.contexts[0].exposition_paths())
-        server, _ = start_http_server(self.settings.metrics_port, addr=self.settings.host, registry=expositions)
-        return server
+        context = self.contexts[0]
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(WorkerExpositions(context.exposition_paths(), restarts=context.restarts))
+        return serve_metrics_apart(self.settings, registry)
 
-    def _catch_signals(self) -> None:
+    def _catch_signals(self) -> dict[int, object]:
+        """Count SIGINT and SIGTERM (and wake :meth:`_wait`); the handlers they had."""
         self._wakeup_writer.setblocking(False)
         signal.set_wakeup_fd(self._wakeup_writer.fileno())
-        for number in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(number, self._on_signal)
+        return {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def _release_signals(self, previous: dict[int, object]) -> None:
+        signal.set_wakeup_fd(-1)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        self._wakeup_reader.close()
+        self._wakeup_writer.close()
 
     def _on_signal(self, number: int, frame: object) -> None:
         self.signals += 1
-        if self.signals > 1:
-            log.warning("second %s: killing the workers", signal.Signals(number).name)
-            self._send(signal.SIGKILL)
 
     def _stop_all(self) -> None:
-        """Ask every worker to finish and stop (SIGTERM), and wait for them; a second signal kills them."""
+        """Refuse new connections, ask every worker to finish and stop (SIGTERM) and wait for them; a
+        second signal kills them."""
+        self.listener.close()
         self._send(signal.SIGTERM)
-        while alive := [worker for worker in self.workers if worker.exitcode is None]:
-            wait([self._wakeup_reader, *(worker.sentinel for worker in alive)])
-            self._drain_wakeups()
+        killed = False
+        while self._alive():
+            if self.signals > 1 and not killed:
+                log.warning("second signal: killing the workers")
+                self._send(signal.SIGKILL)
+                killed = True
+            self._wait(None)
         for worker in self.workers:
-            worker.join()
+            if worker is not None:
+                worker.join()
 
     def _send(self, number: signal.Signals) -> None:
-        for worker in self.workers:
-            if worker.exitcode is None and worker.pid is not None:
+        for worker in self._alive():
+            with contextlib.suppress(ProcessLookupError):  # exited since
                 os.kill(worker.pid, number)
-
-    def _drain_wakeups(self) -> None:
-        self._wakeup_reader.setblocking(False)
-        try:
-            while self._wakeup_reader.recv(64):
-                pass
-        except BlockingIOError:
-            pass
 
 
 def _worker_main(settings: Settings, listener: socket.socket, context: WorkerContext) -> None:
     """A worker process: the app, served on the supervisor's socket."""
-    _die_with_parent()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s worker {context.index} %(levelname)s %(name)s: %(message)s",
-    )
+    _die_with_parent(context.supervisor_pid)
+    log_format = f"%(asctime)s %(levelname)s worker {context.index} %(name)s: %(message)s"
+    logging.basicConfig(level=settings.log_level.upper(), format=log_format)
     from gateway.app import create_app
     from gateway.server import run_server
 
     run_server(create_app(settings, worker=context), settings, sockets=[listener])
 
 
-def _die_with_parent() -> None:
-    """Have the kernel stop this worker if the supervisor is killed (Linux), so none is left serving."""
+def _die_with_parent(supervisor_pid: int) -> None:
+    """Have the kernel stop this worker if the supervisor is killed (Linux), so none is left serving; exit
+    now if it already was."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor_pid:
+        sys.exit("sinkwatch worker: the supervisor is gone")

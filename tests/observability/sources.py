@@ -8,6 +8,7 @@ import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
 from gateway import metrics
+from gateway.workers.exposition import GATHERED_SERIES
 
 REPO = Path(__file__).resolve().parents[2]
 RULES_FILE = REPO / "deploy" / "prometheus" / "rules" / "sinkwatch.rules.yml"
@@ -59,8 +60,10 @@ def declared_metrics() -> dict[str, DeclaredMetric]:
 
 
 def exposed_names() -> set[str]:
-    """Every series name the gateway can expose."""
-    return {name for metric in declared_metrics().values() for name in metric.sample_names()}
+    """Every series name the gateway can expose: its declared metrics', and those the gathering of
+    ``--workers`` metrics adds."""
+    declared = {name for metric in declared_metrics().values() for name in metric.sample_names()}
+    return declared | GATHERED_SERIES
 
 
 def rule_groups() -> list[dict]:

@@ -35,6 +35,7 @@ def _state(gateway: Process) -> dict[str, float]:
         "tasks": metric(root, "sinkwatch_event_loop_tasks"),
         "in_flight": metric(root, "sinkwatch_requests_in_flight"),
         "upstream_in_flight": metric(root, "sinkwatch_upstream_in_flight"),
+        "workers_read": metric(root, "sinkwatch_worker_up"),  # with --workers: whose metrics the sums include
     }
 
 
@@ -69,6 +70,7 @@ def _load(streams: int, seconds: float, tokens: int, interval: float, workers: i
     assert result.requests >= 2 * streams  # every client got through streams back to back
     assert result.tokens == result.requests * tokens
     assert fake.stats.active == 0 and fake.stats.cancelled == 0
+    assert before["workers_read"] == after["workers_read"] == (workers if workers > 1 else 0)
     assert after["in_flight"] == after["upstream_in_flight"] == 0
     assert after["tasks"] <= before["tasks"] + 2 * workers
     assert after["files"] - before["files"] <= kept_alive + 4  # idle keep-alive connections to the upstream

@@ -1,7 +1,11 @@
 """Rate limits shared by processes: one bucket per key name in shared memory, whatever process takes from it."""
 
 import multiprocessing
+import os
 import pickle
+import signal
+import threading
+import time
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event
 
@@ -41,8 +45,8 @@ def _run(shared: SharedBuckets, name: str, attempts: int, processes: int) -> lis
     return granted
 
 
-def test_processes_sharing_the_buckets_get_the_burst_once_between_them():
-    shared = SharedBuckets(["a", "anonymous"])
+def test_processes_sharing_the_buckets_get_the_burst_once_between_them(tmp_path):
+    shared = SharedBuckets(["a", "anonymous"], tmp_path / "lock")
     granted = _run(shared, "a", attempts=2 * BURST, processes=3)
     assert sum(granted) == BURST
     limiter = RateLimiter(rate=0.001, burst=BURST, shared=shared)
@@ -50,22 +54,22 @@ def test_processes_sharing_the_buckets_get_the_burst_once_between_them():
     assert limiter.check("anonymous") == 0
 
 
-def test_a_spawned_process_takes_from_the_same_memory_as_its_parent():
-    shared = SharedBuckets(["anonymous"])
+def test_a_spawned_process_takes_from_the_same_memory_as_its_parent(tmp_path):
+    shared = SharedBuckets(["anonymous"], tmp_path / "lock")
     assert _run(shared, "anonymous", attempts=2, processes=1) == [2]
     limiter = RateLimiter(rate=0.001, burst=BURST, shared=shared)
     assert [limiter.check("anonymous") == 0 for _ in range(BURST)] == [True] * (BURST - 2) + [False] * 2
 
 
-def test_shared_buckets_are_passed_at_process_creation_not_pickled():
+def test_shared_buckets_are_passed_at_process_creation_not_pickled(tmp_path):
     with pytest.raises(RuntimeError, match="inheritance"):
-        pickle.dumps(SharedBuckets(["a"]))
+        pickle.dumps(SharedBuckets(["a"], tmp_path / "lock"))
 
 
-def test_a_shared_bucket_starts_full_and_refills_at_the_rate():
+def test_a_shared_bucket_starts_full_and_refills_at_the_rate(tmp_path):
     clock = Clock()
     clock.now = -1000.0  # any reading: the stamp at creation, from time.monotonic, does not count
-    limiter = RateLimiter(rate=2.0, burst=3, clock=clock, shared=SharedBuckets(["a", "anonymous"]))
+    limiter = RateLimiter(rate=2.0, burst=3, clock=clock, shared=SharedBuckets(["a", "anonymous"], tmp_path / "lock"))
     assert [limiter.check("a") for _ in range(3)] == [0, 0, 0]
     assert limiter.check("a") == pytest.approx(0.5)
     clock.now += 0.5
@@ -76,9 +80,9 @@ def test_a_shared_bucket_starts_full_and_refills_at_the_rate():
     assert limiter.check("anonymous") == 0
 
 
-def test_limiters_on_the_same_shared_buckets_share_the_tokens():
+def test_limiters_on_the_same_shared_buckets_share_the_tokens(tmp_path):
     clock = Clock()
-    shared = SharedBuckets(["a"])
+    shared = SharedBuckets(["a"], tmp_path / "lock")
     first, second = (RateLimiter(rate=1.0, burst=2, clock=clock, shared=shared) for _ in range(2))
     assert first.check("a") == 0 and second.check("a") == 0
     assert first.check("a") > 0 and second.check("a") > 0
@@ -86,8 +90,8 @@ def test_limiters_on_the_same_shared_buckets_share_the_tokens():
     assert second.check("a") == 0 and first.check("a") > 0
 
 
-def test_a_name_the_shared_buckets_were_not_created_with_is_a_value_error():
-    shared = SharedBuckets(["a", "anonymous"])
+def test_a_name_the_shared_buckets_were_not_created_with_is_a_value_error(tmp_path):
+    shared = SharedBuckets(["a", "anonymous"], tmp_path / "lock")
     limiter = RateLimiter(rate=1.0, shared=shared)
     with pytest.raises(ValueError, match="'b'"):
         limiter.check("b")
@@ -102,3 +106,26 @@ def test_one_step_refills_up_to_the_burst_then_takes_a_token_or_tells_the_wait()
     assert take_token(2.5, 10.0, 20.0, rate=2.0, burst=3) == (2.0, 20.0, 0.0)
     assert take_token(float("inf"), 10.0, 0.0, rate=2.0, burst=3) == (2.0, 0.0, 0.0)
     assert take_token(0.5, 10.0, 10.0, rate=2.0, burst=3) == (0.5, 10.0, 0.25)
+
+
+def _hold_the_lock(shared: SharedBuckets, held: Event) -> None:
+    """In a spawned process: take the buckets' lock and keep it until killed."""
+    with shared._lock:
+        held.set()
+        time.sleep(60)
+
+
+def test_a_process_killed_while_holding_the_lock_does_not_stop_the_others(tmp_path):
+    shared = SharedBuckets(["anonymous"], tmp_path / "lock")
+    held = SPAWN.Event()
+    holder = SPAWN.Process(target=_hold_the_lock, args=(shared, held))
+    holder.start()
+    assert held.wait(timeout=30)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(timeout=10)
+    taken = []
+    limiter = RateLimiter(1.0, 1, shared=shared)
+    taker = threading.Thread(target=lambda: taken.append(limiter.check("anonymous")), daemon=True)
+    taker.start()
+    taker.join(timeout=10)
+    assert taken == [0.0]

@@ -30,7 +30,7 @@ from gateway.workers.exposition import WorkerExpositions, serve_exposition
 # As gateway/metrics.py does in every worker: no ``*_created`` series.
 disable_created_metrics()
 
-TIMEOUT = 0.3
+TIMEOUT = 1.0  # long enough for a loaded machine; stuck workers cost one of it in all, not one each
 T = TypeVar("T")
 
 

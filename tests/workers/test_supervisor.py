@@ -67,7 +67,23 @@ def all_workers_ready(server_root: str) -> bool:
 def worker_pids(supervisor: int) -> set[int]:
     """The supervisor's worker processes (not multiprocessing's resource tracker)."""
     children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    return {int(pid) for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    return {int(pid) for pid in children if b"spawn_main" in _cmdline(pid)}
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""  # exited and reaped meanwhile
+
+
+def proxying(upstream: FakeUpstreamThread) -> list[str]:
+    """Flags of a gateway in front of ``upstream``."""
+    return ["--backend", "openai", "--upstreams", upstream.base_url]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {key}"}
 
 
 def root(process: Process) -> str:
@@ -82,7 +98,7 @@ def fresh_connection_request(base_url: str, headers: dict[str, str] | None = Non
 
 @pytest.fixture
 def workers(upstream: FakeUpstreamThread) -> Iterator[Process]:
-    flags = ["--backend", "openai", "--upstreams", upstream.base_url, "--upstream-health-interval", "0.2"]
+    flags = [*proxying(upstream), "--upstream-health-interval", "0.2"]
     with gateway_process(*flags, "--workers", str(WORKERS)) as process:
         wait_for(lambda: all_workers_ready(root(process)))
         yield process
@@ -109,10 +125,10 @@ def test_workers_serve_one_port_and_one_set_of_metrics(workers: Process) -> None
 
 def test_a_rate_limit_holds_across_workers(upstream: FakeUpstreamThread) -> None:
     burst = 6
-    flags = ["--backend", "openai", "--upstreams", upstream.base_url, "--workers", str(WORKERS)]
+    flags = [*proxying(upstream), "--workers", str(WORKERS)]
     limits = ["--rate-limit-rps", "0.001", "--rate-limit-burst", str(burst)]
     with gateway_process(*flags, *limits) as process:
-        wait_for(lambda: len(by_worker(root(process), "sinkwatch_worker_up")) == WORKERS)
+        wait_for(lambda: all_workers_ready(root(process)))
         with ThreadPoolExecutor(4) as pool:
             statuses = [
                 response.status_code for response in pool.map(fresh_connection_request, [process.base_url] * 24)
@@ -134,35 +150,76 @@ def test_a_worker_that_dies_is_started_again(workers: Process) -> None:
     wait_for(lambda: len(worker_pids(supervisor)) == WORKERS and victim not in worker_pids(supervisor))
     wait_for(lambda: all_workers_ready(root(workers)))
     assert all(fresh_connection_request(workers.base_url).status_code == 200 for _ in range(10))
+    assert sorted(by_worker(root(workers), "sinkwatch_worker_restarts_total").values()) == [0.0, 1.0]
 
 
-def test_sigterm_stops_every_worker(upstream: FakeUpstreamThread) -> None:
-    flags = ["--backend", "openai", "--upstreams", upstream.base_url, "--workers", str(WORKERS)]
-    with gateway_process(*flags) as process:
+def test_sigterm_lets_a_stream_finish_refuses_new_connections_and_stops_every_worker() -> None:
+    tokens = 20
+    config = FakeUpstreamConfig(tokens=tokens, token_interval=0.1)
+    with FakeUpstreamThread(config) as slow, gateway_process(*proxying(slow), "--workers", str(WORKERS)) as process:
+        wait_for(lambda: all_workers_ready(root(process)))
         pids = worker_pids(process.popen.pid)
+        assert len(pids) == WORKERS
+        client = openai.OpenAI(base_url=process.base_url, api_key="x", max_retries=0, timeout=30)
+        stream = client.chat.completions.create(model=FAKE_MODEL, messages=CHAT["messages"], stream=True)
+        chunks = [next(stream)]
         process.popen.send_signal(signal.SIGTERM)
+        wait_for(lambda: _refused(process.base_url), timeout=10)
+        chunks += list(stream)
+        assert sum(bool(chunk.choices and chunk.choices[0].delta.content) for chunk in chunks) == tokens
         assert process.popen.wait(30) == 0
         assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
 
 
+def _refused(base_url: str) -> bool:
+    try:
+        fresh_connection_request(base_url)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
 def test_the_supervisor_serves_the_metrics_port(upstream: FakeUpstreamThread) -> None:
     metrics_port = free_port()
-    flags = ["--backend", "openai", "--upstreams", upstream.base_url, "--workers", str(WORKERS)]
+    flags = [*proxying(upstream), "--workers", str(WORKERS)]
     with gateway_process(*flags, "--metrics-port", str(metrics_port)) as process:
         metrics_root = f"http://127.0.0.1:{metrics_port}"
-        wait_for(lambda: len(by_worker(metrics_root, "sinkwatch_worker_up")) == WORKERS)
+        wait_for(lambda: all_workers_ready(metrics_root))
         assert fresh_connection_request(process.base_url).status_code == 200
         assert sum(by_worker(metrics_root, "sinkwatch_requests_total").values()) == 1
         assert httpx.get(f"{root(process)}/metrics").status_code == 404
 
 
-def test_workers_that_cannot_start_stop_the_supervisor(upstream: FakeUpstreamThread, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port()), "--backend", "openai"]
-    command += ["--upstreams", upstream.base_url, "--workers", str(WORKERS)]
-    command += ["--api-keys-file", str(tmp_path / "missing")]
+def test_a_worker_that_cannot_start_stops_the_supervisor(upstream: FakeUpstreamThread, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port()), *proxying(upstream)]
+    command += ["--workers", str(WORKERS), "--calibration", str(tmp_path / "missing.json")]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert finished.returncode == 1
     assert "could not start" in finished.stderr
+
+
+def test_api_keys_are_read_once_by_the_supervisor(upstream: FakeUpstreamThread, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(free_port()), *proxying(upstream)]
+    command += ["--workers", str(WORKERS), "--api-keys-file", str(tmp_path / "missing")]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 1
+    assert "could not start" not in finished.stderr  # refused before any worker was started
+    assert "No such file or directory" in finished.stderr
+
+    keys = tmp_path / "keys"
+    keys.write_text("team:sk-first\n")
+    with gateway_process(*proxying(upstream), "--workers", str(WORKERS), "--api-keys-file", str(keys)) as process:
+        wait_for(lambda: all_workers_ready(root(process)))
+        keys.write_text("team:sk-first\nlater:sk-later\n")
+        os.kill(min(worker_pids(process.popen.pid)), signal.SIGKILL)
+        wait_for(lambda: sum(by_worker(root(process), "sinkwatch_worker_restarts_total").values()) == 1)
+        wait_for(lambda: all_workers_ready(root(process)))
+        for key, status in (("sk-first", 200), ("sk-later", 401)):
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(fresh_connection_request, [process.base_url] * 16, [auth(key)] * 16))
+            assert {answer.status_code for answer in answers} == {status}
+        refused = by_worker(root(process), "sinkwatch_auth_failures_total")
+        assert set(refused) == {"0", "1"} and all(refused.values()), "each worker should have refused the new key"
 
 
 def test_workers_need_a_backend_without_a_model() -> None:
