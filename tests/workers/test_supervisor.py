@@ -20,6 +20,7 @@ from gateway.bench.processes import Process, free_port, gateway_process
 from tests.upstreams import CHAT, FAKE_MODEL
 
 WORKERS = 2
+SHIPPED_CALIBRATION = Path(__file__).resolve().parents[2] / "monitors" / "calibrations" / "smollm2-135m-instruct.json"
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +152,23 @@ def test_a_worker_that_dies_is_started_again(workers: Process) -> None:
     wait_for(lambda: all_workers_ready(root(workers)))
     assert all(fresh_connection_request(workers.base_url).status_code == 200 for _ in range(10))
     assert sorted(by_worker(root(workers), "sinkwatch_worker_restarts_total").values()) == [0.0, 1.0]
+
+
+def test_a_worker_that_cannot_start_again_is_retried_while_the_other_serves(
+    upstream: FakeUpstreamThread, tmp_path: Path
+) -> None:
+    calibration = tmp_path / "calibration.json"
+    calibration.write_text(SHIPPED_CALIBRATION.read_text())
+    flags = [*proxying(upstream), "--workers", str(WORKERS), "--calibration", str(calibration)]
+    with gateway_process(*flags) as process:
+        wait_for(lambda: all_workers_ready(root(process)))
+        calibration.unlink()  # a replacement worker now fails while it builds its app
+        os.kill(min(worker_pids(process.popen.pid)), signal.SIGKILL)
+        wait_for(lambda: sum(by_worker(root(process), "sinkwatch_worker_restarts_total").values()) >= 3, timeout=30)
+        assert process.popen.poll() is None  # the supervisor keeps going
+        assert all(fresh_connection_request(process.base_url).status_code == 200 for _ in range(5))
+        calibration.write_text(SHIPPED_CALIBRATION.read_text())
+        wait_for(lambda: all_workers_ready(root(process)), timeout=30)  # the next attempt (after 4 s) starts
 
 
 def test_sigterm_lets_a_stream_finish_refuses_new_connections_and_stops_every_worker() -> None:
