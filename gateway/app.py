@@ -11,13 +11,13 @@ from fastapi import FastAPI
 from gateway import __version__, metrics
 from gateway.api import health, openai_routes
 from gateway.api.error_handlers import install_error_handlers
-from gateway.api.middleware import install_middleware, serve_metrics_apart
+from gateway.api.metrics_port import serve_metrics_apart
+from gateway.api.middleware import install_middleware
 from gateway.backends.base import Backend
-from gateway.backends.embedded import EmbeddedBackend
 from gateway.backends.openai import openai_backend
 from gateway.backends.vllm import vllm_backend
 from gateway.config import Settings
-from gateway.engine.engine import EngineConfig
+from gateway.engine.config import EngineConfig
 from gateway.serving.context import ServingContext
 from gateway.workers.context import WorkerContext
 from gateway.workers.exposition import WorkerExpositions, serve_exposition
@@ -53,6 +53,8 @@ def build_backend(settings: Settings, calibration: Calibration | None) -> Backen
         return openai_backend(settings, bands, engine.window, extractor_options)
     if settings.backend == "vllm":
         return vllm_backend(settings, calibration, bands)
+    from gateway.backends.embedded import EmbeddedBackend  # torch and the model: only for this backend
+
     return EmbeddedBackend(settings.model, settings.served_name(), engine, bands, extractor_options)
 
 

@@ -12,16 +12,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def _serve(args: argparse.Namespace) -> None:
+    settings = load_settings(args)
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    if settings.workers > 1:
+        from gateway.workers.supervisor import serve_workers  # the workers import the app, not the supervisor
+
+        sys.exit(serve_workers(settings))
     from gateway.app import create_app
     from gateway.engine.provision import provision
     from gateway.server import run_server
 
-    settings = load_settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    if settings.workers > 1:
-        from gateway.workers.supervisor import serve_workers
-
-        sys.exit(serve_workers(settings))
     if settings.backend == "embedded":
         provision(settings.model)
     run_server(create_app(settings), settings)
@@ -60,8 +60,14 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
 }
 
 
-def _add_group(commands: argparse._SubParsersAction, group: str, help_text: str, members: dict[str, str]) -> None:
-    members_parser = commands.add_parser(group, help=help_text).add_subparsers(dest=f"{group}_command", required=True)
+def _add_group(
+    commands: argparse._SubParsersAction, group: str, help_text: str, members: dict[str, str] | None
+) -> None:
+    """The group's command, with its members when given (importing each member's module)."""
+    group_parser = commands.add_parser(group, help=help_text)
+    if members is None:
+        return
+    members_parser = group_parser.add_subparsers(dest=f"{group}_command", required=True)
     for name, module_path in members.items():
         module = importlib.import_module(module_path)
         sub = members_parser.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0])
@@ -69,10 +75,12 @@ def _add_group(commands: argparse._SubParsersAction, group: str, help_text: str,
         sub.set_defaults(handler=module.run)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser of every subcommand; given the ``command`` run, only that one's modules are
+    imported (the others bring torch and the offline tools: a gateway process does without them)."""
     parser = argparse.ArgumentParser(prog="sinkwatch", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    wanted = {command} if command is not None else {"calibrate", *COMMAND_GROUPS}
 
     serve = commands.add_parser("serve", help="serve the OpenAI-compatible gateway")
     add_arguments(serve)
@@ -82,14 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--model", default="SmolLM2-135M-Instruct")
     fetch.set_defaults(handler=_fetch)
 
-    from gateway.offline import calibrate
-
     calibrate_parser = commands.add_parser("calibrate", help="set detector thresholds from normal prompts")
-    calibrate.add_arguments(calibrate_parser)
-    calibrate_parser.set_defaults(handler=calibrate.run)
+    if "calibrate" in wanted:
+        from gateway.offline import calibrate
+
+        calibrate.add_arguments(calibrate_parser)
+        calibrate_parser.set_defaults(handler=calibrate.run)
 
     for group, (help_text, members) in COMMAND_GROUPS.items():
-        _add_group(commands, group, help_text, members)
+        _add_group(commands, group, help_text, members if group in wanted else None)
     return parser
 
 
@@ -97,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``sinkwatch`` console script."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         args.handler(args)
     except (ValueError, FileNotFoundError) as problem:

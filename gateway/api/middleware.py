@@ -2,10 +2,7 @@
 limits, the request size limit, the proxy fast path (for backends that can relay unchanged; it checks
 its own JSON), and strict JSON for the full serving path."""
 
-from collections.abc import Callable
-
 from fastapi import FastAPI
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 from starlette.middleware.cors import CORSMiddleware
 
 from gateway.backends.base import Backend
@@ -48,18 +45,3 @@ def install_middleware(
     if not relays:
         return None
     return FastPath(backend, admission if admission.enabled else None, settings.max_request_bytes, bool(origins))
-
-
-def serve_metrics_apart(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Callable[[], None]:
-    """Serve ``/metrics`` (``registry``'s) on its own port when ``--metrics-port`` is set; returns what
-    stops it."""
-    if not settings.metrics_port:
-        return lambda: None
-    server, thread = start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-    return stop

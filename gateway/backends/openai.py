@@ -16,11 +16,10 @@ then falls back to block).
 """
 
 from collections.abc import AsyncIterator
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 import orjson
 
-from gateway.backends.reader import Reader, ReadingSession
 from gateway.config import Settings
 from gateway.errors import UnsupportedParameter
 from gateway.generation import (
@@ -35,6 +34,9 @@ from gateway.generation import (
 from gateway.upstream.pool import UpstreamPool
 from gateway.upstream.sse import check_event_stream, event_batches
 from monitors.bands import LayerBand
+
+if TYPE_CHECKING:  # the reader brings torch and a model: imported only when there is one
+    from gateway.backends.reader import Reader, ReadingSession
 
 _FINISH_REASONS = frozenset(get_args(FinishReason))
 
@@ -97,7 +99,7 @@ class OpenAIBackend:
 
     name = "openai"
 
-    def __init__(self, pool: UpstreamPool, reader: Reader | None = None, continuation: str = "none") -> None:
+    def __init__(self, pool: UpstreamPool, reader: "Reader | None" = None, continuation: str = "none") -> None:
         self.pool = pool
         self.reader = reader
         self._continuation = continuation
@@ -156,7 +158,7 @@ class OpenAIBackend:
             await response.aclose()
 
     @staticmethod
-    async def _tokens(reading: ReadingSession | None, text: str) -> list[TokenEvent]:
+    async def _tokens(reading: "ReadingSession | None", text: str) -> list[TokenEvent]:
         if not text:
             return []
         if reading is None:
@@ -170,6 +172,8 @@ def openai_backend(
     """The ``openai`` backend the settings describe (with a reader of ``--model`` when ``--reader``)."""
     reader = None
     if settings.reader:
+        from gateway.backends.reader import Reader
+
         reader = Reader(
             settings.model, settings.served_name(), bands, window, extractor_options, settings.reader_max_streams
         )

@@ -11,7 +11,6 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from transformers import DynamicCache
 
 from gateway import metrics
 from gateway.engine.batch import BatchCache
+from gateway.engine.config import EngineConfig
 from gateway.engine.detokenizer import IncrementalDetokenizer
 from gateway.engine.loader import LoadedModel
 from gateway.engine.sampling import RowSampler, sample_batch
@@ -36,17 +36,6 @@ from monitors.bands import LayerBand
 from monitors.capture import ResidualCapture
 from monitors.entropy import next_token_entropies
 from monitors.features import FeatureExtractor, StepFeatures
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Capacity and capture settings of the embedded engine."""
-
-    max_batch: int = 8
-    max_queue: int = 64
-    max_model_len: int = 2048
-    capture: bool = True
-    window: int = 32
 
 
 def _thread_safe_put(

@@ -35,7 +35,7 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from gateway.api.middleware import serve_metrics_apart
+from gateway.api.metrics_port import serve_metrics_apart
 from gateway.config import Settings
 from gateway.security.admission import ANONYMOUS
 from gateway.security.keys import ApiKeys
@@ -93,7 +93,7 @@ class Supervisor:
             for context in self.contexts:
                 self._start(context)
             while not self.signals and status == 0:
-                self._wait(self._next_due())
+                self._wait(self._unattended(), self._next_due())
                 status = self._look_after_workers()
         finally:
             self._stop_all()
@@ -139,9 +139,14 @@ class Supervisor:
     def _alive(self) -> list[BaseProcess]:
         return [worker for worker in self.workers if worker is not None and worker.exitcode is None]
 
-    def _wait(self, timeout: float | None) -> None:
-        """Until a worker exits, a signal arrives or ``timeout`` seconds pass."""
-        wait([self._wakeup_reader, *(worker.sentinel for worker in self._alive())], timeout)
+    def _unattended(self) -> list[BaseProcess]:
+        """Workers running, or dead and not yet seen to (not :meth:`_alive`: asking a process whether it is
+        alive reaps it, and one that died just then would go unnoticed)."""
+        return [worker for index, worker in enumerate(self.workers) if worker is not None and index not in self.due]
+
+    def _wait(self, workers: list[BaseProcess], timeout: float | None) -> None:
+        """Until one of ``workers`` exits (or has), a signal arrives or ``timeout`` seconds pass."""
+        wait([self._wakeup_reader, *(worker.sentinel for worker in workers)], timeout)
         self._wakeup_reader.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             while self._wakeup_reader.recv(64):
@@ -181,7 +186,7 @@ class Supervisor:
                 log.warning("second signal: killing the workers")
                 self._send(signal.SIGKILL)
                 killed = True
-            self._wait(None)
+            self._wait(self._alive(), None)
         for worker in self.workers:
             if worker is not None:
                 worker.join()
@@ -194,6 +199,7 @@ class Supervisor:
 
 def _worker_main(settings: Settings, listener: socket.socket, context: WorkerContext) -> None:
     """A worker process: the app, served on the supervisor's socket."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C while starting: the supervisor's SIGTERM follows
     _die_with_parent(context.supervisor_pid)
     log_format = f"%(asctime)s %(levelname)s worker {context.index} %(name)s: %(message)s"
     logging.basicConfig(level=settings.log_level.upper(), format=log_format)
