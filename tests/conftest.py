@@ -3,14 +3,14 @@
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gateway.bench.processes import free_port
+from gateway.bench.processes import Process, free_port
 from gateway.config import Settings
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -54,18 +54,37 @@ class RunningServer:
         self.thread.join(timeout=30)
 
 
-def metric(base_url: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``, scraped from ``base_url/metrics``."""
+def samples(base_url: str, name: str, timeout: float = 5) -> list[tuple[dict[str, str], float]]:
+    """Every sample of ``name`` scraped from ``base_url/metrics``: (labels, value)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
-    wanted = set(labels.items())
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(httpx.get(f"{base_url}/metrics").text)
+    text = httpx.get(f"{base_url}/metrics", timeout=timeout).text
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == name and wanted <= set(sample.labels.items())
-    )
+        if sample.name == name
+    ]
+
+
+def metric(base_url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``, scraped from ``base_url/metrics``."""
+    wanted = set(labels.items())
+    return sum(value for sample_labels, value in samples(base_url, name) if wanted <= set(sample_labels.items()))
+
+
+def root(process: Process) -> str:
+    """The address of a server process started by :mod:`gateway.bench.processes` (its API base without ``/v1``)."""
+    return process.base_url.removesuffix("/v1")
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 5, poll: float = 0.02) -> None:
+    """Poll ``condition`` every ``poll`` seconds until it holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(poll)
 
 
 def start_gateway(settings: Settings) -> RunningServer:

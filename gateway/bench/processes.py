@@ -35,7 +35,7 @@ class Process:
     @property
     def pid(self) -> int:
         """The server's process id (the wrapped child's: under a profiler, or nginx's worker under its master)."""
-        return _children(self.popen.pid)[0] if self.wrapped else self.popen.pid
+        return children(self.popen.pid)[0] if self.wrapped else self.popen.pid
 
     def rss_bytes(self) -> int:
         """Resident memory, from /proc: the server's and its worker processes' (``--workers``)."""
@@ -50,7 +50,7 @@ class Process:
         return sum(_cpu_seconds(pid) for pid in _with_descendants(self.pid))
 
 
-def _proc(pid: int, name: str) -> str:
+def proc_file(pid: int, name: str) -> str:
     """``/proc/PID/NAME``; empty when the process is gone."""
     try:
         with open(f"/proc/{pid}/{name}") as file:
@@ -59,24 +59,25 @@ def _proc(pid: int, name: str) -> str:
         return ""
 
 
-def _children(pid: int) -> list[int]:
-    return [int(child) for child in _proc(pid, f"task/{pid}/children").split()]
+def children(pid: int) -> list[int]:
+    """Process ``pid``'s children (none when it is gone)."""
+    return [int(child) for child in proc_file(pid, f"task/{pid}/children").split()]
 
 
 def _with_descendants(pid: int) -> list[int]:
     found = [pid]
-    for child in _children(pid):
+    for child in children(pid):
         found += _with_descendants(child)
     return found
 
 
 def _cpu_seconds(pid: int) -> float:
-    fields = _proc(pid, "stat").rsplit(")", 1)[-1].split()
+    fields = proc_file(pid, "stat").rsplit(")", 1)[-1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
 def _rss_bytes(pid: int) -> int:
-    lines = [line for line in _proc(pid, "status").splitlines() if line.startswith("VmRSS:")]
+    lines = [line for line in proc_file(pid, "status").splitlines() if line.startswith("VmRSS:")]
     return int(lines[0].split()[1]) * 1024 if lines else 0
 
 

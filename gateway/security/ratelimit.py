@@ -133,8 +133,8 @@ class SharedTokenBucket:
 class RateLimiter:
     """One bucket per key name (names come from the configured keys: a closed, small set).
 
-    With ``shared``, the buckets are those of :class:`SharedBuckets` (one per name it was created with) and
-    checking any other name is a ValueError; without it, each name gets an in-process bucket when first seen.
+    Each name gets its bucket when first seen: with ``shared``, its bucket in :class:`SharedBuckets` (checking a
+    name it was not created with is a ValueError); without, an in-process one.
     """
 
     def __init__(
@@ -149,8 +149,6 @@ class RateLimiter:
         self._clock = clock
         self._shared = shared
         self._buckets: dict[str, TokenBucket | SharedTokenBucket] = {}
-        if shared is not None:
-            self._buckets = {name: shared.bucket(name, self.rate, self.burst, clock) for name in shared.names}
 
     @property
     def enabled(self) -> bool:
@@ -164,6 +162,6 @@ class RateLimiter:
         return bucket.take()
 
     def _new_bucket(self, key: str) -> TokenBucket | SharedTokenBucket:
-        if self._shared is not None:  # every shared name has its bucket already: this raises the ValueError
+        if self._shared is not None:  # a ValueError for a name the shared buckets were not created with
             return self._shared.bucket(key, self.rate, self.burst, self._clock)
         return TokenBucket(self.rate, self.burst, self._clock)

@@ -36,6 +36,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from gateway.api.metrics_port import serve_metrics_apart
+from gateway.cli import LOG_FORMAT
 from gateway.config import Settings
 from gateway.security.admission import ANONYMOUS
 from gateway.security.keys import ApiKeys
@@ -201,7 +202,7 @@ def _worker_main(settings: Settings, listener: socket.socket, context: WorkerCon
     """A worker process: the app, served on the supervisor's socket."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C while starting: the supervisor's SIGTERM follows
     _die_with_parent(context.supervisor_pid)
-    log_format = f"%(asctime)s %(levelname)s worker {context.index} %(name)s: %(message)s"
+    log_format = LOG_FORMAT.replace("%(name)s", f"worker {context.index} %(name)s")
     logging.basicConfig(level=settings.log_level.upper(), format=log_format)
     from gateway.app import create_app
     from gateway.server import run_server

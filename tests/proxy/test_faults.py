@@ -12,7 +12,7 @@ import pytest
 
 from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
 from gateway.config import Settings
-from tests.conftest import RunningServer, free_port, metric, start_gateway
+from tests.conftest import RunningServer, free_port, metric, start_gateway, wait_for
 from tests.upstreams import CHAT, client_of, proxy_gateway
 
 STREAM = {**CHAT, "stream": True}
@@ -142,7 +142,7 @@ def test_a_client_leaving_a_stream_cancels_the_upstream_request(slow_upstream):
             lines = response.iter_lines()
             while not next(lines).startswith("data: {"):
                 pass
-        _wait_for(lambda: slow_upstream.stats.cancelled == 1)
+        wait_for(lambda: slow_upstream.stats.cancelled == 1)
         assert slow_upstream.stats.active == 0
         assert slow_upstream.stats.completed == 1  # the health check only
         assert metric(server.base_url, "sinkwatch_requests_total", outcome="cancelled") - before == 1
@@ -153,12 +153,5 @@ def test_a_client_giving_up_on_a_whole_answer_cancels_the_upstream_request(slow_
     with proxy_gateway(slow_upstream.base_url) as server:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(f"{server.base_url}/v1/chat/completions", json=CHAT, timeout=0.3)
-        _wait_for(lambda: slow_upstream.stats.cancelled == 1)
+        wait_for(lambda: slow_upstream.stats.cancelled == 1)
         assert slow_upstream.stats.active == 0
-
-
-def _wait_for(condition, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.02)

@@ -15,7 +15,7 @@ import pytest
 from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
 from gateway.bench.loadgen import LoadResult, run_load
 from gateway.bench.processes import Process, gateway_process
-from tests.conftest import metric
+from tests.conftest import metric, root
 from tests.upstreams import FAKE_MODEL
 
 STREAM = orjson.dumps(
@@ -24,18 +24,14 @@ STREAM = orjson.dumps(
 MiB = 1 << 20
 
 
-def _root(gateway: Process) -> str:
-    return gateway.base_url.removesuffix("/v1")
-
-
 def _state(gateway: Process) -> dict[str, float]:
-    root = _root(gateway)
+    address = root(gateway)
     return {
         "files": gateway.open_files(),
-        "tasks": metric(root, "sinkwatch_event_loop_tasks"),
-        "in_flight": metric(root, "sinkwatch_requests_in_flight"),
-        "upstream_in_flight": metric(root, "sinkwatch_upstream_in_flight"),
-        "workers_read": metric(root, "sinkwatch_worker_up"),  # with --workers: whose metrics the sums include
+        "tasks": metric(address, "sinkwatch_event_loop_tasks"),
+        "in_flight": metric(address, "sinkwatch_requests_in_flight"),
+        "upstream_in_flight": metric(address, "sinkwatch_upstream_in_flight"),
+        "workers_read": metric(address, "sinkwatch_worker_up"),  # with --workers: whose metrics the sums include
     }
 
 

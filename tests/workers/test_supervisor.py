@@ -5,18 +5,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
-from gateway.bench.processes import Process, free_port, gateway_process
+from gateway.bench.processes import Process, children, free_port, gateway_process, proc_file
+from tests import conftest
+from tests.conftest import root, samples
 from tests.upstreams import CHAT, FAKE_MODEL
 
 WORKERS = 2
@@ -29,30 +29,17 @@ def upstream() -> Iterator[FakeUpstreamThread]:
         yield fake
 
 
-def samples(base_url: str, name: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample of ``name`` scraped from ``base_url/metrics``: (labels, value)."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
-    return [
-        (sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    ]
-
-
 def by_worker(base_url: str, name: str) -> dict[str, float]:
     """``name`` summed per ``worker`` label."""
     totals: dict[str, float] = {}
-    for labels, value in samples(base_url, name):
+    for labels, value in samples(base_url, name, timeout=10):
         totals[labels["worker"]] = totals.get(labels["worker"], 0.0) + value
     return totals
 
 
-def wait_for(condition, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+def wait_for(condition: Callable[[], bool], timeout: float = 60) -> None:
+    """:func:`tests.conftest.wait_for`, at the pace of a scrape of every worker."""
+    conftest.wait_for(condition, timeout, poll=0.2)
 
 
 def all_workers_ready(server_root: str) -> bool:
@@ -67,15 +54,7 @@ def all_workers_ready(server_root: str) -> bool:
 
 def worker_pids(supervisor: int) -> set[int]:
     """The supervisor's worker processes (not multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    return {int(pid) for pid in children if b"spawn_main" in _cmdline(pid)}
-
-
-def _cmdline(pid: str) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return b""  # exited and reaped meanwhile
+    return {pid for pid in children(supervisor) if "spawn_main" in proc_file(pid, "cmdline")}
 
 
 def proxying(upstream: FakeUpstreamThread) -> list[str]:
@@ -85,10 +64,6 @@ def proxying(upstream: FakeUpstreamThread) -> list[str]:
 
 def auth(key: str) -> dict[str, str]:
     return {"authorization": f"Bearer {key}"}
-
-
-def root(process: Process) -> str:
-    return process.base_url.removesuffix("/v1")
 
 
 def fresh_connection_request(base_url: str, headers: dict[str, str] | None = None) -> httpx.Response:
