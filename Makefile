@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm test-load
+.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm test-load test-hostile
 # From Debian, installed together: Prometheus, promtool, Alertmanager and amtool, which the rule tests and the
 # live observability tests run; nginx, the reference proxy of `sinkwatch bench proxy` and of its test.
 PROMETHEUS_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool
@@ -62,6 +62,10 @@ bench: setup
 ## test-load: 500 concurrent streams for 60 s through the proxy, on one process and on two workers (about 3 min; marker `load`)
 test-load: $(INSTALLED)
 	$(BIN)/pytest -m load
+
+## test-hostile: every hostile-client attack against real gateway processes on loopback (marker `hostile`)
+test-hostile: setup
+	$(BIN)/pytest -m hostile tests/hostile
 
 # vLLM (CPU build) lives in its own environment: its pins differ from the gateway's. sinkwatch goes in without
 # dependencies, which registers its plugin (entry point vllm.general_plugins) in every vLLM process.
