@@ -173,3 +173,11 @@ def model_ready(model: str, backend: str, calibration: Calibration | None) -> No
     if calibration is not None:
         CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
         CALIBRATION.labels(model).info({"created": calibration.created, "generations": str(calibration.n_generations)})
+
+
+def endpoint_label(path: str) -> str:
+    """A closed label set for the metrics: the route's last path segment, or 'other'."""
+    for name in ("chat", "completions", "models"):
+        if path.startswith(f"/v1/{name}" if name != "chat" else "/v1/chat/completions"):
+            return name
+    return "other"

@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import httptools
 
 HIGH_WATER = 1 << 20
-LOW_WATER = 1 << 16
 
 
 class TransportError(Exception):
