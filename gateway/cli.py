@@ -7,6 +7,8 @@ import sys
 
 from gateway.config import add_arguments, load_settings
 
+__all__ = ["COMMAND_GROUPS", "build_parser"]
+
 
 def _serve(args: argparse.Namespace) -> None:
     from gateway.launch import serve

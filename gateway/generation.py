@@ -6,6 +6,19 @@ from typing import Literal, Protocol
 
 from monitors.features import StepFeatures
 
+__all__ = [
+    "Backend",
+    "ChatPrompt",
+    "FinishEvent",
+    "FinishReason",
+    "GenerationEvent",
+    "GenerationRequest",
+    "SamplingParams",
+    "StartEvent",
+    "TextPrompt",
+    "TokenEvent",
+]
+
 FinishReason = Literal["stop", "length", "content_filter"]
 
 

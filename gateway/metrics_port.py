@@ -7,6 +7,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
 
 from gateway.config import Settings
 
+__all__ = ["serve_metrics_apart"]
+
 
 def serve_metrics_apart(settings: Settings, registry: CollectorRegistry = REGISTRY) -> Callable[[], None]:
     """Serve ``/metrics`` (``registry``'s) on its own port when ``--metrics-port`` is set; returns what

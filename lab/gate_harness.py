@@ -16,6 +16,8 @@ from gateway.gate.policy import GateConfig, Policy
 from gateway.generation import Backend, GenerationRequest, StartEvent
 from monitors.calibration import Calibration, load_calibration
 
+__all__ = ["GatedRun", "run_gated", "start_embedded"]
+
 
 @dataclass
 class GatedRun:

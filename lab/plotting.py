@@ -3,6 +3,8 @@
 from pathlib import Path
 from typing import Any
 
+__all__ = ["pyplot", "save"]
+
 
 def pyplot() -> Any:
     """``matplotlib.pyplot`` on the non-interactive Agg backend (imported on first use: it is slow to import)."""

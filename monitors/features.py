@@ -29,6 +29,8 @@ from monitors.bands import LayerBand, captured_layers
 from monitors.probe import LinearProbe
 from monitors.spectral import centred_grams, effective_ranks, participation_ratios, unit_grams
 
+__all__ = ["FeatureExtractor", "StepFeatures"]
+
 _EPS = 1e-12
 # Tokens a per-layer metric needs before it exists: a previous state (cosine), one more (recurrence).
 _NEEDS_TOKENS = {"cosine": 1, "cosine_clip": 1, "recurrence": 2}

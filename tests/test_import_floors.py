@@ -122,3 +122,34 @@ def test_the_cycle_finder_finds_a_two_way_import() -> None:
     assert _cycles({"gateway.a": {"gateway.b"}, "gateway.b": {"gateway.a"}, "gateway.c": {"gateway.a"}}) == [
         ["gateway.a", "gateway.b"]
     ]
+
+
+def _declared_public(module: str) -> set[str] | None:
+    """The module's ``__all__``, or None when it declares none."""
+    tree = ast.parse((ROOT / (module.replace(".", "/") + ".py")).read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets):
+            return {element.value for element in node.value.elts}
+    return None
+
+
+def test_modules_import_from_each_other_only_what_is_declared_public() -> None:
+    """Private by underscore, public by ``__all__``: what one module takes from another is on its list."""
+    offenders = []
+    for floor in FLOORS:
+        for path in sorted((ROOT / floor).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module):
+                    continue
+                if (
+                    node.module.split(".")[0] not in FLOORS
+                    or not (ROOT / node.module.replace(".", "/")).with_suffix(".py").exists()
+                ):
+                    continue
+                public = _declared_public(node.module) or set()
+                offenders += [
+                    f"{_module_name(path)}: {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name not in public
+                ]
+    assert offenders == []

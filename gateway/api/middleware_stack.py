@@ -16,6 +16,8 @@ from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
 from gateway.workers.worker_context import WorkerContext
 
+__all__ = ["install_middleware"]
+
 
 def install_middleware(
     app: FastAPI, settings: Settings, backend: Backend, worker: WorkerContext | None = None

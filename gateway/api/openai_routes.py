@@ -11,6 +11,8 @@ from gateway.protocol.models import ModelCard, ModelList
 from gateway.serving.endpoints import create_chat_completion, create_completion
 from gateway.serving.serving_context import ServingContext
 
+__all__ = ["router"]
+
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 502, 504)}
 
 router = APIRouter(prefix="/v1", responses=_ERRORS)

@@ -35,6 +35,8 @@ from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool
 from monitors.bands import LayerBand
 
+__all__ = ["OpenAIBackend", "chunk_choice", "finish_event", "openai_backend", "upstream_request"]
+
 if TYPE_CHECKING:  # the reader brings torch and a model: imported only when there is one
     from gateway.backends.reader import Reader, ReadingSession
 

@@ -24,6 +24,8 @@ from monitors.bands import LayerBand
 from monitors.calibration import Calibration
 from monitors.vllm_plugin.wire import RequestTag, monitor_profile
 
+__all__ = ["vllm_backend"]
+
 
 class VLLMBackend:
     """Generations from vLLM upstreams, with features from the engine plugin when a receiver is given."""

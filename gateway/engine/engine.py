@@ -38,6 +38,8 @@ from monitors.capture import ResidualCapture
 from monitors.entropy import next_token_entropies
 from monitors.features import FeatureExtractor, StepFeatures
 
+__all__ = ["EmbeddedEngine", "encode_prompt"]
+
 log = logging.getLogger(__name__)
 
 

@@ -2,6 +2,8 @@
 
 from dataclasses import dataclass
 
+__all__ = ["EngineConfig"]
+
 
 @dataclass(frozen=True)
 class EngineConfig:

@@ -26,6 +26,8 @@ from gateway.protocol.stability import GateAttemptReport, GateReport, StabilityR
 from gateway.request_metrics import GateOutcome
 from monitors.verdict import Verdict, VerdictLevel
 
+__all__ = ["GateController"]
+
 
 @dataclass
 class Attempt:

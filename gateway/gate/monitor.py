@@ -8,6 +8,8 @@ from monitors.detector import StabilityDetector
 from monitors.features import StepFeatures
 from monitors.verdict import Verdict
 
+__all__ = ["RequestMonitor", "shifted"]
+
 
 class RequestMonitor:
     """One per generation attempt: feed it each token's features; ask it for the verdict and the report."""

@@ -7,6 +7,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway.errors import UnsupportedParameter
 from gateway.generation import SamplingParams
 
+__all__ = ["ErrorResponse", "GateOptions", "SamplingFields", "StrictModel", "Usage"]
+
 
 class StrictModel(BaseModel):
     """Rejects unknown fields, as OpenAI does ("Unrecognized request argument supplied")."""

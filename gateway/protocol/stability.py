@@ -2,6 +2,8 @@
 
 from pydantic import BaseModel, Field
 
+__all__ = ["BandReport", "GateAttemptReport", "GateReport", "StabilityReason", "StabilityReport"]
+
 
 class StabilityReason(BaseModel):
     """A calibrated signal past its threshold."""

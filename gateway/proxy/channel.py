@@ -15,6 +15,8 @@ from starlette.types import Receive, Scope, Send
 from gateway.errors import InvalidRequest, OpenAIError, render_error
 from gateway.security.admission import header
 
+__all__ = ["JSON_HEADERS", "AsgiChannel", "ClientChannel", "ClientGone", "Headers"]
+
 Headers = list[tuple[bytes, bytes]]
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
 

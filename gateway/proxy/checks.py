@@ -12,6 +12,8 @@ from gateway.gate.policy import GateConfig, resolve_policy
 from gateway.protocol.common import GateOptions
 from gateway.security.guards import invalid_json
 
+__all__ = ["checked_request"]
+
 _PROMPT_FIELD = {"chat": "messages", "completions": "prompt"}
 
 

@@ -36,6 +36,8 @@ from gateway.proxy.proxied_request import ROUTES, ProxiedRequest
 from gateway.security.admission import Admission
 from gateway.security.guards import too_large
 
+__all__ = ["FastPath", "FastPathProtocol", "NativeExchange", "protocol_class"]
+
 log = logging.getLogger(__name__)
 
 _CLOSE = (b"connection", b"close")

@@ -33,6 +33,8 @@ from gateway.request_metrics import RequestSeries
 from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
 from gateway.upstream.pool import UpstreamResponse
 
+__all__ = ["ROUTES", "ProxiedRequest"]
+
 ROUTES = {"/v1/chat/completions": ("chat", "/chat/completions"), "/v1/completions": ("completions", "/completions")}
 MAX_RESPONSE_BYTES = 64 << 20
 DONE = b"data: [DONE]\n\n"

@@ -11,6 +11,8 @@ from gateway.errors import AuthenticationFailed, OpenAIError, RateLimited
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
 
+__all__ = ["ANONYMOUS", "Admission", "header"]
+
 ANONYMOUS = "anonymous"
 
 

@@ -13,6 +13,8 @@ from gateway.errors import InvalidRequest, OpenAIError, RequestTooLarge, render_
 from gateway.metrics import endpoint_label
 from gateway.security.admission import Admission, header
 
+__all__ = ["BodyLimit", "Guard", "StrictJson", "invalid_json", "too_large"]
+
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 

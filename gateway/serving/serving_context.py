@@ -21,6 +21,8 @@ from gateway.serving.session import GenerationSession, RequestLabels
 from gateway.serving.shapes import ResponseShape
 from monitors.calibration import Calibration
 
+__all__ = ["ServingContext", "new_request_id", "now", "serve"]
+
 
 @dataclass
 class ServingContext:

@@ -19,6 +19,8 @@ from gateway.protocol.common import Usage
 from gateway.protocol.stability import StabilityReport
 from gateway.request_metrics import RequestSeries, outcome_of
 
+__all__ = ["GenerationSession", "RequestLabels"]
+
 
 @dataclass(frozen=True)
 class RequestLabels:

@@ -13,6 +13,8 @@ import orjson
 from gateway.errors import UpstreamError
 from gateway.upstream.pool import UpstreamResponse
 
+__all__ = ["DONE", "EventSplitter", "check_event_stream", "event_batches", "malformed"]
+
 DONE = b"[DONE]"
 MAX_EVENT_BYTES = 1 << 20
 _FIELDS = (b"event:", b"id:", b"retry:", b":")

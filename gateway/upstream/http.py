@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+__all__ = ["ConnectFailed", "HttpPool", "HttpResponse", "Origin", "ReadTimeout", "TransportError"]
+
 HIGH_WATER = 1 << 20
 
 

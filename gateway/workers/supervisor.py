@@ -43,6 +43,8 @@ from gateway.security.ratelimit import SharedBuckets
 from gateway.workers.exposition import WorkerExpositions
 from gateway.workers.worker_context import WorkerContext
 
+__all__ = ["serve_workers"]
+
 log = logging.getLogger(__name__)
 
 _SPAWN = multiprocessing.get_context("spawn")

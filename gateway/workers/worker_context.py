@@ -7,6 +7,8 @@ from pathlib import Path
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import SharedBuckets
 
+__all__ = ["WorkerContext"]
+
 
 @dataclass(frozen=True)
 class WorkerContext:

@@ -13,13 +13,16 @@ import statistics
 import time
 from pathlib import Path
 
-from gateway.engine.engine import EmbeddedEngine, EngineConfig
+from gateway.engine.engine import EmbeddedEngine
+from gateway.engine.engine_config import EngineConfig
 from gateway.engine.loader import LoadedModel, load_model
 from gateway.engine.provision import DEFAULT_MODEL, provision, served_name
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams, TokenEvent
 from lab.bench.figures import plot_engine
 from monitors.calibration import load_calibration
 from monitors.detector import StabilityDetector
+
+__all__ = ["add_arguments", "run"]
 
 PROMPT = ({"role": "user", "content": "Write a detailed essay about the history of sailing ships."},)
 

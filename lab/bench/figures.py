@@ -5,6 +5,8 @@ from pathlib import Path
 
 from lab.plotting import pyplot, save
 
+__all__ = ["plot_engine"]
+
 CAPTURE_STYLES = {"off": ("capture off", "0.45"), "on": ("capture + monitors on", "tab:orange")}
 
 

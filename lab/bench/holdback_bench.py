@@ -22,6 +22,8 @@ from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams
 from lab.eval.prompts import load_prompts
 from lab.gate_harness import GatedRun, run_gated, start_embedded
 
+__all__ = ["add_arguments", "run"]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch bench holdback``."""

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from gateway.upstream.event_stream import DONE, EventSplitter
 from gateway.upstream.http import HttpPool, Origin, TransportError
 
+__all__ = ["LoadClient", "LoadResult", "percentile", "run_load"]
+
 
 @dataclass
 class LoadResult:

@@ -22,6 +22,8 @@ from monitors.calibration import Calibration, load_calibration
 from monitors.detector import StabilityDetector
 from monitors.features import FeatureExtractor
 
+__all__ = ["add_arguments", "run"]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch bench monitors``."""

@@ -45,6 +45,8 @@ from lab.bench.loadgen import LoadClient, LoadResult, percentile, run_load
 from lab.bench.reference_proxy import NGINX_INSTALL_HINT, nginx, nginx_process, nginx_version
 from lab.fakes.processes import Process, fake_upstream_process, gateway_process, py_spy
 
+__all__ = ["add_arguments", "run"]
+
 FAST_MODEL = "fake-fast"
 PACED_MODEL = "fake-paced"
 CHAT = "/chat/completions"

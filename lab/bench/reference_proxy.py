@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from lab.fakes.processes import Process, free_port, running
 
+__all__ = ["NGINX_INSTALL_HINT", "nginx", "nginx_process", "nginx_version"]
+
 NGINX_INSTALL_HINT = "apt-get install nginx"
 
 _CONFIG = """\

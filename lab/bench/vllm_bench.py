@@ -28,6 +28,8 @@ from gateway.engine.provision import DEFAULT_MODEL, provision, served_name
 from lab.bench.vllm_server import VLLMServer, vllm_python
 from monitors.vllm_plugin.wire import RequestTag, decode_batch
 
+__all__ = ["add_arguments", "run", "session_rounds", "summarize"]
+
 PROMPT = "Write a detailed essay about the history of sailing ships."
 CONFIGS = ("off", "on", "on_untagged")
 # Half the rounds start the plugin-off server first, half the plugin-on one: two processes of the same

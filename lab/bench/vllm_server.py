@@ -19,6 +19,8 @@ import httpx
 
 from lab.fakes.processes import free_port
 
+__all__ = ["VLLMServer", "vllm_python"]
+
 DEFAULT_PYTHON = ".venv-vllm/bin/python"
 START_TIMEOUT = 900.0  # seconds: the first start compiles the model, minutes on a busy 2-core CPU
 

@@ -16,6 +16,8 @@ import torch
 from gateway.engine.loader import LoadedModel
 from lab.eval.corpus import CORPUS_VERSION, CorpusEntry, corpus_dir, read_manifest
 
+__all__ = ["augment_corpus"]
+
 TOP_K = 64
 
 

@@ -12,6 +12,8 @@ from gateway.engine.provision import DEFAULT_MODEL, served_name
 from lab.eval.corpus import CORPUS_VERSION, build_corpus, corpus_dir
 from lab.eval.dataset import labelled_entries
 
+__all__ = ["add_arguments", "run"]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch eval corpus``."""

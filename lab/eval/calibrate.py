@@ -20,6 +20,8 @@ from lab.eval.signals import Reference, Sampling, hold
 from monitors.bands import default_bands, parse_bands
 from monitors.calibration import Calibration, shipped_calibration_path
 
+__all__ = ["add_arguments", "bands_of", "calibrate_on", "ensure_corpus", "fit_options", "run"]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch calibrate`` (shared with ``sinkwatch eval``)."""

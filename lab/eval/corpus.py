@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gateway.engine.engine import EmbeddedEngine, EngineConfig
+from gateway.engine.engine import EmbeddedEngine
+from gateway.engine.engine_config import EngineConfig
 from gateway.engine.loader import LoadedModel
 from gateway.engine.provision import cache_root
 from gateway.generation import SamplingParams
@@ -22,6 +23,17 @@ from lab.eval.prompts import PromptCase, load_prompts
 from lab.eval.runner import GenerationJob, GenerationRecord, generate_all, teacher_forced_pass
 from monitors.bands import default_bands
 from monitors.entropy import next_token_entropies
+
+__all__ = [
+    "CORPUS_VERSION",
+    "CorpusEntry",
+    "build_corpus",
+    "corpus_dir",
+    "load_arrays",
+    "missing_jobs",
+    "read_manifest",
+    "state_shape",
+]
 
 CORPUS_VERSION = "v1"
 LOGIT_LENS_STRIDE = 5

@@ -15,6 +15,8 @@ from lab.eval.signals import (
     offline_trajectories,
 )
 
+__all__ = ["Generation", "build_generations", "labelled_entries"]
+
 
 @dataclass
 class Generation:

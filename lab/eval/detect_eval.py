@@ -31,6 +31,8 @@ from lab.eval.signals import Sampling
 from lab.eval.thresholds import candidate_spec, detection_credit
 from monitors.calibration import Calibration, SignalThreshold, fit_threshold
 
+__all__ = ["add_arguments", "combined", "run", "separation", "single_signal_spec"]
+
 BASELINES = ("text.repetition", "text.zlib", "entropy", "text.length")
 HORIZONS = (48, 64, 96)
 RECALL = 0.9

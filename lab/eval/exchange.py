@@ -25,6 +25,8 @@ from monitors.detector import StabilityDetector, usable_values
 from monitors.features import FeatureExtractor
 from monitors.text import text_sink_onset
 
+__all__ = ["add_arguments", "run"]
+
 
 def constraints() -> list[str]:
     """The constraints, in the order they are added."""
@@ -66,7 +68,8 @@ def _cache_dir(args: argparse.Namespace) -> Path:
 
 def _generate(args: argparse.Namespace, bands) -> None:
     """Generate and teacher-force the generations not cached yet (token ids, states, entropy per key)."""
-    from gateway.engine.engine import EmbeddedEngine, EngineConfig
+    from gateway.engine.engine import EmbeddedEngine
+    from gateway.engine.engine_config import EngineConfig
     from gateway.engine.loader import load_model
     from gateway.engine.provision import provision
     from lab.eval.runner import generate_all, teacher_forced_states

@@ -13,6 +13,8 @@ from monitors.bands import LayerBand, captured_layers
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.detector import REPETITION_SIGNAL
 
+__all__ = ["FitOptions", "fit_calibration"]
+
 RANK_METRICS = ("pr", "pr_clip", "eff_rank")
 SINK_METRICS = ("cosine", "cosine_clip", "drift", "recurrence")
 GLOBAL_SIGNALS = ("entropy", REPETITION_SIGNAL, "probe", "path")

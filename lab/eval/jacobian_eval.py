@@ -20,6 +20,8 @@ from lab.eval.dataset import labelled_entries
 from lab.eval.scoring import auroc
 from monitors.jacobian import decoder_block, estimate_stress, exact_jacobian, exact_stress
 
+__all__ = ["add_arguments", "run"]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch eval jacobian``."""

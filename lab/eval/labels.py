@@ -17,6 +17,8 @@ import numpy as np
 
 from monitors.text import RepetitionTracker, text_sink_onset
 
+__all__ = ["Label", "label_generation", "load_bland_labels", "repetition_trajectory"]
+
 
 @dataclass(frozen=True)
 class Label:

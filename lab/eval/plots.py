@@ -9,6 +9,8 @@ from lab.eval.dataset import Generation
 from lab.plotting import pyplot, save
 from monitors.calibration import Calibration
 
+__all__ = ["plot_trajectories"]
+
 PANELS = ("entropy", "probe", "middle.cosine", "late.pr", "late.drift", "text.repetition")
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+__all__ = ["PromptCase", "load_prompts"]
+
 
 @dataclass(frozen=True)
 class PromptCase:

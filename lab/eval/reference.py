@@ -13,6 +13,8 @@ from lab.eval.labels import Label
 from lab.eval.signals import Reference
 from monitors.probe import train_probe
 
+__all__ = ["fit_reference"]
+
 
 def probe_targets(label: Label, length: int, horizon: int) -> np.ndarray:
     """Per-token probe labels: 1 from ``horizon`` tokens before a visible sink's onset, 1 throughout a bland

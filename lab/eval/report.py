@@ -4,6 +4,8 @@ import argparse
 import json
 from pathlib import Path
 
+__all__ = ["add_arguments", "run"]
+
 SIGNAL_COLUMNS = (
     ("auroc_visible", "AUROC visible"),
     ("auroc_bland", "AUROC bland"),

@@ -29,6 +29,8 @@ from lab.eval.prompts import PromptCase, load_prompts
 from lab.gate_harness import GatedRun, run_gated, start_embedded
 from monitors.text import text_sink_onset
 
+__all__ = ["add_arguments", "run", "score_run", "summarize"]
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch eval rescue``."""

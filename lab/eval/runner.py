@@ -18,6 +18,8 @@ from gateway.generation import ChatPrompt, FinishEvent, GenerationRequest, Sampl
 from monitors.capture import ResidualCapture
 from monitors.entropy import next_token_entropies
 
+__all__ = ["GenerationJob", "GenerationRecord", "generate_all", "teacher_forced_pass", "teacher_forced_states"]
+
 
 @dataclass(frozen=True)
 class GenerationJob:

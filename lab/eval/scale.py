@@ -18,6 +18,8 @@ from lab.eval.detect_eval import combined, separation, single_signal_spec
 from lab.eval.signals import Sampling
 from monitors.bands import LayerBand, default_bands
 
+__all__ = ["add_arguments", "run"]
+
 KEY_SIGNALS = ("probe", "late.pr", "middle.cosine", "late.drift", "path")
 
 

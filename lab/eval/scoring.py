@@ -13,6 +13,8 @@ import numpy as np
 
 from monitors.calibration import SignalThreshold, persistent_extreme, tracked
 
+__all__ = ["auroc", "firing_token", "fpr_at_recall", "generation_score", "median_or_nan"]
+
 
 def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:
     """Probability that a random positive scores above a random negative (ties count half)."""

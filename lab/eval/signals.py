@@ -18,6 +18,16 @@ from monitors.bands import LayerBand, captured_layers
 from monitors.features import FeatureExtractor
 from monitors.probe import LinearProbe
 
+__all__ = [
+    "Reference",
+    "Sampling",
+    "baseline_trajectories",
+    "hidden_state_trajectories",
+    "hold",
+    "offline_trajectories",
+    "zlib_trajectory",
+]
+
 ZLIB_WINDOW = 64
 
 

@@ -19,6 +19,8 @@ from lab.eval.dataset import Generation
 from lab.eval.scoring import auroc
 from monitors.calibration import Direction, Family, SignalThreshold, persistent_extreme, tracked
 
+__all__ = ["Selection", "candidate_spec", "combine", "detection_credit", "rank_floor", "select_signals", "track"]
+
 LEAD_CLIP = 32
 CROSS_FIT_FOLDS = 5
 MIN_GAIN = 1.0  # a signal joins only if it adds at least one sink's worth of credit

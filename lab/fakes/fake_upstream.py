@@ -19,6 +19,8 @@ from enum import StrEnum
 import httptools
 import orjson
 
+__all__ = ["FakeUpstream", "FakeUpstreamConfig", "FakeUpstreamThread", "Fault"]
+
 
 class Fault(StrEnum):
     """How the fake upstream misbehaves (``none``: it does not)."""

@@ -16,6 +16,17 @@ from pathlib import Path
 
 import httpx
 
+__all__ = [
+    "Process",
+    "children",
+    "fake_upstream_process",
+    "free_port",
+    "gateway_process",
+    "proc_file",
+    "py_spy",
+    "running",
+]
+
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now."""
