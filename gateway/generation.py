@@ -17,6 +17,8 @@ __all__ = [
     "StartEvent",
     "TextPrompt",
     "TokenEvent",
+    "TokenLogprob",
+    "TokenLogprobs",
 ]
 
 FinishReason = Literal["stop", "length", "content_filter"]
@@ -35,6 +37,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None  # report each token's log-probability and this many most likely; None: none
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class GenerationRequest:
     sampling: SamplingParams
     continuation: str = ""
     monitor: bool = True
+    n: int = 1  # choices of the same prompt asked for together (each is a request of its own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +76,31 @@ class StartEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    """A token's text, its raw bytes and its log-probability under the model's distribution."""
+
+    token: str
+    logprob: float
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """The sampled token's log-probability and the most likely tokens at its step, most likely first."""
+
+    sampled: TokenLogprob
+    top: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class TokenEvent:
-    """One generated token: its text delta (may be empty while bytes are incomplete) and its features."""
+    """One generated token: its text delta (may be empty while bytes are incomplete), its features, and its
+    log-probabilities when the request asked for them."""
 
     text: str
     token_id: int | None
     features: StepFeatures | None = None
+    logprobs: TokenLogprobs | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from gateway.engine.engine import EmbeddedEngine
 from gateway.engine.engine_config import EngineConfig
 from gateway.engine.loader import load_model
 from gateway.engine.provision import provision
+from gateway.errors import UnsupportedParameter
 from gateway.generation import ChatPrompt, GenerationEvent, GenerationRequest, StartEvent
 from monitors.bands import LayerBand
 
@@ -62,6 +63,11 @@ class EmbeddedBackend:
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         engine = self.engine
+        if request.n > engine.config.max_queue:  # its choices could never all be queued: a 429 would never pass
+            raise UnsupportedParameter(
+                f"n={request.n} is more choices than this server queues at once ({engine.config.max_queue})",
+                param="n",
+            )
         prompt_ids = engine.encode_prompt(request)
         sampling = request.sampling
         if sampling.max_tokens is None:

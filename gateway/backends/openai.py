@@ -46,6 +46,8 @@ _FINISH_REASONS = frozenset(get_args(FinishReason))
 def upstream_request(request: GenerationRequest, continuation: str) -> tuple[str, dict]:
     """The upstream path and streaming JSON body for a generation request."""
     sampling = request.sampling
+    if sampling.logprobs is not None:  # the monitored path rebuilds answers from their text alone
+        raise UnsupportedParameter("logprobs are not served on this backend's monitored path", param="logprobs")
     body: dict = {"model": request.model, "stream": True, "stream_options": {"include_usage": True}}
     optional = {
         "max_tokens": sampling.max_tokens,

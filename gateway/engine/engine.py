@@ -23,6 +23,7 @@ from gateway.engine.batch import BatchCache
 from gateway.engine.detokenizer import IncrementalDetokenizer
 from gateway.engine.engine_config import EngineConfig
 from gateway.engine.loader import LoadedModel
+from gateway.engine.logprobs import TokenTexts, step_logprobs
 from gateway.engine.sampling import RowSampler, sample_batch
 from gateway.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, Overloaded
 from gateway.generation import (
@@ -142,6 +143,7 @@ class EmbeddedEngine:
         self._waiting: deque[_Sequence] = deque()
         self._active: list[_Sequence] = []
         self._batch = BatchCache()
+        self._token_texts = TokenTexts(loaded.tokenizer)
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -283,13 +285,16 @@ class EmbeddedEngine:
         token_entropy = next_token_entropies(logits).tolist() if monitored else None
         tokens = sample_batch(logits, [s.sampler for s in sequences])
         features = self._features(sequences, states, token_entropy, tokens) if monitored else [None] * len(tokens)
-        for sequence, token, token_features in zip(sequences, tokens, features, strict=True):
+        wanted = [s.request.sampling.logprobs for s in sequences]
+        logprobs = step_logprobs(logits, tokens, wanted, self._token_texts)
+        for sequence, token, token_features, token_logprobs in zip(sequences, tokens, features, logprobs, strict=True):
             sequence.output_ids.append(token)
-            if token in self.loaded.eos_token_ids:
+            if token in self.loaded.eos_token_ids:  # the end of the answer: no text, so no logprobs entry
                 sequence.emit(TokenEvent("", token, token_features))
                 sequence.finish("stop")
                 continue
-            sequence.emit(TokenEvent(sequence.detokenizer.push(token), token, token_features))
+            text = sequence.detokenizer.push(token)
+            sequence.emit(TokenEvent(text, token, token_features, token_logprobs))
             if sequence.detokenizer.stopped:
                 sequence.finish("stop")
             elif len(sequence.output_ids) >= sequence.request.sampling.max_tokens:

@@ -21,7 +21,15 @@ from gateway.gate.holdback import HoldBack, Slot, stable_prefix, token_ids
 from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import GateConfig, Policy
 from gateway.gate.rescue import STRATEGIES
-from gateway.generation import Backend, FinishEvent, GenerationEvent, GenerationRequest, StartEvent, TokenEvent
+from gateway.generation import (
+    Backend,
+    FinishEvent,
+    GenerationEvent,
+    GenerationRequest,
+    StartEvent,
+    TokenEvent,
+    TokenLogprobs,
+)
 from gateway.protocol.stability import GateAttemptReport, GateReport, StabilityReport
 from gateway.request_metrics import GateOutcome
 from monitors.verdict import Verdict, VerdictLevel
@@ -97,6 +105,7 @@ class GateController:
         self.detected: Verdict | None = None
         self._events: AsyncIterator[GenerationEvent] | None = None
         self._dropped: list[Slot] = []
+        self._logprobs_taken = 0
 
     async def run(self, events: AsyncIterator[GenerationEvent] | None) -> AsyncIterator[str]:
         """The client-visible text of every attempt, in order; ``events`` is the started first attempt."""
@@ -158,7 +167,7 @@ class GateController:
 
     def _take(self, event: TokenEvent) -> Verdict | None:
         """Buffer a token and show it to the monitor; the verdict when it had features."""
-        self._buffer.add(event.text, event.token_id)
+        self._buffer.add(event.text, event.token_id, event.logprobs)
         if self.monitor is None or event.features is None:
             return None
         return self.monitor.observe(event.features)
@@ -245,6 +254,14 @@ class GateController:
         if self.config.block_mode == "error":
             level = self.detected.level.value if self.detected else "unknown"
             raise ContentBlocked(f"the generation collapsed (sinkwatch verdict: {level}) and was blocked")
+
+    def take_released_logprobs(self) -> list[TokenLogprobs]:
+        """The log-probabilities of the tokens released since the last call, in order (released tokens are
+        never rolled back, so each is handed out once and only if the client got its text)."""
+        released = self._buffer.released
+        taken = self._buffer.slots[self._logprobs_taken : released]
+        self._logprobs_taken = released
+        return [slot.logprobs for slot in taken if slot.logprobs is not None]
 
     @property
     def completion_ids(self) -> list[int]:

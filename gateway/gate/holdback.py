@@ -17,6 +17,7 @@ so the breach is visible, never silent.
 
 from dataclasses import dataclass
 
+from gateway.generation import TokenLogprobs
 from monitors.calibration import Calibration
 from monitors.text import RepetitionTracker
 from monitors.verdict import Verdict, VerdictLevel
@@ -48,10 +49,12 @@ def stable_prefix(verdict: Verdict | None) -> int:
 
 @dataclass(slots=True)
 class Slot:
-    """One generated token as the gate keeps it: its text (with any text that followed without an id)."""
+    """One generated token as the gate keeps it: its text (with any text that followed without an id) and
+    its log-probabilities when the request asked for them."""
 
     text: str
     token_id: int | None
+    logprobs: TokenLogprobs | None = None
 
 
 def token_ids(slots: list[Slot]) -> list[int]:
@@ -71,12 +74,12 @@ class HoldBack:
     def __len__(self) -> int:
         return len(self.slots)
 
-    def add(self, text: str, token_id: int | None) -> None:
+    def add(self, text: str, token_id: int | None, logprobs: TokenLogprobs | None = None) -> None:
         """Append a token (or, without an id, text belonging to the last token)."""
         if token_id is None and self.slots:
             self.slots[-1].text += text
             return
-        self.slots.append(Slot(text, token_id))
+        self.slots.append(Slot(text, token_id, logprobs))
         if token_id is not None:
             self._repetition.push(token_id)
 

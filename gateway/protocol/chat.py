@@ -4,7 +4,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from gateway.errors import UnsupportedParameter
+from gateway.errors import InvalidRequest, UnsupportedParameter
 from gateway.protocol.common import SamplingFields, StrictModel, Usage
 from gateway.protocol.stability import StabilityReport
 
@@ -16,6 +16,9 @@ __all__ = [
     "ChatCompletionChunk",
     "ChatCompletionRequest",
     "ChatDelta",
+    "ChatLogprobs",
+    "ChatTokenLogprob",
+    "TopLogprob",
 ]
 
 
@@ -50,27 +53,12 @@ class ChatMessage(StrictModel):
         return "".join(part["text"] for part in self.content)
 
 
-_UNSUPPORTED = {
-    "tools": "tool calling",
-    "tool_choice": "tool calling",
-    "parallel_tool_calls": "tool calling",
-    "functions": "function calling",
-    "function_call": "function calling",
-    "audio": "audio output",
-    "prediction": "predicted outputs",
-    "web_search_options": "web search",
-    "reasoning_effort": "reasoning effort (the served model is not a reasoning model)",
-    "verbosity": "verbosity",
-    "moderation": "moderation",
-}
-
-
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     response_format: dict[str, Any] | None = None
     modalities: list[str] | None = None
     tools: Any = None
@@ -86,17 +74,14 @@ class ChatCompletionRequest(SamplingFields):
     moderation: Any = None
 
     @model_validator(mode="after")
-    def _chat_supported(self) -> "ChatCompletionRequest":
-        for name, feature in _UNSUPPORTED.items():
-            if getattr(self, name) is not None:
-                raise UnsupportedParameter(f"{feature} is not supported by this server", param=name)
-        if self.logprobs or self.top_logprobs is not None:
-            raise UnsupportedParameter("logprobs are not supported by this server", param="logprobs")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise UnsupportedParameter("only response_format type 'text' is supported", param="response_format")
-        if self.modalities is not None and self.modalities != ["text"]:
-            raise UnsupportedParameter("only the 'text' modality is supported", param="modalities")
+    def _top_logprobs_need_logprobs(self) -> "ChatCompletionRequest":
+        if self.top_logprobs is not None and not self.logprobs:
+            raise InvalidRequest("top_logprobs requires logprobs to be true", param="top_logprobs")
         return self
+
+    def logprobs_wanted(self) -> int | None:
+        """How many most likely tokens to report with each token's log-probability; None: no log-probabilities."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     def completion_limit(self) -> tuple[int | None, str]:
         """The requested completion limit and the parameter it came from."""
@@ -111,11 +96,33 @@ class AssistantMessage(BaseModel):
     refusal: str | None = None
 
 
+class TopLogprob(BaseModel):
+    """A token and its log-probability; ``bytes``: its UTF-8 bytes (a token may hold part of a character)."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(TopLogprob):
+    """A generated token with the most likely tokens at its position."""
+
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    """``choices[i].logprobs``: one entry per generated token of the content."""
+
+    content: list[ChatTokenLogprob] | None
+    refusal: list[ChatTokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
     finish_reason: str
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
+    stability: StabilityReport | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatCompletion(BaseModel):
@@ -138,7 +145,8 @@ class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
     finish_reason: str | None = None
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
+    stability: StabilityReport | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class ChatCompletionChunk(BaseModel):

@@ -52,8 +52,6 @@ class SamplingFields(StrictModel):
 
     @model_validator(mode="after")
     def _supported(self) -> "SamplingFields":
-        if self.n not in (None, 1):
-            raise UnsupportedParameter("n > 1 is not supported; send one request per choice", param="n")
         if isinstance(self.stop, list) and len(self.stop) > 4:
             raise UnsupportedParameter("at most 4 stop sequences are supported", param="stop")
         if self.stream_options is not None and not self.stream:
@@ -63,8 +61,9 @@ class SamplingFields(StrictModel):
                 raise UnsupportedParameter(f"logit_bias keys must be token ids, not {key[:40]!r}", param="logit_bias")
         return self
 
-    def sampling(self, max_tokens: int | None) -> SamplingParams:
-        """The backend-level sampling parameters (OpenAI defaults: temperature 1, top_p 1)."""
+    def sampling(self, max_tokens: int | None, logprobs: int | None = None) -> SamplingParams:
+        """The backend-level sampling parameters (OpenAI defaults: temperature 1, top_p 1); ``logprobs``: how
+        many most likely tokens to report with each token's log-probability (None: no log-probabilities)."""
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(
             max_tokens=max_tokens,
@@ -76,6 +75,7 @@ class SamplingFields(StrictModel):
             frequency_penalty=self.frequency_penalty or 0.0,
             repetition_penalty=self.repetition_penalty or 1.0,
             logit_bias={int(k): v for k, v in (self.logit_bias or {}).items()},
+            logprobs=logprobs,
         )
 
 

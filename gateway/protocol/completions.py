@@ -8,7 +8,7 @@ from gateway.errors import UnsupportedParameter
 from gateway.protocol.common import SamplingFields, Usage
 from gateway.protocol.stability import StabilityReport
 
-__all__ = ["Completion", "CompletionChoice", "CompletionRequest"]
+__all__ = ["Completion", "CompletionChoice", "CompletionLogprobs", "CompletionRequest"]
 
 
 def _is_batch(prompt: object) -> bool:
@@ -22,7 +22,7 @@ class CompletionRequest(SamplingFields):
     best_of: int | None = None
     echo: bool | None = None
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
 
     @model_validator(mode="after")
     def _completion_supported(self) -> "CompletionRequest":
@@ -34,8 +34,6 @@ class CompletionRequest(SamplingFields):
             raise UnsupportedParameter("echo is not supported", param="echo")
         if self.suffix:
             raise UnsupportedParameter("suffix is not supported", param="suffix")
-        if self.logprobs is not None:
-            raise UnsupportedParameter("logprobs are not supported by this server", param="logprobs")
         return self
 
     def single_prompt(self) -> str | list[int]:
@@ -43,11 +41,23 @@ class CompletionRequest(SamplingFields):
         return self.prompt[0] if _is_batch(self.prompt) else self.prompt
 
 
+class CompletionLogprobs(BaseModel):
+    """Legacy ``choices[i].logprobs``: parallel lists, one entry per generated token; ``text_offset`` is each
+    token's character offset in the choice's text; ``top_logprobs`` maps the most likely tokens (and the
+    sampled one) to their log-probabilities."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
+    stability: StabilityReport | None = Field(None, exclude_if=lambda v: v is None)
 
 
 class Completion(BaseModel):

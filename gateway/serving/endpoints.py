@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from gateway.generation import ChatPrompt, GenerationRequest, TextPrompt
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
+from gateway.serving.refusals import refuse_unhonoured
 from gateway.serving.serving_context import ServingContext, new_request_id, now, serve
 from gateway.serving.shapes import ChatShape, CompletionShape
 
@@ -21,15 +22,16 @@ async def create_chat_completion(body: ChatCompletionRequest, http: Request, ctx
     """Serve one chat completion, streamed or whole."""
     received_at, created = now()
     ctx.check_model(body.model)
+    refuse_unhonoured(body)
     limit, _ = body.completion_limit()
     messages = tuple({"role": _TEMPLATE_ROLE.get(m.role, m.role), "content": m.text()} for m in body.messages)
     request = GenerationRequest(
         request_id=new_request_id("chatcmpl"),
         model=body.model,
         prompt=ChatPrompt(messages),
-        sampling=body.sampling(limit),
+        sampling=body.sampling(limit, body.logprobs_wanted()),
     )
-    shape = ChatShape(request.request_id, body.model, created)
+    shape = ChatShape(request.request_id, body.model, created, logprobs=body.logprobs_wanted() is not None)
     return await serve(ctx, http, body, request, shape, "chat", received_at)
 
 
@@ -43,7 +45,7 @@ async def create_completion(body: CompletionRequest, http: Request, ctx: Serving
         request_id=new_request_id("cmpl"),
         model=body.model,
         prompt=text_prompt,
-        sampling=body.sampling(body.max_tokens),
+        sampling=body.sampling(body.max_tokens, body.logprobs),
     )
-    shape = CompletionShape(request.request_id, body.model, created)
+    shape = CompletionShape(request.request_id, body.model, created, logprobs=body.logprobs is not None)
     return await serve(ctx, http, body, request, shape, "completions", received_at)

@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.errors import EngineFailure, OpenAIError, error_event
-from gateway.serving.session import GenerationSession
-from gateway.serving.shapes import ResponseShape
+from gateway.generation import TokenLogprobs
+from gateway.serving.session import GenerationSession, Piece
+from gateway.serving.shapes import ChoiceResult, ResponseShape
 from gateway.serving.sse_framing import DONE, sse_data
 
 __all__ = ["ACTION_HEADER", "VERDICT_HEADER", "streaming_response", "whole_response"]
@@ -48,17 +49,32 @@ async def whole_response(session: GenerationSession, shape: ResponseShape, http:
         await session.aclose()
     if collector not in done:
         raise asyncio.CancelledError("client disconnected")
-    text = collector.result()
     report = session.report()
-    body = shape.whole(text, session.finish_reason, session.usage, report)
+    body = shape.whole(collector.result(), session.usage, report)
     headers = {VERDICT_HEADER: report.verdict} if report is not None else {}
     if report is not None and report.gate is not None:
         headers[ACTION_HEADER] = report.gate.action
     return JSONResponse(body.model_dump(mode="json"), headers=headers)
 
 
-async def _collect(session: GenerationSession) -> str:
-    return "".join([piece async for piece in session.deltas()])
+async def _collect(session: GenerationSession) -> list[ChoiceResult]:
+    """Every choice's text and log-probabilities, with its own report when there are several."""
+    texts: list[list[str]] = [[] for _ in range(session.n)]
+    logprobs: list[list[TokenLogprobs]] = [[] for _ in range(session.n)]
+    async for update in session.updates():
+        if isinstance(update, Piece):
+            texts[update.choice].append(update.text)
+            logprobs[update.choice].extend(update.logprobs)
+    return [
+        ChoiceResult(
+            index=index,
+            text="".join(texts[index]),
+            finish_reason=session.finish_reason(index),
+            logprobs=tuple(logprobs[index]),
+            report=session.choice_report(index) if session.n > 1 else None,
+        )
+        for index in range(session.n)
+    ]
 
 
 async def _wait_for_disconnect(http: Request) -> None:
@@ -67,17 +83,25 @@ async def _wait_for_disconnect(http: Request) -> None:
 
 
 def streaming_response(session: GenerationSession, shape: ResponseShape, include_usage: bool) -> StreamingResponse:
-    """SSE: opening chunks, text deltas, the finish chunk, the usage chunk if asked, then ``[DONE]``.
+    """SSE: opening chunks, text deltas, each choice's finish chunk, the usage chunk if asked, then ``[DONE]``.
 
-    The stability report rides on the last chunk before ``[DONE]``.
+    With several choices, chunks interleave as the choices generate and each finish chunk carries its
+    choice's report; the top-level report rides on the last chunk before ``[DONE]``.
     """
 
     async def events() -> AsyncIterator[bytes]:
-        for chunk in shape.opening():
+        for chunk in shape.opening(session.n):
             yield sse_data(chunk)
+        ended = 0
         try:
-            async for piece in session.deltas():
-                yield sse_data(shape.delta(piece))
+            async for update in session.updates():
+                if isinstance(update, Piece):
+                    yield sse_data(shape.delta(update))
+                    continue
+                ended += 1
+                own = session.choice_report(update.choice) if session.n > 1 else None
+                last = session.report() if ended == session.n and not include_usage else None
+                yield sse_data(shape.closing(update.choice, session.finish_reason(update.choice), own, last))
         except OpenAIError as error:
             yield error_event(error, session.labels.endpoint)
             yield DONE
@@ -87,13 +111,8 @@ def streaming_response(session: GenerationSession, shape: ResponseShape, include
             yield error_event(EngineFailure(f"generation failed: {type(exc).__name__}"), session.labels.endpoint)
             yield DONE
             return
-        report = session.report()
-        finish_reason = session.finish_reason
         if include_usage:
-            yield sse_data(shape.closing(finish_reason, None))
-            yield sse_data(shape.usage(session.usage, report))
-        else:
-            yield sse_data(shape.closing(finish_reason, report))
+            yield sse_data(shape.usage(session.usage, session.report()))
         yield DONE
 
     return _SessionStream(session, events())

@@ -21,7 +21,7 @@ from gateway.serving.session import GenerationSession, RequestLabels
 from gateway.serving.shapes import ResponseShape
 from monitors.calibration import Calibration
 
-__all__ = ["ServingContext", "new_request_id", "now", "serve"]
+__all__ = ["ServingContext", "choice_requests", "new_request_id", "now", "serve"]
 
 
 @dataclass
@@ -75,7 +75,7 @@ async def serve(
     labels = RequestLabels(model=request.model, endpoint=endpoint, backend=ctx.backend.name)
     session = GenerationSession(
         ctx.backend,
-        request,
+        choice_requests(request, body.n or 1),
         ctx.policy_for(body, http),
         ctx.gate_config,
         ctx.monitor_factory(),
@@ -88,6 +88,23 @@ async def serve(
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return streaming_response(session, shape, include_usage)
     return await whole_response(session, shape, http)
+
+
+def choice_requests(request: GenerationRequest, n: int) -> list[GenerationRequest]:
+    """The generations of ``n`` choices of one prompt: each its own request id and, when the request is
+    seeded, its own seed (``seed + index``, as vLLM), so that sampled choices differ and each reproduces."""
+    if n == 1:
+        return [request]
+    seed = request.sampling.seed
+    return [
+        replace(
+            request,
+            request_id=f"{request.request_id}-{index}",
+            n=n,
+            sampling=replace(request.sampling, seed=None if seed is None else seed + index),
+        )
+        for index in range(n)
+    ]
 
 
 def now() -> tuple[float, int]:

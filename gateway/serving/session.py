@@ -1,25 +1,26 @@
-"""One request's generation as the client sees it: text deltas, finish reason, usage and stability.
+"""One request's generations as the client sees them: text pieces per choice, finish reasons, usage and stability.
 
-Shared by both endpoints; they differ only in how they shape responses. The gate controller decides
-what text reaches the client; this module owns the request's lifecycle and records its metrics once,
-when it ends.
+Shared by both endpoints; they differ only in how they shape responses. A request for ``n`` choices runs
+``n`` generations of its prompt, each with its own gate (monitor, hold-back, block, rescue): the choices
+are independent answers. The gate controllers decide what text reaches the client; this module owns the
+request's lifecycle and records its metrics once, when it ends.
 """
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.errors import ContentBlocked, NotReady, OpenAIError
 from gateway.gate.controller import GateController
 from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import GateConfig, Policy
-from gateway.generation import Backend, GenerationEvent, GenerationRequest, StartEvent
+from gateway.generation import Backend, GenerationEvent, GenerationRequest, StartEvent, TokenLogprobs
 from gateway.protocol.common import Usage
-from gateway.protocol.stability import StabilityReport
+from gateway.protocol.stability import StabilityReport, worst_of
 from gateway.request_metrics import RequestSeries, outcome_of
 
-__all__ = ["GenerationSession", "RequestLabels"]
+__all__ = ["ChoiceEnd", "GenerationSession", "Piece", "RequestLabels"]
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,29 @@ class RequestLabels:
     backend: str
 
 
+@dataclass(frozen=True, slots=True)
+class Piece:
+    """Text one choice adds for the client, with the log-probabilities of the tokens released with it."""
+
+    choice: int
+    text: str
+    logprobs: tuple[TokenLogprobs, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChoiceEnd:
+    """A choice has finished: its finish reason and report are known."""
+
+    choice: int
+
+
 class GenerationSession:
-    """Drive a gated, monitored generation and record the request's metrics."""
+    """Drive the gated, monitored generations of one request and record the request's metrics."""
 
     def __init__(
         self,
         backend: Backend,
-        request: GenerationRequest,
+        requests: Sequence[GenerationRequest],
         policy: Policy,
         gate_config: GateConfig,
         new_monitor: Callable[[], RequestMonitor | None],
@@ -45,72 +62,131 @@ class GenerationSession:
         labels: RequestLabels,
         received_at: float,
     ) -> None:
-        self.request = request
+        self.request = requests[0]
         self.labels = labels
         self._backend = backend
+        self._requests = requests
         self._received_at = received_at
         self._series = RequestSeries.of(labels.model, labels.endpoint, labels.backend)
-        self.gate = GateController(backend, request, policy, gate_config, new_monitor, streaming)
-        self._events: AsyncIterator[GenerationEvent] | None = None
+        self.gates = [GateController(backend, r, policy, gate_config, new_monitor, streaming) for r in requests]
+        self._events: list[AsyncIterator[GenerationEvent]] = []
+        self._tasks: list[asyncio.Task] = []
         self._first_text_at: float | None = None
         self._ended = False
 
+    @property
+    def n(self) -> int:
+        """How many choices the request asked for."""
+        return len(self.gates)
+
     async def start(self) -> None:
-        """Submit the request and wait until the backend accepts it, so that refusals become HTTP errors."""
+        """Submit every choice and wait until the backend accepts each, so that refusals become HTTP errors."""
         self._series.begin()
         try:
             if not self._backend.ready:
                 raise NotReady("the model is still loading; retry shortly")
-            self._events = self._backend.generate(self.request)
-            first = await anext(self._events)
-            if not isinstance(first, StartEvent):
-                raise OpenAIError(f"backend {self._backend.name} did not start the generation properly")
-            self.gate.result.prompt_tokens = first.prompt_tokens or 0
+            for gate, request in zip(self.gates, self._requests, strict=True):
+                events = self._backend.generate(request)
+                self._events.append(events)
+                first = await anext(events)
+                if not isinstance(first, StartEvent):
+                    raise OpenAIError(f"backend {self._backend.name} did not start the generation properly")
+                gate.result.prompt_tokens = first.prompt_tokens or 0
         except BaseException as exc:
+            for events in self._events:
+                await events.aclose()
             self._end(exc)
             raise
 
-    async def deltas(self) -> AsyncIterator[str]:
-        """Text pieces the client may see, in order; afterwards ``finish_reason``, ``usage``, ``report()``."""
+    async def updates(self) -> AsyncIterator[Piece | ChoiceEnd]:
+        """What the client may see, in order: each choice's pieces and then its end, choices interleaved as
+        they generate. Afterwards ``finish_reason``, ``usage`` and the reports hold."""
         error: BaseException | None = None
         try:
-            async for text in self.gate.run(self._events):
-                if text:
-                    self._note_first_text()
-                    yield text
+            async for update in self._choice(0) if self.n == 1 else self._merged():
+                yield update
         except BaseException as exc:
             error = exc
             raise
         finally:
             self._end(error)
 
+    async def _choice(self, index: int) -> AsyncIterator[Piece | ChoiceEnd]:
+        """One choice through its gate."""
+        gate = self.gates[index]
+        async for text in gate.run(self._events[index]):
+            self._note_first_text()
+            yield Piece(index, text, tuple(gate.take_released_logprobs()))
+        if rest := gate.take_released_logprobs():  # tokens released without text of their own
+            yield Piece(index, "", tuple(rest))
+        yield ChoiceEnd(index)
+
+    async def _merged(self) -> AsyncIterator[Piece | ChoiceEnd]:
+        """Every choice at once, each on its own task; the first failure ends them all."""
+        updates: asyncio.Queue[Piece | ChoiceEnd | Exception] = asyncio.Queue()
+
+        async def drive(index: int) -> None:
+            try:
+                async for update in self._choice(index):
+                    updates.put_nowait(update)
+            except Exception as exc:  # handed to the consumer, which raises it
+                updates.put_nowait(exc)
+
+        self._tasks = [asyncio.create_task(drive(index)) for index in range(self.n)]
+        try:
+            ended = 0
+            while ended < self.n:
+                update = await updates.get()
+                if isinstance(update, Exception):
+                    raise update
+                ended += isinstance(update, ChoiceEnd)
+                yield update
+        finally:
+            await self._stop_choices()
+
+    async def _stop_choices(self) -> None:
+        """Cancel the choices' tasks still running and wait until they have closed their generations."""
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def _note_first_text(self) -> None:
         if self._first_text_at is None:
             self._first_text_at = time.perf_counter()
             self._series.first_token(self._received_at, self._first_text_at)
 
-    @property
-    def finish_reason(self) -> str:
-        return self.gate.result.finish_reason
+    def finish_reason(self, choice: int = 0) -> str:
+        """Why a choice ended."""
+        return self.gates[choice].result.finish_reason
 
     @property
     def usage(self) -> Usage:
-        result = self.gate.result
-        return Usage(
-            prompt_tokens=result.prompt_tokens,
-            completion_tokens=result.completion_tokens,
-            total_tokens=result.prompt_tokens + result.completion_tokens,
-        )
+        """The prompt once, and the completion tokens of every choice."""
+        prompt = max(gate.result.prompt_tokens for gate in self.gates)
+        completion = sum(gate.result.completion_tokens for gate in self.gates)
+        return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def choice_report(self, choice: int) -> StabilityReport | None:
+        """One choice's stability report, or None when it is not monitored or the policy is ``observe``."""
+        return self.gates[choice].stability_report()
 
     def report(self) -> StabilityReport | None:
-        """The stability report, or None when the request is not monitored or the policy is ``observe``."""
-        return self.gate.stability_report()
+        """The top-level stability report: the only choice's, or the worst choice's (naming it) when n > 1."""
+        if self.n == 1:
+            return self.choice_report(0)
+        reports = [(index, report) for index in range(self.n) if (report := self.choice_report(index))]
+        if not reports:
+            return None
+        worst = worst_of([report for _, report in reports])
+        return worst.model_copy(update={"choice": reports[worst.choice][0]})
 
     async def aclose(self) -> None:
-        """Stop the generation if it is still running (client gone) and record the request once."""
-        if self._events is not None:
-            await self._events.aclose()
-        await self.gate.aclose()
+        """Stop the generations still running (client gone) and record the request once."""
+        await self._stop_choices()
+        for events in self._events:
+            await events.aclose()
+        for gate in self.gates:
+            await gate.aclose()
         self._end(asyncio.CancelledError())
 
     def _end(self, error: BaseException | None) -> None:
@@ -118,10 +194,12 @@ class GenerationSession:
             return
         self._ended = True
         outcome = outcome_of(error)
-        result = self.gate.result
         if outcome == "ok":
-            self._series.tokens(result.prompt_tokens, result.generated_tokens, result.completion_tokens)
-        gate = self.gate.outcome()
-        if gate is not None and (outcome == "ok" or isinstance(error, ContentBlocked)):
-            self._series.stability(gate)
+            results = [gate.result for gate in self.gates]
+            generated = sum(result.generated_tokens for result in results)
+            self._series.tokens(self.usage.prompt_tokens, generated, self.usage.completion_tokens)
+        for gate in self.gates:
+            gate_outcome = gate.outcome()
+            if gate_outcome is not None and (outcome == "ok" or isinstance(error, ContentBlocked)):
+                self._series.stability(gate_outcome)
         self._series.end(self._received_at, outcome)
