@@ -119,9 +119,11 @@ def test_unknown_model_is_404_in_openai_format(client):
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"logprobs": True}, "logprobs"),
+        ({"tool_choice": "required"}, "tool_choice"),
+        ({"functions": [{"name": "f"}]}, "functions"),
+        ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"temperature": "hot"}, "temperature"),
         ({"temperature": 3}, "temperature"),
@@ -138,6 +140,18 @@ def test_bad_parameters_get_400_with_param(gateway, extra, param):
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
     assert error["message"]
+
+
+def test_tools_are_refused_with_the_official_client_naming_tools(client):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=MODEL, messages=HELLO, tools=tools)
+    assert caught.value.body["param"] == "tools"
+    assert caught.value.body["code"] == "unsupported_parameter"
+    answered = client.chat.completions.create(
+        model=MODEL, messages=HELLO, tools=tools, tool_choice="none", max_tokens=4
+    )
+    assert answered.choices[0].message.content and answered.choices[0].message.tool_calls is None
 
 
 def test_malformed_json_is_400(gateway):
