@@ -14,7 +14,7 @@ from tokenizers import decoders
 
 from gateway.generation import TokenLogprob, TokenLogprobs
 
-__all__ = ["TokenTexts", "step_logprobs"]
+__all__ = ["LOGPROB_FLOOR", "TokenTexts", "step_logprobs"]
 
 # The floor of a reported log-probability (OpenAI's value for tokens the model all but excludes): JSON has
 # no -Infinity, and a token may be sampled by a logit bias the model gave no probability.

@@ -74,6 +74,24 @@ def test_the_sinkwatch_extension_is_not_sent_upstream(upstream, proxy):
     assert "sinkwatch" not in upstream.stats.bodies[-1]
 
 
+def test_choices_logprobs_and_tools_go_upstream_untouched(upstream, proxy):
+    upstream.config.record_bodies = True
+    body = {
+        **CHAT,
+        "n": 2,
+        "logprobs": True,
+        "top_logprobs": 3,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "required",
+    }
+    response = _post(proxy.base_url, "/v1/chat/completions", body)
+    assert response.status_code == 200
+    assert upstream.stats.bodies[-1] == body
+    legacy = {"model": FAKE_MODEL, "prompt": "hi", "n": 3, "logprobs": 2}
+    assert _post(proxy.base_url, "/v1/completions", legacy).status_code == 200
+    assert upstream.stats.bodies[-1] == legacy
+
+
 def test_request_ids_go_upstream_and_come_back(upstream, proxy):
     response = _post(proxy.base_url, "/v1/chat/completions", CHAT, **{"x-request-id": "trace-42"})
     assert response.headers["x-request-id"] == "trace-42"
