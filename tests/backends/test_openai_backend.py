@@ -55,6 +55,12 @@ def test_continuations_the_upstream_cannot_take_are_refused():
         upstream_request(_request(TextPrompt(token_ids=(1, 2, 3)), "more"), "continue_final_message")
 
 
+def test_logprobs_are_refused_on_the_monitored_path_which_rebuilds_answers_from_text():
+    with pytest.raises(UnsupportedParameter) as refused:
+        upstream_request(_request(ChatPrompt(MESSAGES), logprobs=2), "continue_final_message")
+    assert refused.value.param == "logprobs"
+
+
 async def _generate(config: FakeUpstreamConfig, request: GenerationRequest) -> list:
     async with FakeUpstream(config) as fake:
         backend = OpenAIBackend(UpstreamPool([("fake", fake.base_url)], PoolConfig(health_interval=60)))
