@@ -12,8 +12,8 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.errors import Overloaded
 from gateway.generation import GenerationRequest
-from tests.conftest import RunningServer, free_port
-from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend
+from tests.conftest import RunningServer, free_port, metric
+from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend, loop_after, token_text
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "seed": 5}
 
@@ -45,6 +45,34 @@ class ChoiceBackend(ScriptedBackend):
                 count += 1
                 if count == 4:  # the start event and three tokens
                     raise RuntimeError("the device fell over")
+
+
+@dataclass
+class OneLoopingChoice:
+    """Choice 1 falls into a loop at token 10 on its first attempt (its rescues do not); the others never do."""
+
+    calm: ScriptedBackend
+    looping: ScriptedBackend
+    name: str = "scripted"
+    ready: bool = True
+
+    def model_names(self) -> list[str]:
+        return [MODEL]
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def generate(self, request: GenerationRequest):
+        choice = request.request_id.partition("-rescue")[0]
+        return (self.looping if choice.endswith("-1") else self.calm).generate(request)
+
+
+def _one_looping_choice() -> OneLoopingChoice:
+    ids, entropy = loop_after(10)
+    return OneLoopingChoice(ScriptedBackend([40, 30]), ScriptedBackend([40, 30], ids=ids, entropy=entropy))
 
 
 @pytest.fixture
@@ -93,3 +121,41 @@ def test_a_refused_choice_refuses_the_request_and_closes_the_started_ones(serve)
     assert response.status_code == 429
     assert response.json()["error"]["code"] == "queue_full"
     assert backend.closed == 2  # both choices that had started
+
+
+def test_under_block_only_the_looping_choice_is_cut_and_each_choice_is_counted(serve):
+    server = serve(_one_looping_choice())
+    labels = {"model": MODEL, "policy": "block"}
+    before = {a: metric(server.base_url, "sinkwatch_gate_actions_total", action=a, **labels) for a in ("pass", "block")}
+    body = {**BODY, "max_tokens": 40, "n": 2, "sinkwatch": {"policy": "block"}}
+    response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30).json()
+    calm, looped = response["choices"]
+    assert calm["message"]["content"] == "".join(token_text(0, i) for i in range(40))
+    assert calm["finish_reason"] == "length" and calm["stability"]["gate"]["action"] == "pass"
+    assert looped["message"]["content"] == "".join(token_text(0, i) for i in range(10))
+    assert looped["finish_reason"] == "content_filter" and looped["stability"]["gate"]["action"] == "block"
+    assert response["stability"]["choice"] == 1 and response["stability"]["verdict"] == "sink"
+    after = {a: metric(server.base_url, "sinkwatch_gate_actions_total", action=a, **labels) for a in ("pass", "block")}
+    assert {a: after[a] - before[a] for a in after} == {"pass": 1, "block": 1}
+
+
+def test_under_rescue_the_looping_choice_is_rescued_on_its_own_in_the_stream(serve):
+    backend = _one_looping_choice()
+    server = serve(backend)
+    body = {**BODY, "max_tokens": 40, "n": 2, "stream": True, "sinkwatch": {"policy": "rescue"}}
+    with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=30) as response:
+        chunks = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    texts = {0: "", 1: ""}
+    finish = {}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            texts[choice["index"]] += choice["delta"].get("content") or ""
+            if choice["finish_reason"]:
+                finish[choice["index"]] = choice["stability"]["gate"]
+    assert texts[0] == "".join(token_text(0, i) for i in range(40))
+    kept = "".join(token_text(0, i) for i in range(10))
+    assert texts[1] == kept + "".join(token_text(1, i) for i in range(30))
+    assert (finish[0]["action"], finish[1]["action"], finish[1]["outcome"]) == ("pass", "rescue", "rescued")
+    assert [r.request_id.rpartition("-")[2] for r in backend.looping.requests] == ["1", "rescue1"]
+    # the rescued answer's final verdict is ok, like the calm one's: the top-level names the first of equals
+    assert (chunks[-1]["stability"]["verdict"], chunks[-1]["stability"]["choice"]) == ("ok", 0)
