@@ -279,7 +279,8 @@ class EmbeddedEngine:
         self._advance(self._active, out.logits[:, -1].float())
 
     def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
-        """Sample one token for each sequence, emit it with its features, finish those that are done."""
+        """Sample one token for each sequence, emit it with its features (and log-probabilities when asked),
+        finish those that are done."""
         monitored = any(s.extractor is not None for s in sequences)
         states = self._capture.take().numpy() if self._capture is not None else None
         token_entropy = next_token_entropies(logits).tolist() if monitored else None
@@ -293,8 +294,7 @@ class EmbeddedEngine:
                 sequence.emit(TokenEvent("", token, token_features))
                 sequence.finish("stop")
                 continue
-            text = sequence.detokenizer.push(token)
-            sequence.emit(TokenEvent(text, token, token_features, token_logprobs))
+            sequence.emit(TokenEvent(sequence.detokenizer.push(token), token, token_features, token_logprobs))
             if sequence.detokenizer.stopped:
                 sequence.finish("stop")
             elif len(sequence.output_ids) >= sequence.request.sampling.max_tokens:
