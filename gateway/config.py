@@ -37,6 +37,12 @@ class Settings:
     max_batch: int = _setting(8, "embedded engine: requests decoded together")
     max_queue: int = _setting(64, "embedded engine: requests waiting for a slot before 429")
     max_model_len: int = _setting(2048, "embedded engine: prompt plus completion tokens")
+    default_max_tokens: int = _setting(
+        1024, "embedded engine: completion limit of a request that names none, within the context (0: the context left)"
+    )
+    max_tokens_limit: int = _setting(
+        0, "embedded engine: largest max_tokens a request may ask for, 400 above (0: only the context bounds it)"
+    )
     capture: bool = _setting(True, "capture hidden states and run the monitors")
     calibration: str = _setting("", "calibration file (default: the one shipped for the model)")
     bands: str = _setting("", "layer bands, e.g. 'early=4,7;middle=13,17;late=23,27' (default: calibration's)")
@@ -129,6 +135,9 @@ def _validated(settings: Settings) -> Settings:
             raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {getattr(settings, f.name)!r}")
     if settings.workers < 1:
         raise ValueError(f"workers must be at least 1, not {settings.workers}")
+    for name in ("default_max_tokens", "max_tokens_limit"):
+        if getattr(settings, name) < 0:
+            raise ValueError(f"{name} must be 0 or more, not {getattr(settings, name)}")
     if settings.workers > 1 and (settings.backend != "openai" or settings.reader):
         raise ValueError(
             "workers > 1 needs the openai backend without --reader: a model or a vLLM stats channel lives in "
