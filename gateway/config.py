@@ -88,10 +88,15 @@ class Settings:
         "", "API keys clients must send, comma-separated 'name:key' or 'name:sha256:HEX' (empty: no auth)", secret=True
     )
     api_keys_file: str = _setting("", "file of API keys, one 'name:key' or 'name:sha256:HEX' per line")
+    auth_failure_limit: int = _setting(
+        10, "failed API-key attempts a client address may make per window before every request of it gets 429 (0: off)"
+    )
+    auth_failure_window: float = _setting(60.0, "seconds of the window of auth_failure_limit")
     rate_limit_rps: float = _setting(0.0, "requests per second allowed per API key (0: unlimited)")
     rate_limit_burst: int = _setting(0, "requests a key may send at once above its rate (0: one second's worth)")
     max_request_bytes: int = _setting(4 * 1024 * 1024, "largest request body accepted (413 above)")
     cors_origins: str = _setting("", "origins allowed by CORS, comma-separated, or '*' (empty: CORS off)")
+    api_docs: bool = _setting(False, "serve the gateway's own OpenAPI schema and docs: /openapi.json, /docs, /redoc")
     metrics_port: int = _setting(0, "serve /metrics on this port only, not on the API port (0: on the API port)")
     log_level: str = _setting("info", "log level", ("debug", "info", "warning", "error"))
 
@@ -135,7 +140,9 @@ def _validated(settings: Settings) -> Settings:
             raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {getattr(settings, f.name)!r}")
     if settings.workers < 1:
         raise ValueError(f"workers must be at least 1, not {settings.workers}")
-    for name in ("default_max_tokens", "max_tokens_limit"):
+    if settings.auth_failure_window <= 0:
+        raise ValueError(f"auth_failure_window must be positive, not {settings.auth_failure_window}")
+    for name in ("default_max_tokens", "max_tokens_limit", "auth_failure_limit"):
         if getattr(settings, name) < 0:
             raise ValueError(f"{name} must be 0 or more, not {getattr(settings, name)}")
     if settings.workers > 1 and (settings.backend != "openai" or settings.reader):

@@ -34,7 +34,7 @@ from gateway.backends.openai import OpenAIBackend
 from gateway.errors import OpenAIError, RequestTooLarge
 from gateway.proxy.channel import ClientChannel, ClientGone, Headers
 from gateway.proxy.passthrough import ROUTES, ProxiedRequest
-from gateway.security.admission import Admission
+from gateway.security.admission import Admission, client_address
 from gateway.security.middleware import too_large
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ class NativeExchange(ClientChannel):
     async def _serve(self) -> None:
         endpoint = self.route[0]
         admission = self.fast_path.admission
-        refused = admission.refusal(self.headers) if admission is not None else None
+        address = client_address(self.protocol.client)
+        refused = admission.refusal(self.headers, address) if admission is not None else None
         if refused is not None:
             error, extra = refused
             await self.respond_error(error, endpoint, [(k.encode(), v.encode()) for k, v in extra.items()])

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.api.error_handlers import endpoint_label, error_response
 from gateway.errors import InvalidRequest, OpenAIError, RequestTooLarge
-from gateway.security.admission import Admission, header
+from gateway.security.admission import Admission, client_address, header
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
@@ -114,7 +114,7 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            refused = self.admission.refusal(scope["headers"])
+            refused = self.admission.refusal(scope["headers"], client_address(scope.get("client")))
             if refused is not None:
                 await _refuse(*refused, scope, receive, send)
                 return

@@ -47,15 +47,18 @@ class PoolConfig:
 
 
 def parse_upstreams(spec: str) -> list[tuple[str, str]]:
-    """``"a=http://h1:8000/v1, http://h2:8000/v1"`` -> ``[("a", url1), ("h2:8000", url2)]``."""
+    """``"a=http://h1:8000/v1, http://h2:8000/v1"`` -> ``[("a", url1), ("upstream-2", url2)]``.
+
+    An unnamed upstream is named by its position: names are metric label values and appear on ``/metrics``,
+    which need not tell its readers where the upstreams live.
+    """
     named: list[tuple[str, str]] = []
-    for entry in filter(None, (part.strip() for part in spec.split(","))):
+    for position, entry in enumerate(filter(None, (part.strip() for part in spec.split(","))), start=1):
         name, url = entry.split("=", 1) if "=" in entry.split("://", 1)[0] else ("", entry)
-        origin = Origin(url.strip())
-        named.append((name.strip() or f"{origin.host}:{origin.port}", origin.url))
-    names = [name for name, _ in named]
-    if len(set(names)) != len(names):
-        raise ValueError(f"upstream names must be unique: {', '.join(names)}")
+        named.append((name.strip() or f"upstream-{position}", Origin(url.strip()).url))
+    for kind, values in (("names", [name for name, _ in named]), ("URLs", [url for _, url in named])):
+        if len(set(values)) != len(values):
+            raise ValueError(f"upstream {kind} must be unique: {', '.join(values)}")
     return named
 
 
@@ -109,7 +112,8 @@ class Upstream:
     def mark(self, up: bool) -> None:
         """Record the upstream's health."""
         if up != self.up:
-            log.log(logging.INFO if up else logging.WARNING, "upstream %s is %s", self.name, "up" if up else "down")
+            level = logging.INFO if up else logging.WARNING
+            log.log(level, "upstream %s (%s) is %s", self.name, self.origin.url, "up" if up else "down")
         self.up = up
         self._up_gauge.set(1 if up else 0)
 
