@@ -4,12 +4,15 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from gateway.engine.engine import EmbeddedEngine, EngineConfig
+from gateway.engine.engine import EmbeddedEngine
+from gateway.engine.engine_config import EngineConfig
 from gateway.engine.intake import RequestIntake
 from gateway.engine.loader import load_model
 from gateway.engine.provision import provision
 from gateway.generation import GenerationEvent, GenerationRequest, StartEvent
 from monitors.bands import LayerBand
+
+__all__ = ["EmbeddedBackend"]
 
 log = logging.getLogger(__name__)
 

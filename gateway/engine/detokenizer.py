@@ -4,6 +4,8 @@ from collections.abc import Sequence
 
 from gateway.engine.stops import StopMatcher
 
+__all__ = ["IncrementalDetokenizer"]
+
 
 class IncrementalDetokenizer:
     """Turns a stream of token ids into text deltas, never splitting a multi-byte character.

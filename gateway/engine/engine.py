@@ -20,8 +20,8 @@ from transformers import DynamicCache
 
 from gateway import metrics
 from gateway.engine.batch import BatchCache
-from gateway.engine.config import EngineConfig
 from gateway.engine.detokenizer import IncrementalDetokenizer
+from gateway.engine.engine_config import EngineConfig
 from gateway.engine.loader import LoadedModel
 from gateway.engine.sampling import RowSampler
 from gateway.errors import EngineFailure, InvalidRequest, Overloaded
@@ -37,6 +37,8 @@ from monitors.bands import LayerBand
 from monitors.capture import ResidualCapture
 from monitors.entropy import next_token_entropies
 from monitors.features import FeatureExtractor, StepFeatures
+
+__all__ = ["EmbeddedEngine", "encode_prompt"]
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +226,7 @@ class EmbeddedEngine:
                 try:
                     self._decode_step()
                 except Exception as exc:  # the batch's forward pass: every client of the batch must hear of it
-                    log.exception("decode step of %d requests failed", len(self._active))
+                    log.exception("decode step failed for a batch of %d", len(self._active))
                     self._fail_active(EngineFailure(f"generation failed: {type(exc).__name__}"))
                 self._retire()
         with self._cond:
@@ -240,7 +242,7 @@ class EmbeddedEngine:
             out = self.loaded.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             self._advance([sequence], out.logits[:, -1].float())
         except Exception as exc:  # a failed prefill fails its own request only
-            log.exception("request %s: prefill failed", sequence.request.request_id)
+            log.exception("prefill failed for request %s", sequence.request.request_id)
             sequence.emit(EngineFailure(f"prefill failed: {type(exc).__name__}"))
             sequence.finished = True
             return
@@ -296,7 +298,7 @@ class EmbeddedEngine:
         try:
             return step(*args)
         except Exception as exc:
-            log.exception("request %s: %s failed", sequence.request.request_id, stage)
+            log.exception("%s failed for request %s", stage, sequence.request.request_id)
             sequence.emit(EngineFailure(f"generation failed while {stage}: {type(exc).__name__}"))
             sequence.finished = True
             return None

@@ -13,11 +13,13 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from gateway.engine.config import EngineConfig
 from gateway.engine.engine import encode_prompt
+from gateway.engine.engine_config import EngineConfig
 from gateway.engine.loader import LoadedModel
 from gateway.errors import ContextLengthExceeded, InvalidRequest
 from gateway.generation import ChatPrompt, GenerationRequest
+
+__all__ = ["RequestIntake"]
 
 
 def _prompt_chars(request: GenerationRequest) -> int:

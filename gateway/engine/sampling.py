@@ -13,6 +13,8 @@ import torch
 from gateway.errors import InvalidRequest
 from gateway.generation import SamplingParams
 
+__all__ = ["RowSampler"]
+
 # As vLLM: a temperature below GREEDY_BELOW decodes greedily, one below MIN_TEMPERATURE is raised to it
 # (dividing logits by less overflows float32 and the softmax yields NaN).
 GREEDY_BELOW = 1e-5

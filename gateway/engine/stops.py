@@ -8,6 +8,8 @@ stop string, whatever its length; the tables cost the stop strings' length once 
 
 from collections.abc import Sequence
 
+__all__ = ["StopMatcher"]
+
 
 def _failure(pattern: str) -> list[int]:
     """KMP failure table: for each prefix length ``k``, the longest proper border of ``pattern[:k]``."""

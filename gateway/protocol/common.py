@@ -7,13 +7,12 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model
 from gateway.errors import InvalidRequest, UnsupportedParameter
 from gateway.generation import SamplingParams
 
+__all__ = ["ErrorResponse", "GateOptions", "SamplingFields", "StrictModel", "Usage"]
+
 # Stop sequences per request (OpenAI's limit) and characters per stop sequence (this server's: matching is
 # linear in the generated text, but each stop string costs its length in memory and set-up per request).
 MAX_STOP_SEQUENCES = 4
 MAX_STOP_CHARS = 1024
-
-# The API also documents these as accepted; they change nothing about generation here.
-INERT_PARAMETERS = ("metadata", "user", "safety_identifier", "prompt_cache_key", "service_tier", "store")
 
 
 class StrictModel(BaseModel):

@@ -1,7 +1,7 @@
 """Who may send an API request now: API keys (when configured), failed-key throttling per client address,
 and per-key rate limits.
 
-Asked once per ``/v1/`` request, by the ASGI :class:`~gateway.security.middleware.Guard` and by the
+Asked once per ``/v1/`` request, by the ASGI :class:`~gateway.security.guards.Guard` and by the
 native proxy fast path alike. Refusals are counted here.
 """
 
@@ -12,6 +12,8 @@ from gateway.errors import AuthenticationFailed, OpenAIError, RateLimited
 from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
+
+__all__ = ["ANONYMOUS", "Admission", "client_address", "header"]
 
 ANONYMOUS = "anonymous"
 

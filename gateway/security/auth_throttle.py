@@ -11,6 +11,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+__all__ = ["MAX_ADDRESSES", "AuthThrottle"]
+
 # Addresses remembered at once (a few hundred bytes each).
 MAX_ADDRESSES = 10_000
 

@@ -7,7 +7,7 @@ import threading
 import pytest
 
 from gateway.engine import intake as intake_module
-from gateway.engine.config import EngineConfig
+from gateway.engine.engine_config import EngineConfig
 from gateway.engine.intake import RequestIntake
 from gateway.errors import ContextLengthExceeded, InvalidRequest
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.bench.processes import Process, gateway_process
+from lab.fakes.processes import Process, gateway_process
 from tests.conftest import MODEL, metric, root, wait_for
 from tests.hostile.probes import HealthWatch, settles_to
 

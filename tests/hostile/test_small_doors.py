@@ -1,7 +1,7 @@
 """Small doors of a proxying gateway process, attacked from loopback: API keys guessed at full speed,
 the gateway's own schema and docs, upstream addresses on ``/metrics``, counts that are not integers.
 
-The gateway relays to a fake upstream (``gateway.bench.fake_upstream``, in its own process); generation
+The gateway relays to a fake upstream (``lab.fakes.fake_upstream``, in its own process); generation
 requests take the native fast path, ``/v1/models`` the ASGI one.
 """
 
@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.bench.processes import Process, fake_upstream_process, gateway_process
+from lab.fakes.processes import Process, fake_upstream_process, gateway_process
 from tests.conftest import metric, root, samples
 from tests.hostile.probes import HealthWatch, settles_to
 from tests.upstreams import CHAT, FAKE_MODEL
