@@ -52,7 +52,8 @@ class Admission:
             if self.throttle.enabled and (wait := self.throttle.wait(address)):
                 metrics.RATE_LIMITED.labels("auth_failures").inc()
                 error = RateLimited(
-                    f"Too many requests with a missing or wrong API key from this address; try again in {wait:.0f}s.",
+                    "Too many requests with a missing or wrong API key from this address; "
+                    f"try again in {math.ceil(wait)}s.",
                     code="auth_failures",
                 )
                 return error, {"retry-after": str(math.ceil(wait))}
