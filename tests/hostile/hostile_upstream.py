@@ -1,0 +1,132 @@
+"""An upstream that misbehaves at the HTTP level, for the hostile suite: a tiny asyncio server on a thread.
+
+It answers ``GET /v1/models`` with one model (named for its behaviour), unless told to drip it; a generation
+request (any ``POST``) gets the misbehaviour it was started with. Well-behaved upstreams are the bench's
+fake upstream.
+"""
+
+import asyncio
+import threading
+from enum import StrEnum
+
+import orjson
+
+_CHUNKED = b"transfer-encoding: chunked\r\n"
+_UNAVAILABLE = b'{"error": {"message": "not serving", "type": "server_error", "param": null, "code": null}}'
+_ROLE = orjson.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+
+
+class Behaviour(StrEnum):
+    """What the upstream does wrong."""
+
+    DRIP_MODELS = "drip_models"  # GET /models: one more header line every `interval` seconds, never ending
+    KEEPALIVE_ONLY = "keepalive_only"  # POST: a stream with one event, then only `: keepalive` comments
+    ENDLESS_HEAD = "endless_head"  # POST: a response head whose header lines never end
+    HUGE_BODY = "huge_body"  # POST: a non-streamed answer of `huge_bytes`, chunked (no length declared)
+
+
+class HostileUpstream:
+    """The server on its own event loop in a background thread; ``with`` starts and stops it."""
+
+    def __init__(self, behaviour: Behaviour, interval: float = 0.2, huge_bytes: int = 63 * 1000 * 1000) -> None:
+        self.behaviour = behaviour
+        self.model = behaviour.value
+        self._models_body = orjson.dumps({"object": "list", "data": [{"id": self.model, "object": "model"}]})
+        self.interval = interval
+        self.huge_bytes = huge_bytes
+        self.sent_bytes = 0  # body bytes of HUGE_BODY answers written so far
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="hostile-upstream", daemon=True)
+        self._server: asyncio.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> "HostileUpstream":
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    async def _start(self) -> asyncio.Server:
+        return await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def _stop(self) -> None:
+        self._server.close()
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                method = head.split(b" ", 1)[0]
+                lines = head.lower().split(b"\r\n")
+                length = next((int(line[15:]) for line in lines if line.startswith(b"content-length:")), 0)
+                await reader.readexactly(length)
+                if method == b"GET":
+                    await self._models(writer)
+                else:
+                    await self._generation(writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def _models(self, writer: asyncio.StreamWriter) -> None:
+        if self.behaviour is not Behaviour.DRIP_MODELS:
+            body = self._models_body
+            writer.write(_head(b"application/json", b"content-length: %d\r\n" % len(body)) + body)
+            await writer.drain()
+            return
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        await self._endless_header(writer)
+
+    async def _generation(self, writer: asyncio.StreamWriter) -> None:
+        if self.behaviour is Behaviour.ENDLESS_HEAD:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n")
+            await self._endless_header(writer)
+        elif self.behaviour is Behaviour.KEEPALIVE_ONLY:
+            writer.write(_head(b"text/event-stream", _CHUNKED) + _chunk(b"data: %s\n\n" % _ROLE))
+            while True:
+                writer.write(_chunk(b": keepalive\n\n"))
+                await writer.drain()
+                await asyncio.sleep(self.interval)
+        elif self.behaviour is Behaviour.HUGE_BODY:
+            writer.write(_head(b"application/json", _CHUNKED))
+            size = 1 << 20
+            piece = _chunk(b" " * size)
+            while self.sent_bytes < self.huge_bytes:
+                writer.write(piece)
+                await writer.drain()
+                self.sent_bytes += size
+            writer.write(_chunk(b'{"choices": []}') + b"0\r\n\r\n")
+            await writer.drain()
+        else:
+            framing = b"content-length: %d\r\n" % len(_UNAVAILABLE)
+            writer.write(_head(b"application/json", framing, b"503 Service Unavailable") + _UNAVAILABLE)
+            await writer.drain()
+
+    async def _endless_header(self, writer: asyncio.StreamWriter) -> None:
+        line = 0
+        while True:
+            line += 1
+            writer.write(b"x-still-coming-%d: yes\r\n" % line)
+            await writer.drain()
+            await asyncio.sleep(self.interval)
+
+
+def _head(content_type: bytes, framing: bytes, status: bytes = b"200 OK") -> bytes:
+    return b"HTTP/1.1 " + status + b"\r\ncontent-type: " + content_type + b"\r\n" + framing + b"\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
