@@ -14,7 +14,9 @@ path (``gateway.proxy.native``, whose protocol subclasses this one). Per connect
   protocol, not for its body, so a request with ``Upgrade`` and a body is answered 400, and one without is
   served as plain HTTP on a connection that closes after the response; nothing after it is parsed (no
   second request smuggled in a body);
-- a request's head and cycle let go once its response is complete: an idle connection holds no request.
+- a request's head and cycle let go once its response is complete: an idle connection holds no request;
+- a client that does not read holds a bounded amount: the kernel's send buffer is :data:`SEND_BUFFER`,
+  then uvicorn's flow control pauses the response, and the upstream's connection stops being read.
 
 Refusals are OpenAI error bodies with ``connection: close`` (counted in ``sinkwatch_errors_total`` and
 ``sinkwatch_http_refused_total``); the connection then reads and drops what the client still sends for
@@ -22,6 +24,7 @@ Refusals are OpenAI error bodies with ``connection: close`` (counted in ``sinkwa
 """
 
 import asyncio
+import socket
 from collections.abc import Callable
 from typing import ClassVar
 
@@ -31,6 +34,10 @@ from gateway import metrics
 from gateway.api.error_handlers import rendered_error
 from gateway.edge.limits import EdgeLimits
 from gateway.errors import HeaderTooLarge, InvalidRequest, OpenAIError, RequestTimeout, TooManyConnections
+
+SEND_BUFFER = 1 << 17
+"""Bytes the kernel holds for a client that does not read: past them (and uvicorn's 64 KiB), the response
+waits, and so does the upstream behind it (autotuning would let it grow to megabytes per connection)."""
 
 LINGER = 2.0
 """Seconds a refused connection keeps reading (and dropping) the client's bytes before it closes."""
@@ -69,6 +76,9 @@ class EdgeProtocol(HttpToolsProtocol):
             transport.close()
             self._refused = True
             return
+        connection = transport.get_extra_info("socket")
+        if connection is not None:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         self._arm(self.limits.header_timeout, self._head_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:

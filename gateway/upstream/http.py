@@ -8,14 +8,16 @@ microseconds. Failures come out as :class:`TransportError` subclasses named for 
 caller can count them and decide about failover.
 
 Backpressure: a response body is buffered up to ``HIGH_WATER`` bytes, then the socket stops being read
-until the consumer catches up. A response not read to its end is never reused: closing it early closes
-its connection (which is how an upstream learns that a client went away).
+until the consumer catches up (and the kernel holds at most ``RECEIVE_BUFFER`` bytes more). A response
+not read to its end is never reused: closing it early closes its connection (which is how an upstream
+learns that a client went away).
 
 Deadlines: every wait for bytes ends after ``read_timeout`` seconds; a :class:`Deadline` bounds a whole
 exchange besides (a response head that never ends, an answer dripped a byte at a time).
 """
 
 import asyncio
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import ClassVar
@@ -23,8 +25,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
-HIGH_WATER = 1 << 20
-LOW_WATER = 1 << 16
+HIGH_WATER = 1 << 16
+RECEIVE_BUFFER = 1 << 17  # what the kernel holds of a response not being read (autotuning: up to megabytes)
 
 
 class TransportError(Exception):
@@ -121,6 +123,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
@@ -215,8 +218,8 @@ class HttpResponse:
         return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
     async def read_chunk(self, deadline: Deadline | None = None) -> bytes:
-        """Body bytes received and not read yet (waiting for some, until ``deadline`` at the latest); ``b""``
-        once the body is complete."""
+        """Body bytes received and not read yet, at most ``HIGH_WATER`` (waiting for some, until ``deadline`` at
+        the latest); ``b""`` once the body is complete."""
         connection = self._connection
         while not connection.body:
             if connection.complete:
@@ -225,9 +228,10 @@ class HttpResponse:
             if connection.error is not None:
                 raise connection.error
             await connection.wait(self._read_timeout, deadline)
-        data = bytes(connection.body)
-        connection.body.clear()
-        if connection.paused and not connection.lost:
+        body = connection.body
+        data = bytes(body[:HIGH_WATER])  # a burst is handed on in pieces: what waits behind a slow client stays small
+        del body[:HIGH_WATER]
+        if connection.paused and not body and not connection.lost:
             connection.paused = False
             connection.transport.resume_reading()
         return data

@@ -13,6 +13,12 @@ import orjson
 
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _UNAVAILABLE = b'{"error": {"message": "not serving", "type": "server_error", "param": null, "code": null}}'
+
+
+def _chunk_event(content: str) -> dict:
+    return {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": content}}]}
+
+
 _ROLE = orjson.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
 
 
@@ -23,6 +29,7 @@ class Behaviour(StrEnum):
     KEEPALIVE_ONLY = "keepalive_only"  # POST: a stream with one event, then only `: keepalive` comments
     ENDLESS_HEAD = "endless_head"  # POST: a response head whose header lines never end
     HUGE_BODY = "huge_body"  # POST: a non-streamed answer of `huge_bytes`, chunked (no length declared)
+    FLOOD = "flood"  # POST: a stream of 8 KB events, as fast as it is read, never ending
 
 
 class HostileUpstream:
@@ -34,7 +41,7 @@ class HostileUpstream:
         self._models_body = orjson.dumps({"object": "list", "data": [{"id": self.model, "object": "model"}]})
         self.interval = interval
         self.huge_bytes = huge_bytes
-        self.sent_bytes = 0  # body bytes of HUGE_BODY answers written so far
+        self.sent_bytes = 0  # body bytes of HUGE_BODY and FLOOD answers written so far
         self.port = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hostile-upstream", daemon=True)
@@ -110,6 +117,13 @@ class HostileUpstream:
                 self.sent_bytes += size
             writer.write(_chunk(b'{"choices": []}') + b"0\r\n\r\n")
             await writer.drain()
+        elif self.behaviour is Behaviour.FLOOD:
+            writer.write(_head(b"text/event-stream", _CHUNKED))
+            event = _chunk(b"data: %s\n\n" % orjson.dumps(_chunk_event("x" * 8192)))
+            while True:
+                writer.write(event)
+                await writer.drain()
+                self.sent_bytes += len(event)
         else:
             framing = b"content-length: %d\r\n" % len(_UNAVAILABLE)
             writer.write(_head(b"application/json", framing, b"503 Service Unavailable") + _UNAVAILABLE)
