@@ -43,10 +43,6 @@ LINGER = 2.0
 """Seconds a refused connection keeps reading (and dropping) the client's bytes before it closes."""
 
 
-class _Refused(Exception):
-    """Raised in a parser callback to stop parsing a request that was answered already."""
-
-
 class EdgeProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol held to :attr:`limits`."""
 
@@ -111,18 +107,20 @@ class EdgeProtocol(HttpToolsProtocol):
     # ---- parser callbacks ------------------------------------------------------------------------
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return  # a request after a refused one, in the same read
         self._awaiting_head = False
         self._head_bytes = 0
         self._disarm()
         size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
         if size > self.limits.max_header_bytes:
             self._refuse(self._head_too_large(), "header_too_large")
-            raise _Refused
+            return
         upgrade = self.parser.should_upgrade()
         if upgrade and self._declares_body():
             refusal = InvalidRequest("Protocol upgrades are not supported.", param="upgrade", code="upgrade_refused")
             self._refuse(refusal, "upgrade")
-            raise _Refused
+            return
         self.start_request()
         if upgrade:
             self._last_request = True
@@ -134,7 +132,13 @@ class EdgeProtocol(HttpToolsProtocol):
         """Serve the request whose head has arrived (uvicorn's ASGI request cycle)."""
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         self._awaiting_head = True
         self._head_bytes = 0
         self._disarm()
