@@ -115,7 +115,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: str | None = None
+    system_fingerprint: str | None = Field(None, exclude_if=lambda v: v is None)  # the schema wants a string
     stability: StabilityReport | None = Field(None, exclude_if=lambda v: v is None)
 
 
@@ -138,5 +138,5 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = Field(None, exclude_if=lambda v: v is None)
-    system_fingerprint: str | None = None
+    system_fingerprint: str | None = Field(None, exclude_if=lambda v: v is None)  # the schema wants a string
     stability: StabilityReport | None = Field(None, exclude_if=lambda v: v is None)

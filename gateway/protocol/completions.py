@@ -55,5 +55,5 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = Field(None, exclude_if=lambda v: v is None)
-    system_fingerprint: str | None = None
+    system_fingerprint: str | None = Field(None, exclude_if=lambda v: v is None)  # the schema wants a string
     stability: StabilityReport | None = Field(None, exclude_if=lambda v: v is None)
