@@ -12,6 +12,8 @@ from gateway.edge.limits import EdgeLimits
 from gateway.edge.protocol import EdgeProtocol
 from gateway.proxy.native import protocol_class
 
+__all__ = ["http_protocol", "run_server"]
+
 
 def http_protocol(app: FastAPI) -> type[EdgeProtocol]:
     """uvicorn's ``http`` setting for a :func:`gateway.app.create_app` app: the edge protocol held to the

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from gateway.config import Settings
 
+__all__ = ["EdgeLimits", "connection_capacity"]
+
 log = logging.getLogger(__name__)
 
 FD_SPARE = 64

@@ -31,9 +31,10 @@ from typing import ClassVar
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway import metrics
-from gateway.api.error_handlers import rendered_error
 from gateway.edge.limits import EdgeLimits
-from gateway.errors import HeaderTooLarge, InvalidRequest, OpenAIError, RequestTimeout, TooManyConnections
+from gateway.errors import HeaderTooLarge, InvalidRequest, OpenAIError, RequestTimeout, TooManyConnections, render_error
+
+__all__ = ["EdgeProtocol"]
 
 SEND_BUFFER = 1 << 17
 """Bytes the kernel holds for a client that does not read: past them (and uvicorn's 64 KiB), the response
@@ -222,7 +223,7 @@ class EdgeProtocol(HttpToolsProtocol):
         self._arm(LINGER, self.transport.close)
 
     def _answer(self, error: OpenAIError) -> None:
-        body = rendered_error(error, "other")
+        body = render_error(error, "other")
         head = [STATUS_LINE[error.status_code]]
         for name, value in self.server_state.default_headers:
             head += (name, b": ", value, b"\r\n")

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+__all__ = ["ConnectFailed", "Deadline", "HttpPool", "HttpResponse", "Origin", "ReadTimeout", "TransportError"]
+
 HIGH_WATER = 1 << 16
 RECEIVE_BUFFER = 1 << 17  # what the kernel holds of a response not being read (autotuning: up to megabytes)
 

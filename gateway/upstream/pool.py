@@ -38,6 +38,8 @@ from gateway.upstream.http import (
     TransportError,
 )
 
+__all__ = ["PoolConfig", "UpstreamPool", "UpstreamResponse", "parse_upstreams"]
+
 if TYPE_CHECKING:
     from gateway.config import Settings
 

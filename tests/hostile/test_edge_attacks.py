@@ -16,7 +16,7 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from gateway.bench.processes import Process, fake_upstream_process, gateway_process
+from lab.fakes.processes import Process, fake_upstream_process, gateway_process
 from tests.conftest import MODEL, root
 from tests.hostile.hostile_upstream import Behaviour, HostileUpstream
 from tests.hostile.probes import HealthWatch, settles_to

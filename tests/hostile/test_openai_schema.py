@@ -17,7 +17,7 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from gateway.bench.processes import Process, gateway_process
+from lab.fakes.processes import Process, gateway_process
 from tests.conftest import MODEL
 
 SPEC = Path(__file__).parents[2].parent / "shared" / "openai-openapi" / "openapi.yaml"

@@ -12,8 +12,8 @@ import orjson
 import pytest
 from openai import OpenAI
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
-from gateway.bench.processes import Process, gateway_process
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
+from lab.fakes.processes import Process, gateway_process
 from tests.conftest import metric, root, wait_for
 from tests.hostile.hostile_upstream import Behaviour, HostileUpstream
 from tests.hostile.probes import HealthWatch, settles_to
