@@ -1,15 +1,25 @@
 """An upstream that misbehaves at the HTTP level, for the hostile suite: a tiny asyncio server on a thread.
 
 It answers ``GET /v1/models`` with one model (named for its behaviour), unless told to drip it; a generation
-request (any ``POST``) gets the misbehaviour it was started with. Well-behaved upstreams are the bench's
-fake upstream.
+request (any ``POST``) gets the misbehaviour it was started with; ``GET /stats`` says how many body bytes it
+has written. In a test's own process (:class:`HostileUpstream`, on a thread) or, where it works hard and must
+not take the test's CPU and interpreter lock from the ``/healthz`` probe, in its own
+(:func:`hostile_upstream_process`). Well-behaved upstreams are the lab's fake upstream.
 """
 
+import argparse
 import asyncio
+import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from enum import StrEnum
 
+import httpx
 import orjson
+
+from lab.fakes.processes import free_port, running
 
 _CHUNKED = b"transfer-encoding: chunked\r\n"
 _UNAVAILABLE = b'{"error": {"message": "not serving", "type": "server_error", "param": null, "code": null}}'
@@ -20,6 +30,9 @@ def _chunk_event(content: str) -> dict:
 
 
 _ROLE = orjson.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+
+
+HUGE_BYTES = 63 * 1000 * 1000
 
 
 class Behaviour(StrEnum):
@@ -35,14 +48,16 @@ class Behaviour(StrEnum):
 class HostileUpstream:
     """The server on its own event loop in a background thread; ``with`` starts and stops it."""
 
-    def __init__(self, behaviour: Behaviour, interval: float = 0.2, huge_bytes: int = 63 * 1000 * 1000) -> None:
+    def __init__(
+        self, behaviour: Behaviour, interval: float = 0.2, huge_bytes: int = HUGE_BYTES, port: int = 0
+    ) -> None:
         self.behaviour = behaviour
         self.model = behaviour.value
         self._models_body = orjson.dumps({"object": "list", "data": [{"id": self.model, "object": "model"}]})
         self.interval = interval
         self.huge_bytes = huge_bytes
         self.sent_bytes = 0  # body bytes of HUGE_BODY and FLOOD answers written so far
-        self.port = 0
+        self.port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="hostile-upstream", daemon=True)
         self._server: asyncio.Server | None = None
@@ -53,8 +68,7 @@ class HostileUpstream:
 
     def __enter__(self) -> "HostileUpstream":
         self._thread.start()
-        self._server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        self.port = self._server.sockets[0].getsockname()[1]
+        asyncio.run_coroutine_threadsafe(self.start(), self._loop).result(10)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -63,8 +77,10 @@ class HostileUpstream:
         self._thread.join(10)
         self._loop.close()
 
-    async def _start(self) -> asyncio.Server:
-        return await asyncio.start_server(self._serve, "127.0.0.1", 0)
+    async def start(self) -> None:
+        """Listen on loopback (on a free port when ``port`` is 0)."""
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _stop(self) -> None:
         self._server.close()
@@ -75,11 +91,14 @@ class HostileUpstream:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                method = head.split(b" ", 1)[0]
+                method, path = head.split(b" ", 2)[:2]
                 lines = head.lower().split(b"\r\n")
                 length = next((int(line[15:]) for line in lines if line.startswith(b"content-length:")), 0)
                 await reader.readexactly(length)
-                if method == b"GET":
+                if path == b"/stats":
+                    stats = orjson.dumps({"sent_bytes": self.sent_bytes})
+                    writer.write(_head(b"application/json", b"content-length: %d\r\n" % len(stats)) + stats)
+                elif method == b"GET":
                     await self._models(writer)
                 else:
                     await self._generation(writer)
@@ -144,3 +163,46 @@ def _head(content_type: bytes, framing: bytes, status: bytes = b"200 OK") -> byt
 
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+@dataclass(frozen=True)
+class HostileProcess:
+    """A :class:`HostileUpstream` in its own process."""
+
+    base_url: str
+    model: str
+
+    def sent_bytes(self) -> int:
+        """Body bytes of HUGE_BODY and FLOOD answers it has written so far."""
+        return httpx.get(self.base_url.removesuffix("/v1") + "/stats", timeout=10).json()["sent_bytes"]
+
+
+@contextmanager
+def hostile_upstream_process(behaviour: Behaviour, interval: float = 0.2) -> Iterator[HostileProcess]:
+    """``python -m tests.hostile.hostile_upstream`` on a free port."""
+    port = free_port()
+    root = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "tests.hostile.hostile_upstream", behaviour.value]
+    command += ["--port", str(port), "--interval", str(interval)]
+    with running(command, f"{root}/stats", f"{root}/v1", timeout=30):
+        yield HostileProcess(f"{root}/v1", behaviour.value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve one misbehaviour until interrupted."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("behaviour", type=Behaviour, choices=list(Behaviour))
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--interval", type=float, default=0.2)
+    args = parser.parse_args(argv)
+
+    async def serve() -> None:
+        await HostileUpstream(args.behaviour, args.interval, port=args.port).start()
+        await asyncio.Event().wait()
+
+    with suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()

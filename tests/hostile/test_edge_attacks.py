@@ -18,7 +18,7 @@ from openai import OpenAI
 
 from lab.fakes.processes import Process, fake_upstream_process, gateway_process
 from tests.conftest import MODEL, root
-from tests.hostile.hostile_upstream import Behaviour, HostileUpstream
+from tests.hostile.hostile_upstream import Behaviour, HostileProcess, hostile_upstream_process
 from tests.hostile.probes import HealthWatch, settles_to
 
 pytestmark = pytest.mark.hostile
@@ -30,14 +30,14 @@ DEADLINES = ["--http-header-timeout", str(HEADER_TIMEOUT), "--http-body-timeout"
 
 
 @pytest.fixture(scope="module")
-def flood() -> Iterator[HostileUpstream]:
+def flood() -> Iterator[HostileProcess]:
     """An upstream that streams as fast as it is read, for ever."""
-    with HostileUpstream(Behaviour.FLOOD) as upstream:
+    with hostile_upstream_process(Behaviour.FLOOD) as upstream:
         yield upstream
 
 
 @pytest.fixture(scope="module")
-def proxying(flood: HostileUpstream) -> Iterator[Process]:
+def proxying(flood: HostileProcess) -> Iterator[Process]:
     """The native fast path: a gateway proxying to a fake upstream (``fake-model``) and the flood."""
     with fake_upstream_process(tokens=8) as fake:
         upstreams = f"fake={fake.base_url},flood={flood.base_url}"
@@ -231,7 +231,7 @@ def test_an_h2c_upgrade_without_a_body_is_served_as_http_1_and_closes_the_connec
 
 
 @pytest.mark.parametrize("path", ["native", "asgi"])
-def test_streaming_clients_that_never_read_cost_bounded_memory(proxying: Process, flood: HostileUpstream, path: str):
+def test_streaming_clients_that_never_read_cost_bounded_memory(proxying: Process, flood: HostileProcess, path: str):
     """100 clients ask for endless streams and read nothing: the gateway stops reading the upstream."""
     address = _address(proxying)
     body = orjson.dumps({"model": "flood", "prompt": "hi", "stream": True})
@@ -248,9 +248,9 @@ def test_streaming_clients_that_never_read_cost_bounded_memory(proxying: Process
             client.sendall(request)
             clients.append(client)
         time.sleep(2)
-        sent = flood.sent_bytes
+        sent = flood.sent_bytes()
         time.sleep(1)
-        stalled = flood.sent_bytes - sent
+        stalled = flood.sent_bytes() - sent
         for client in clients:
             client.close()
         return stalled

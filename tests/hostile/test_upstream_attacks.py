@@ -6,6 +6,7 @@ and becomes a counted OpenAI error, while requests for a well-behaved upstream's
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import httpx
 import orjson
@@ -13,9 +14,15 @@ import pytest
 from openai import OpenAI
 
 from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
-from lab.fakes.processes import Process, gateway_process
+from lab.fakes.processes import Process, fake_upstream_process, gateway_process
 from tests.conftest import metric, root, wait_for
-from tests.hostile.hostile_upstream import Behaviour, HostileUpstream
+from tests.hostile.hostile_upstream import (
+    HUGE_BYTES,
+    Behaviour,
+    HostileProcess,
+    HostileUpstream,
+    hostile_upstream_process,
+)
 from tests.hostile.probes import HealthWatch, settles_to
 
 pytestmark = pytest.mark.hostile
@@ -26,21 +33,17 @@ EVENT_TIMEOUT = 1.0
 
 
 @pytest.fixture(scope="module")
-def hostile() -> Iterator[dict[Behaviour, HostileUpstream]]:
-    """One upstream of each misbehaviour that generation requests meet."""
+def hostile() -> Iterator[dict[Behaviour, HostileProcess]]:
+    """One upstream of each misbehaviour that generation requests meet, each in its own process."""
     kinds = (Behaviour.ENDLESS_HEAD, Behaviour.KEEPALIVE_ONLY, Behaviour.HUGE_BODY)
-    upstreams = {kind: HostileUpstream(kind) for kind in kinds}
-    for upstream in upstreams.values():
-        upstream.__enter__()
-    yield upstreams
-    for upstream in upstreams.values():
-        upstream.__exit__(None, None, None)
+    with ExitStack() as stack:
+        yield {kind: stack.enter_context(hostile_upstream_process(kind)) for kind in kinds}
 
 
 @pytest.fixture(scope="module")
-def gateway(hostile: dict[Behaviour, HostileUpstream]) -> Iterator[Process]:
+def gateway(hostile: dict[Behaviour, HostileProcess]) -> Iterator[Process]:
     """A proxying gateway in front of the hostile upstreams and a good one (its own model), deadlines lowered."""
-    with FakeUpstreamThread(FakeUpstreamConfig(model=GOOD_MODEL, tokens=8)) as good:
+    with fake_upstream_process(tokens=8, model=GOOD_MODEL) as good:
         spec = ",".join([f"{kind.value}={upstream.base_url}" for kind, upstream in hostile.items()])
         flags = ["--backend", "openai", "--upstreams", f"{spec},good={good.base_url}"]
         flags += ["--upstream-read-timeout", str(READ_TIMEOUT), "--upstream-event-timeout", str(EVENT_TIMEOUT)]
@@ -111,7 +114,7 @@ def test_a_stream_of_keepalive_comments_meets_the_event_deadline(gateway: Proces
 
 
 def test_a_63_mb_answer_is_refused_at_the_cap_without_being_buffered(
-    gateway: Process, hostile: dict[Behaviour, HostileUpstream]
+    gateway: Process, hostile: dict[Behaviour, HostileProcess]
 ):
     huge = hostile[Behaviour.HUGE_BODY]
     baseline = gateway.rss_bytes()
@@ -127,7 +130,7 @@ def test_a_63_mb_answer_is_refused_at_the_cap_without_being_buffered(
         assert answer.status_code == 502
         error = answer.json()["error"]
         assert error["code"] == "upstream_malformed" and "larger than" in error["message"]
-    assert huge.sent_bytes < 3 * huge.huge_bytes / 2  # each answer was cut off at the 16 MiB cap
+    assert huge.sent_bytes() < 3 * HUGE_BYTES / 2  # each answer was cut off at the 16 MiB cap
     errors = metric(root(gateway), "sinkwatch_upstream_errors_total", upstream="huge_body", kind="malformed")
     assert errors >= 3
     settles_to(gateway.rss_bytes, baseline, slack=48 << 20)
