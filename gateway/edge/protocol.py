@@ -65,7 +65,7 @@ class EdgeProtocol(HttpToolsProtocol):
 
     # ---- connection ------------------------------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         if len(self.connections) > self.limits.max_connections:
             metrics.HTTP_REFUSED.labels("connection_limit").inc()
@@ -156,8 +156,8 @@ class EdgeProtocol(HttpToolsProtocol):
         if self._head_bytes and self._timer is None:  # the next request had begun during the response
             self._arm(self.limits.header_timeout, self._head_expired)
         if self._idle():
-            self.cycle = None  # type: ignore[assignment]
-            self.scope = None  # type: ignore[assignment]
+            self.cycle = None
+            self.scope = None
             self.headers = []
             self.url = b""
 
@@ -212,11 +212,16 @@ class EdgeProtocol(HttpToolsProtocol):
 
     def _refuse(self, error: OpenAIError, reason: str) -> None:
         """Answer ``error`` and close the connection once the client has had time to read it; what the client
-        sends meanwhile is dropped. Once per connection."""
+        sends meanwhile is dropped. Once per connection. While a response is being sent (the fault is in a
+        request pipelined behind it), no answer can be: the connection is closed."""
         if self._refused or self.transport.is_closing():
             return
         self._refused = True
         metrics.HTTP_REFUSED.labels(reason).inc()
+        cycle = self.cycle
+        if cycle is not None and cycle.response_started and not cycle.response_complete:
+            self.transport.close()
+            return
         self._answer(error)
         if self.transport.can_write_eof():
             self.transport.write_eof()
