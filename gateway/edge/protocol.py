@@ -213,14 +213,14 @@ class EdgeProtocol(HttpToolsProtocol):
     def _refuse(self, error: OpenAIError, reason: str) -> None:
         """Answer ``error`` and close the connection once the client has had time to read it; what the client
         sends meanwhile is dropped. Once per connection. While a response is being sent (the fault is in a
-        request pipelined behind it), no answer can be: the connection is closed."""
+        request pipelined behind it), that response ends first and the connection closes after it, unanswered."""
         if self._refused or self.transport.is_closing():
             return
         self._refused = True
         metrics.HTTP_REFUSED.labels(reason).inc()
         cycle = self.cycle
         if cycle is not None and cycle.response_started and not cycle.response_complete:
-            self.transport.close()
+            cycle.keep_alive = False
             return
         self._answer(error)
         if self.transport.can_write_eof():

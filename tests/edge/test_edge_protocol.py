@@ -122,3 +122,16 @@ def test_the_connection_limit_leaves_file_descriptors_for_upstreams_and_files(mo
     assert connection_capacity() == (1024 - FD_SPARE) // 2
     assert EdgeLimits.from_settings(Settings(http_max_connections=10_000)).max_connections == connection_capacity()
     assert EdgeLimits.from_settings(Settings(http_max_connections=10)).max_connections == 10
+
+
+def test_a_request_refused_behind_a_stream_lets_the_stream_end_then_closes_the_connection():
+    with (
+        FakeUpstreamThread(FakeUpstreamConfig(tokens=40, token_interval=0.05)) as slow,
+        proxy_gateway(slow.base_url, **LIMITS) as server,
+    ):
+        body = orjson.dumps({"model": "fake-model", "prompt": "hi", "stream": True})
+        stream = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body)
+        pipelined = b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 8192 + b"\r\n\r\n"
+        answer = _exchange(server, stream, pipelined)
+    assert answer.startswith(b"HTTP/1.1 200 ") and answer.count(b"HTTP/1.1 ") == 1
+    assert answer.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n")
