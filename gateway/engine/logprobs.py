@@ -62,10 +62,10 @@ class TokenTexts:
 
 
 def step_logprobs(
-    logits: torch.Tensor, tokens: Sequence[int], wanted: Sequence[int | None], texts: TokenTexts
+    logits: torch.Tensor, tokens: Sequence[int | None], wanted: Sequence[int | None], texts: TokenTexts
 ) -> list[TokenLogprobs | None]:
     """Per row of one step: the sampled token's log-probability and the ``wanted[row]`` most likely tokens
-    (None for rows that did not ask)."""
+    (None for rows that did not ask; a row that asks has a sampled token)."""
     rows = [row for row, k in enumerate(wanted) if k is not None]
     out: list[TokenLogprobs | None] = [None] * len(tokens)
     if not rows:

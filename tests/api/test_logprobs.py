@@ -98,7 +98,9 @@ def test_legacy_completion_logprobs_whole_and_streamed(client):
     [
         ("/v1/chat/completions", {"top_logprobs": 2}, "top_logprobs"),
         ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ("/v1/chat/completions", {"logprobs": True, "top_logprobs": 2.0}, "top_logprobs"),
         ("/v1/completions", {"logprobs": 21}, "logprobs"),
+        ("/v1/completions", {"logprobs": True}, "logprobs"),
     ],
 )
 def test_out_of_range_logprobs_are_400_naming_the_parameter(gateway, path, extra, param):
