@@ -2,18 +2,16 @@
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
 from gateway.config import add_arguments, load_settings
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from gateway.logs import configure_logging
 
 
 def _serve(args: argparse.Namespace) -> None:
     settings = load_settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1:
         from gateway.workers.supervisor import serve_workers  # the workers import the app, not the supervisor
 
@@ -21,6 +19,9 @@ def _serve(args: argparse.Namespace) -> None:
     from gateway.app import create_app
     from gateway.engine.provision import provision
     from gateway.server import run_server
+    from gateway.telemetry import tracing
+
+    tracing.configure(os.environ)
 
     if settings.backend == "embedded":
         provision(settings.model)

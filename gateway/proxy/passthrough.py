@@ -18,7 +18,6 @@ begun); a client that goes away cancels the upstream request.
 """
 
 import asyncio
-import os
 import time
 from typing import ClassVar
 
@@ -32,6 +31,7 @@ from gateway.errors import ModelNotFound, NotReady, OpenAIError
 from gateway.gate.policy import POLICY_HEADER
 from gateway.proxy.channel import JSON_HEADERS, AsgiChannel, ClientChannel
 from gateway.proxy.checks import checked_request
+from gateway.telemetry.request_scope import RequestScope, current_scope
 from gateway.upstream.pool import UpstreamResponse
 from gateway.upstream.sse import check_event_stream, event_batches, malformed
 
@@ -40,7 +40,6 @@ MAX_RESPONSE_BYTES = 64 << 20
 DONE = b"data: [DONE]\n\n"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 POLICY_HEADER_BYTES = POLICY_HEADER.encode()
-_SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
 class Passthrough:
@@ -55,17 +54,10 @@ class Passthrough:
         if route is None or not self.backend.passthrough:
             await self.app(scope, receive, send)
             return
-        await ProxiedRequest(self.backend, route, AsgiChannel(scope, receive, send)).serve()
-
-
-def _request_id(channel: ClientChannel) -> str:
-    """The client's ``x-request-id`` when it is short and plain, else a new one."""
-    value = channel.header(b"x-request-id")
-    if value is not None:
-        text = value.decode("latin-1")
-        if 0 < len(text) <= 128 and set(text) <= _SAFE_ID:
-            return text
-    return os.urandom(16).hex()
+        request = current_scope()
+        if request is None:
+            raise RuntimeError("Passthrough serves inside gateway.telemetry.asgi.Observed, which opens the scope")
+        await ProxiedRequest(self.backend, route, AsgiChannel(scope, receive, send), request).serve()
 
 
 class _Stopwatch:
@@ -83,12 +75,14 @@ class _Stopwatch:
 
 
 class ProxiedRequest:
-    """One request on the fast path: check, send, relay, record."""
+    """One request on the fast path: check, send, relay, record (in the metrics, and in the request's
+    ``scope`` for its access line and span)."""
 
-    def __init__(self, backend: OpenAIBackend, route: tuple[str, str], channel: ClientChannel):
+    def __init__(self, backend: OpenAIBackend, route: tuple[str, str], channel: ClientChannel, scope: RequestScope):
         self.backend = backend
         self.endpoint, self.path = route
         self.channel = channel
+        self.scope = scope
         self.started_at = time.perf_counter()
         self.clock = _Stopwatch()
         self.response_started = False
@@ -105,6 +99,7 @@ class ProxiedRequest:
             if not self.backend.ready:
                 raise NotReady("no upstream is ready; retry shortly")
             model = request["model"]
+            self.scope.served(self.endpoint, model)
             if not self.backend.pool.serves(model):
                 message = f"The model '{model}' does not exist or you do not have access to it."
                 raise ModelNotFound(message, param="model")
@@ -120,18 +115,16 @@ class ProxiedRequest:
         stop_watching = self.channel.watch_disconnect(lambda: self._client_gone(task))
         response: UpstreamResponse | None = None
         outcome = "server_error"
-        request_id = _request_id(self.channel)
         try:
             self.clock.pause()
-            response = await self.backend.pool.open(self.path, body, model=model, request_id=request_id)
+            response = await self.backend.pool.open(self.path, body, model=model, request_id=self.scope.request_id)
             self.clock.resume()
-            headers = [(b"x-request-id", request_id.encode())]
             if not response.ok:
                 raise await response.error()
             if stream:
-                await self._relay_stream(response, headers, include_usage)
+                await self._relay_stream(response, include_usage)
             else:
-                await self._relay_whole(response, headers)
+                await self._relay_whole(response)
             outcome = "ok"
         except OpenAIError as error:
             outcome = "client_error" if error.status_code < 500 else "server_error"
@@ -165,7 +158,7 @@ class ProxiedRequest:
         event = b"data: " + rendered_error(error, self.endpoint) + b"\n\n" + DONE
         await self.channel.send(event, more=False)
 
-    async def _relay_whole(self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _relay_whole(self, response: UpstreamResponse) -> None:
         self.clock.pause()
         body = await response.read_all(MAX_RESPONSE_BYTES)
         self.clock.resume()
@@ -178,14 +171,13 @@ class ProxiedRequest:
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise malformed(response, "JSON that is not a completion")
         self.usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else None
-        await self._start([*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *headers])
+        self.scope.finish_reasons = _finish_reasons(answer)
+        await self._start([*JSON_HEADERS, (b"content-length", b"%d" % len(body))])
         await self.channel.send(body, more=False)
 
-    async def _relay_stream(
-        self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]], include_usage: bool
-    ) -> None:
+    async def _relay_stream(self, response: UpstreamResponse, include_usage: bool) -> None:
         check_event_stream(response)
-        await self._start([*_SSE_HEADERS, *headers])
+        await self._start(_SSE_HEADERS)
         events = event_batches(response)
         try:
             while True:
@@ -202,6 +194,8 @@ class ProxiedRequest:
                             continue
                     if self.first_token_at is None and _has_text(event):
                         self.first_token_at = time.perf_counter()
+                        self.scope.first_token_at = self.first_token_at
+                    self.scope.finish_reasons += _finish_reasons(event)
                     out.append(raw)
                     out.append(b"\n\n")
                 if out:
@@ -222,6 +216,7 @@ class ProxiedRequest:
         if outcome == "ok" and self.usage is not None:
             prompt, completion = self.usage.get("prompt_tokens"), self.usage.get("completion_tokens")
             if isinstance(prompt, int) and isinstance(completion, int):
+                self.scope.input_tokens, self.scope.output_tokens = prompt, completion
                 series.input_tokens.inc(prompt)
                 series.output_tokens.inc(completion)
                 series.completion_tokens.observe(completion)
@@ -267,3 +262,11 @@ def _has_text(event: dict) -> bool:
     choice = choices[0]
     delta = choice.get("delta")
     return bool(delta.get("content") if isinstance(delta, dict) else choice.get("text"))
+
+
+def _finish_reasons(answer: dict) -> tuple[str, ...]:
+    """The finish reasons of a completion's (or a chunk's) choices."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list):
+        return ()
+    return tuple(c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str))

@@ -10,6 +10,7 @@ from gateway import metrics
 from gateway.errors import AuthenticationFailed, OpenAIError, RateLimited
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
+from gateway.telemetry.request_scope import current_scope
 
 ANONYMOUS = "anonymous"
 
@@ -40,6 +41,8 @@ class Admission:
             name = self._identify(headers)
             if name is None:
                 return self._unauthorized(headers)
+        if (scope := current_scope()) is not None:
+            scope.key = name  # for the access line: the key's name, never the key
         if self.limiter.enabled and (wait := self.limiter.check(name)):
             metrics.RATE_LIMITED.labels("requests").inc()
             error = RateLimited(f"Rate limit reached for requests; try again in {wait:.2f}s.")

@@ -36,8 +36,8 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from gateway.api.metrics_port import serve_metrics_apart
-from gateway.cli import LOG_FORMAT
 from gateway.config import Settings
+from gateway.logs import configure_logging
 from gateway.security.admission import ANONYMOUS
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import SharedBuckets
@@ -55,7 +55,9 @@ MAX_RESTART_DELAY = 30.0
 def serve_workers(settings: Settings) -> int:
     """Serve with ``settings.workers`` processes until told to stop; the exit status."""
     api_keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
-    address = uvicorn.Config(app=None, host=settings.host, port=settings.port, log_level=settings.log_level)
+    address = uvicorn.Config(
+        app=None, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
+    )
     listener = address.bind_socket()
     run_dir = Path(tempfile.mkdtemp(prefix="sinkwatch-workers-"))
     try:
@@ -202,10 +204,12 @@ def _worker_main(settings: Settings, listener: socket.socket, context: WorkerCon
     """A worker process: the app, served on the supervisor's socket."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C while starting: the supervisor's SIGTERM follows
     _die_with_parent(context.supervisor_pid)
-    log_format = LOG_FORMAT.replace("%(name)s", f"worker {context.index} %(name)s")
-    logging.basicConfig(level=settings.log_level.upper(), format=log_format)
+    configure_logging(settings.log_level, settings.log_format, worker=context.index)
     from gateway.app import create_app
     from gateway.server import run_server
+    from gateway.telemetry import tracing
+
+    tracing.configure(os.environ)  # each worker exports its own spans
 
     run_server(create_app(settings, worker=context), settings, sockets=[listener])
 
