@@ -9,6 +9,7 @@ lines append as ``key=value``.
 """
 
 import logging
+import os
 import time
 
 import orjson
@@ -93,7 +94,11 @@ def formatter(log_format: str, worker: int | None = None) -> logging.Formatter:
 
 def configure_logging(level: str, log_format: str, worker: int | None = None) -> None:
     """One handler on the root logger, on stderr, in ``log_format``; uvicorn's loggers propagate to it
-    (the server is started with ``log_config=None``)."""
+    (the server is started with ``log_config=None``), and so do Python's warnings. Called before the
+    model libraries are imported: in JSON, their progress bars are off (they are not lines)."""
+    if log_format == "json":
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    logging.captureWarnings(True)
     handler = logging.StreamHandler()
     handler.setFormatter(formatter(log_format, worker))
     handler.addFilter(RequestIdFilter())

@@ -16,8 +16,8 @@ API_PREFIX = "/v1/"
 
 
 def begin(method: str, route: str, headers: list[tuple[bytes, bytes]], content: ContentLogging | None) -> RequestScope:
-    """The scope of a request that just arrived: its id, the client's trace context, its span (``/v1/``
-    routes, when tracing is on) and its content capture (when ``--log-content`` is on)."""
+    """The scope of a request that just arrived: its id, the client's trace context, and for ``/v1/``
+    routes its span (when tracing is on) and its content capture (when ``--log-content`` is on)."""
     request_id = None
     trace: dict[str, str] = {}
     for name, value in headers:
@@ -31,7 +31,7 @@ def begin(method: str, route: str, headers: list[tuple[bytes, bytes]], content: 
     if tracing is not None and route.startswith(API_PREFIX):
         attributes = {"http.request.method": method, "sinkwatch.request_id": scope.request_id}
         scope.span = tracing.start_remote_child(f"{method} {route}", trace, attributes)
-    if content is not None:
+    if content is not None and route.startswith(API_PREFIX):
         scope.content = content.capture(headers)
     return scope
 
