@@ -17,7 +17,6 @@ import orjson
 from gateway.telemetry.request_scope import current_scope
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
-LOG_FORMATS = ("text", "json")
 
 
 class RequestIdFilter(logging.Filter):
@@ -83,11 +82,9 @@ def _utc(created: float) -> str:
 
 
 def formatter(log_format: str, worker: int | None = None) -> logging.Formatter:
-    """The formatter of ``--log-format`` (a worker's lines name the worker)."""
+    """The formatter of ``--log-format``, ``text`` or ``json`` (a worker's lines name the worker)."""
     if log_format == "json":
         return JsonFormatter(worker)
-    if log_format != "text":
-        raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, not {log_format!r}")
     name = "%(name)s" if worker is None else f"worker {worker} %(name)s"
     return TextFormatter(LOG_FORMAT.replace("%(name)s", name))
 
