@@ -14,6 +14,8 @@ import yaml
 from gateway.gate.policy import GateConfig, Policy
 from gateway.gate.rescue import STRATEGIES
 
+__all__ = ["ENV_PREFIX", "Settings", "add_arguments", "load_settings"]
+
 ENV_PREFIX = "SINKWATCH_"
 
 

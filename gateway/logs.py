@@ -16,6 +16,8 @@ import orjson
 
 from gateway.telemetry.request_scope import current_scope
 
+__all__ = ["LOG_FORMAT", "configure_logging"]
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s%(request_tag)s: %(message)s"
 
 

@@ -9,6 +9,8 @@ from fastapi import FastAPI
 from gateway.config import Settings
 from gateway.proxy.native import FastPathProtocol, protocol_class
 
+__all__ = ["http_protocol", "run_server"]
+
 
 def http_protocol(app: FastAPI) -> type[FastPathProtocol] | str:
     """uvicorn's ``http`` setting for a :func:`gateway.app.create_app` app."""

@@ -7,8 +7,8 @@ from dataclasses import replace
 import openai
 import pytest
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
 from gateway.config import Settings
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
 from tests.conftest import RunningServer, free_port, start_gateway
 
 FAKE_MODEL = "fake-model"

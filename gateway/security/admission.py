@@ -1,6 +1,6 @@
 """Who may send an API request now: API keys (when configured) and per-key rate limits.
 
-Asked once per ``/v1/`` request, by the ASGI :class:`~gateway.security.middleware.Guard` and by the
+Asked once per ``/v1/`` request, by the ASGI :class:`~gateway.security.guards.Guard` and by the
 native proxy fast path alike. Refusals are counted here.
 """
 
@@ -11,6 +11,8 @@ from gateway.errors import AuthenticationFailed, OpenAIError, RateLimited
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
 from gateway.telemetry.request_scope import current_scope
+
+__all__ = ["ANONYMOUS", "Admission", "header"]
 
 ANONYMOUS = "anonymous"
 

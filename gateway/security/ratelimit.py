@@ -17,6 +17,8 @@ from multiprocessing.context import assert_spawning
 from pathlib import Path
 from typing import Any
 
+__all__ = ["RateLimiter", "SharedBuckets", "TokenBucket", "take_token"]
+
 
 def take_token(tokens: float, updated: float, now: float, rate: float, burst: int) -> tuple[float, float, float]:
     """Refill a bucket from ``updated`` to ``now`` (capped at ``burst``), then take one token if there is one.

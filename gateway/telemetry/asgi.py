@@ -7,6 +7,8 @@ from gateway.telemetry.content import ContentLogging
 from gateway.telemetry.observe import begin, finish
 from gateway.telemetry.request_scope import REQUEST_ID_HEADER
 
+__all__ = ["Observed"]
+
 
 class Observed:
     """ASGI middleware: opens the request's scope, stamps the response with its id, closes it at the end

@@ -7,6 +7,8 @@ them, and wherever the request's own key appears in a body.
 
 from dataclasses import dataclass
 
+__all__ = ["REDACTED", "ContentCapture", "ContentLogging"]
+
 REDACTED = "[REDACTED]"
 SECRET_HEADERS = frozenset(
     {b"authorization", b"proxy-authorization", b"x-api-key", b"api-key", b"cookie", b"openai-organization"}

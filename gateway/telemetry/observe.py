@@ -9,6 +9,8 @@ from gateway.telemetry.content import ContentLogging
 from gateway.telemetry.request_scope import REQUEST_ID_HEADER, RequestScope, open_scope, request_id_of
 from gateway.telemetry.tracing import TRACE_HEADERS, active, request_attributes
 
+__all__ = ["begin", "finish"]
+
 access_log = logging.getLogger("sinkwatch.access")
 content_log = logging.getLogger("sinkwatch.content")
 

@@ -19,6 +19,8 @@ _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567
 # OpenAI's endpoints (ours: the metrics' endpoint label) -> GenAI semantic conventions' operation names.
 OPERATIONS = {"chat": "chat", "completions": "text_completion"}
 
+__all__ = ["OPERATIONS", "REQUEST_ID_HEADER", "RequestScope", "current_scope", "open_scope", "request_id_of"]
+
 _current: ContextVar["RequestScope | None"] = ContextVar("sinkwatch_request", default=None)
 
 

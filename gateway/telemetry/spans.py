@@ -9,6 +9,8 @@ from typing import Any
 from gateway.telemetry.request_scope import OPERATIONS, current_scope
 from gateway.telemetry.tracing import active, trace_headers
 
+__all__ = ["end_attempt_span", "end_upstream_span", "start_attempt_span", "start_upstream_span"]
+
 # Upstream paths (under the upstream's /v1) -> the endpoint label of the operation.
 _UPSTREAM_ENDPOINTS = {"/chat/completions": "chat", "/completions": "completions"}
 

@@ -19,6 +19,17 @@ from typing import Any
 from gateway import __version__
 from gateway.telemetry.request_scope import RequestScope
 
+__all__ = [
+    "TRACE_HEADERS",
+    "Tracing",
+    "active",
+    "configure",
+    "exporter_names",
+    "request_attributes",
+    "trace_headers",
+    "use",
+]
+
 EXPORTERS = ("otlp", "console", "none")
 TRACE_HEADERS = (b"traceparent", b"tracestate")
 

@@ -28,6 +28,8 @@ from gateway.errors import OpenAIError, UpstreamError, UpstreamRejected, Upstrea
 from gateway.telemetry.spans import end_upstream_span, start_upstream_span
 from gateway.upstream.http import ConnectFailed, HttpPool, HttpResponse, Origin, ReadTimeout, TransportError
 
+__all__ = ["PoolConfig", "UpstreamPool", "UpstreamResponse", "parse_upstreams"]
+
 if TYPE_CHECKING:
     from gateway.config import Settings
 

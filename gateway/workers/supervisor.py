@@ -35,14 +35,15 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from gateway.api.metrics_port import serve_metrics_apart
 from gateway.config import Settings
-from gateway.logs import configure_logging
+from gateway.metrics_port import serve_metrics_apart
 from gateway.security.admission import ANONYMOUS
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import SharedBuckets
-from gateway.workers.context import WorkerContext
 from gateway.workers.exposition import WorkerExpositions
+from gateway.workers.worker_context import WorkerContext
+
+__all__ = ["serve_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,13 @@ _PR_SET_PDEATHSIG = 1  # prctl(2)
 FIRST_RESTART_DELAY = 1.0  # seconds before starting again a worker that died before it served
 MAX_RESTART_DELAY = 30.0
 
+# What a worker process runs once it is set up: the app on the listening socket (gateway.launch.run_worker).
+WorkerRun = Callable[[Settings, socket.socket, WorkerContext], None]
 
-def serve_workers(settings: Settings) -> int:
-    """Serve with ``settings.workers`` processes until told to stop; the exit status."""
+
+def serve_workers(settings: Settings, run: WorkerRun) -> int:
+    """Serve with ``settings.workers`` processes, each running ``run`` (a module-level function: it crosses to
+    the spawned process by name), until told to stop; the exit status."""
     api_keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
     address = uvicorn.Config(
         app=None, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
@@ -68,7 +73,7 @@ def serve_workers(settings: Settings) -> int:
             WorkerContext(i, settings.workers, os.getpid(), run_dir, restarts, api_keys, buckets)
             for i in range(settings.workers)
         ]
-        return Supervisor(settings, listener, contexts).run()
+        return Supervisor(settings, listener, contexts, run).run()
     finally:
         listener.close()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -77,8 +82,11 @@ def serve_workers(settings: Settings) -> int:
 class Supervisor:
     """Starts the workers, starts again those that die, and stops them all on a signal."""
 
-    def __init__(self, settings: Settings, listener: socket.socket, contexts: list[WorkerContext]) -> None:
+    def __init__(
+        self, settings: Settings, listener: socket.socket, contexts: list[WorkerContext], run: WorkerRun
+    ) -> None:
         self.settings = settings
+        self._run_worker = run
         self.listener = listener
         self.contexts = contexts
         self.workers: list[BaseProcess | None] = [None] * len(contexts)
@@ -134,7 +142,9 @@ class Supervisor:
     def _start(self, context: WorkerContext) -> None:
         context.exposition_path(context.index).unlink(missing_ok=True)
         worker = _SPAWN.Process(
-            target=_worker_main, args=(self.settings, self.listener, context), name=f"sinkwatch-worker-{context.index}"
+            target=_worker_main,
+            args=(self._run_worker, self.settings, self.listener, context),
+            name=f"sinkwatch-worker-{context.index}",
         )
         worker.start()
         self.workers[context.index] = worker
@@ -200,18 +210,11 @@ class Supervisor:
                 os.kill(worker.pid, number)
 
 
-def _worker_main(settings: Settings, listener: socket.socket, context: WorkerContext) -> None:
-    """A worker process: the app, served on the supervisor's socket."""
+def _worker_main(run: WorkerRun, settings: Settings, listener: socket.socket, context: WorkerContext) -> None:
+    """A worker process: tied to its supervisor, then ``run``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C while starting: the supervisor's SIGTERM follows
     _die_with_parent(context.supervisor_pid)
-    configure_logging(settings.log_level, settings.log_format, worker=context.index)
-    from gateway.app import create_app
-    from gateway.server import run_server
-    from gateway.telemetry import tracing
-
-    tracing.configure(os.environ)  # each worker exports its own spans
-
-    run_server(create_app(settings, worker=context), settings, sockets=[listener])
+    run(settings, listener, context)
 
 
 def _die_with_parent(supervisor_pid: int) -> None:

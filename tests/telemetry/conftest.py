@@ -22,9 +22,3 @@ def spans() -> Iterator[InMemorySpanExporter]:
     finally:
         tracing.use(None)
         provider.shutdown()
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    """Async tests run on asyncio, the loop the gateway serves with."""
-    return "asyncio"

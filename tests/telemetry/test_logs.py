@@ -12,8 +12,8 @@ import openai
 import orjson
 import pytest
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
-from gateway.bench.processes import Process, gateway_process
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
+from lab.fakes.processes import Process, gateway_process
 from tests.conftest import MODEL, root, wait_for
 from tests.upstreams import FAKE_MODEL
 

@@ -13,8 +13,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
-from gateway.bench.processes import gateway_process
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
+from lab.fakes.processes import gateway_process
 from tests.conftest import root, wait_for
 from tests.upstreams import CHAT, FAKE_MODEL
 

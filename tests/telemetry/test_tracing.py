@@ -10,8 +10,8 @@ import httpx
 import pytest
 from opentelemetry.trace import SpanKind
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
 from gateway.config import Settings
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
 from tests.conftest import MODEL, free_port, start_gateway, wait_for
 from tests.gate.test_gate_e2e import LOOP
 from tests.upstreams import CHAT, FAKE_MODEL, client_of, proxy_gateway

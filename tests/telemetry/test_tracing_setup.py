@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from gateway.bench.processes import free_port
 from gateway.telemetry.tracing import exporter_names
+from lab.fakes.processes import free_port
 
 PROXY = ["serve", "--backend", "openai", "--upstreams", "http://127.0.0.1:9/v1"]
 
