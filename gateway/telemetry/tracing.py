@@ -25,6 +25,7 @@ __all__ = [
     "active",
     "configure",
     "exporter_names",
+    "flush",
     "request_attributes",
     "trace_headers",
     "use",
@@ -67,6 +68,16 @@ class Tracing:
 
     def fail(self, span: Any, description: str) -> None:
         span.set_status(self.status(self.error, description))
+
+
+FLUSH_TIMEOUT_MS = 5000
+
+
+def flush() -> None:
+    """Export the spans still queued, waiting at most :data:`FLUSH_TIMEOUT_MS` (when the app stops: a
+    process stopped by SIGTERM ends by that signal, without running exit handlers)."""
+    if _tracing is not None:
+        _tracing.provider.force_flush(FLUSH_TIMEOUT_MS)
 
 
 def active() -> Tracing | None:

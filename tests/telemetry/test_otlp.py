@@ -1,6 +1,9 @@
 """A real gateway process configured only by ``OTEL_*`` variables exports its spans over OTLP/HTTP to a
-receiver this test runs on loopback, which decodes them with ``opentelemetry-proto``."""
+receiver this test runs on loopback, which decodes them with ``opentelemetry-proto``: as they end, and
+what is still queued when it stops (each worker's too)."""
 
+import os
+import signal
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,18 +90,29 @@ def receiver() -> Iterator[Receiver]:
         server.server_close()
 
 
-def test_a_gateway_configured_by_otel_variables_exports_its_spans_over_otlp(receiver, monkeypatch):
+@pytest.mark.parametrize(
+    ("flags", "exported"),
+    [([], "as they end"), ([], "when stopped by SIGTERM"), (["--workers", "2"], "when stopped by SIGTERM")],
+    ids=["as-they-end", "sigterm", "workers-sigterm"],
+)
+def test_a_gateway_configured_by_otel_variables_exports_its_spans_over_otlp(receiver, monkeypatch, flags, exported):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint)
     monkeypatch.setenv("OTEL_SERVICE_NAME", "sinkwatch-otlp-test")
-    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "50")  # milliseconds between exports
+    delay_ms = "50" if exported == "as they end" else "600000"  # else nothing leaves before the stop
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", delay_ms)
     with (
         FakeUpstreamThread(FakeUpstreamConfig(tokens=4)) as upstream,
-        gateway_process("--backend", "openai", "--upstreams", upstream.base_url) as gateway,
+        gateway_process("--backend", "openai", "--upstreams", upstream.base_url, *flags) as gateway,
     ):
         headers = {"traceparent": f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"}
         response = httpx.post(f"{root(gateway)}/v1/chat/completions", json=CHAT, headers=headers, timeout=10)
         assert response.status_code == 200
-        wait_for(lambda: len(receiver.spans()) >= 2, timeout=15)
+        if exported == "as they end":
+            wait_for(lambda: len(receiver.spans()) >= 2, timeout=15)
+        else:
+            assert receiver.spans() == []
+            os.kill(gateway.pid, signal.SIGTERM)  # as Kubernetes stops a pod
+            gateway.popen.wait(30)
     (resource, request), (_, call) = sorted(receiver.spans(), key=lambda found: found[1].kind)
     assert resource["service.name"] == "sinkwatch-otlp-test"
     assert (request.kind, call.kind) == (Span.SPAN_KIND_SERVER, Span.SPAN_KIND_CLIENT)
