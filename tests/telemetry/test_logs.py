@@ -161,12 +161,13 @@ def test_text_lines_carry_the_request_id(tmp_path, upstream):
     assert "key=team" in line and "tokens_out=4" in line
 
 
-def test_log_content_shows_the_prompt_capped_with_credentials_redacted(tmp_path, upstream):
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/chat/completions?via=asgi"], ids=["native", "asgi"])
+def test_log_content_shows_the_prompt_capped_with_credentials_redacted(tmp_path, upstream, path):
     flags = proxying(upstream.base_url, "--log-format", "json", "--log-content", "--log-content-limit", "300")
     with logged_gateway(tmp_path, *flags) as server:
         body = {"model": FAKE_MODEL, "messages": [{"role": "user", "content": f"{PROMPT} {KEY} " + "z" * 400}]}
         headers = {"authorization": f"Bearer {KEY}", "x-request-id": "content-1"}
-        assert httpx.post(server.url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
+        assert httpx.post(server.url + path, json=body, headers=headers).status_code == 200
         server.access("content-1")
         (line,) = [e for e in server.lines() if e["logger"] == "sinkwatch.content"]  # none for /readyz
         text = server.text()
