@@ -13,6 +13,8 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.telemetry.content import ContentCapture
+
 REQUEST_ID_HEADER = b"x-request-id"
 MAX_REQUEST_ID = 128
 _PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
@@ -57,7 +59,7 @@ class RequestScope:
     gate_outcome: str | None = None
     trace_headers: dict[str, str] = field(default_factory=dict)  # the client's traceparent, tracestate
     span: Any = None  # the request's span when tracing is on
-    content: Any = None  # the ContentCapture when --log-content is on
+    content: ContentCapture | None = None  # when --log-content is on
 
     def served(self, endpoint: str, model: str) -> None:
         """The request is a generation of ``model`` at ``endpoint`` (``chat``, ``completions``)."""
