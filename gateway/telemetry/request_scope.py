@@ -57,7 +57,7 @@ class RequestScope:
     reasons: tuple[str, ...] = ()
     gate_action: str | None = None
     gate_outcome: str | None = None
-    trace_headers: dict[str, str] = field(default_factory=dict)  # the client's traceparent, tracestate
+    trace_headers: dict[str, str] = field(default_factory=dict)  # the client's traceparent, tracestate, baggage
     span: Any = None  # the request's span when tracing is on
     content: ContentCapture | None = None  # when --log-content is on
 

@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 EXPORTERS = ("otlp", "console", "none")
-TRACE_HEADERS = (b"traceparent", b"tracestate")
+TRACE_HEADERS = (b"traceparent", b"tracestate", b"baggage")  # W3C trace context and baggage
 
 _tracing: "Tracing | None" = None
 
@@ -67,6 +67,7 @@ class Tracing:
         return carrier
 
     def fail(self, span: Any, description: str) -> None:
+        """Mark ``span`` as failed, saying why."""
         span.set_status(self.status(self.error, description))
 
 
@@ -145,7 +146,7 @@ def configure(environ: Mapping[str, str]) -> bool:
 
 def trace_headers(scope: RequestScope | None, span: Any) -> dict[str, str]:
     """What an upstream request carries of the trace: ``span``'s context when tracing is on, else the
-    client's own ``traceparent`` and ``tracestate`` as received (so a traced client's trace goes on)."""
+    client's own W3C headers as received (so a traced client's trace goes on)."""
     if span is not None and _tracing is not None:
         return _tracing.inject(span)
     return scope.trace_headers if scope is not None else {}
