@@ -3,7 +3,8 @@
 Shared by both endpoints; they differ only in how they shape responses. A request for ``n`` choices runs
 ``n`` generations of its prompt, each with its own gate (monitor, hold-back, block, rescue): the choices
 are independent answers. The gate controllers decide what text reaches the client; this module owns the
-request's lifecycle and records its metrics once, when it ends.
+request's lifecycle and records its metrics once, when it ends (and what the access line and the trace say
+of it, in the request's scope).
 """
 
 import asyncio
@@ -19,6 +20,7 @@ from gateway.generation import Backend, GenerationEvent, GenerationRequest, Star
 from gateway.protocol.common import Usage
 from gateway.protocol.stability import StabilityReport, worst_of
 from gateway.request_metrics import RequestSeries, outcome_of
+from gateway.telemetry.request_scope import current_scope
 
 __all__ = ["ChoiceEnd", "GenerationSession", "Piece", "RequestLabels"]
 
@@ -73,6 +75,10 @@ class GenerationSession:
         self._tasks: list[asyncio.Task] = []
         self._first_text_at: float | None = None
         self._ended = False
+        self._scope = current_scope()
+        if self._scope is not None:
+            self._scope.served(labels.endpoint, labels.model)
+            self._scope.policy = policy.value
 
     @property
     def n(self) -> int:
@@ -154,6 +160,8 @@ class GenerationSession:
         if self._first_text_at is None:
             self._first_text_at = time.perf_counter()
             self._series.first_token(self._received_at, self._first_text_at)
+            if self._scope is not None:
+                self._scope.first_token_at = self._first_text_at
 
     def finish_reason(self, choice: int = 0) -> str:
         """Why a choice ended."""
@@ -203,3 +211,21 @@ class GenerationSession:
             if gate_outcome is not None and (outcome == "ok" or isinstance(error, ContentBlocked)):
                 self._series.stability(gate_outcome)
         self._series.end(self._received_at, outcome)
+        if self._scope is not None:
+            self._describe(outcome)
+
+    def _describe(self, outcome: str) -> None:
+        """What the access line and the span say of this request: tokens, every choice's finish, and the
+        verdict and gate action of its worst choice (the only one when n is 1)."""
+        scope, usage = self._scope, self.usage
+        scope.input_tokens = usage.prompt_tokens
+        if outcome == "ok":
+            scope.output_tokens = usage.completion_tokens
+            scope.finish_reasons = tuple(gate.result.finish_reason for gate in self.gates)
+        monitored = [gate for gate in self.gates if gate.monitor is not None]
+        if monitored:
+            gate = max(monitored, key=lambda g: g.detected.level.severity if g.detected else -1)
+            detected = gate.detected
+            scope.verdict = detected.level.value if detected else "ok"
+            scope.reasons = tuple(reason.signal for reason in detected.reasons) if detected else ()
+            scope.gate_action, scope.gate_outcome = gate.result.action, gate.result.outcome

@@ -73,7 +73,6 @@ def test_disconnecting_non_streaming_client_frees_its_slot_and_counts_as_cancell
         time.sleep(0.05)
     wait_for(lambda: metric(gateway.base_url, "sinkwatch_requests_total", outcome="cancelled", **labels) > cancelled)
     assert metric(gateway.base_url, "sinkwatch_requests_total", outcome="server_error", **labels) == server_errors
-    # before and after: the metrics registry is the test process's, shared with the servers of other tests
     assert metric(gateway.base_url, "sinkwatch_errors_total", endpoint="chat", type="server_error") == errors
 
 
