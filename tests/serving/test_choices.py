@@ -70,7 +70,7 @@ class OneLoopingChoice:
         return (self.looping if choice.endswith("-1") else self.calm).generate(request)
 
 
-def _one_looping_choice() -> OneLoopingChoice:
+def one_looping_choice() -> OneLoopingChoice:
     ids, entropy = loop_after(10)
     return OneLoopingChoice(ScriptedBackend([40, 30]), ScriptedBackend([40, 30], ids=ids, entropy=entropy))
 
@@ -124,7 +124,7 @@ def test_a_refused_choice_refuses_the_request_and_closes_the_started_ones(serve)
 
 
 def test_under_block_only_the_looping_choice_is_cut_and_each_choice_is_counted(serve):
-    server = serve(_one_looping_choice())
+    server = serve(one_looping_choice())
     labels = {"model": MODEL, "policy": "block"}
     before = {a: metric(server.base_url, "sinkwatch_gate_actions_total", action=a, **labels) for a in ("pass", "block")}
     body = {**BODY, "max_tokens": 40, "n": 2, "sinkwatch": {"policy": "block"}}
@@ -140,7 +140,7 @@ def test_under_block_only_the_looping_choice_is_cut_and_each_choice_is_counted(s
 
 
 def test_under_rescue_the_looping_choice_is_rescued_on_its_own_in_the_stream(serve):
-    backend = _one_looping_choice()
+    backend = one_looping_choice()
     server = serve(backend)
     body = {**BODY, "max_tokens": 40, "n": 2, "stream": True, "sinkwatch": {"policy": "rescue"}}
     with httpx.stream("POST", f"{server.base_url}/v1/chat/completions", json=body, timeout=30) as response:

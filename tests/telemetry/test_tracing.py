@@ -1,7 +1,7 @@
 """Traces with the SDK's in-memory exporter: a SERVER span per request named by the GenAI conventions, a
 CLIENT span per upstream call whose ``traceparent`` the upstream receives, a client's ``traceparent``
 continued, on the native fast path, the ASGI path and the full serving path; gate attempts with the
-real model."""
+real model; a request for several choices in one span."""
 
 from collections.abc import Iterator
 from dataclasses import replace
@@ -10,10 +10,14 @@ import httpx
 import pytest
 from opentelemetry.trace import SpanKind
 
+from gateway.app import create_app
 from gateway.config import Settings
 from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
-from tests.conftest import MODEL, free_port, start_gateway, wait_for
+from tests.conftest import MODEL, RunningServer, free_port, start_gateway, wait_for
+from tests.gate.scripted import CALIBRATION
+from tests.gate.scripted import MODEL as SCRIPTED_MODEL
 from tests.gate.test_gate_e2e import LOOP
+from tests.serving.test_choices import one_looping_choice
 from tests.upstreams import CHAT, FAKE_MODEL, client_of, proxy_gateway
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -145,3 +149,21 @@ def test_a_rescued_generation_has_a_span_per_gate_attempt_and_its_verdict(spans,
     assert request.attributes["sinkwatch.verdict"] == gate["detected"]
     assert request.attributes["sinkwatch.verdict.reasons"]
     assert request.attributes["sinkwatch.policy"] == "rescue"
+
+
+def test_a_request_for_two_choices_is_one_span_with_every_finish_and_the_worst_choices_gate(spans):
+    settings = replace(Settings(), port=free_port(), served_model_name=SCRIPTED_MODEL)
+    app = create_app(settings, backend=one_looping_choice(), calibration=CALIBRATION)
+    body = {"model": SCRIPTED_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40, "n": 2}
+    with RunningServer(app, settings.port) as server:
+        response = httpx.post(
+            f"{server.base_url}/v1/chat/completions", json={**body, "sinkwatch": {"policy": "block"}}, timeout=30
+        )
+    assert response.status_code == 200
+    found = _finished(spans, 3)
+    request = _one(found, SpanKind.SERVER)
+    attempts = [span for span in found if span.name == "sinkwatch.gate.attempt"]
+    assert len(attempts) == 2 and all(a.parent.span_id == request.context.span_id for a in attempts)
+    assert tuple(request.attributes["gen_ai.response.finish_reasons"]) == ("length", "content_filter")
+    assert request.attributes["gen_ai.usage.output_tokens"] == 40 + 10
+    assert (request.attributes["sinkwatch.verdict"], request.attributes["sinkwatch.gate.action"]) == ("sink", "block")
