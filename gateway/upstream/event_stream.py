@@ -80,9 +80,10 @@ def check_event_stream(response: UpstreamResponse) -> None:
         raise malformed(response, f"'{response.content_type or 'no content type'}' instead of an event stream")
 
 
-async def event_batches(response: UpstreamResponse) -> AsyncIterator[list[Event]]:
+async def event_batches(response: UpstreamResponse, until_done: bool = True) -> AsyncIterator[list[Event]]:
     """Batches of ``data:`` events up to ``[DONE]`` (not included); faults raise ``UpstreamError`` after the
-    events that came before them."""
+    events that came before them. ``until_done=False``: the stream may also just end (the Responses API
+    sends no ``[DONE]``)."""
     splitter = EventSplitter()
     while data := await response.read_chunk():
         received, problem = splitter.feed(data)
@@ -102,7 +103,8 @@ async def event_batches(response: UpstreamResponse) -> AsyncIterator[list[Event]
             yield batch
         if problem is not None:
             raise malformed(response, f"a broken event stream ({problem})")
-    raise malformed(response, "an event stream that ended without [DONE]")
+    if until_done:
+        raise malformed(response, "an event stream that ended without [DONE]")
 
 
 def _event(response: UpstreamResponse, payload: bytes) -> dict:

@@ -1,0 +1,140 @@
+"""The ``vllm`` backend's relay: the client's body to vLLM as sent, the answer back as vLLM sent it, with tokens.
+
+What monitoring adds to the body: ``return_token_ids`` (each chunk names the tokens it carries; removed
+again from the answer unless the client asked for them) and ``vllm_xargs`` with the gateway's request id,
+the statistics receiver's address and the number of choices (the plugin publishes each choice's features
+under its own id). Each choice's tokens are matched to their features by position, as for a generation.
+A chunk's tokens are of the kind of its delta: content, reasoning or tool-call arguments.
+"""
+
+from collections.abc import AsyncIterator
+
+import orjson
+
+from gateway.backends.vllm_stats import FeatureStream, StatsReceiver
+from gateway.generation import TokenEvent
+from gateway.relay.seam import (
+    ChoiceToken,
+    Fragment,
+    RelayCall,
+    RelayItem,
+    RelayStart,
+    TokenKind,
+    Trailer,
+    WholeAnswer,
+    delta_kind,
+    message_kinds,
+)
+from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
+from gateway.upstream.pool import UpstreamPool
+from monitors.vllm_plugin.wire import RequestTag, choice_request_id
+
+__all__ = ["MAX_ANSWER_BYTES", "relay_to_vllm"]
+
+MAX_ANSWER_BYTES = 64 << 20
+
+
+def _token_ids(choice: dict, keep: bool) -> list[int]:
+    ids = choice.get("token_ids") if keep else choice.pop("token_ids", None)
+    return ids if isinstance(ids, list) and all(isinstance(t, int) for t in ids) else []
+
+
+def _kind(choice: dict) -> TokenKind:
+    delta = choice.get("delta")
+    return delta_kind(delta) if isinstance(delta, dict) else "content"
+
+
+class _Choices:
+    """Each choice's feature stream and the position of its next token."""
+
+    def __init__(self, streams: dict[int, FeatureStream]) -> None:
+        self._streams = streams
+        self._next: dict[int, int] = {}
+
+    async def tokens(self, index: int, ids: list[int], kind: str) -> list[ChoiceToken]:
+        out = []
+        stream = self._streams.get(index)
+        for token_id in ids:
+            position = self._next.get(index, 0)
+            self._next[index] = position + 1
+            features = await stream.take(position, token_id) if stream is not None else None
+            out.append(ChoiceToken(index, TokenEvent("", token_id, features), kind))
+        return out
+
+    def close(self) -> None:
+        for stream in self._streams.values():
+            stream.close()
+
+
+async def relay_to_vllm(
+    pool: UpstreamPool, receiver: StatsReceiver | None, call: RelayCall
+) -> AsyncIterator[RelayItem]:
+    """Relay ``call`` to vLLM, yielding the seam's items (``gateway.relay.seam``)."""
+    body = dict(call.body)
+    client_ids = body.get("return_token_ids") is True
+    body["return_token_ids"] = True
+    streams: dict[int, FeatureStream] = {}
+    unmonitored = "uncalibrated" if receiver is None else None
+    if receiver is not None and call.monitor:
+        n = call.choices
+        ids = [call.request_id] if n == 1 else [choice_request_id(call.request_id, i) for i in range(n)]
+        streams = {i: receiver.open(request_id) for i, request_id in enumerate(ids)}
+        xargs = body.get("vllm_xargs") if isinstance(body.get("vllm_xargs"), dict) else {}
+        body["vllm_xargs"] = {**xargs, **RequestTag(call.request_id, receiver.address, n).to_xargs()}
+    choices = _Choices(streams)
+    try:
+        response = await pool.open(call.path, orjson.dumps(body), model=call.model, request_id=call.request_id)
+        async with response:
+            if not response.ok:
+                raise await response.error()
+            yield RelayStart(unmonitored)
+            if not call.stream:
+                yield await _whole(response, choices, client_ids)
+                return
+            check_event_stream(response)
+            async for batch in event_batches(response):
+                for _, event in batch:
+                    for item in await _stream_items(event, choices, client_ids):
+                        yield item
+    finally:
+        choices.close()
+
+
+async def _stream_items(event: dict, choices: _Choices, client_ids: bool) -> list[RelayItem]:
+    listed = event.get("choices")
+    if not isinstance(listed, list) or not listed:
+        return [Trailer(event)]
+    envelope = {key: value for key, value in event.items() if key != "choices"}
+    if not client_ids:
+        envelope.pop("prompt_token_ids", None)
+    items: list[RelayItem] = []
+    for choice in listed:
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", 0)
+        items += await choices.tokens(index, _token_ids(choice, client_ids), _kind(choice))
+        items.append(Fragment(index, envelope, choice))
+    return items
+
+
+async def _whole(response, choices: _Choices, client_ids: bool) -> WholeAnswer:
+    data = await response.read_all(MAX_ANSWER_BYTES)
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise malformed(response, "a body that is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise malformed(response, "JSON that is not a completion")
+    if not client_ids:
+        body.pop("prompt_token_ids", None)
+    tokens: dict[int, list[ChoiceToken]] = {}
+    for position, choice in enumerate(body["choices"]):
+        if not isinstance(choice, dict):
+            continue
+        if not client_ids:
+            choice.pop("prompt_token_ids", None)
+        index = choice.get("index", position)
+        message = choice.get("message")
+        kind = "+".join(message_kinds(message)) if isinstance(message, dict) else "content"
+        tokens[index] = await choices.tokens(index, _token_ids(choice, client_ids), kind or "content")
+    return WholeAnswer(body, tokens)
