@@ -2,8 +2,9 @@
 JSON and checked only where the gateway acts on it (model, stream, the ``sinkwatch`` extension, the policy
 header); the rest is the upstream's to accept or refuse (its 4xx pass through as sent).
 
-Chat and text completions are relayed and monitored (:mod:`gateway.relay.session`); ``/v1/embeddings`` and,
-on the ``openai`` backend, ``/v1/responses`` have no monitored path and are relayed marked unmonitored;
+Chat and text completions are relayed and monitored (:mod:`gateway.relay.session`); ``/v1/responses`` is
+monitored on the ``vllm`` backend (:mod:`gateway.relay.responses`); ``/v1/embeddings`` and, on the ``openai``
+backend, ``/v1/responses`` have no monitored path and are relayed marked unmonitored;
 ``/v1/models`` lists the upstreams' own model cards. The embedded backend serves
 :mod:`gateway.api.openai_routes` instead, whose strict models refuse what its engine cannot do.
 """
@@ -15,8 +16,9 @@ from gateway.errors import ModelNotFound, NotReady
 from gateway.gate.policy import POLICY_HEADER, Policy, resolve_policy
 from gateway.protocol.common import ErrorResponse
 from gateway.proxy.checks import ParsedRequest, parsed_request
-from gateway.relay.plain import relay_unmonitored
+from gateway.relay.plain import Marking, Reporter, relay_marked
 from gateway.relay.respond import relay_stream, relay_whole
+from gateway.relay.responses import ResponsesReporter
 from gateway.relay.seam import RelayCall
 from gateway.relay.session import RelaySession, unmonitored_report
 from gateway.request_metrics import RequestSeries
@@ -68,14 +70,24 @@ async def _monitored(http: Request, endpoint: str, path: str, prefix: str) -> Re
     return await relay_whole(session, http)
 
 
-async def _unmonitored(http: Request, endpoint: str, path: str, prefix: str) -> Response:
+async def _answer(http: Request, endpoint: str, path: str, prefix: str) -> Response:
+    """An answer without choices: monitored where the backend can tap its features, else marked unmonitored."""
     received_at, _ = now()
     ctx, parsed, policy = await _accepted(http, endpoint)
     model = parsed.request["model"]
-    call = RelayCall(path, parsed.request, model, new_request_id(prefix), monitor=False)
+    call = RelayCall(path, parsed.request, model, new_request_id(prefix))
+    tap = ctx.backend.feature_tap(call) if endpoint == "responses" else None
+    monitor = ctx.monitor_factory()() if tap is not None and tap.features is not None else None
+    if monitor is not None:
+        reporter: Reporter = ResponsesReporter(tap.features, monitor, policy)
+        call = tap.call
+    else:
+        if tap is not None and tap.features is not None:
+            tap.features.close()
+        reason = (tap.unmonitored or "uncalibrated") if tap is not None else "endpoint"
+        reporter = Marking(unmonitored_report(reason, policy).model_dump(mode="json"))
     series = RequestSeries.of(model, endpoint, ctx.backend.name)
-    report = unmonitored_report("endpoint", policy).model_dump(mode="json")
-    return await relay_unmonitored(ctx.backend.pool, call, report, series, received_at, endpoint)
+    return await relay_marked(ctx.backend.pool, call, reporter, series, received_at, endpoint)
 
 
 @router.post("/chat/completions")
@@ -93,13 +105,13 @@ async def completions(http: Request) -> Response:
 @router.post("/responses")
 async def responses(http: Request) -> Response:
     """Create a response (the Responses API), relayed; monitored where the backend has a path for it."""
-    return await _unmonitored(http, "responses", "/responses", "resp")
+    return await _answer(http, "responses", "/responses", "resp")
 
 
 @router.post("/embeddings")
 async def embeddings(http: Request) -> Response:
     """Create embeddings, relayed unmonitored (nothing is generated)."""
-    return await _unmonitored(http, "embeddings", "/embeddings", "embd")
+    return await _answer(http, "embeddings", "/embeddings", "embd")
 
 
 @router.get("/models")

@@ -32,7 +32,7 @@ from gateway.generation import (
     StartEvent,
     TokenEvent,
 )
-from gateway.relay.seam import RelayCall, RelayItem
+from gateway.relay.seam import FeatureTap, RelayCall, RelayItem
 from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool
 from monitors.bands import LayerBand
@@ -133,6 +133,10 @@ class OpenAIBackend:
     def relay(self, call: RelayCall) -> AsyncIterator[RelayItem]:
         """Relay a client's request as sent, each choice read by the reader when there is one (``reader_relay``)."""
         return relay_through_reader(self.pool, self.reader, call)
+
+    def feature_tap(self, call: RelayCall) -> FeatureTap:
+        """No engine features here, and the reader reads only chat and text completions."""
+        return FeatureTap(call, None, "endpoint")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         path, body = upstream_request(request, self._continuation)

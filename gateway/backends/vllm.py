@@ -18,11 +18,11 @@ import orjson
 
 from gateway import metrics
 from gateway.backends.openai import chunk_choice, finish_event, upstream_request
-from gateway.backends.vllm_relay import relay_to_vllm
+from gateway.backends.vllm_relay import feature_tap, relay_to_vllm
 from gateway.backends.vllm_stats import FeatureStream, StatsReceiver
 from gateway.config import Settings
 from gateway.generation import GenerationEvent, GenerationRequest, StartEvent, TokenEvent
-from gateway.relay.seam import RelayCall, RelayItem
+from gateway.relay.seam import FeatureTap, RelayCall, RelayItem
 from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool
 from monitors.bands import LayerBand
@@ -63,6 +63,10 @@ class VLLMBackend:
     def relay(self, call: RelayCall) -> AsyncIterator[RelayItem]:
         """Relay a client's request as sent, with each choice's tokens and features (``vllm_relay``)."""
         return relay_to_vllm(self.pool, self.receiver, call)
+
+    def feature_tap(self, call: RelayCall) -> FeatureTap:
+        """``call`` tagged for the plugin (the Responses API: its answer has no token ids to match)."""
+        return feature_tap(self.receiver, call)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         path, body = upstream_request(request, "continue_final_message")

@@ -8,6 +8,7 @@ A chunk's tokens are of the kind of its delta: content, reasoning or tool-call a
 """
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import orjson
 
@@ -15,6 +16,7 @@ from gateway.backends.vllm_stats import FeatureStream, StatsReceiver
 from gateway.generation import TokenEvent
 from gateway.relay.seam import (
     ChoiceToken,
+    FeatureTap,
     Fragment,
     RelayCall,
     RelayItem,
@@ -29,7 +31,7 @@ from gateway.upstream.event_stream import check_event_stream, event_batches, mal
 from gateway.upstream.pool import UpstreamPool
 from monitors.vllm_plugin.wire import RequestTag, choice_request_id
 
-__all__ = ["MAX_ANSWER_BYTES", "relay_to_vllm"]
+__all__ = ["MAX_ANSWER_BYTES", "feature_tap", "relay_to_vllm"]
 
 MAX_ANSWER_BYTES = 64 << 20
 
@@ -66,6 +68,25 @@ class _Choices:
             stream.close()
 
 
+def _tagged(body: dict, receiver: StatsReceiver, call: RelayCall) -> dict[int, FeatureStream]:
+    """Tag ``body`` for the plugin (in place) and open the feature stream of each choice."""
+    n = call.choices
+    ids = [call.request_id] if n == 1 else [choice_request_id(call.request_id, i) for i in range(n)]
+    streams = {i: receiver.open(request_id) for i, request_id in enumerate(ids)}
+    xargs = body.get("vllm_xargs") if isinstance(body.get("vllm_xargs"), dict) else {}
+    body["vllm_xargs"] = {**xargs, **RequestTag(call.request_id, receiver.address, n).to_xargs()}
+    return streams
+
+
+def feature_tap(receiver: StatsReceiver | None, call: RelayCall) -> FeatureTap:
+    """``call`` tagged for the plugin, with the stream its features arrive on (answers without choices)."""
+    if receiver is None:
+        return FeatureTap(call, None, "uncalibrated")
+    body = dict(call.body)
+    streams = _tagged(body, receiver, replace(call, body={}))
+    return FeatureTap(replace(call, body=body), streams[0], None)
+
+
 async def relay_to_vllm(
     pool: UpstreamPool, receiver: StatsReceiver | None, call: RelayCall
 ) -> AsyncIterator[RelayItem]:
@@ -76,11 +97,7 @@ async def relay_to_vllm(
     streams: dict[int, FeatureStream] = {}
     unmonitored = "uncalibrated" if receiver is None else None
     if receiver is not None and call.monitor:
-        n = call.choices
-        ids = [call.request_id] if n == 1 else [choice_request_id(call.request_id, i) for i in range(n)]
-        streams = {i: receiver.open(request_id) for i, request_id in enumerate(ids)}
-        xargs = body.get("vllm_xargs") if isinstance(body.get("vllm_xargs"), dict) else {}
-        body["vllm_xargs"] = {**xargs, **RequestTag(call.request_id, receiver.address, n).to_xargs()}
+        streams = _tagged(body, receiver, call)
     choices = _Choices(streams)
     try:
         response = await pool.open(call.path, orjson.dumps(body), model=call.model, request_id=call.request_id)

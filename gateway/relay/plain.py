@@ -1,8 +1,14 @@
-"""Endpoints without a monitored path (``/v1/embeddings``; ``/v1/responses`` on the ``openai`` backend): the
-request and the answer relayed as sent, marked ``stability.verdict: "unmonitored"`` (in the body, on a
-stream's last event, in the ``x-sinkwatch-verdict`` header) and counted by reason, never refused."""
+"""Answers without choices, relayed as sent with a report on the answer or on a stream's last event.
+
+``/v1/embeddings`` (and ``/v1/responses`` where there is no monitored path) are marked
+``stability.verdict: "unmonitored"`` (in the body, on a stream's last event, in the
+``x-sinkwatch-verdict`` header) and counted by reason, never refused. ``/v1/responses`` on the ``vllm``
+backend gets its report from a :class:`Reporter` that reads the features of the answer's tokens once the
+final event says how many there were.
+"""
 
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 import orjson
 from fastapi.responses import Response, StreamingResponse
@@ -14,9 +20,32 @@ from gateway.request_metrics import RequestSeries, outcome_of
 from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
 from gateway.upstream.pool import UpstreamPool, UpstreamResponse
 
-__all__ = ["MAX_ANSWER_BYTES", "marked_event", "relay_unmonitored"]
+__all__ = ["MAX_ANSWER_BYTES", "Marking", "Reporter", "marked_event", "relay_marked"]
 
 MAX_ANSWER_BYTES = 64 << 20
+
+
+class Reporter(Protocol):
+    """Makes the report of an answer from the answer (or a stream's final event) itself."""
+
+    async def report(self, final: dict) -> dict:
+        """The ``stability`` object for this answer."""
+
+    def close(self) -> None:
+        """Stop collecting (the answer ended, or the client went away)."""
+
+
+class Marking:
+    """The reporter of an unmonitored answer: the same marking whatever the answer."""
+
+    def __init__(self, report: dict) -> None:
+        self.marking = report
+
+    async def report(self, final: dict) -> dict:
+        return self.marking
+
+    def close(self) -> None:
+        pass
 
 
 def marked_event(event: dict, report: dict) -> dict:
@@ -35,12 +64,13 @@ def sse_event(raw: bytes, event: dict) -> bytes:
     return data
 
 
-async def relay_unmonitored(
-    pool: UpstreamPool, call: RelayCall, report: dict, series: RequestSeries, received_at: float, endpoint: str
+async def relay_marked(
+    pool: UpstreamPool, call: RelayCall, reporter: Reporter, series: RequestSeries, received_at: float, endpoint: str
 ) -> Response:
-    """Relay ``call`` and mark its answer with ``report`` (the unmonitored marking)."""
+    """Relay ``call`` and add ``reporter``'s report to its answer (an unmonitored one is counted here)."""
     series.begin()
-    RequestSeries.unmonitored(report["reason"])
+    if isinstance(reporter, Marking):
+        RequestSeries.unmonitored(reporter.marking["reason"])
     try:
         response = await pool.open(call.path, orjson.dumps(call.body), model=call.model, request_id=call.request_id)
         if not response.ok:
@@ -49,19 +79,19 @@ async def relay_unmonitored(
             async with response:
                 body = await response.read_all(MAX_ANSWER_BYTES)
                 answer = _json_object(response, body)
+            report = await reporter.report(answer)
+            reporter.close()
             series.end(received_at, "ok")
-            return Response(
-                orjson.dumps(marked_event(answer, report)),
-                media_type="application/json",
-                headers=verdict_headers(report),
-            )
+            marked = orjson.dumps(marked_event(answer, report))
+            return Response(marked, media_type="application/json", headers=verdict_headers(report))
         check_event_stream(response)
     except BaseException as error:
+        reporter.close()
         series.end(received_at, outcome_of(error))
         raise
-    headers = {"cache-control": "no-cache", **verdict_headers(report)}
-    events = _marked_stream(response, report, series, received_at, endpoint)
-    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+    upfront = verdict_headers(reporter.marking) if isinstance(reporter, Marking) else {}
+    events = _marked_stream(response, reporter, series, received_at, endpoint)
+    return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache", **upfront})
 
 
 def _json_object(response: UpstreamResponse, body: bytes) -> dict:
@@ -75,7 +105,7 @@ def _json_object(response: UpstreamResponse, body: bytes) -> dict:
 
 
 async def _marked_stream(
-    response: UpstreamResponse, report: dict, series: RequestSeries, received_at: float, endpoint: str
+    response: UpstreamResponse, reporter: Reporter, series: RequestSeries, received_at: float, endpoint: str
 ) -> AsyncIterator[bytes]:
     """The upstream's events as sent, the last one marked; ``[DONE]`` after it when the upstream sent one."""
     outcome, held = "server_error", None
@@ -87,7 +117,7 @@ async def _marked_stream(
                     yield held[0] + b"\n\n"
                 held = (raw, event)
         if held is not None:
-            yield sse_event(held[0], marked_event(held[1], report))
+            yield sse_event(held[0], marked_event(held[1], await reporter.report(held[1])))
         if until_done:
             yield DONE
         outcome = "ok"
@@ -95,5 +125,6 @@ async def _marked_stream(
         outcome = outcome_of(error)
         yield error_event(error, endpoint)
     finally:
+        reporter.close()
         await response.aclose()
         series.end(received_at, outcome)

@@ -14,9 +14,12 @@ from typing import Literal, Protocol
 
 from gateway.generation import TokenEvent
 from gateway.upstream.pool import UpstreamPool
+from monitors.features import StepFeatures
 
 __all__ = [
     "ChoiceToken",
+    "FeatureSource",
+    "FeatureTap",
     "Fragment",
     "RelayBackend",
     "RelayCall",
@@ -96,6 +99,25 @@ class WholeAnswer:
 RelayItem = RelayStart | Fragment | ChoiceToken | Trailer | WholeAnswer
 
 
+class FeatureSource(Protocol):
+    """The features of one generation's tokens, taken in order (``gateway.backends.vllm_stats.FeatureStream``)."""
+
+    async def take(self, index: int, token_id: int | None) -> StepFeatures | None:
+        """Features of token ``index`` (None when they did not come)."""
+
+    def close(self) -> None:
+        """Stop collecting."""
+
+
+@dataclass(frozen=True)
+class FeatureTap:
+    """A call tagged for the engine's features, where the backend can have them (else why not)."""
+
+    call: RelayCall
+    features: FeatureSource | None
+    unmonitored: str | None
+
+
 class RelayBackend(Protocol):
     """A backend that relays calls unchanged and reports the tokens it monitored."""
 
@@ -108,6 +130,9 @@ class RelayBackend(Protocol):
 
     def relay(self, call: RelayCall) -> AsyncIterator[RelayItem]:
         """Send ``call`` upstream; raises the upstream's error (4xx as sent) before :class:`RelayStart`."""
+
+    def feature_tap(self, call: RelayCall) -> FeatureTap:
+        """``call`` tagged so that the engine publishes its tokens' features (for answers without choices)."""
 
 
 def delta_kind(delta: dict) -> TokenKind:
