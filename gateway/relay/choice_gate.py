@@ -89,7 +89,7 @@ class ChoiceGate:
             self._held.append(_Held(len(self._holdback), fragment))
 
     def releasable(self) -> list[Fragment]:
-        """The held fragments whose tokens the hold-back releases now."""
+        """The held fragments whose tokens the hold-back releases now (none once a verdict fired)."""
         if self.fired is not None:
             return []
         if self.gated:
@@ -115,15 +115,26 @@ class ChoiceGate:
         return out
 
     def _fire(self, verdict: Verdict) -> None:
-        """Cut at the detector's stable point; nothing after what was released goes out."""
+        """Note where to cut: the detector's stable point, never before what was already released."""
         self.fired = verdict
         attempt = self.attempt
         attempt.fired_at = verdict.token_index
         cut, self.leaked = self._holdback.cut_for(verdict, floor=0)
         attempt.rollback_to = cut
         attempt.kept = self._holdback.released
-        self._held = []
         self._note_verdict()
+
+    def cut(self) -> list[Fragment]:
+        """After a block: the held fragments before the cut (the detector vouched for them); the rest is
+        dropped. Nothing is released when the choice is resampled instead."""
+        if self.fired is None or self.lag is None:
+            self._held = []
+            return []
+        self._holdback.release_upto(self.attempt.rollback_to)
+        self.attempt.kept = self._holdback.released
+        out = self._take(self._holdback.released)
+        self._held = []
+        return out
 
     def _note_verdict(self) -> None:
         if self.monitor is not None and self.monitor.tokens:

@@ -157,9 +157,11 @@ class RelaySession:
                 target = item.index if index < 0 else index
                 gate = self._choice(target).gate
                 if isinstance(item, ChoiceToken):
+                    fired_before = gate.fired is not None
                     gate.add_token(item)
-                    if gate.fired is not None:
-                        self._on_fired(target, finishes)
+                    if gate.fired is not None and not fired_before:
+                        for fragment in self._on_fired(target, finishes):
+                            yield fragment
                         if self.call.choices == 1:
                             return  # nothing more is needed from this stream
                     continue
@@ -178,18 +180,22 @@ class RelaySession:
         finally:
             await items.aclose()
 
-    def _on_fired(self, index: int, finishes: dict[int, Fragment]) -> None:
-        """A choice collapsed: it is resampled later if it may be, else blocked now."""
+    def _on_fired(self, index: int, finishes: dict[int, Fragment]) -> list[Fragment]:
+        """A choice collapsed: it is resampled later if it may be, else blocked now (what the detector vouched
+        for before the cut still goes out)."""
         choice = self._choices[index]
         choice.note(choice.gate)
         choice.leaked += choice.gate.leaked
-        if not self._rescuable(choice):
-            self._block(index, finishes)
+        if self._rescuable(choice):
+            return []
+        return self._block(index, finishes)
 
-    def _block(self, index: int, finishes: dict[int, Fragment]) -> None:
+    def _block(self, index: int, finishes: dict[int, Fragment]) -> list[Fragment]:
         choice = self._choices[index]
+        kept = choice.gate.cut()
         choice.withheld += choice.gate.withheld
         finishes[index] = self._blocked_fragment(index)
+        return kept
 
     async def _rescue_stream(self, index: int, choice: _Choice, finishes: dict[int, Fragment]) -> AsyncIterator:
         """Resample a collapsed choice from its start until an attempt holds or the gate gives up."""
@@ -201,7 +207,8 @@ class RelaySession:
             except OpenAIError as refused:
                 choice.gate.attempt.error = refused.message
                 await items.aclose()
-                self._block(index, finishes)
+                for fragment in self._block(index, finishes):
+                    yield fragment
                 return
             async for fragment in self._relay_stream(items, finishes, [], index):
                 yield fragment

@@ -112,6 +112,7 @@ def test_block_holds_back_every_kind_of_delta_so_nothing_of_the_loop_leaks(fake,
     )
     sent = json.dumps([c["choices"] for c in chunks])
     assert not any(f'" t{i}"' in sent for i in range(LOOP_FROM, 40))
+    assert '" t0"' in sent  # what the detector vouched for before the cut still went out
     assert chunks[-1]["choices"][0]["finish_reason"] == "content_filter"
     report = chunks[-1]["stability"]
     assert (report["verdict"], report["gate"]["action"], report["gate"]["tokens_leaked"]) == ("sink", "block", 0)
