@@ -162,7 +162,7 @@ def test_the_responses_api(real_vllm_gateway):
     ],
 )
 def test_a_forced_loop_is_a_sink_and_block_leaks_none_of_it(real_vllm_gateway, vllm_server, shape):
-    direct = _ask(vllm_server, False, **shape, **LOOP)["choices"][0]
+    direct = _ask(vllm_server, False, **shape, **LOOP, logprobs=True)["choices"][0]
     annotated = _ask(real_vllm_gateway, False, **shape, **LOOP)
     assert annotated["stability"]["verdict"] == "sink"
     blocked = _ask(real_vllm_gateway, True, **shape, **LOOP, extra_body={"sinkwatch": {"policy": "block"}})
@@ -171,3 +171,6 @@ def test_a_forced_loop_is_a_sink_and_block_leaks_none_of_it(real_vllm_gateway, v
     assert (report["gate"]["action"], report["gate"]["tokens_leaked"]) == ("block", 0)
     sent, full = choice["text"] + choice["arguments"], direct["text"] + direct["arguments"]
     assert full.startswith(sent) and len(sent) < len(full)
+    if "tools" not in shape:  # the text is the tokens' own: exactly those before the cut went out
+        cut = report["gate"]["attempts"][0]["rollback_to_token"]
+        assert sent == "".join(entry.token for entry in direct["logprobs"][:cut])
