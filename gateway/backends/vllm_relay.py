@@ -130,8 +130,17 @@ async def _stream_items(event: dict, choices: _Choices, client_ids: bool) -> lis
             continue
         index = choice.get("index", 0)
         items += await choices.tokens(index, _token_ids(choice, client_ids), _kind(choice))
-        items.append(Fragment(index, envelope, choice))
+        if client_ids or not _only_token_ids(choice):
+            items.append(Fragment(index, envelope, choice))
     return items
+
+
+def _only_token_ids(choice: dict) -> bool:
+    """A chunk vLLM sent only because token ids were asked for (a token its tool or reasoning parser held
+    back): the client, which did not ask for them, would not have got it."""
+    delta = choice.get("delta")
+    empty_delta = isinstance(delta, dict) and not any(delta.values())
+    return empty_delta and choice.get("finish_reason") is None and not choice.get("logprobs")
 
 
 async def _whole(response, choices: _Choices, client_ids: bool) -> WholeAnswer:

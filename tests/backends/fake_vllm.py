@@ -40,6 +40,7 @@ class FakeVLLMConfig:
     loop_from: int | None = None  # from this token on: a 3-token cycle at low entropy (a sink)
     loop_choices: tuple[int, ...] = (0,)  # the choices that loop (with several), and only the first attempt
     loop_requests: int = 1  # how many requests loop (later ones, e.g. rescues, do not)
+    held: int = 0  # the first tokens come as vLLM sends tokens its parser holds back: an empty delta
 
 
 @dataclass
@@ -146,9 +147,12 @@ class FakeVLLM:
             for i, (token, text, kind) in enumerate(tokens):
                 finish = "length" if i == len(tokens) - 1 else None
                 choice = {"index": index, "finish_reason": finish}
-                choice.update({"delta": _delta(kind, text, i)} if chat else {"text": text})
+                delta = {} if i < self.config.held else _delta(kind, text, i)
+                choice.update({"delta": delta} if chat else {"text": text})
                 if with_ids:
                     choice["token_ids"] = [token]
+                elif not delta and chat:
+                    continue  # vLLM sends a held token's chunk only when token ids are asked for
                 if body.get("logprobs"):
                     choice["logprobs"] = {"content": [{"token": text, "logprob": -0.5, "top_logprobs": []}]}
                 yield _sse({**first, "choices": [choice]})

@@ -73,6 +73,16 @@ def test_a_client_asking_for_token_ids_keeps_them(fake, gateway):
     assert answer.choices[0].model_extra["token_ids"] == [FakeVLLM.token_id(i) for i in range(3)]
 
 
+def test_tokens_a_parser_holds_back_are_monitored_without_sending_their_empty_chunks(fake, gateway):
+    upstream, _ = fake
+    upstream.config.held = 3
+    chunks = _stream(gateway, {"model": MODEL, "messages": MESSAGES, "max_tokens": 6})
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert all(any(delta.values()) for delta in deltas)
+    assert "".join(d.get("content") or "" for d in deltas) == " t3 t4 t5"
+    assert chunks[-1]["stability"]["tokens_monitored"] == 6
+
+
 def test_logprobs_stream_back_as_the_upstream_sent_them(fake, gateway):
     chunks = _stream(gateway, {"model": MODEL, "messages": MESSAGES, "max_tokens": 4, "logprobs": True})
     carrying = [c for c in chunks if c["choices"] and c["choices"][0].get("logprobs")]
