@@ -109,6 +109,14 @@ def gateway(gateway_settings: Settings) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
+def calibration():
+    """The calibration shipped for the default model."""
+    from monitors.calibration import load_calibration
+
+    return load_calibration(MODEL)
+
+
+@pytest.fixture(scope="session")
 def loaded_model():
     """The real embedded model, loaded once for tests that run it directly (offline tools, monitors)."""
     from gateway.engine.loader import load_model
