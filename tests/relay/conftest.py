@@ -39,7 +39,7 @@ def relay_gateway(upstream: RunningServer, **settings) -> RunningServer:
 
 
 @pytest.fixture
-def gateway(fake: tuple[FakeVLLM, RunningServer]) -> Iterator[RunningServer]:
+def relay_server(fake: tuple[FakeVLLM, RunningServer]) -> Iterator[RunningServer]:
     """A ready gateway in front of the fake (hold-back 3 tokens)."""
     _, upstream = fake
     with relay_gateway(upstream, holdback_tokens=3) as server:
