@@ -348,9 +348,10 @@ class RelaySession:
         lag = None if holds_whole else self._config.holdback_tokens
         return ChoiceGate(monitor, gated, lag, ChoiceAttempt(strategy))
 
-    def _reports(self) -> dict[int, StabilityReport]:
-        """Each monitored choice's report (none under ``observe`` or when nothing was monitored)."""
-        if self.unmonitored is not None or self.policy is Policy.OBSERVE:
+    def _reports(self, for_metrics: bool = False) -> dict[int, StabilityReport]:
+        """Each monitored choice's report (none when nothing was monitored, nor under ``observe`` unless for
+        the metrics, which observe records)."""
+        if self.unmonitored is not None or (self.policy is Policy.OBSERVE and not for_metrics):
             return {}
         return {
             index: report
@@ -410,7 +411,7 @@ class RelaySession:
             self._series.first_token(self._received_at, time.perf_counter())
 
     def _gate_outcome(self) -> GateOutcome | None:
-        top = self.report()
+        top = self.report(self._reports(for_metrics=True))
         if top is None or top.gate is None or self.unmonitored is not None:
             return None
         choice = self._choices[top.choice if top.choice is not None else min(self._choices)]

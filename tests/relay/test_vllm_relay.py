@@ -229,3 +229,13 @@ def test_the_legacy_completions_endpoint_relays_too(fake):
         )
     assert answer.choices[0].text == "".join(f" t{i}" for i in range(5))
     assert answer.model_extra["stability"]["tokens_monitored"] == 5
+
+
+def test_observe_sends_no_report_but_counts_the_verdict(fake, relay_server):
+    before = metric(relay_server.base_url, "sinkwatch_verdicts_total")
+    response = httpx.post(
+        f"{relay_server.base_url}/v1/chat/completions",
+        json={"model": MODEL, "messages": MESSAGES, "max_tokens": 4, "sinkwatch": {"policy": "observe"}},
+    )
+    assert "stability" not in response.json() and "x-sinkwatch-verdict" not in response.headers
+    assert metric(relay_server.base_url, "sinkwatch_verdicts_total") == before + 1
