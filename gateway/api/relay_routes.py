@@ -50,7 +50,7 @@ async def _monitored(http: Request, endpoint: str, path: str, prefix: str) -> Re
     received_at, _ = now()
     ctx, parsed, policy = await _accepted(http, endpoint)
     model = parsed.request["model"]
-    call = RelayCall(path, parsed.request, model, new_request_id(prefix))
+    call = RelayCall(path, parsed.request, model, new_request_id(prefix), gated=policy.acts)
     series = RequestSeries.of(model, endpoint, ctx.backend.name)
     monitors = ctx.calibration is not None and ctx.settings.capture
     session = RelaySession(

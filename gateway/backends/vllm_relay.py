@@ -47,21 +47,35 @@ def _kind(choice: dict) -> TokenKind:
 
 
 class _Choices:
-    """Each choice's feature stream and the position of its next token."""
+    """Each choice's feature stream and the position of its next token.
 
-    def __init__(self, streams: dict[int, FeatureStream]) -> None:
+    ``defer``: nothing acts on the verdict before the end (annotate, observe), so a token does not wait for
+    its features: it is noted, and :meth:`deferred` takes them all once the stream has ended.
+    """
+
+    def __init__(self, streams: dict[int, FeatureStream], defer: bool) -> None:
         self._streams = streams
         self._next: dict[int, int] = {}
+        self._defer = defer and bool(streams)
+        self._pending: list[tuple[int, int, str]] = []
 
     async def tokens(self, index: int, ids: list[int], kind: str) -> list[ChoiceToken]:
-        out = []
+        if self._defer:
+            self._pending += [(index, token_id, kind) for token_id in ids]
+            return []
+        return [await self._token(index, token_id, kind) for token_id in ids]
+
+    async def deferred(self) -> list[ChoiceToken]:
+        """The tokens whose features were not waited for, with their features."""
+        pending, self._pending = self._pending, []
+        return [await self._token(index, token_id, kind) for index, token_id, kind in pending]
+
+    async def _token(self, index: int, token_id: int, kind: str) -> ChoiceToken:
         stream = self._streams.get(index)
-        for token_id in ids:
-            position = self._next.get(index, 0)
-            self._next[index] = position + 1
-            features = await stream.take(position, token_id) if stream is not None else None
-            out.append(ChoiceToken(index, TokenEvent("", token_id, features), kind))
-        return out
+        position = self._next.get(index, 0)
+        self._next[index] = position + 1
+        features = await stream.take(position, token_id) if stream is not None else None
+        return ChoiceToken(index, TokenEvent("", token_id, features), kind)
 
     def close(self) -> None:
         for stream in self._streams.values():
@@ -98,7 +112,7 @@ async def relay_to_vllm(
     unmonitored = "uncalibrated" if receiver is None else None
     if receiver is not None and call.monitor:
         streams = _tagged(body, receiver, call)
-    choices = _Choices(streams)
+    choices = _Choices(streams, defer=call.stream and not call.gated)
     try:
         response = await pool.open(call.path, orjson.dumps(body), model=call.model, request_id=call.request_id)
         async with response:
@@ -113,6 +127,8 @@ async def relay_to_vllm(
                 for _, event in batch:
                     for item in await _stream_items(event, choices, client_ids):
                         yield item
+            for item in await choices.deferred():
+                yield item
     finally:
         choices.close()
 

@@ -103,9 +103,14 @@ class ChoiceGate:
         if self.fired is not None:
             return []
         self._holdback.release_upto(len(self._holdback))
-        self.attempt.kept = self.attempt.generated
-        self._note_verdict()
+        self.settle()
         return self._take(len(self._holdback) + 1)
+
+    def settle(self) -> None:
+        """Note the attempt's outcome (again, when tokens came after the choice's end: ungated streams)."""
+        if self.fired is None:
+            self.attempt.kept = self.attempt.generated
+        self._note_verdict()
 
     def _take(self, released_tokens: int) -> list[Fragment]:
         ready = 0

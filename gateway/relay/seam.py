@@ -4,8 +4,9 @@ A :class:`RelayBackend` sends the client's body upstream (plus what monitoring n
 one :class:`RelayStart`, then for a stream each choice's :class:`Fragment` (one choice of one upstream
 chunk, as sent) and :class:`ChoiceToken` (a token of that choice with its features) and every
 :class:`Trailer` (an upstream event without choices, e.g. the usage chunk); for a whole answer one
-:class:`WholeAnswer`. A fragment always comes after the tokens whose output it carries, so the gate can
-hold it back until the detector has vouched for them.
+:class:`WholeAnswer`. For a ``gated`` call a fragment always comes after the tokens whose output it
+carries, so the gate can hold it back until the detector has vouched for them; otherwise the tokens may
+come later (at the end), so that no chunk waits for features nothing acts on before the end.
 """
 
 from collections.abc import AsyncIterator
@@ -37,13 +38,15 @@ TokenKind = Literal["content", "reasoning", "tool_calls"]
 
 @dataclass(frozen=True)
 class RelayCall:
-    """One upstream call: ``body`` is the client's (``sinkwatch`` removed); ``monitor`` asks for features."""
+    """One upstream call: ``body`` is the client's (``sinkwatch`` removed); ``monitor`` asks for features;
+    ``gated``: the policy may act on a verdict while the answer streams (block, rescue)."""
 
     path: str
     body: dict
     model: str
     request_id: str
     monitor: bool = True
+    gated: bool = True
 
     @property
     def stream(self) -> bool:

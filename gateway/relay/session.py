@@ -135,6 +135,9 @@ class RelaySession:
         async for fragment in self._relay_stream(self._items, finishes, trailers):
             self._note_first_output()
             yield _chunk(fragment)
+        for choice in self._choices.values():  # tokens may have come after their choice ended (ungated)
+            choice.gate.settle()
+            choice.note(choice.gate)
         for index, choice in sorted(self._choices.items()):
             if choice.gate.fired is not None and index not in finishes:
                 async for fragment in self._rescue_stream(index, choice, finishes):

@@ -3,6 +3,7 @@ back as vLLM sent them with ``stability`` added (per choice for ``n > 1``), and 
 kind of delta. Against the fake vLLM, with the official client."""
 
 import json
+import time
 from dataclasses import replace
 
 import httpx
@@ -84,6 +85,21 @@ def test_tokens_a_parser_holds_back_are_monitored_without_sending_their_empty_ch
     assert all(any(delta.values()) for delta in deltas)
     assert "".join(d.get("content") or "" for d in deltas) == " t3 t4 t5"
     assert chunks[-1]["stability"]["tokens_monitored"] == 6
+
+
+def test_under_annotate_chunks_do_not_wait_for_features_which_are_all_counted_at_the_end(fake, relay_server):
+    upstream, _ = fake
+    upstream.config.features, upstream.config.delay = "after", 1.5
+    url = f"{relay_server.base_url}/v1/chat/completions"
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 6, "stream": True}
+    started = time.monotonic()
+    with httpx.stream("POST", url, json=body, timeout=30) as response:
+        lines = response.iter_lines()
+        first_text = next(line for line in lines if '"content": " t0"' in line or '"content":" t0"' in line)
+        waited = time.monotonic() - started
+        last = [line for line in lines if line.startswith("data: {")][-1]
+    assert first_text and waited < 1.5  # the features of " t0" were still on their way
+    assert json.loads(last.removeprefix("data: "))["stability"]["tokens_monitored"] == 6
 
 
 def test_logprobs_stream_back_as_the_upstream_sent_them(fake, relay_server):
