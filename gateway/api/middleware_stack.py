@@ -11,6 +11,7 @@ from gateway.generation import Backend
 from gateway.proxy.asgi_passthrough import Passthrough
 from gateway.proxy.native import FastPath
 from gateway.security.admission import Admission
+from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.guards import BodyLimit, Guard, StrictJson
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
@@ -32,7 +33,8 @@ def install_middleware(
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     keys = worker.api_keys if worker else ApiKeys.load(settings.api_keys, settings.api_keys_file)
     limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, shared=worker.buckets if worker else None)
-    admission = Admission(keys, limiter)
+    throttle = AuthThrottle(settings.auth_failure_limit, settings.auth_failure_window)
+    admission = Admission(keys, limiter, throttle)
     if admission.enabled:
         app.add_middleware(Guard, admission=admission)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
