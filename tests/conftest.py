@@ -26,7 +26,9 @@ class RunningServer:
 
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        options = {"log_level": "warning", "access_log": False, "http": http_protocol(app)}
+        options: dict = {"log_level": "warning", "access_log": False}
+        if hasattr(app.state, "serving"):  # a gateway app: its edge protocol; fakes get uvicorn's own
+            options["http"] = http_protocol(app)
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # the reader brings torch and a model
 
 __all__ = ["generated_texts", "reading_request", "relay_through_reader"]
 
-MAX_ANSWER_BYTES = 64 << 20
 # Chat templates know system, user and assistant; the reader renders tool results as user turns.
 _TEMPLATE_ROLE = {"developer": "system", "tool": "user"}
 
@@ -123,10 +122,10 @@ async def relay_through_reader(
     try:
         if not response.ok:
             raise await response.error()
-        unmonitored = _open_readings(reader, call, readings)
+        unmonitored = await _open_readings(reader, call, readings)
         yield RelayStart(unmonitored)
         if not call.stream:
-            yield await _whole(response, readings)
+            yield await _whole(response, readings, pool.config.max_response_bytes)
             return
         check_event_stream(response)
         async for batch in event_batches(response):
@@ -149,7 +148,7 @@ async def relay_through_reader(
         await response.aclose()
 
 
-def _open_readings(reader: "Reader | None", call: RelayCall, readings: dict[int, _Reading]) -> str | None:
+async def _open_readings(reader: "Reader | None", call: RelayCall, readings: dict[int, _Reading]) -> str | None:
     """A reading session per choice; why the request goes unmonitored when there cannot be one for each."""
     if reader is None or not reader.ready:
         return "uncalibrated"
@@ -161,8 +160,11 @@ def _open_readings(reader: "Reader | None", call: RelayCall, readings: dict[int,
     if reader.active + call.choices > reader.max_streams:
         return "capacity"
     for index in range(call.choices):
-        session = reader.open(request)
-        if session is None:
+        session = await reader.open(request)
+        if session is None:  # others took the slots meanwhile: this request is read not at all
+            for reading in readings.values():
+                reading.session.close()
+            readings.clear()
             return "capacity"
         readings[index] = _Reading(index, session)
     return None
@@ -176,8 +178,8 @@ def _split(event: dict) -> list[Fragment | Trailer]:
     return [Fragment(c.get("index", 0), envelope, c) for c in listed if isinstance(c, dict)]
 
 
-async def _whole(response, readings: dict[int, _Reading]) -> WholeAnswer:
-    data = await response.read_all(MAX_ANSWER_BYTES)
+async def _whole(response, readings: dict[int, _Reading], limit: int) -> WholeAnswer:
+    data = await response.read_all(limit)
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError:

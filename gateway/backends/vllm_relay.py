@@ -31,9 +31,7 @@ from gateway.upstream.event_stream import check_event_stream, event_batches, mal
 from gateway.upstream.pool import UpstreamPool
 from monitors.vllm_plugin.wire import RequestTag, choice_request_id
 
-__all__ = ["MAX_ANSWER_BYTES", "feature_tap", "relay_to_vllm"]
-
-MAX_ANSWER_BYTES = 64 << 20
+__all__ = ["feature_tap", "relay_to_vllm"]
 
 
 def _token_ids(choice: dict, keep: bool) -> list[int]:
@@ -120,7 +118,7 @@ async def relay_to_vllm(
                 raise await response.error()
             yield RelayStart(unmonitored)
             if not call.stream:
-                yield await _whole(response, choices, client_ids)
+                yield await _whole(response, choices, client_ids, pool.config.max_response_bytes)
                 return
             check_event_stream(response)
             async for batch in event_batches(response):
@@ -159,8 +157,8 @@ def _only_token_ids(choice: dict) -> bool:
     return empty_delta and choice.get("finish_reason") is None and not choice.get("logprobs")
 
 
-async def _whole(response, choices: _Choices, client_ids: bool) -> WholeAnswer:
-    data = await response.read_all(MAX_ANSWER_BYTES)
+async def _whole(response, choices: _Choices, client_ids: bool, limit: int) -> WholeAnswer:
+    data = await response.read_all(limit)
     try:
         body = orjson.loads(data)
     except orjson.JSONDecodeError:

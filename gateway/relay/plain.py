@@ -20,9 +20,7 @@ from gateway.request_metrics import RequestSeries, outcome_of
 from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
 from gateway.upstream.pool import UpstreamPool, UpstreamResponse
 
-__all__ = ["MAX_ANSWER_BYTES", "Marking", "Reporter", "marked_event", "relay_marked"]
-
-MAX_ANSWER_BYTES = 64 << 20
+__all__ = ["Marking", "Reporter", "marked_event", "relay_marked"]
 
 
 class Reporter(Protocol):
@@ -77,7 +75,7 @@ async def relay_marked(
             raise await response.error()
         if not call.stream:
             async with response:
-                body = await response.read_all(MAX_ANSWER_BYTES)
+                body = await response.read_all(pool.config.max_response_bytes)
                 answer = _json_object(response, body)
             report = await reporter.report(answer)
             reporter.close()
