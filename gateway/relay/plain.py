@@ -16,7 +16,7 @@ from fastapi.responses import Response, StreamingResponse
 from gateway.errors import OpenAIError, error_event
 from gateway.relay.respond import DONE, verdict_headers
 from gateway.relay.seam import RelayCall
-from gateway.request_metrics import RequestSeries, outcome_of
+from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
 from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
 from gateway.upstream.pool import UpstreamPool, UpstreamResponse
 
@@ -26,8 +26,11 @@ __all__ = ["Marking", "Reporter", "marked_event", "relay_marked"]
 class Reporter(Protocol):
     """Makes the report of an answer from the answer (or a stream's final event) itself."""
 
-    async def report(self, final: dict) -> dict:
-        """The ``stability`` object for this answer."""
+    async def report(self, final: dict) -> dict | None:
+        """The ``stability`` object for this answer (None under ``observe``: metrics only)."""
+
+    def outcome(self) -> GateOutcome | None:
+        """What the monitors concluded, for the metrics (after :meth:`report`); None when nothing was."""
 
     def close(self) -> None:
         """Stop collecting (the answer ended, or the client went away)."""
@@ -42,13 +45,18 @@ class Marking:
     async def report(self, final: dict) -> dict:
         return self.marking
 
+    def outcome(self) -> GateOutcome | None:
+        return None
+
     def close(self) -> None:
         pass
 
 
-def marked_event(event: dict, report: dict) -> dict:
+def marked_event(event: dict, report: dict | None) -> dict:
     """An answer or final event with ``report`` as its ``stability``: inside a Responses event's ``response``
     object (where the client reads the response), else at the top level."""
+    if report is None:
+        return event
     if isinstance(event.get("response"), dict):
         return {**event, "response": {**event["response"], "stability": report}}
     return {**event, "stability": report}
@@ -79,6 +87,7 @@ async def relay_marked(
                 answer = _json_object(response, body)
             report = await reporter.report(answer)
             reporter.close()
+            _record(series, reporter)
             series.end(received_at, "ok")
             marked = orjson.dumps(marked_event(answer, report))
             return Response(marked, media_type="application/json", headers=verdict_headers(report))
@@ -90,6 +99,12 @@ async def relay_marked(
     upfront = verdict_headers(reporter.marking) if isinstance(reporter, Marking) else {}
     events = _marked_stream(response, reporter, series, received_at, endpoint)
     return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache", **upfront})
+
+
+def _record(series: RequestSeries, reporter: Reporter) -> None:
+    outcome = reporter.outcome()
+    if outcome is not None:
+        series.stability(outcome)
 
 
 def _json_object(response: UpstreamResponse, body: bytes) -> dict:
@@ -116,6 +131,7 @@ async def _marked_stream(
                 held = (raw, event)
         if held is not None:
             yield sse_event(held[0], marked_event(held[1], await reporter.report(held[1])))
+            _record(series, reporter)
         if until_done:
             yield DONE
         outcome = "ok"

@@ -11,6 +11,7 @@ from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import Policy
 from gateway.protocol.stability import GateReport
 from gateway.relay.seam import FeatureSource
+from gateway.request_metrics import GateOutcome
 
 __all__ = ["ResponsesReporter"]
 
@@ -22,8 +23,9 @@ class ResponsesReporter:
         self._features = features
         self._monitor = monitor
         self._policy = policy
+        self._outcome: GateOutcome | None = None
 
-    async def report(self, final: dict) -> dict:
+    async def report(self, final: dict) -> dict | None:
         response = final.get("response") if isinstance(final.get("response"), dict) else final
         usage = response.get("usage") if isinstance(response.get("usage"), dict) else {}
         count = usage.get("output_tokens")
@@ -38,7 +40,21 @@ class ResponsesReporter:
         verdict = self._monitor.verdict.level.value if self._monitor.tokens else "ok"
         action = "annotate" if self._policy is Policy.ANNOTATE else "pass"
         report.gate = GateReport(action=action, detected=verdict, holdback_tokens=0)
-        return report.model_dump(mode="json")
+        self._outcome = GateOutcome(
+            policy=self._policy.value,
+            action=action,
+            verdict=verdict,
+            fired=self._monitor.tokens > 0 and self._monitor.verdict.fired,
+            rescue=None,
+            rescue_attempts=(),
+            withheld_tokens=0,
+            discarded_tokens=0,
+            band_stats=self._monitor.band_stats(),
+        )
+        return report.model_dump(mode="json") if self._policy is not Policy.OBSERVE else None
+
+    def outcome(self) -> GateOutcome | None:
+        return self._outcome
 
     def close(self) -> None:
         self._features.close()

@@ -255,3 +255,9 @@ def test_observe_sends_no_report_but_counts_the_verdict(fake, relay_server):
     )
     assert "stability" not in response.json() and "x-sinkwatch-verdict" not in response.headers
     assert metric(relay_server.base_url, "sinkwatch_verdicts_total") == before + 1
+
+
+def test_a_monitored_response_counts_its_verdict(fake, relay_server):
+    before = metric(relay_server.base_url, "sinkwatch_verdicts_total")
+    httpx.post(f"{relay_server.base_url}/v1/responses", json={"model": MODEL, "input": "hi"}, timeout=30)
+    assert metric(relay_server.base_url, "sinkwatch_verdicts_total") == before + 1
