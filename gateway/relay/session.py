@@ -165,8 +165,8 @@ class RelaySession:
                     if gate.fired is not None and not fired_before:
                         for fragment in self._on_fired(target, finishes):
                             yield fragment
-                        if self.call.choices == 1:
-                            return  # nothing more is needed from this stream
+                        if index >= 0 or self.call.choices == 1:
+                            return  # the stream's only choice: nothing more is needed from it
                     continue
                 if gate.fired is not None:
                     continue

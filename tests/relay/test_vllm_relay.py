@@ -261,3 +261,22 @@ def test_a_monitored_response_counts_its_verdict(fake, relay_server):
     before = metric(relay_server.base_url, "sinkwatch_verdicts_total")
     httpx.post(f"{relay_server.base_url}/v1/responses", json={"model": MODEL, "input": "hi"}, timeout=30)
     assert metric(relay_server.base_url, "sinkwatch_verdicts_total") == before + 1
+
+
+def test_rescue_resamples_only_the_choice_that_collapsed(fake, relay_server):
+    upstream, _ = fake
+    upstream.config.loop_from, upstream.config.loop_choices = LOOP_FROM, (1,)
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "n": 2}
+    chunks = _stream(relay_server, body, **{"x-sinkwatch-policy": "rescue"})
+    texts = {0: "", 1: ""}
+    for chunk in chunks:
+        for choice in chunk["choices"]:
+            texts[choice["index"]] += choice["delta"].get("content") or ""
+    assert texts[1] == "".join(f" t{i}" for i in range(40))  # the resample's own tokens (ids 1000+i)
+    reports = {
+        c["choices"][0]["index"]: c["choices"][0]["stability"]
+        for c in chunks
+        if c["choices"] and "stability" in c["choices"][0]
+    }
+    assert reports[1]["gate"]["outcome"] == "rescued" and reports[0]["gate"]["outcome"] is None
+    assert "n" not in upstream.bodies[-1]
