@@ -17,6 +17,7 @@ from gateway.config import Settings
 from gateway.generation import Backend
 from gateway.metrics_port import serve_metrics_apart
 from gateway.serving.serving_context import ServingContext
+from gateway.telemetry import tracing
 from gateway.workers.exposition import WorkerExpositions, serve_exposition
 from gateway.workers.worker_context import WorkerContext
 from monitors.calibration import Calibration
@@ -53,6 +54,7 @@ def create_app(
             starting.cancel()
             await backend.close()
             stop_metrics()
+            tracing.flush()
 
     # FastAPI's own OpenTelemetry hooks cost a provider lookup per request; metrics are Prometheus here.
     telemetry = {"tracing": False, "metrics": False, "logs": False}

@@ -121,6 +121,11 @@ class Settings:
     api_docs: bool = _setting(False, "serve the gateway's own OpenAPI schema and docs: /openapi.json, /docs, /redoc")
     metrics_port: int = _setting(0, "serve /metrics on this port only, not on the API port (0: on the API port)")
     log_level: str = _setting("info", "log level", ("debug", "info", "warning", "error"))
+    log_format: str = _setting("text", "log lines as plain text, or one JSON object per line", ("text", "json"))
+    log_content: bool = _setting(
+        False, "debugging: log each request's headers and bodies (prompts, completions; credentials redacted)"
+    )
+    log_content_limit: int = _setting(4096, "log_content: bytes of each body logged, at most")
 
     def gate_config(self) -> GateConfig:
         """The gate's part of the settings."""

@@ -1,6 +1,6 @@
-"""The ASGI layers in front of the routes, outermost first: CORS (when enabled), API keys and rate
-limits, the request size limit, the proxy fast path (for backends that can relay unchanged; it checks
-its own JSON), and strict JSON for the full serving path."""
+"""The ASGI layers in front of the routes, outermost first: the request's scope (its id, access line and
+trace), CORS (when enabled), API keys and rate limits, the request size limit, the proxy fast path (for
+backends that can relay unchanged; it checks its own JSON), and strict JSON for the full serving path."""
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -15,6 +15,8 @@ from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.guards import BodyLimit, Guard, StrictJson
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
+from gateway.telemetry.asgi import Observed
+from gateway.telemetry.content import ContentLogging
 from gateway.workers.worker_context import WorkerContext
 
 __all__ = ["install_middleware"]
@@ -46,6 +48,9 @@ def install_middleware(
             allow_headers=["authorization", "content-type", "x-request-id", "x-sinkwatch-policy"],
             expose_headers=["x-request-id", "x-sinkwatch-verdict"],
         )
+    content = ContentLogging(settings.log_content_limit) if settings.log_content else None
+    app.add_middleware(Observed, content=content)
     if not relays:
         return None
-    return FastPath(backend, admission if admission.enabled else None, settings.max_request_bytes, bool(origins))
+    guard = admission if admission.enabled else None
+    return FastPath(backend, guard, settings.max_request_bytes, bool(origins), content)

@@ -12,6 +12,7 @@ from gateway.errors import AuthenticationFailed, OpenAIError, RateLimited
 from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
+from gateway.telemetry.request_scope import current_scope
 
 __all__ = ["ANONYMOUS", "Admission", "client_address", "header"]
 
@@ -62,6 +63,8 @@ class Admission:
                 if self.throttle.enabled:
                     self.throttle.failed(address)
                 return self._unauthorized(headers)
+        if (scope := current_scope()) is not None:
+            scope.key = name  # for the access line: the key's name, never the key
         if self.limiter.enabled and (wait := self.limiter.check(name)):
             metrics.RATE_LIMITED.labels("requests").inc()
             error = RateLimited(f"Rate limit reached for requests; try again in {wait:.2f}s.")
