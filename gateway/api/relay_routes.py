@@ -23,6 +23,7 @@ from gateway.relay.seam import RelayCall
 from gateway.relay.session import RelaySession, unmonitored_report
 from gateway.request_metrics import RequestSeries
 from gateway.serving.serving_context import ServingContext, new_request_id, now
+from gateway.telemetry.request_scope import current_scope
 
 __all__ = ["router"]
 
@@ -87,6 +88,10 @@ async def _answer(http: Request, endpoint: str, path: str, prefix: str) -> Respo
         reason = (tap.unmonitored or "uncalibrated") if tap is not None else "endpoint"
         reporter = Marking(unmonitored_report(reason, policy).model_dump(mode="json"))
     series = RequestSeries.of(model, endpoint, ctx.backend.name)
+    scope = current_scope()
+    if scope is not None:
+        scope.served(endpoint, model)
+        scope.policy = policy.value
     return await relay_marked(ctx.backend.pool, call, reporter, series, received_at, endpoint)
 
 

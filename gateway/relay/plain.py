@@ -17,6 +17,7 @@ from gateway.errors import OpenAIError, error_event
 from gateway.relay.respond import DONE, verdict_headers
 from gateway.relay.seam import RelayCall
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
+from gateway.telemetry.request_scope import current_scope
 from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
 from gateway.upstream.pool import UpstreamPool, UpstreamResponse
 
@@ -87,7 +88,7 @@ async def relay_marked(
                 answer = _json_object(response, body)
             report = await reporter.report(answer)
             reporter.close()
-            _record(series, reporter)
+            _record(series, reporter, report)
             series.end(received_at, "ok")
             marked = orjson.dumps(marked_event(answer, report))
             return Response(marked, media_type="application/json", headers=verdict_headers(report))
@@ -101,10 +102,15 @@ async def relay_marked(
     return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache", **upfront})
 
 
-def _record(series: RequestSeries, reporter: Reporter) -> None:
+def _record(series: RequestSeries, reporter: Reporter, report: dict | None) -> None:
+    """The verdict in the metrics, and on the access line and the span."""
     outcome = reporter.outcome()
     if outcome is not None:
         series.stability(outcome)
+    scope = current_scope()
+    if scope is not None and report is not None:
+        scope.verdict = report["verdict"]
+        scope.gate_action = report["gate"]["action"] if isinstance(report.get("gate"), dict) else None
 
 
 def _json_object(response: UpstreamResponse, body: bytes) -> dict:
@@ -130,8 +136,9 @@ async def _marked_stream(
                     yield held[0] + b"\n\n"
                 held = (raw, event)
         if held is not None:
-            yield sse_event(held[0], marked_event(held[1], await reporter.report(held[1])))
-            _record(series, reporter)
+            report = await reporter.report(held[1])
+            yield sse_event(held[0], marked_event(held[1], report))
+            _record(series, reporter, report)
         if until_done:
             yield DONE
         outcome = "ok"

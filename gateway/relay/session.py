@@ -32,6 +32,7 @@ from gateway.relay.seam import (
     WholeAnswer,
 )
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
+from gateway.telemetry.request_scope import current_scope
 from monitors.verdict import Verdict
 
 __all__ = ["RelaySession", "unmonitored_report"]
@@ -97,6 +98,11 @@ class RelaySession:
         self._first_output = False
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         self._envelope: dict = {"id": call.request_id, "object": kind, "model": call.model}
+        self._finish_reasons: tuple[str, ...] = ()
+        self._scope = current_scope()  # what the access line and the trace say of this request
+        if self._scope is not None:
+            self._scope.served("chat" if self.chat else "completions", call.model)
+            self._scope.policy = policy.value
 
     async def start(self) -> None:
         """Send the request; the upstream's refusal (4xx as it sent it) raises here, before any byte is sent."""
@@ -254,6 +260,7 @@ class RelaySession:
         """Finish chunks with their reports, then the trailers; the top-level report on the last chunk."""
         reports = self._reports()
         top = self.report(reports)
+        self._finish_reasons = tuple(str(f.choice.get("finish_reason")) for _, f in sorted(finishes.items()))
         usage = next((t for t in trailers if isinstance(t.get("usage"), dict)), None)
         self._usage = usage["usage"] if usage is not None else None
         trailers = [t for t in trailers if t is not usage or self._include_usage]
@@ -295,6 +302,7 @@ class RelaySession:
                 choice.gate.add_token(token)
             choices[position] = await self._settle_whole(index, choice, raw)
         reports = self._reports()
+        self._finish_reasons = tuple(str(raw.get("finish_reason")) for raw in choices if isinstance(raw, dict))
         for position, raw in enumerate(choices):
             index = raw.get("index", position)
             choices[position] = self._with_report(raw, reports.get(index))
@@ -411,7 +419,10 @@ class RelaySession:
     def _note_first_output(self) -> None:
         if not self._first_output:
             self._first_output = True
-            self._series.first_token(self._received_at, time.perf_counter())
+            at = time.perf_counter()
+            self._series.first_token(self._received_at, at)
+            if self._scope is not None:
+                self._scope.first_token_at = at
 
     def _gate_outcome(self) -> GateOutcome | None:
         top = self.report(self._reports(for_metrics=True))
@@ -455,6 +466,24 @@ class RelaySession:
         if gate is not None:
             self._series.stability(gate)
         self._series.end(self._received_at, outcome)
+        if self._scope is not None:
+            self._describe(outcome, usage, gate)
+
+    def _describe(self, outcome: str, usage: dict, gate: GateOutcome | None) -> None:
+        """What the access line and the span say of this request: tokens, finishes, verdict, gate."""
+        scope = self._scope
+        scope.input_tokens = usage.get("prompt_tokens") if isinstance(usage.get("prompt_tokens"), int) else None
+        if outcome == "ok":
+            completion = usage.get("completion_tokens")
+            scope.output_tokens = completion if isinstance(completion, int) else None
+            scope.finish_reasons = self._finish_reasons
+        if self.unmonitored is not None:
+            scope.verdict = "unmonitored"
+        elif gate is not None:
+            top = self.report(self._reports(for_metrics=True))
+            scope.verdict = gate.verdict
+            scope.reasons = tuple(reason.signal for reason in top.reasons) if top is not None else ()
+            scope.gate_action, scope.gate_outcome = gate.action, top.gate.outcome if top and top.gate else None
 
 
 def _chunk(fragment: Fragment) -> dict:
