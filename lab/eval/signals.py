@@ -125,7 +125,7 @@ def offline_trajectories(arrays: Mapping[str, np.ndarray], entropy: np.ndarray) 
     states = arrays["states"].astype(np.float32)
     steps = np.linalg.norm(np.diff(states, axis=1), axis=2).sum(axis=1)
     out = {"offline.path_all": steps / np.maximum(np.linalg.norm(states[:, -1], axis=1), 1e-6)}
-    for i, layer in enumerate(arrays["lens_layers"][:-1]):
+    for i, layer in enumerate(arrays.get("lens_layers", [])[:-1]):
         out[f"lens.drop{int(layer)}"] = arrays["lens_entropy"][:, i] - entropy
     if "lens_topk" in arrays:
         for i, layer in enumerate(arrays["lens_layers"][:-1]):
