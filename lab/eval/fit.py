@@ -11,13 +11,13 @@ from lab.eval.signals import Reference
 from lab.eval.thresholds import Selection, candidate_spec, rank_floor, select_signals
 from monitors.bands import LayerBand, captured_layers
 from monitors.calibration import Calibration, SignalThreshold
-from monitors.detector import REPETITION_SIGNAL
+from monitors.detector import PERIODICITY_SIGNAL
 
 __all__ = ["FitOptions", "fit_calibration"]
 
 RANK_METRICS = ("pr", "pr_clip", "eff_rank")
 SINK_METRICS = ("cosine", "cosine_clip", "drift", "recurrence")
-GLOBAL_SIGNALS = ("entropy", REPETITION_SIGNAL, "probe", "path")
+GLOBAL_SIGNALS = ("entropy", PERIODICITY_SIGNAL, "probe", "path")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class FitOptions:
     persistence: int = 4
     target_fpr: float = 0.05
     max_signals: int = 4
+    per_1k_tokens: bool = False
     methods: tuple[str, ...] = ("ewma", "cusum")
     # (EWMA span, persistence) pairs tried per signal besides the calibration-wide ones: quicker reactions
     # trade against more false alarms, so the tune split decides.
@@ -37,7 +38,7 @@ class FitOptions:
 
 def candidates(bands: Sequence[LayerBand], tune: Sequence[Generation], options: FitOptions) -> list[SignalThreshold]:
     """Every signal the served extractor produces, each with each tracking method."""
-    negatives = [g for g in tune if g.entry.prompt_set == "normal" and not g.label.sink]
+    negatives = [g for g in tune if g.healthy]
     names = [(n, "sink") for n in GLOBAL_SIGNALS]
     names += [(f"{b.name}.{m}", "rank") for b in bands for m in RANK_METRICS]
     names += [(f"{b.name}.{m}", "sink") for b in bands for m in SINK_METRICS]
@@ -65,6 +66,7 @@ def fit_calibration(
         options.persistence,
         options.target_fpr,
         options.max_signals,
+        options.per_1k_tokens,
     )
     floors = {
         b.name: rank_floor(f"{b.name}.pr", tune, options.ewma_span, options.persistence, options.target_fpr)

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lab.eval.corpus import CorpusEntry, load_arrays
+from lab.eval.dataset import healthy_traffic
 from lab.eval.labels import Label
 from lab.eval.signals import Reference
 from monitors.probe import train_probe
@@ -48,7 +49,7 @@ def fit_reference(
     probe_x, probe_y = [], []
     for entry, label in entries:
         states = load_arrays(entry, corpus)["states"].astype(np.float64)
-        if entry.prompt_set == "normal" and not label.sink:
+        if healthy_traffic(entry, label):
             sums = states.sum(axis=0) if sums is None else sums + states.sum(axis=0)
             squares = (states**2).sum(axis=0) if squares is None else squares + (states**2).sum(axis=0)
             count += len(states)

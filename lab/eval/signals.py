@@ -17,6 +17,7 @@ from lab.eval.labels import repetition_trajectory
 from monitors.bands import LayerBand, captured_layers
 from monitors.features import FeatureExtractor
 from monitors.probe import LinearProbe
+from monitors.text import periodicity_trajectory
 
 __all__ = [
     "Reference",
@@ -111,8 +112,10 @@ def zlib_trajectory(token_ids: Sequence[int], window: int = ZLIB_WINDOW) -> np.n
 
 
 def baseline_trajectories(token_ids: Sequence[int], entropy: np.ndarray) -> dict[str, np.ndarray]:
-    """The text-level baselines: n-gram repetition, zlib ratio, output length (and token entropy)."""
+    """The text-level signals: periodicity (served), and the baselines n-gram repetition, zlib ratio, output
+    length (and token entropy)."""
     return {
+        "text.periodicity": periodicity_trajectory(list(token_ids)),
         "text.repetition": repetition_trajectory(list(token_ids)),
         "text.zlib": zlib_trajectory(token_ids),
         "text.length": np.arange(1, len(token_ids) + 1, dtype=np.float64),
