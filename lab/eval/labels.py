@@ -24,6 +24,7 @@ import numpy as np
 from monitors.text import RepetitionTracker, text_sink_onset
 
 __all__ = [
+    "HUMAN_KINDS",
     "RUBRIC",
     "Label",
     "RubricLabel",

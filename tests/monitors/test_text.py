@@ -26,7 +26,7 @@ def test_a_verbatim_loop_reaches_one_whatever_its_period():
 def test_a_near_loop_with_a_counter_stays_close_to_one():
     sentence = words(9)
     counters = words(20)
-    ids = [token for i in range(12) for token in ([counters[i]] + sentence)]
+    ids = [token for i in range(12) for token in (counters[i], *sentence)]
     assert periodicity_trajectory(ids)[-1] >= 0.85
 
 
