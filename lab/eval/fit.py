@@ -7,11 +7,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from lab.eval.dataset import Generation
+from lab.eval.detection import detect
 from lab.eval.signals import Reference
 from lab.eval.thresholds import Selection, candidate_spec, rank_floor, select_signals
 from monitors.bands import LayerBand, captured_layers
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.detector import PERIODICITY_SIGNAL
+from monitors.risk import fit_risk
 
 __all__ = ["FitOptions", "fit_calibration"]
 
@@ -58,7 +60,8 @@ def candidates(bands: Sequence[LayerBand], tune: Sequence[Generation], options: 
 def fit_calibration(
     model: str, bands: tuple[LayerBand, ...], tune: Sequence[Generation], reference: Reference, options: FitOptions
 ) -> tuple[Calibration, Selection]:
-    """Select and threshold the combined detector's signals; floors for the rank margins; the calibration."""
+    """Select and threshold the combined detector's signals; floors for the rank margins; the risk model
+    (logistic on each tune generation's final detector score against its label); the calibration."""
     selection = select_signals(
         candidates(bands, tune, options),
         tune,
@@ -96,4 +99,5 @@ def fit_calibration(
             "selection": "greedy forward selection on the tune split (lab/eval/thresholds.py)",
         },
     )
-    return calibration, selection
+    scores = [detect(calibration, g).score for g in tune]
+    return replace(calibration, risk=fit_risk(scores, [g.label.sink for g in tune])), selection
