@@ -13,41 +13,45 @@ import numpy as np
 
 __all__ = ["PERIODICITY_WINDOW", "PeriodicityTracker", "RepetitionTracker", "periodicity_trajectory", "text_sink_onset"]
 
-PERIODICITY_WINDOW = 32
+PERIODICITY_WINDOW = 16
 MAX_PERIOD = 64
 # Mismatches in a row that end a periodic run (a near loop changes a token or two per period: a counter).
 RUN_BREAK = 3
 
 
 class PeriodicityTracker:
-    """Share of the last ``window`` tokens equal to the token one period earlier, at the best period.
+    """Share of the last ``window`` tokens equal to the tokens one and two periods earlier, at the best period.
 
     For every lag ``p`` up to ``max_period`` it counts, over the last ``window`` tokens, the positions
-    where ``x[t] == x[t - p]``; the value is the largest count divided by ``window``. A loop with period
-    ``p`` (verbatim, or near: a counter that changes) drives it to 1 within ``window`` tokens of its second
-    occurrence, whatever the period. Structure that repeats only its scaffolding (code lines, bullets,
-    table rows: the same punctuation around new content) matches at most partly; a phrase reused once
-    matches only for its own length. It also tracks where the current periodic run at the best lag began:
-    the start of the loop's second occurrence.
+    where ``x[t] == x[t - p] == x[t - 2p]``; the value is the largest count divided by ``window``. A loop
+    is a stretch that recurs contiguously, so from its third occurrence on it drives the value to 1 within
+    ``window`` tokens, whatever the period (a near loop, such as a counter with the same text around it,
+    stays close to 1). Healthy text that repeats itself does so differently: structure repeats only its
+    scaffolding (code lines, bullets, table rows: the same punctuation around new content), and a phrase,
+    URL or formula used again occurs twice, not three times in a row. It also tracks where the current
+    periodic run at the best lag began.
     """
 
     def __init__(self, window: int = PERIODICITY_WINDOW, max_period: int = MAX_PERIOD) -> None:
         self.window = window
         self.max_period = max_period
-        self._history: deque[int] = deque(maxlen=max_period)
+        self._history: deque[int] = deque(maxlen=2 * max_period)
         self._matches: deque[np.ndarray] = deque(maxlen=window)
         self._counts = np.zeros(max_period, dtype=np.int64)
         self._misses = np.full(max_period, RUN_BREAK, dtype=np.int64)
         self._run_start = np.full(max_period, -1, dtype=np.int64)
+        self._lags = np.arange(1, max_period + 1)
         self._index = -1
         self.stretch_start: int | None = None
 
     def push(self, token_id: int) -> float:
-        """Add a token; return the best lag's match share over the recent window."""
+        """Add a token; return the best lag's share of recent tokens that repeat two periods back."""
         self._index += 1
         previous = np.fromiter(reversed(self._history), dtype=np.int64, count=len(self._history))
+        seen = len(previous)
         match = np.zeros(self.max_period, dtype=bool)
-        match[: len(previous)] = previous == token_id
+        twice = self._lags[2 * self._lags <= seen]
+        match[: len(twice)] = (previous[twice - 1] == token_id) & (previous[2 * twice - 1] == token_id)
         if len(self._matches) == self.window:
             self._counts -= self._matches[0]
         self._matches.append(match)

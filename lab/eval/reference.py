@@ -19,11 +19,11 @@ __all__ = ["fit_reference"]
 
 def probe_targets(label: Label, length: int, horizon: int) -> np.ndarray:
     """Per-token probe labels: 1 from ``horizon`` tokens before a visible sink's onset, 1 throughout a bland
-    sink, 0 elsewhere."""
+    sink or a hand-labelled loop the text detector never dates, 0 elsewhere."""
     y = np.zeros(length)
-    if label.kind == "visible":
+    if label.kind == "visible" and label.onset is not None:
         y[max(0, label.onset - horizon) :] = 1.0
-    elif label.kind == "bland":
+    elif label.sink:
         y[:] = 1.0
     return y
 

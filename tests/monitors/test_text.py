@@ -1,5 +1,6 @@
 """The periodicity signal: loops (verbatim or near, short or long period) score high; healthy structure
-that repeats only its scaffolding (code lines, bullets, table rows, a reused phrase) does not."""
+that repeats only its scaffolding (code lines, bullets, table rows) or repeats a stretch once (a reused
+phrase, URL or formula) does not."""
 
 import math
 
@@ -19,7 +20,7 @@ def words(n: int) -> list[int]:
 def test_a_verbatim_loop_reaches_one_whatever_its_period():
     for period in (1, 3, 17, 50):
         unit = words(period)
-        trajectory = periodicity_trajectory(words(20) + unit * (2 + 2 * PERIODICITY_WINDOW // period))
+        trajectory = periodicity_trajectory(words(20) + unit * (3 + PERIODICITY_WINDOW // period))
         assert trajectory[-1] == 1.0, period
 
 
@@ -44,10 +45,19 @@ def test_code_lines_bullets_and_table_rows_score_no_more_than_their_scaffolding(
         assert periodicity_trajectory(ids).max() <= bound < 0.7
 
 
-def test_a_phrase_reused_once_counts_only_for_its_own_length():
-    phrase = words(6)
-    ids = words(30) + phrase + words(20) + phrase + words(40)
-    assert periodicity_trajectory(ids).max() <= 6 / PERIODICITY_WINDOW
+def test_a_stretch_used_twice_is_not_a_loop_however_long():
+    for gap in (0, 20):
+        stretch = words(40)  # a URL, a formula, a sentence restated once
+        ids = words(30) + stretch + words(gap) + stretch + words(40)
+        assert periodicity_trajectory(ids).max() == 0.0
+
+
+def test_a_third_occurrence_makes_it_a_loop():
+    unit = words(12)
+    trajectory = periodicity_trajectory(words(10) + unit * 2 + words(6))
+    assert trajectory.max() == 0
+    trajectory = periodicity_trajectory(words(10) + unit * 3 + unit[:6])
+    assert trajectory[-1] == 1.0
 
 
 def test_healthy_structure_that_the_4gram_text_detector_calls_a_loop():
@@ -63,10 +73,11 @@ def test_the_stretch_starts_at_the_loops_second_occurrence():
     tracker = PeriodicityTracker()
     for token in prefix + unit * 6:
         tracker.push(token)
-    assert tracker.stretch_start == len(prefix) + len(unit)
+    # the first token that equals the tokens one and two periods before: the loop's third occurrence
+    assert tracker.stretch_start == len(prefix) + 2 * len(unit)
 
 
 def test_values_are_shares_of_the_window():
     values = periodicity_trajectory(words(5) * 40)
     assert np.all((values >= 0) & (values <= 1))
-    assert np.all(np.diff(values[:40]) >= 0)
+    assert np.all(np.diff(values) >= 0) and values[-1] == 1.0
