@@ -97,6 +97,7 @@ class GateController:
         self.result = GateResult(action="annotate" if policy is Policy.ANNOTATE else "pass")
         self.monitor: RequestMonitor | None = None
         self.detected: Verdict | None = None
+        self.peak_risk: float | None = None
         self._events: AsyncIterator[GenerationEvent] | None = None
         self._dropped: list[Slot] = []
 
@@ -173,6 +174,8 @@ class GateController:
 
     def _note(self, attempt: Attempt, verdict: Verdict) -> None:
         attempt.verdict = verdict.level
+        if verdict.risk is not None:
+            self.peak_risk = max(verdict.risk, self.peak_risk or 0.0)
         if self.detected is None or verdict.level.severity > self.detected.level.severity:
             self.detected = verdict
 
@@ -309,4 +312,5 @@ class GateController:
             withheld_tokens=result.withheld_tokens,
             discarded_tokens=result.discarded_tokens,
             band_stats=self.monitor.band_stats(),
+            risk=self.peak_risk,
         )

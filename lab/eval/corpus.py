@@ -30,6 +30,7 @@ __all__ = [
     "CONDITIONS",
     "CORPUS_VERSION",
     "HUMAN_SET",
+    "INDUCERS",
     "PRODUCTION_CONDITIONS",
     "PRODUCTION_CORPUS",
     "Condition",

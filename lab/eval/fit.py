@@ -32,6 +32,8 @@ class FitOptions:
     target_fpr: float = 0.05
     max_signals: int = 4
     per_1k_tokens: bool = False
+    # Signals the combined detector always has; hidden-state signals join only where they add.
+    required: tuple[str, ...] = (PERIODICITY_SIGNAL,)
     methods: tuple[str, ...] = ("ewma", "cusum")
     # (EWMA span, persistence) pairs tried per signal besides the calibration-wide ones: quicker reactions
     # trade against more false alarms, so the tune split decides.
@@ -62,14 +64,16 @@ def fit_calibration(
 ) -> tuple[Calibration, Selection]:
     """Select and threshold the combined detector's signals; floors for the rank margins; the risk model
     (logistic on each tune generation's final detector score against its label); the calibration."""
+    candidate_list = candidates(bands, tune, options)
     selection = select_signals(
-        candidates(bands, tune, options),
+        candidate_list,
         tune,
         options.ewma_span,
         options.persistence,
         options.target_fpr,
         options.max_signals,
         options.per_1k_tokens,
+        [name for name in options.required if any(c.name == name for c in candidate_list)],
     )
     floors = {
         b.name: rank_floor(f"{b.name}.pr", tune, options.ewma_span, options.persistence, options.target_fpr)

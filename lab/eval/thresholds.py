@@ -199,21 +199,24 @@ def select_signals(
     target_fpr: float,
     max_signals: int,
     per_1k_tokens: bool = False,
+    required: Sequence[str] = (),
 ) -> Selection:
-    """Greedy forward selection of the combined detector's signals on the tune split."""
+    """Greedy forward selection of the combined detector's signals on the tune split; ``required`` signals
+    are in from the start (each with its best tracking), the others join only if they add credit."""
     tracks = {(c.name, c.method, c.span, c.persistence): track(c, generations, span, persistence) for c in candidates}
     chosen: list[tuple] = []
     best_value = -np.inf
     while len(chosen) < max_signals:
         round_best = None
+        pending = [name for name in required if all(name != other[0] for other in chosen)]
         for key in tracks:
-            if any(key[0] == other[0] for other in chosen):
+            if any(key[0] == other[0] for other in chosen) or (pending and key[0] != pending[0]):
                 continue
             firing, _, _ = combine([tracks[k] for k in [*chosen, key]], generations, target_fpr, False, per_1k_tokens)
             value = detection_credit(firing, generations)[0]
             if round_best is None or value > round_best[0]:
                 round_best = (value, key)
-        if round_best is None or round_best[0] < best_value + MIN_GAIN:
+        if round_best is None or (not pending and round_best[0] < best_value + MIN_GAIN):
             break
         best_value = round_best[0]
         chosen.append(round_best[1])
