@@ -57,6 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "instead of --repetition-penalty",
     )
     parser.add_argument("--split", choices=("tune", "test"), help="only the prompts of this split")
+    parser.add_argument("--figures", type=Path, default=Path("docs/figures"), help="with --inducers: the figure")
 
 
 def inducer_conditions(spec: str) -> list[Condition]:
@@ -190,6 +191,12 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {k: str(v) for k, v in settings.items()},
         **measured,
     }
+    if args.inducers:
+        from lab.eval.verdict_plots import plot_rescue
+
+        result["figure"] = plot_rescue(by_inducer, args.figures)
+        for name, row in by_inducer.items():
+            print(f"{name:>32} {row['cases']:>3} cases {row.get('success_rate', 0):>5.0%} rescued healthy")
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(result, indent=1))

@@ -27,7 +27,7 @@ from monitors.calibration import Calibration
 from monitors.detector import PERIODICITY_SIGNAL
 from monitors.text import text_sink_onset
 
-__all__ = ["LENGTH_BUCKETS", "add_arguments", "group_stats", "run", "traffic_of"]
+__all__ = ["LENGTH_BUCKETS", "add_arguments", "group_stats", "run", "tables", "traffic_of"]
 
 LENGTH_BUCKETS = ((0, 128), (128, 256), (256, 512), (512, 10**6))
 BLOCK_AT = (0.2, 0.5, 0.8, 0.95)
@@ -176,9 +176,55 @@ def run(args: argparse.Namespace) -> dict:
         },
         "risk": {"tune": risk_checks(calibration, tune), "test": risk_checks(calibration, test)},
     }
+    if args.figures is not None:
+        from lab.eval.verdict_plots import plot_verdicts
+
+        result["figures"] = plot_verdicts(result, args.figures)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=1))
+    print(tables(result))
     print(f"verdicts: wrote {args.results}")
     if args.output:
         args.output.write_text(calibration.to_json())
     return result
+
+
+def _cell(value: float | int | None) -> str:
+    return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _row(name: str, s: dict) -> str:
+    cells = (
+        s["healthy_tokens"],
+        s["false_alarms"],
+        s["false_alarms_per_1k_tokens"],
+        f"{s['loops_caught']}/{s['loops']}",
+        s["recall"],
+        s["median_lead_over_text_detector"],
+    )
+    return f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def tables(result: dict) -> str:
+    """The markdown tables of docs/EVALUATION.md ("Verdicts"), from the results."""
+    head = (
+        "| {} | healthy tokens | false alarms | per 1k healthy tokens | loops caught | recall | "
+        "median lead over the 4-gram detector |\n|---|---|---|---|---|---|---|"
+    )
+    detectors = result["detectors"]
+    out = [head.format("detector (test split)")]
+    out += [_row(f"{name} ({', '.join(d['signals']) or 'rule'})", d["test"]["all"]) for name, d in detectors.items()]
+    out.append("\n" + head.format("detector (tune split)"))
+    out += [_row(name, d["tune"]) for name, d in detectors.items()]
+    for axis in ("traffic", "length"):
+        for name in ("text detector (4-gram share, the old rule)", "served (calibrated selection)"):
+            out.append("\n" + head.format(f"{axis}: {name}"))
+            out += [_row(group, s) for group, s in detectors[name]["test"][axis].items()]
+    out.append("\n" + head.format("served detector acting at block_at (test)"))
+    out += [_row(level, s) for level, s in result["risk"]["test"]["block_at"].items()]
+    out.append("\n| risk bin (test) | generations | mean predicted | observed sinking |\n|---|---|---|---|")
+    out += [
+        f"| {b['risk']} | {b['generations']} | {b['mean_predicted']} | {b['observed_sinking']} |"
+        for b in result["risk"]["test"]["reliability"]
+    ]
+    return "\n".join(out)
