@@ -36,6 +36,7 @@ __all__ = [
     "Condition",
     "CorpusEntry",
     "build_corpus",
+    "conditions_of",
     "corpus_dir",
     "load_arrays",
     "missing_jobs",
