@@ -124,7 +124,8 @@ class Calibration:
         data["mean_states"] = {int(k): v for k, v in data.get("mean_states", {}).items()}
         data["outlier_dims"] = {int(k): v for k, v in data.get("outlier_dims", {}).items()}
         data["probe"] = LinearProbe.from_dict(data["probe"]) if data.get("probe") else None
-        data["risk"] = RiskModel(**data["risk"]) if data.get("risk") else None
+        risk = data.get("risk")
+        data["risk"] = RiskModel(tuple(risk["scores"]), tuple(risk["probabilities"])) if risk else None
         return cls(**data)
 
 

@@ -5,8 +5,9 @@ Every candidate signal gets a threshold such that a fraction ``q`` of normal gen
 alone; ``q`` is then lowered until the *union* of the selected signals fires on at most ``target_fpr`` of
 normal generations. Signals are chosen by greedy forward selection on the tune split: at each round the
 (signal, method) pair that adds the most credit joins (credit per sink: 1 for catching it, up to 1 more
-for warning before the text detector, see :func:`detection_credit`). The final rate ``q`` is set on
-out-of-fold false positives, so the budget holds for normal generations the fit has not seen.
+for warning before the text detector, see :func:`detection_credit`). Every rate ``q``, during selection
+and final, is set on out-of-fold false positives too, so the budget holds for normal generations the fit
+has not seen and a signal that only separates the generations it was fitted on earns nothing.
 """
 
 import zlib
@@ -212,7 +213,7 @@ def select_signals(
         for key in tracks:
             if any(key[0] == other[0] for other in chosen) or (pending and key[0] != pending[0]):
                 continue
-            firing, _, _ = combine([tracks[k] for k in [*chosen, key]], generations, target_fpr, False, per_1k_tokens)
+            firing, _, _ = combine([tracks[k] for k in [*chosen, key]], generations, target_fpr, True, per_1k_tokens)
             value = detection_credit(firing, generations)[0]
             if round_best is None or value > round_best[0]:
                 round_best = (value, key)

@@ -11,21 +11,21 @@ from monitors.risk import RiskModel, fit_risk
 
 def test_the_fitted_risk_grows_with_the_score_and_matches_the_rates_it_was_fitted_on():
     rng = np.random.default_rng(0)
-    healthy = rng.normal(-3.0, 1.0, 400)
-    sinking = rng.normal(1.0, 1.0, 400)
-    model = fit_risk(np.concatenate([healthy, sinking]), [False] * 400 + [True] * 400)
-    assert model.slope > 0
-    assert model.probability(-5) < 0.05 < 0.95 < model.probability(4)
-    near_zero = np.concatenate([healthy, sinking])
+    scores = np.concatenate([rng.normal(-3.0, 1.0, 400), rng.normal(1.0, 1.0, 400)])
     labels = np.array([False] * 400 + [True] * 400)
-    band = np.abs(near_zero + 1.0) < 0.5
-    assert abs(np.mean(labels[band]) - model.probability(-1.0)) < 0.15
+    model = fit_risk(scores, labels)
+    assert list(model.probabilities) == sorted(model.probabilities)
+    assert model.probability(-6) < 0.05 < 0.95 < model.probability(4)
+    # calibrated in the large: the mean predicted risk is the observed rate
+    assert abs(np.mean([model.probability(x) for x in scores]) - labels.mean()) < 0.01
 
 
-def test_separable_classes_still_give_a_finite_curve():
-    model = fit_risk([-4, -3, -2, 1, 2, 3], [False, False, False, True, True, True])
-    assert np.isfinite(model.slope) and np.isfinite(model.intercept)
-    assert model.probability(-4) < 0.5 < model.probability(3)
+def test_healthy_generations_tied_at_the_threshold_get_a_low_risk():
+    # Thresholds are set on healthy traffic, so many healthy generations sit exactly at score 0.
+    model = fit_risk([0.0] * 50 + [-2.0] * 50 + [3.0] * 20, [False] * 100 + [True] * 20)
+    assert model.probability(0.0) < 0.02
+    assert model.probability(3.0) > 0.9
+    assert 0 < model.probability(-10) and model.probability(10) < 1
 
 
 CALIBRATION = Calibration(
@@ -38,7 +38,7 @@ CALIBRATION = Calibration(
     target_fpr=0.05,
     signals=(SignalThreshold("entropy", "low", 1.0, "sink", std=0.5),),
     rank_floors={},
-    risk=RiskModel(slope=2.0, intercept=-1.0),
+    risk=RiskModel(scores=(-10.0, 0.0, 10.0), probabilities=(0.0, 0.4, 1.0)),
 )
 
 
