@@ -29,7 +29,7 @@ class PeriodicityTracker:
     stays close to 1). Healthy text that repeats itself does so differently: structure repeats only its
     scaffolding (code lines, bullets, table rows: the same punctuation around new content), and a phrase,
     URL or formula used again occurs twice, not three times in a row. It also tracks where the current
-    periodic run at the best lag began.
+    loop began repeating (the start of its second occurrence: a rescue keeps the first).
     """
 
     def __init__(self, window: int = PERIODICITY_WINDOW, max_period: int = MAX_PERIOD) -> None:
@@ -62,7 +62,8 @@ class PeriodicityTracker:
         self._run_start = np.where(match & (self._run_start < 0), self._index, self._run_start)
         best = int(np.argmax(self._counts))
         start = int(self._run_start[best])
-        self.stretch_start = start if self._counts[best] and start >= 0 else None
+        # The run starts at the loop's third occurrence; the loop started repeating one period earlier.
+        self.stretch_start = max(start - (best + 1), 0) if self._counts[best] and start >= 0 else None
         return float(self._counts[best]) / self.window
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from lab.eval.dataset import Generation
 from lab.eval.detection import detect
 from lab.eval.signals import Reference
-from lab.eval.thresholds import Selection, candidate_spec, rank_floor, select_signals
+from lab.eval.thresholds import Selection, candidate_spec, fold_of, rank_floor, select_signals
 from monitors.bands import LayerBand, captured_layers
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.detector import PERIODICITY_SIGNAL
@@ -63,7 +63,7 @@ def fit_calibration(
     model: str, bands: tuple[LayerBand, ...], tune: Sequence[Generation], reference: Reference, options: FitOptions
 ) -> tuple[Calibration, Selection]:
     """Select and threshold the combined detector's signals; floors for the rank margins; the risk model
-    (logistic on each tune generation's final detector score against its label); the calibration."""
+    (isotonic on each tune generation's out-of-fold detector score against its label); the calibration."""
     candidate_list = candidates(bands, tune, options)
     selection = select_signals(
         candidate_list,
@@ -103,5 +103,8 @@ def fit_calibration(
             "selection": "greedy forward selection on the tune split (lab/eval/thresholds.py)",
         },
     )
-    scores = [detect(calibration, g).score for g in tune]
+    # The risk model learns from scores each tune generation gets from thresholds set without its prompt: on
+    # the thresholds' own generations healthy and sinking separate perfectly, which would promise a certainty
+    # that new traffic does not keep.
+    scores = [detect(replace(calibration, signals=tuple(selection.fold_signals[fold_of(g)])), g).score for g in tune]
     return replace(calibration, risk=fit_risk(scores, [g.label.sink for g in tune])), selection

@@ -20,7 +20,16 @@ from lab.eval.dataset import Generation
 from lab.eval.scoring import auroc
 from monitors.calibration import Direction, Family, SignalThreshold, persistent_extreme, tracked
 
-__all__ = ["Selection", "candidate_spec", "combine", "detection_credit", "rank_floor", "select_signals", "track"]
+__all__ = [
+    "Selection",
+    "candidate_spec",
+    "combine",
+    "detection_credit",
+    "fold_of",
+    "rank_floor",
+    "select_signals",
+    "track",
+]
 
 LEAD_CLIP = 32
 CROSS_FIT_FOLDS = 5
@@ -44,6 +53,10 @@ class Track:
             if len(hits):
                 out[i] = tokens[hits[0]]
         return out
+
+    def subset(self, keep: Sequence[int]) -> "Track":
+        """The same track over the generations at these indices."""
+        return Track(self.spec, [self.rolling[i] for i in keep], [self.tokens[i] for i in keep], self.scores[keep])
 
     def oriented(self, threshold: float) -> float:
         """Oriented threshold back to the spec's scale."""
@@ -106,6 +119,13 @@ class Selection:
     caught: int
     sinks: int
     median_lead: float
+    # Per prompt-grouped fold: the same signals thresholded without that fold's generations.
+    fold_signals: dict[int, list[SignalThreshold]]
+
+
+def fold_of(generation: Generation) -> int:
+    """The prompt-grouped cross-fitting fold of a generation."""
+    return zlib.crc32(generation.entry.prompt_id.encode()) % CROSS_FIT_FOLDS
 
 
 def _threshold_at(track_: Track, negatives: np.ndarray, q: float) -> float:
@@ -137,7 +157,7 @@ def _held_out_fpr(
 ) -> float:
     """The union's false-positive rate on normal generations, each judged by thresholds set without its
     prompt (``CROSS_FIT_FOLDS`` prompt-grouped folds): what a fresh normal generation will see."""
-    fold = np.array([zlib.crc32(g.entry.prompt_id.encode()) % CROSS_FIT_FOLDS for g in generations])
+    fold = np.array([fold_of(g) for g in generations])
     fired = np.zeros(len(generations), dtype=bool)
     for f in range(CROSS_FIT_FOLDS):
         firing, _ = _union(tracks, negatives & (fold != f), q)
@@ -225,7 +245,15 @@ def select_signals(
     firing, thresholds, fpr = combine(selected, generations, target_fpr, True, per_1k_tokens)
     _, caught, lead = detection_credit(firing, generations)
     signals = [replace(t.spec, threshold=t.oriented(th)) for t, th in zip(selected, thresholds, strict=True)]
-    return Selection(signals, fpr, caught, sum(g.label.sink for g in generations), lead)
+    fold_signals = {}
+    for f in range(CROSS_FIT_FOLDS):
+        keep = [i for i, g in enumerate(generations) if fold_of(g) != f]
+        kept = [generations[i] for i in keep]
+        _, fold_thresholds, _ = combine([t.subset(keep) for t in selected], kept, target_fpr, False, per_1k_tokens)
+        fold_signals[f] = [
+            replace(t.spec, threshold=t.oriented(th)) for t, th in zip(selected, fold_thresholds, strict=True)
+        ]
+    return Selection(signals, fpr, caught, sum(g.label.sink for g in generations), lead, fold_signals)
 
 
 def rank_floor(name: str, generations: Sequence[Generation], span: int, persistence: int, fpr: float) -> float:

@@ -73,8 +73,8 @@ def test_the_stretch_starts_at_the_loops_second_occurrence():
     tracker = PeriodicityTracker()
     for token in prefix + unit * 6:
         tracker.push(token)
-    # the first token that equals the tokens one and two periods before: the loop's third occurrence
-    assert tracker.stretch_start == len(prefix) + 2 * len(unit)
+    # the three-way match starts at the third occurrence; the loop began repeating one period earlier
+    assert tracker.stretch_start == len(prefix) + len(unit)
 
 
 def test_values_are_shares_of_the_window():
