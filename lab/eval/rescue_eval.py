@@ -24,6 +24,7 @@ import asyncio
 import json
 import statistics
 import zlib
+from importlib import resources
 from pathlib import Path
 
 from gateway.engine.provision import DEFAULT_MODEL
@@ -31,11 +32,12 @@ from gateway.gate.policy import GateConfig, Policy
 from gateway.gate.rescue import STRATEGIES
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams
 from lab.eval.corpus import INDUCERS, Condition
+from lab.eval.labels import RubricLabel, load_rubric_labels
 from lab.eval.prompts import PromptCase, load_prompts
 from lab.gate_harness import GatedRun, run_gated, start_embedded
 from monitors.text import text_sink_onset
 
-__all__ = ["add_arguments", "run", "score_run", "summarize"]
+__all__ = ["add_arguments", "healthy_by_hand", "rescue_labels_path", "run", "score_run", "summarize"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "instead of --repetition-penalty",
     )
     parser.add_argument("--split", choices=("tune", "test"), help="only the prompts of this split")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="serve nothing: recount --results against the hand labels read since (and redraw the figure)",
+    )
     parser.add_argument("--figures", type=Path, default=Path("docs/figures"), help="with --inducers: the figure")
 
 
@@ -141,7 +148,8 @@ async def _evaluate(args: argparse.Namespace) -> dict:
     per_strategy: dict[str, list[dict]] = {}
     per_inducer: dict[str, list[dict]] = {}
     for (case, strategy), run in zip(pairs, runs, strict=True):
-        inducer = case[1].inducer if case[1] is not None else "repetition_penalty"
+        condition = case[1] or Condition("client", 0.0, repetition_penalty=args.repetition_penalty)
+        inducer = condition.inducer
         score = {"case": case_id(case), "inducer": inducer, **score_run(run)}
         per_strategy.setdefault(strategy, []).append(score)
         per_inducer.setdefault(f"{strategy}/{inducer}", []).append(score)
@@ -152,6 +160,23 @@ async def _evaluate(args: argparse.Namespace) -> dict:
         "blocked_texts": {case_id(c): run.text for c, run in zip(cases, first, strict=True) if c in fired},
         "per_strategy": per_strategy,
         "per_inducer": per_inducer,
+    }
+
+
+def rescue_labels_path() -> Path:
+    """The committed hand labels of rescued answers (key ``<results file stem>:<case>``)."""
+    return Path(str(resources.files("monitors") / "data" / "rescue_labels.jsonl"))
+
+
+def healthy_by_hand(scores: list[dict], run_name: str, labels: dict[str, RubricLabel]) -> dict:
+    """Of the cases whose rescued answer was read: how many are healthy by the rubric. A case the gate
+    blocked in the end counts as not rescued."""
+    judged = [s for s in scores if not s["rescued"] or f"{run_name}:{s['case']}" in labels]
+    healthy = [s for s in judged if s["rescued"] and labels[f"{run_name}:{s['case']}"].label == "healthy"]
+    return {
+        "cases_judged": len(judged),
+        "rescued_healthy_by_hand": len(healthy),
+        "rate": round(len(healthy) / len(judged), 4) if judged else None,
     }
 
 
@@ -171,11 +196,32 @@ def summarize(scores: list[dict]) -> dict:
     }
 
 
+def rescore(args: argparse.Namespace) -> dict:
+    """The per-inducer hand-label counts of an earlier run (``--results``), recounted and written back."""
+    result = json.loads(args.results.read_text())
+    hand = load_rubric_labels(rescue_labels_path())
+    for name, scores in result["per_inducer"].items():
+        result["summary_per_inducer"][name]["hand_labels"] = healthy_by_hand(scores, args.results.stem, hand)
+        print(f"{name:>32} {result['summary_per_inducer'][name]['hand_labels']}")
+    if args.inducers:
+        from lab.eval.verdict_plots import plot_rescue
+
+        result["figure"] = plot_rescue(result["summary_per_inducer"], args.figures)
+    args.results.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Evaluate, print a table, write JSON."""
+    """Evaluate, print a table, write JSON (or, with ``--rescore``, recount an earlier run)."""
+    if args.rescore:
+        return rescore(args)
     measured = asyncio.run(_evaluate(args))
     summary = {name: summarize(scores) for name, scores in measured["per_strategy"].items()}
     by_inducer = {name: summarize(scores) for name, scores in measured["per_inducer"].items()}
+    hand = load_rubric_labels(rescue_labels_path())
+    run_name = args.results.stem if args.results else "rescue"
+    for name, scores in measured["per_inducer"].items():
+        by_inducer[name]["hand_labels"] = healthy_by_hand(scores, run_name, hand)
     print(f"{len(measured['cases'])} of {measured['requests']} requests fired the detector (max_tokens {args.tokens})")
     print(f"{'strategy':>11} {'success':>8} {'rescued':>8} {'text sink':>10} {'det. fired':>11} {'extra tok':>10}")
     for name, row in summary.items():

@@ -75,15 +75,20 @@ def plot_verdicts(result: dict, folder: Path) -> list[str]:
 
 
 def plot_rescue(summary_per_inducer: dict, folder: Path) -> str:
-    """Rescue success (healthy answer) per inducer."""
+    """Rescue per inducer: share passing the automatic check, and share healthy by hand label."""
     plt = pyplot()
     names = sorted(summary_per_inducer)
-    figure, ax = plt.subplots(figsize=(7, 3.5))
-    rates = [summary_per_inducer[n].get("success_rate", 0) for n in names]
-    ax.bar(range(len(names)), rates)
-    ax.set_xticks(range(len(names)), [f"{n}\n({summary_per_inducer[n]['cases']} cases)" for n in names], fontsize=7)
+    figure, ax = plt.subplots(figsize=(8, 3.8))
+    _bars(
+        ax,
+        [f"{n} ({summary_per_inducer[n]['cases']})" for n in names],
+        {
+            "automatic check": [summary_per_inducer[n].get("success_rate") for n in names],
+            "healthy by hand label": [summary_per_inducer[n]["hand_labels"]["rate"] for n in names],
+        },
+        "share of cases",
+        "Rescue per loop inducer, held-out prompts (target ≥ 0.9)",
+    )
     ax.axhline(0.9, color="black", lw=0.8, ls="--")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("rescued to a healthy answer")
-    ax.set_title("Rescue per loop inducer (target ≥ 0.9)", fontsize=10)
     return str(save(figure, folder / "rescue_inducers.png"))
