@@ -17,6 +17,7 @@ from gateway.config import Settings
 from gateway.generation import Backend
 from gateway.metrics_port import serve_metrics_apart
 from gateway.serving.serving_context import ServingContext
+from gateway.telemetry import tracing
 from gateway.workers.exposition import WorkerExpositions, serve_exposition
 from gateway.workers.worker_context import WorkerContext
 from monitors.calibration import Calibration
@@ -53,10 +54,15 @@ def create_app(
             starting.cancel()
             await backend.close()
             stop_metrics()
+            tracing.flush()
 
     # FastAPI's own OpenTelemetry hooks cost a provider lookup per request; metrics are Prometheus here.
     telemetry = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry)
+    # The schema and docs pages describe the deployment to anyone who asks: off unless the operator wants them.
+    docs = {"openapi_url": "/openapi.json", "docs_url": "/docs", "redoc_url": "/redoc"}
+    if not settings.api_docs:
+        docs = dict.fromkeys(docs)
+    app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry, **docs)
     app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()))
     app.state.worker_expositions = (
         WorkerExpositions(worker.exposition_paths(), restarts=worker.restarts) if worker else None

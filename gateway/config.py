@@ -39,6 +39,12 @@ class Settings:
     max_batch: int = _setting(8, "embedded engine: requests decoded together")
     max_queue: int = _setting(64, "embedded engine: requests waiting for a slot before 429")
     max_model_len: int = _setting(2048, "embedded engine: prompt plus completion tokens")
+    default_max_tokens: int = _setting(
+        1024, "embedded engine: completion limit of a request that names none, within the context (0: the context left)"
+    )
+    max_tokens_limit: int = _setting(
+        0, "embedded engine: largest max_tokens a request may ask for, 400 above (0: only the context bounds it)"
+    )
     capture: bool = _setting(True, "capture hidden states and run the monitors")
     calibration: str = _setting("", "calibration file (default: the one shipped for the model)")
     bands: str = _setting("", "layer bands, e.g. 'early=4,7;middle=13,17;late=23,27' (default: calibration's)")
@@ -64,10 +70,19 @@ class Settings:
     upstream_api_key: str = _setting("", "API key sent to the upstreams (prefer the environment variable)", secret=True)
     upstream_connect_timeout: float = _setting(2.0, "seconds to open a connection to an upstream before failover")
     upstream_read_timeout: float = _setting(
-        300.0, "longest wait in seconds for an upstream's next byte (a whole answer when not streaming)"
+        300.0,
+        "seconds an upstream has for its response head, and for a whole answer when not streaming (or the first "
+        "event of a stream)",
+    )
+    upstream_event_timeout: float = _setting(
+        60.0, "longest wait in seconds between two events of a streamed answer (comments do not count)"
+    )
+    upstream_max_response_bytes: int = _setting(
+        16 * 1024 * 1024, "largest non-streamed upstream answer relayed (502 above; never buffered past it)"
     )
     upstream_max_connections: int = _setting(1024, "open connections per upstream, at most")
     upstream_health_interval: float = _setting(5.0, "seconds between health checks of each upstream")
+    upstream_health_timeout: float = _setting(5.0, "seconds a whole health check may take before the upstream is down")
     upstream_continuation: str = _setting(
         "continue_final_message",
         "how rescue continues an accepted prefix on an openai upstream: chat requests end with the prefix as "
@@ -89,12 +104,33 @@ class Settings:
         "", "API keys clients must send, comma-separated 'name:key' or 'name:sha256:HEX' (empty: no auth)", secret=True
     )
     api_keys_file: str = _setting("", "file of API keys, one 'name:key' or 'name:sha256:HEX' per line")
+    auth_failure_limit: int = _setting(
+        10, "failed API-key attempts a client address may make per window before every request of it gets 429 (0: off)"
+    )
+    auth_failure_window: float = _setting(60.0, "seconds of the window of auth_failure_limit")
     rate_limit_rps: float = _setting(0.0, "requests per second allowed per API key (0: unlimited)")
     rate_limit_burst: int = _setting(0, "requests a key may send at once above its rate (0: one second's worth)")
     max_request_bytes: int = _setting(4 * 1024 * 1024, "largest request body accepted (413 above)")
+    http_max_header_bytes: int = _setting(64 * 1024, "largest request head (request line and headers; 431 above)")
+    http_header_timeout: float = _setting(
+        10.0, "seconds a client has to send a request's head, from connecting or from its first byte (408 after)"
+    )
+    http_body_timeout: float = _setting(
+        60.0, "seconds a client has to send a whole request body once its head arrived (408 after)"
+    )
+    http_keepalive_timeout: float = _setting(5.0, "seconds an idle kept-alive client connection stays open")
+    http_max_connections: int = _setting(
+        0, "client connections open at once; more are answered 503 and closed (0: from the file-descriptor limit)"
+    )
     cors_origins: str = _setting("", "origins allowed by CORS, comma-separated, or '*' (empty: CORS off)")
+    api_docs: bool = _setting(False, "serve the gateway's own OpenAPI schema and docs: /openapi.json, /docs, /redoc")
     metrics_port: int = _setting(0, "serve /metrics on this port only, not on the API port (0: on the API port)")
     log_level: str = _setting("info", "log level", ("debug", "info", "warning", "error"))
+    log_format: str = _setting("text", "log lines as plain text, or one JSON object per line", ("text", "json"))
+    log_content: bool = _setting(
+        False, "debugging: log each request's headers and bodies (prompts, completions; credentials redacted)"
+    )
+    log_content_limit: int = _setting(4096, "log_content: bytes of each body logged, at most")
 
     def gate_config(self) -> GateConfig:
         """The gate's part of the settings."""
@@ -130,6 +166,20 @@ def _coerce(name: str, raw: Any) -> Any:
     return kind(raw)
 
 
+_POSITIVE = (
+    "http_max_header_bytes",
+    "http_header_timeout",
+    "http_body_timeout",
+    "http_keepalive_timeout",
+    "upstream_read_timeout",
+    "upstream_event_timeout",
+    "upstream_max_response_bytes",
+    "upstream_health_timeout",
+    "auth_failure_window",
+)
+_NOT_NEGATIVE = ("default_max_tokens", "max_tokens_limit", "auth_failure_limit", "http_max_connections")
+
+
 def _validated(settings: Settings) -> Settings:
     for f in fields(Settings):
         choices = f.metadata.get("choices")
@@ -137,6 +187,12 @@ def _validated(settings: Settings) -> Settings:
             raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {getattr(settings, f.name)!r}")
     if settings.workers < 1:
         raise ValueError(f"workers must be at least 1, not {settings.workers}")
+    for name in _POSITIVE:
+        if not getattr(settings, name) > 0:
+            raise ValueError(f"{name} must be positive, not {getattr(settings, name)!r}")
+    for name in _NOT_NEGATIVE:
+        if getattr(settings, name) < 0:
+            raise ValueError(f"{name} must be 0 or more, not {getattr(settings, name)!r}")
     if not 0 <= settings.block_at <= 1:
         raise ValueError(f"block_at is a probability between 0 and 1, not {settings.block_at}")
     if settings.workers > 1 and (settings.backend != "openai" or settings.reader):

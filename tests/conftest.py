@@ -17,7 +17,8 @@ MODEL = "SmolLM2-135M-Instruct"
 
 
 class RunningServer:
-    """A uvicorn server on a background thread, for tests that need real HTTP."""
+    """A uvicorn server on a background thread, for tests that need real HTTP: a gateway app on the gateway's
+    own edge protocol, any other app (a fake upstream) on uvicorn's default."""
 
     def __init__(self, app, port: int) -> None:
         import uvicorn
@@ -26,7 +27,8 @@ class RunningServer:
 
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        options = {"log_level": "warning", "access_log": False, "http": http_protocol(app)}
+        http = http_protocol(app) if hasattr(app.state, "serving") else "auto"
+        options = {"log_level": "warning", "access_log": False, "http": http}
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -106,6 +108,14 @@ def gateway(gateway_settings: Settings) -> Iterator[RunningServer]:
     with start_gateway(gateway_settings) as server:
         server.wait_ready()
         yield server
+
+
+@pytest.fixture(scope="session")
+def calibration():
+    """The calibration shipped for the default model."""
+    from monitors.calibration import load_calibration
+
+    return load_calibration(MODEL)
 
 
 @pytest.fixture(scope="session")

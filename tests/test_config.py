@@ -65,3 +65,11 @@ def test_several_workers_only_for_a_backend_without_a_model():
         environ = {**openai, f"{ENV_PREFIX}BACKEND": backend, f"{ENV_PREFIX}READER": reader}
         with pytest.raises(ValueError, match="workers > 1 needs the openai backend without --reader"):
             load_settings(None, environ=environ)
+
+
+@pytest.mark.parametrize("name", ["http_header_timeout", "http_max_header_bytes", "upstream_event_timeout"])
+def test_limits_and_deadlines_must_be_positive(name):
+    with pytest.raises(ValueError, match=f"{name} must be positive"):
+        load_settings(None, environ={f"{ENV_PREFIX}{name.upper()}": "0"})
+    with pytest.raises(ValueError, match="http_max_connections must be 0"):
+        load_settings(None, environ={f"{ENV_PREFIX}HTTP_MAX_CONNECTIONS": "-1"})

@@ -1,6 +1,6 @@
-"""The ASGI layers in front of the routes, outermost first: CORS (when enabled), API keys and rate
-limits, the request size limit, the proxy fast path (for backends that can relay unchanged; it checks
-its own JSON), and strict JSON for the full serving path."""
+"""The ASGI layers in front of the routes, outermost first: the request's scope (its id, access line and
+trace), CORS (when enabled), API keys and rate limits, the request size limit, the proxy fast path (for
+backends that can relay unchanged; it checks its own JSON), and strict JSON for the full serving path."""
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -11,9 +11,12 @@ from gateway.generation import Backend
 from gateway.proxy.asgi_passthrough import Passthrough
 from gateway.proxy.native import FastPath
 from gateway.security.admission import Admission
+from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.guards import BodyLimit, Guard, StrictJson
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
+from gateway.telemetry.asgi import Observed
+from gateway.telemetry.content import ContentLogging
 from gateway.workers.worker_context import WorkerContext
 
 __all__ = ["install_middleware"]
@@ -32,7 +35,8 @@ def install_middleware(
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     keys = worker.api_keys if worker else ApiKeys.load(settings.api_keys, settings.api_keys_file)
     limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, shared=worker.buckets if worker else None)
-    admission = Admission(keys, limiter)
+    throttle = AuthThrottle(settings.auth_failure_limit, settings.auth_failure_window)
+    admission = Admission(keys, limiter, throttle)
     if admission.enabled:
         app.add_middleware(Guard, admission=admission)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
@@ -44,6 +48,9 @@ def install_middleware(
             allow_headers=["authorization", "content-type", "x-request-id", "x-sinkwatch-policy"],
             expose_headers=["x-request-id", "x-sinkwatch-verdict"],
         )
+    content = ContentLogging(settings.log_content_limit) if settings.log_content else None
+    app.add_middleware(Observed, content=content)
     if not relays:
         return None
-    return FastPath(backend, admission if admission.enabled else None, settings.max_request_bytes, bool(origins))
+    guard = admission if admission.enabled else None
+    return FastPath(backend, guard, settings.max_request_bytes, bool(origins), content)

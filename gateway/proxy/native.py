@@ -4,8 +4,9 @@ Through ASGI, a relayed request spent about a third of the gateway's CPU in the 
 cycle and the ASGI layers (message dicts, middleware calls, header checks, a second task watching for
 disconnects), three times the proxy's own work (docs/BENCHMARKS.md).
 
-:class:`FastPathProtocol` is uvicorn's ``httptools`` protocol: it parses, keeps connections alive, times
-out idle ones, controls flow and shuts down as uvicorn does, and serves every request through the ASGI
+:class:`FastPathProtocol` is the gateway's edge protocol (uvicorn's ``httptools`` one held to the limits
+of :mod:`gateway.edge.protocol`): it parses, keeps connections alive, times out idle and slow ones, controls
+flow and shuts down as uvicorn does, and serves every request through the ASGI
 app as before, except ``POST /v1/chat/completions`` and ``POST /v1/completions`` for a backend that
 relays unchanged. Those it hands to a :class:`NativeExchange`, which runs the same guards (API keys,
 rate limits, body size) and the same :class:`~gateway.proxy.proxied_request.ProxiedRequest`, and writes the
@@ -27,14 +28,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gateway.backends.openai import OpenAIBackend
+from gateway.edge.protocol import EdgeProtocol
 from gateway.errors import SERVER_ERROR, OpenAIError, RequestTooLarge
 from gateway.proxy.channel import ClientChannel, ClientGone, Headers
 from gateway.proxy.proxied_request import ROUTES, ProxiedRequest
-from gateway.security.admission import Admission
+from gateway.security.admission import Admission, client_address
 from gateway.security.guards import too_large
+from gateway.telemetry.content import ContentLogging
+from gateway.telemetry.observe import begin, finish
+from gateway.telemetry.request_scope import REQUEST_ID_HEADER, RequestScope
 
 __all__ = ["FastPath", "FastPathProtocol", "NativeExchange", "protocol_class"]
 
@@ -46,12 +51,14 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 @dataclass(frozen=True)
 class FastPath:
-    """What the native fast path needs from the app: the backend, the guards, the body limit, CORS."""
+    """What the native fast path needs from the app: the backend, the guards, the body limit, CORS, and
+    content logging."""
 
     backend: OpenAIBackend
     admission: Admission | None
     max_bytes: int
     cors: bool
+    content: ContentLogging | None = None
 
     def route(self, url: bytes) -> tuple[str, str] | None:
         """The proxied route of a request target (no query string), or None."""
@@ -87,7 +94,9 @@ class NativeExchange(ClientChannel):
         self._gone: Callable[[], None] | None = None
         self._head = b""
         self._chunked = False
-        self._started = False
+        self.response_started = False
+        self._status = 500
+        self.scope: RequestScope | None = None
 
     def _notify(self) -> None:
         if self.disconnected and self._gone is not None:
@@ -98,23 +107,28 @@ class NativeExchange(ClientChannel):
             waiter.set_result(None)
 
     async def run(self) -> None:
-        """Guards, body, then the proxied request; an unexpected failure is logged, answered 500 or cut."""
+        """Guards, body, then the proxied request; an unexpected failure is logged, answered 500 or cut.
+        The request's scope (:mod:`gateway.telemetry`) spans it all."""
+        self.scope = begin("POST", "/v1" + self.route[1], self.headers, self.fast_path.content)
         try:
             await self._serve()
         except ClientGone:
             pass
         except Exception:
             log.exception("unexpected error serving %s", self.route[1])
-            if self._started:
+            if self.response_started:
                 self.transport.close()
             else:
                 self.keep_alive = False
                 await self.respond_error(OpenAIError(SERVER_ERROR), self.route[0])
+        finally:
+            finish(self.scope, self._status)
 
     async def _serve(self) -> None:
         endpoint = self.route[0]
         admission = self.fast_path.admission
-        refused = admission.refusal(self.headers) if admission is not None else None
+        address = client_address(self.protocol.client)
+        refused = admission.refusal(self.headers, address) if admission is not None else None
         if refused is not None:
             error, extra = refused
             await self.respond_error(error, endpoint, [(k.encode(), v.encode()) for k, v in extra.items()])
@@ -124,7 +138,7 @@ class NativeExchange(ClientChannel):
         except RequestTooLarge as error:
             await self.respond_error(error, endpoint, [_CLOSE])
             return
-        await ProxiedRequest(self.fast_path.backend, self.route, self).serve()
+        await ProxiedRequest(self.fast_path.backend, self.route, self, self.scope).serve()
 
     async def _receive_body(self) -> None:
         """Wait for the whole body: ``RequestTooLarge`` past the limit (declared or received)."""
@@ -149,13 +163,18 @@ class NativeExchange(ClientChannel):
     # ---- ClientChannel ---------------------------------------------------------------------------
 
     async def read_body(self) -> bytes:
-        return bytes(self.body)  # received whole before the request is proxied
+        body = bytes(self.body)  # received whole before the request is proxied
+        if self.scope.content is not None:
+            self.scope.content.request_body(body)
+        return body
 
     async def start(self, status: int, headers: Headers) -> None:
-        self._started = True
+        self.response_started = True
+        self._status = status
         head = [STATUS_LINE[status]]
         self._chunked = True
-        for name, value in (*self.protocol.server_state.default_headers, *headers):
+        stamp = (REQUEST_ID_HEADER, self.scope.request_id.encode())
+        for name, value in (*self.protocol.server_state.default_headers, *headers, stamp):
             if name == b"content-length":
                 self._chunked = False
             elif (name, value) == _CLOSE:
@@ -174,6 +193,8 @@ class NativeExchange(ClientChannel):
             await self.flow.drain()
         if self.disconnected or self.response_complete:
             return
+        if self.scope.content is not None:
+            self.scope.content.response_body(data)
         if self._chunked:
             data = (b"%x\r\n%b\r\n" % (len(data), data) if data else b"") + (b"" if more else _LAST_CHUNK)
         self.transport.write(self._head + data if self._head else data)
@@ -195,15 +216,15 @@ class NativeExchange(ClientChannel):
         return stop
 
 
-class FastPathProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol; generation requests the fast path can take skip ASGI."""
+class FastPathProtocol(EdgeProtocol):
+    """The gateway's HTTP/1.1 protocol; generation requests the fast path can take skip ASGI."""
 
     fast_path: FastPath
 
-    def on_headers_complete(self) -> None:
+    def start_request(self) -> None:
         route = self._native_route()
         if route is None:
-            super().on_headers_complete()
+            super().start_request()
             return
         exchange = NativeExchange(self, route, self.fast_path)
         self.cycle = exchange  # type: ignore[assignment]  # the protocol uses it as its request cycle

@@ -6,14 +6,9 @@ from dataclasses import replace
 import pytest
 
 from gateway.config import Settings
-from monitors.calibration import Calibration, load_calibration
-from tests.backends.fake_vllm import MODEL, FakeVLLM
+from monitors.calibration import Calibration
+from tests.backends.fake_vllm import FakeVLLM
 from tests.conftest import RunningServer, free_port, start_gateway
-
-
-@pytest.fixture(scope="session")
-def calibration() -> Calibration:
-    return load_calibration(MODEL)
 
 
 @pytest.fixture
