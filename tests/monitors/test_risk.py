@@ -25,7 +25,7 @@ def test_healthy_generations_tied_at_the_threshold_get_a_low_risk():
     model = fit_risk([0.0] * 50 + [-2.0] * 50 + [3.0] * 20, [False] * 100 + [True] * 20)
     assert model.probability(0.0) < 0.02
     assert model.probability(3.0) > 0.9
-    assert 0 < model.probability(-10) and model.probability(10) < 1
+    assert model.probability(-10) > 0 and model.probability(10) < 1
 
 
 CALIBRATION = Calibration(
