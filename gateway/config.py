@@ -56,6 +56,11 @@ class Settings:
         "(-1: the calibration's persistence - 1, the least that keeps blocked tokens unsent)",
     )
     block_mode: str = _setting("finish", "block by finish_reason content_filter, or by an error", ("finish", "error"))
+    block_at: float = _setting(
+        0.0,
+        "block/rescue act once stability.risk reaches this probability (0: when the verdict fires); "
+        "requests may set their own with the sinkwatch extension's block_at",
+    )
     rescue_attempts: int = _setting(2, "rescue: resampling attempts before falling back to block")
     rescue_token_budget: int = _setting(256, "rescue: generated tokens that may be thrown away per request")
     rescue_strategy: str = _setting("combined", "rescue: how to resample from the stable prefix", tuple(STRATEGIES))
@@ -134,6 +139,7 @@ class Settings:
             allow_override=self.allow_policy_override,
             holdback_tokens=self.holdback_tokens,
             block_mode=self.block_mode,
+            block_at=self.block_at,
             rescue_attempts=self.rescue_attempts,
             rescue_token_budget=self.rescue_token_budget,
             rescue_strategy=self.rescue_strategy,
@@ -187,6 +193,8 @@ def _validated(settings: Settings) -> Settings:
     for name in _NOT_NEGATIVE:
         if getattr(settings, name) < 0:
             raise ValueError(f"{name} must be 0 or more, not {getattr(settings, name)!r}")
+    if not 0 <= settings.block_at <= 1:
+        raise ValueError(f"block_at is a probability between 0 and 1, not {settings.block_at}")
     if settings.workers > 1 and (settings.backend != "openai" or settings.reader):
         raise ValueError(
             "workers > 1 needs the openai backend without --reader: a model or a vLLM stats channel lives in "
