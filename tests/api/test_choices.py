@@ -114,7 +114,9 @@ def test_under_block_only_the_looping_choice_is_blocked(client):
     assert clean_report["gate"]["action"] == "pass"
     assert _stability(response)["choice"] == blocked.index
     assert _stability(response)["gate"]["action"] == "block"
-    # streamed, the held-back text of each choice is exactly the whole answer's: nothing blocked leaks
+    # streamed, each choice has its own hold-back: the clean one streams the whole answer's text, and the
+    # blocked one streams its answer up to the cut, plus only what its report counts as leaked (released
+    # before the verdict moved the cut back; zero while the hold-back covers the detector)
     chunks = list(
         client.chat.completions.create(
             model=MODEL,
@@ -126,14 +128,22 @@ def test_under_block_only_the_looping_choice_is_blocked(client):
             n=2,
             extra_body=BLOCK,
             stream=True,
+            logprobs=True,
         )
     )
-    texts = defaultdict(str)
+    texts, tokens, gates = defaultdict(str), defaultdict(int), {}
     for chunk in chunks:
         for choice in chunk.choices:
             texts[choice.index] += choice.delta.content or ""
-    assert texts[blocked.index] == blocked.message.content
+            tokens[choice.index] += len(choice.logprobs.content) if choice.logprobs else 0
+            if choice.finish_reason:
+                gates[choice.index] = choice.model_extra["stability"]["gate"]
     assert texts[clean.index] == clean.message.content
+    assert gates[clean.index]["action"] == "pass"
+    streamed = gates[blocked.index]
+    assert streamed["action"] == "block" and texts[blocked.index].startswith(blocked.message.content)
+    assert tokens[blocked.index] == streamed["attempts"][0]["tokens_kept"]
+    assert tokens[blocked.index] - streamed["tokens_leaked"] == blocked_report["gate"]["attempts"][0]["tokens_kept"]
 
 
 def test_a_client_leaving_a_stream_of_choices_frees_every_sequence(gateway):
