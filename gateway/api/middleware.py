@@ -28,7 +28,7 @@ def install_middleware(
     if relays:
         app.add_middleware(Passthrough, backend=backend)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    keys = worker.api_keys if worker else ApiKeys.load(settings.api_keys, settings.api_keys_file)
+    keys = worker.api_keys if worker else ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
     limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, shared=worker.buckets if worker else None)
     admission = Admission(keys, limiter)
     if admission.enabled:

@@ -228,7 +228,7 @@ class UpstreamPool:
             read_timeout=settings.upstream_read_timeout,
             health_interval=settings.upstream_health_interval,
             max_connections=settings.upstream_max_connections,
-            api_key=settings.upstream_api_key,
+            api_key=settings.upstream_api_key.get_secret_value(),
         )
         return cls(parse_upstreams(settings.upstreams), config)
 

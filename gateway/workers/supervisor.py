@@ -54,7 +54,7 @@ MAX_RESTART_DELAY = 30.0
 
 def serve_workers(settings: Settings) -> int:
     """Serve with ``settings.workers`` processes until told to stop; the exit status."""
-    api_keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
+    api_keys = ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
     address = uvicorn.Config(app=None, host=settings.host, port=settings.port, log_level=settings.log_level)
     listener = address.bind_socket()
     run_dir = Path(tempfile.mkdtemp(prefix="sinkwatch-workers-"))

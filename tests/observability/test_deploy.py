@@ -6,7 +6,6 @@ Docker and Kubernetes cannot run here; these checks read the files as the tools 
 
 import json
 import re
-from dataclasses import fields
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -70,7 +69,7 @@ def _host_port(address: str) -> tuple[str, int]:
 def _check_gateway_environment(environment: dict[str, str]) -> Settings:
     """The gateway's settings from its ``SINKWATCH_*`` variables, all of which must be real settings."""
     ours = {name: value for name, value in environment.items() if name.startswith(ENV_PREFIX)}
-    names = {ENV_PREFIX + f.name.upper() for f in fields(Settings)} | EXTRA_GATEWAY_ENV
+    names = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | EXTRA_GATEWAY_ENV
     assert sorted(set(ours) - names) == []
     return load_settings(None, environ=ours)
 

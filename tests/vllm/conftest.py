@@ -5,7 +5,6 @@ Tests marked ``vllm`` start a real vLLM server (minutes on CPU); they run only w
 """
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,8 +44,7 @@ def fake_vllm(calibration: Calibration) -> Iterator[tuple[FakeVLLM, RunningServe
 def vllm_gateway(fake_vllm: tuple[FakeVLLM, RunningServer]) -> Iterator[RunningServer]:
     """A gateway with the ``vllm`` backend in front of the fake (features wait at most 0.5 s)."""
     _, upstream = fake_vllm
-    settings = replace(
-        Settings(),
+    settings = Settings().replace(
         backend="vllm",
         upstreams=f"{upstream.base_url}/v1",
         upstream_health_interval=0.2,
@@ -91,7 +89,7 @@ def vllm_server() -> Iterator[VLLMServer]:
 @pytest.fixture(scope="session")
 def real_vllm_gateway(vllm_server: VLLMServer) -> Iterator[RunningServer]:
     """A gateway with the ``vllm`` backend in front of the real server."""
-    settings = replace(Settings(), backend="vllm", upstreams=vllm_server.url, port=free_port())
+    settings = Settings().replace(backend="vllm", upstreams=vllm_server.url, port=free_port())
     with start_gateway(settings) as server:
         server.wait_ready(timeout=60)
         yield server
