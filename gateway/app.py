@@ -17,6 +17,7 @@ from gateway.backends.base import Backend
 from gateway.backends.openai import openai_backend
 from gateway.backends.vllm import vllm_backend
 from gateway.config import Settings
+from gateway.drain import Drain
 from gateway.engine.config import EngineConfig
 from gateway.serving.context import ServingContext
 from gateway.workers.context import WorkerContext
@@ -89,12 +90,13 @@ def create_app(
     # FastAPI's own OpenTelemetry hooks cost a provider lookup per request; metrics are Prometheus here.
     telemetry = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry)
-    app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()))
+    drain = Drain()
+    app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()), drain=drain)
     app.state.worker_expositions = (
         WorkerExpositions(worker.exposition_paths(), restarts=worker.restarts) if worker else None
     )
     install_error_handlers(app)
-    app.state.fast_path = install_middleware(app, settings, backend, worker)
+    app.state.fast_path = install_middleware(app, settings, backend, drain, worker)
     app.include_router(openai_routes.router)
     app.include_router(health.router)
     return app

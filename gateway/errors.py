@@ -144,3 +144,10 @@ class ContentBlocked(OpenAIError):
     status_code = 422
     error_type = "content_filter"
     default_code = "sinkwatch_blocked"
+
+
+class ShuttingDown(OpenAIError):
+    """The gateway is shutting down and the request could not finish within its shutdown timeout (503)."""
+
+    status_code = 503
+    default_code = "shutting_down"

@@ -8,6 +8,7 @@ from starlette.middleware.cors import CORSMiddleware
 from gateway.backends.base import Backend
 from gateway.backends.openai import OpenAIBackend
 from gateway.config import Settings
+from gateway.drain import Drain
 from gateway.proxy.native import FastPath
 from gateway.proxy.passthrough import Passthrough
 from gateway.security.admission import Admission
@@ -18,7 +19,7 @@ from gateway.workers.context import WorkerContext
 
 
 def install_middleware(
-    app: FastAPI, settings: Settings, backend: Backend, worker: WorkerContext | None = None
+    app: FastAPI, settings: Settings, backend: Backend, drain: Drain, worker: WorkerContext | None = None
 ) -> FastPath | None:
     """Add the layers (Starlette runs the last one added first); returns the native fast path's view of
     them when the backend relays unchanged (``gateway.proxy.native``). A ``worker`` takes the API keys its
@@ -26,7 +27,7 @@ def install_middleware(
     app.add_middleware(StrictJson)
     relays = isinstance(backend, OpenAIBackend) and backend.passthrough
     if relays:
-        app.add_middleware(Passthrough, backend=backend)
+        app.add_middleware(Passthrough, backend=backend, drain=drain)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
     keys = worker.api_keys if worker else ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
     limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, shared=worker.buckets if worker else None)
@@ -44,4 +45,5 @@ def install_middleware(
         )
     if not relays:
         return None
-    return FastPath(backend, admission if admission.enabled else None, settings.max_request_bytes, bool(origins))
+    guards = admission if admission.enabled else None
+    return FastPath(backend, guards, settings.max_request_bytes, bool(origins), drain)

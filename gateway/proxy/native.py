@@ -31,6 +31,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from gateway.api.error_handlers import SERVER_ERROR
 from gateway.backends.openai import OpenAIBackend
+from gateway.drain import Drain
 from gateway.errors import OpenAIError, RequestTooLarge
 from gateway.proxy.channel import ClientChannel, ClientGone, Headers
 from gateway.proxy.passthrough import ROUTES, ProxiedRequest
@@ -45,12 +46,14 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 @dataclass(frozen=True)
 class FastPath:
-    """What the native fast path needs from the app: the backend, the guards, the body limit, CORS."""
+    """What the native fast path needs from the app: the backend, the guards, the body limit, CORS, and the
+    drain that may end its requests at shutdown."""
 
     backend: OpenAIBackend
     admission: Admission | None
     max_bytes: int
     cors: bool
+    drain: Drain
 
     def route(self, url: bytes) -> tuple[str, str] | None:
         """The proxied route of a request target (no query string), or None."""
@@ -123,7 +126,7 @@ class NativeExchange(ClientChannel):
         except RequestTooLarge as error:
             await self.respond_error(error, endpoint, [_CLOSE])
             return
-        await ProxiedRequest(self.fast_path.backend, self.route, self).serve()
+        await ProxiedRequest(self.fast_path.backend, self.route, self, self.fast_path.drain).serve()
 
     async def _receive_body(self) -> None:
         """Wait for the whole body: ``RequestTooLarge`` past the limit (declared or received)."""

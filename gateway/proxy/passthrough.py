@@ -14,7 +14,8 @@ Under ``sinkwatch serve`` most such requests never reach ASGI: the native fast p
 request talks to its client through a :class:`~gateway.proxy.channel.ClientChannel`.
 
 Faults of the upstream become OpenAI errors (a final error event then ``[DONE]`` once streaming has
-begun); a client that goes away cancels the upstream request.
+begun); a client that goes away cancels the upstream request, and so does the end of a shutdown's
+timeout (``gateway.drain``), which the client is told as a 503 or a final error event.
 """
 
 import asyncio
@@ -28,6 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway import metrics
 from gateway.api.error_handlers import rendered_error
 from gateway.backends.openai import OpenAIBackend
+from gateway.drain import Drain, Hold, shutdown_error
 from gateway.errors import ModelNotFound, NotReady, OpenAIError
 from gateway.gate.policy import POLICY_HEADER
 from gateway.proxy.channel import JSON_HEADERS, AsgiChannel, ClientChannel
@@ -46,16 +48,17 @@ _SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 class Passthrough:
     """ASGI middleware: serves generation requests straight from the backend's upstream pool."""
 
-    def __init__(self, app: ASGIApp, backend: OpenAIBackend) -> None:
+    def __init__(self, app: ASGIApp, backend: OpenAIBackend, drain: Drain) -> None:
         self.app = app
         self.backend = backend
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
         if route is None or not self.backend.passthrough:
             await self.app(scope, receive, send)
             return
-        await ProxiedRequest(self.backend, route, AsgiChannel(scope, receive, send)).serve()
+        await ProxiedRequest(self.backend, route, AsgiChannel(scope, receive, send), self.drain).serve()
 
 
 def _request_id(channel: ClientChannel) -> str:
@@ -85,8 +88,9 @@ class _Stopwatch:
 class ProxiedRequest:
     """One request on the fast path: check, send, relay, record."""
 
-    def __init__(self, backend: OpenAIBackend, route: tuple[str, str], channel: ClientChannel):
+    def __init__(self, backend: OpenAIBackend, route: tuple[str, str], channel: ClientChannel, drain: Drain):
         self.backend = backend
+        self.drain = drain
         self.endpoint, self.path = route
         self.channel = channel
         self.started_at = time.perf_counter()
@@ -111,9 +115,10 @@ class ProxiedRequest:
         except OpenAIError as error:
             await self.channel.respond_error(error, self.endpoint)
             return
-        await self._proxy(model, forward, bool(request.get("stream")), include_usage)
+        with self.drain.hold() as hold:
+            await self._proxy(model, forward, bool(request.get("stream")), include_usage, hold)
 
-    async def _proxy(self, model: str, body: bytes, stream: bool, include_usage: bool) -> None:
+    async def _proxy(self, model: str, body: bytes, stream: bool, include_usage: bool, hold: Hold) -> None:
         series = _Series.of(model, self.endpoint, self.backend.name)
         series.in_flight.inc()
         task = asyncio.current_task()
@@ -137,12 +142,17 @@ class ProxiedRequest:
             outcome = "client_error" if error.status_code < 500 else "server_error"
             await self._fail(error)
         except asyncio.CancelledError:
-            if not self.cancelled:
+            ended = hold.absorb()  # the shutdown timeout ran out
+            if self.cancelled:  # the client went away
+                task.uncancel()
+                outcome = "cancelled"
+            elif ended:
+                await self._fail(shutdown_error())
+            else:
                 raise
-            task.uncancel()
-            outcome = "cancelled"
         finally:
             self.finished = True
+            hold.release()
             stop_watching()
             if response is not None:
                 await response.aclose()

@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from gateway.backends.base import Backend
 from gateway.config import Settings
+from gateway.drain import Drain
 from gateway.errors import ModelNotFound
 from gateway.gate.holdback import required_lag
 from gateway.gate.policy import POLICY_HEADER, GateConfig, Policy, resolve_policy
@@ -31,6 +32,7 @@ class ServingContext:
     backend: Backend
     calibration: Calibration | None
     started_at: int
+    drain: Drain
 
     @cached_property
     def gate_config(self) -> GateConfig:
@@ -85,7 +87,7 @@ async def serve(
     await session.start()
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return streaming_response(session, shape, include_usage)
+        return streaming_response(session, shape, include_usage, ctx.drain)
     return await whole_response(session, shape, http)
 
 

@@ -7,6 +7,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gateway.drain import Drain
 from gateway.errors import EngineFailure, OpenAIError
 from gateway.serving.session import GenerationSession
 from gateway.serving.shapes import ResponseShape
@@ -61,18 +62,23 @@ async def _wait_for_disconnect(http: Request) -> None:
         pass
 
 
-def streaming_response(session: GenerationSession, shape: ResponseShape, include_usage: bool) -> StreamingResponse:
+def streaming_response(
+    session: GenerationSession, shape: ResponseShape, include_usage: bool, drain: Drain
+) -> StreamingResponse:
     """SSE: opening chunks, text deltas, the finish chunk, the usage chunk if asked, then ``[DONE]``.
 
-    The stability report rides on the last chunk before ``[DONE]``.
+    The stability report rides on the last chunk before ``[DONE]``. A stream still running when the
+    shutdown timeout runs out ends with an error event (``gateway.drain``).
     """
 
     async def events() -> AsyncIterator[bytes]:
         for chunk in shape.opening():
             yield sse_data(chunk)
         try:
-            async for piece in session.deltas():
-                yield sse_data(shape.delta(piece))
+            with drain.hold(cancellable=False) as hold:
+                pieces = session.deltas()
+                while (piece := await hold.interruptible(anext(pieces, None))) is not None:
+                    yield sse_data(shape.delta(piece))
         except OpenAIError as error:
             yield sse_error(error)
             yield DONE

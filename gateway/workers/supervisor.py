@@ -11,9 +11,11 @@ all, labelled by ``worker`` (gateway/workers/exposition.py).
 A worker that dies is started again, at once if it had been serving, else after a pause that doubles
 with each failed start (up to :data:`MAX_RESTART_DELAY`); ``sinkwatch_worker_restarts_total`` counts
 them. A worker that cannot start the first time (bad settings, an unreadable calibration) stops them all:
-starting it again would fail the same way. SIGINT or SIGTERM closes the listening socket (new
-connections are refused, not left queued) and asks the workers to finish their requests and stop; a
-second one kills them.
+starting it again would fail the same way. SIGINT or SIGTERM is passed on to every worker as SIGTERM:
+each drains (gateway/server.py: ``/readyz`` 503 while it still serves for ``--drain-delay`` seconds, then
+in-flight requests get ``--shutdown-timeout`` seconds). The supervisor closes its copy of the listening
+socket when the delay is over, as the workers close theirs, so that new connections are then refused,
+not left queued; a second signal, or workers still running well past the timeout, kills them.
 """
 
 import contextlib
@@ -50,6 +52,7 @@ _SPAWN = multiprocessing.get_context("spawn")
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 FIRST_RESTART_DELAY = 1.0  # seconds before starting again a worker that died before it served
 MAX_RESTART_DELAY = 30.0
+KILL_AFTER = 10.0  # seconds past a worker's own last cancellation (LAST_GRACE) before it is killed
 
 
 def serve_workers(settings: Settings) -> int:
@@ -177,17 +180,23 @@ class Supervisor:
         self.signals += 1
 
     def _stop_all(self) -> None:
-        """Refuse new connections, ask every worker to finish and stop (SIGTERM) and wait for them; a
-        second signal kills them."""
-        self.listener.close()
+        """Ask every worker to drain and stop (SIGTERM), refuse new connections once the drain delay is over,
+        and wait for them; a second signal, or workers left :data:`KILL_AFTER` seconds past the shutdown
+        timeout, kills them."""
         self._send(signal.SIGTERM)
+        close_at = time.monotonic() + self.settings.drain_delay
+        kill_at = close_at + self.settings.shutdown_timeout + KILL_AFTER
         killed = False
         while self._alive():
-            if self.signals > 1 and not killed:
-                log.warning("second signal: killing the workers")
+            now = time.monotonic()
+            if now >= close_at:
+                self.listener.close()
+            if not killed and (self.signals > 1 or now >= kill_at):
+                log.warning("%s: killing the workers", "second signal" if self.signals > 1 else "shutdown timeout")
                 self._send(signal.SIGKILL)
                 killed = True
-            self._wait(self._alive(), None)
+            self._wait(self._alive(), close_at - now if now < close_at else None if killed else kill_at - now)
+        self.listener.close()
         for worker in self.workers:
             if worker is not None:
                 worker.join()
