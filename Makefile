@@ -39,6 +39,13 @@ $(DEBIAN_TOOLS):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager nginx
 
+# kubectl, whose `kubectl kustomize` renders the Kubernetes manifests in tests/observability/test_deploy.py
+# (Debian's kubernetes-client package; a newer kubectl already on the machine serves as well).
+KUBECTL := /usr/bin/kubectl
+$(KUBECTL):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends kubernetes-client
+
 ## rules: check the Prometheus and Alertmanager configs, check and unit-test the alert and recording rules
 rules: $(PROMETHEUS_TOOLS)
 	promtool check rules deploy/prometheus/rules/*.yml
@@ -52,7 +59,7 @@ generate: $(INSTALLED)
 	$(BIN)/python -m deploy.render
 
 ## test: lint, the rule tests, then the whole test suite against the real model
-test: setup lint rules $(DEBIAN_TOOLS)
+test: setup lint rules $(DEBIAN_TOOLS) $(KUBECTL)
 	$(BIN)/pytest
 
 ## bench: engine throughput (capture off/on, 1/4/8 streams); results go in docs/BENCHMARKS.md
