@@ -19,6 +19,7 @@ from gateway.backends.vllm import vllm_backend
 from gateway.config import Settings
 from gateway.drain import Drain
 from gateway.engine.config import EngineConfig
+from gateway.security.reload import KeyReloader, admission_for
 from gateway.serving.context import ServingContext
 from gateway.workers.context import WorkerContext
 from gateway.workers.exposition import WorkerExpositions, serve_exposition
@@ -64,13 +65,19 @@ def create_app(
     backend: Backend | None = None,
     calibration: Calibration | None = None,
     worker: WorkerContext | None = None,
+    reload_settings: Callable[[], Settings] | None = None,
 ) -> FastAPI:
     """Build the gateway (as one of several ``worker`` processes when given). The backend starts in the
     background, ``/readyz`` says when it is ready; a worker waits for it (its upstreams' first health
-    checks) before it takes connections."""
+    checks) before it takes connections. API keys and rate limits are reloaded on SIGHUP and when the keys
+    file changes, from the settings ``reload_settings`` returns (by default the same settings: only the
+    keys file is read again)."""
     if calibration is None:
         calibration = resolve_calibration(settings)
     backend = backend or build_backend(settings, calibration)
+    shared = worker.buckets if worker else None
+    admission = admission_for(settings, shared)
+    reloader = KeyReloader(admission, settings, reload_settings or (lambda: settings), shared)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -80,9 +87,11 @@ def create_app(
         if worker is not None:
             await starting  # a worker takes connections once it knows its upstreams; its siblings serve meanwhile
         stop_metrics = await _serve_metrics(settings, worker)
+        reloading = asyncio.create_task(reloader.watch())
         try:
             yield
         finally:
+            reloading.cancel()
             starting.cancel()
             await backend.close()
             stop_metrics()
@@ -96,7 +105,7 @@ def create_app(
         WorkerExpositions(worker.exposition_paths(), restarts=worker.restarts) if worker else None
     )
     install_error_handlers(app)
-    app.state.fast_path = install_middleware(app, settings, backend, drain, worker)
+    app.state.fast_path = install_middleware(app, settings, backend, drain, admission)
     app.include_router(openai_routes.router)
     app.include_router(health.router)
     return app

@@ -1,6 +1,7 @@
 """``sinkwatch``: serve, config, fetch, calibrate, eval, bench."""
 
 import argparse
+import functools
 import importlib
 import logging
 import os
@@ -14,17 +15,18 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 def _serve(args: argparse.Namespace) -> None:
     settings = load_settings(args)
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
+    reload_settings = functools.partial(load_settings, args)  # on SIGHUP: the YAML file again, same env and flags
     if settings.workers > 1:
         from gateway.workers.supervisor import serve_workers  # the workers import the app, not the supervisor
 
-        sys.exit(serve_workers(settings))
+        sys.exit(serve_workers(settings, reload_settings))
     from gateway.app import create_app
     from gateway.engine.provision import provision
     from gateway.server import run_server
 
     if settings.backend == "embedded":
         provision(settings.model)
-    run_server(create_app(settings), settings)
+    run_server(create_app(settings, reload_settings=reload_settings), settings)
 
 
 def _show_config(args: argparse.Namespace) -> None:

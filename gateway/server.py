@@ -91,5 +91,6 @@ def run_server(app: FastAPI, settings: Settings, sockets: list[socket.socket] | 
         timeout_graceful_shutdown=settings.shutdown_timeout + LAST_GRACE,
     )
     server = DrainingServer(config, app.state.serving.drain, settings.drain_delay, settings.shutdown_timeout)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # not fatal while starting: the app's reloader takes it then
     with contextlib.suppress(KeyboardInterrupt):  # uvicorn raises the signal it caught again once shut down
         server.run(sockets=sockets)

@@ -1,6 +1,6 @@
 """The ASGI layers in front of the routes, outermost first: CORS (when enabled), API keys and rate
-limits, the request size limit, the proxy fast path (for backends that can relay unchanged; it checks
-its own JSON), and strict JSON for the full serving path."""
+limits (always in place: a reload may turn them on), the request size limit, the proxy fast path (for
+backends that can relay unchanged; it checks its own JSON), and strict JSON for the full serving path."""
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -12,28 +12,20 @@ from gateway.drain import Drain
 from gateway.proxy.native import FastPath
 from gateway.proxy.passthrough import Passthrough
 from gateway.security.admission import Admission
-from gateway.security.keys import ApiKeys
 from gateway.security.middleware import BodyLimit, Guard, StrictJson
-from gateway.security.ratelimit import RateLimiter
-from gateway.workers.context import WorkerContext
 
 
 def install_middleware(
-    app: FastAPI, settings: Settings, backend: Backend, drain: Drain, worker: WorkerContext | None = None
+    app: FastAPI, settings: Settings, backend: Backend, drain: Drain, admission: Admission
 ) -> FastPath | None:
     """Add the layers (Starlette runs the last one added first); returns the native fast path's view of
-    them when the backend relays unchanged (``gateway.proxy.native``). A ``worker`` takes the API keys its
-    supervisor read, and rate-limit tokens from the buckets all workers share."""
+    them when the backend relays unchanged (``gateway.proxy.native``)."""
     app.add_middleware(StrictJson)
     relays = isinstance(backend, OpenAIBackend) and backend.passthrough
     if relays:
         app.add_middleware(Passthrough, backend=backend, drain=drain)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    keys = worker.api_keys if worker else ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
-    limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, shared=worker.buckets if worker else None)
-    admission = Admission(keys, limiter)
-    if admission.enabled:
-        app.add_middleware(Guard, admission=admission)
+    app.add_middleware(Guard, admission=admission)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:
         app.add_middleware(
@@ -45,5 +37,4 @@ def install_middleware(
         )
     if not relays:
         return None
-    guards = admission if admission.enabled else None
-    return FastPath(backend, guards, settings.max_request_bytes, bool(origins), drain)
+    return FastPath(backend, admission, settings.max_request_bytes, bool(origins), drain)

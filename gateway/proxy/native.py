@@ -50,7 +50,7 @@ class FastPath:
     drain that may end its requests at shutdown."""
 
     backend: OpenAIBackend
-    admission: Admission | None
+    admission: Admission
     max_bytes: int
     cors: bool
     drain: Drain
@@ -115,8 +115,7 @@ class NativeExchange(ClientChannel):
 
     async def _serve(self) -> None:
         endpoint = self.route[0]
-        admission = self.fast_path.admission
-        refused = admission.refusal(self.headers) if admission is not None else None
+        refused = self.fast_path.admission.refusal(self.headers)
         if refused is not None:
             error, extra = refused
             await self.respond_error(error, endpoint, [(k.encode(), v.encode()) for k, v in extra.items()])

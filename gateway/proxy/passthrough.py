@@ -34,6 +34,7 @@ from gateway.errors import ModelNotFound, NotReady, OpenAIError
 from gateway.gate.policy import POLICY_HEADER
 from gateway.proxy.channel import JSON_HEADERS, AsgiChannel, ClientChannel
 from gateway.proxy.checks import checked_request
+from gateway.security.admission import charge_tokens
 from gateway.upstream.pool import UpstreamResponse
 from gateway.upstream.sse import check_event_stream, event_batches, malformed
 
@@ -232,6 +233,7 @@ class ProxiedRequest:
         if outcome == "ok" and self.usage is not None:
             prompt, completion = self.usage.get("prompt_tokens"), self.usage.get("completion_tokens")
             if isinstance(prompt, int) and isinstance(completion, int):
+                charge_tokens(prompt + completion)
                 series.input_tokens.inc(prompt)
                 series.output_tokens.inc(completion)
                 series.completion_tokens.observe(completion)

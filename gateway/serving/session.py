@@ -18,6 +18,7 @@ from gateway.gate.policy import GateConfig, Policy
 from gateway.generation import GenerationEvent, GenerationRequest, StartEvent
 from gateway.protocol.common import Usage
 from gateway.protocol.stability import StabilityReport
+from gateway.security.admission import charge_tokens
 from gateway.serving.monitoring import RequestMonitor
 
 
@@ -131,6 +132,7 @@ class GenerationSession:
 
     def _record_tokens(self) -> None:
         labels, result = self.labels, self.gate.result
+        charge_tokens(result.prompt_tokens + result.generated_tokens)
         metrics.TOKENS.labels(labels.model, labels.backend, "input").inc(result.prompt_tokens)
         metrics.TOKENS.labels(labels.model, labels.backend, "output").inc(result.generated_tokens)
         metrics.COMPLETION_TOKENS.labels(labels.model, labels.backend).observe(result.completion_tokens)

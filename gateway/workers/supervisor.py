@@ -40,7 +40,6 @@ from prometheus_client import CollectorRegistry
 from gateway.api.metrics_port import serve_metrics_apart
 from gateway.cli import LOG_FORMAT
 from gateway.config import Settings
-from gateway.security.admission import ANONYMOUS
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import SharedBuckets
 from gateway.workers.context import WorkerContext
@@ -55,21 +54,20 @@ MAX_RESTART_DELAY = 30.0
 KILL_AFTER = 10.0  # seconds past a worker's own last cancellation (LAST_GRACE) before it is killed
 
 
-def serve_workers(settings: Settings) -> int:
-    """Serve with ``settings.workers`` processes until told to stop; the exit status."""
-    api_keys = ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
+def serve_workers(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
+    """Serve with ``settings.workers`` processes until told to stop; the exit status. The workers reload API
+    keys and rate limits from the settings ``reload_settings`` returns (it must pickle: it goes to each)."""
+    ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)  # refuse a bad file up front
     address = uvicorn.Config(app=None, host=settings.host, port=settings.port, log_level=settings.log_level)
     listener = address.bind_socket()
     run_dir = Path(tempfile.mkdtemp(prefix="sinkwatch-workers-"))
     try:
-        names = api_keys.names or [ANONYMOUS]
-        buckets = SharedBuckets(names, run_dir / "ratelimit.lock") if settings.rate_limit_rps > 0 else None
+        buckets = SharedBuckets(run_dir / "ratelimit.lock")
         restarts = _SPAWN.RawArray("q", settings.workers)
         contexts = [
-            WorkerContext(i, settings.workers, os.getpid(), run_dir, restarts, api_keys, buckets)
-            for i in range(settings.workers)
+            WorkerContext(i, settings.workers, os.getpid(), run_dir, restarts, buckets) for i in range(settings.workers)
         ]
-        return Supervisor(settings, listener, contexts).run()
+        return Supervisor(settings, listener, contexts, reload_settings).run()
     finally:
         listener.close()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -78,8 +76,15 @@ def serve_workers(settings: Settings) -> int:
 class Supervisor:
     """Starts the workers, starts again those that die, and stops them all on a signal."""
 
-    def __init__(self, settings: Settings, listener: socket.socket, contexts: list[WorkerContext]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        listener: socket.socket,
+        contexts: list[WorkerContext],
+        reload_settings: Callable[[], Settings],
+    ) -> None:
         self.settings = settings
+        self.reload_settings = reload_settings
         self.listener = listener
         self.contexts = contexts
         self.workers: list[BaseProcess | None] = [None] * len(contexts)
@@ -135,7 +140,9 @@ class Supervisor:
     def _start(self, context: WorkerContext) -> None:
         context.exposition_path(context.index).unlink(missing_ok=True)
         worker = _SPAWN.Process(
-            target=_worker_main, args=(self.settings, self.listener, context), name=f"sinkwatch-worker-{context.index}"
+            target=_worker_main,
+            args=(self.settings, self.listener, context, self.reload_settings),
+            name=f"sinkwatch-worker-{context.index}",
         )
         worker.start()
         self.workers[context.index] = worker
@@ -164,10 +171,13 @@ class Supervisor:
         return serve_metrics_apart(self.settings, registry)
 
     def _catch_signals(self) -> dict[int, object]:
-        """Count SIGINT and SIGTERM (and wake :meth:`_wait`); the handlers they had."""
+        """Count SIGINT and SIGTERM (and wake :meth:`_wait`), pass SIGHUP on to the workers; the handlers
+        they had."""
         self._wakeup_writer.setblocking(False)
         signal.set_wakeup_fd(self._wakeup_writer.fileno())
-        return {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
+        return previous
 
     def _release_signals(self, previous: dict[int, object]) -> None:
         signal.set_wakeup_fd(-1)
@@ -178,6 +188,10 @@ class Supervisor:
 
     def _on_signal(self, number: int, frame: object) -> None:
         self.signals += 1
+
+    def _on_hangup(self, number: int, frame: object) -> None:
+        log.info("SIGHUP: the workers reload their API keys and rate limits")
+        self._send(signal.SIGHUP)
 
     def _stop_all(self) -> None:
         """Ask every worker to drain and stop (SIGTERM), refuse new connections once the drain delay is over,
@@ -207,16 +221,19 @@ class Supervisor:
                 os.kill(worker.pid, number)
 
 
-def _worker_main(settings: Settings, listener: socket.socket, context: WorkerContext) -> None:
+def _worker_main(
+    settings: Settings, listener: socket.socket, context: WorkerContext, reload_settings: Callable[[], Settings]
+) -> None:
     """A worker process: the app, served on the supervisor's socket."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C while starting: the supervisor's SIGTERM follows
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's reloader takes it
     _die_with_parent(context.supervisor_pid)
     log_format = LOG_FORMAT.replace("%(name)s", f"worker {context.index} %(name)s")
     logging.basicConfig(level=settings.log_level.upper(), format=log_format)
     from gateway.app import create_app
     from gateway.server import run_server
 
-    run_server(create_app(settings, worker=context), settings, sockets=[listener])
+    run_server(create_app(settings, worker=context, reload_settings=reload_settings), settings, sockets=[listener])
 
 
 def _die_with_parent(supervisor_pid: int) -> None:
