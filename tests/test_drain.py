@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from gateway.bench.processes import Process, fake_upstream_process, gateway_process
-from tests.conftest import root, wait_for
+from tests.conftest import metric, root, wait_for
 from tests.upstreams import CHAT
 
 TOKENS = 30
@@ -142,14 +142,31 @@ def test_every_worker_ends_its_streams_at_the_shutdown_timeout(slow_upstream):
 
 
 @pytest.mark.model
-def test_a_stream_of_the_embedded_model_ends_with_an_error_event_at_the_shutdown_timeout():
+def test_the_embedded_models_stream_and_whole_answer_end_with_errors_at_the_shutdown_timeout():
     long = {"model": "SmolLM2-135M-Instruct", "max_tokens": 2000, "temperature": 0}
     prompt = [{"role": "user", "content": "Write the numbers from one to one hundred in words."}]
-    with gateway_process("--shutdown-timeout", "0.5", timeout=180) as server:
-        chunks = _client(server).chat.completions.create(**long, messages=prompt, stream=True)
+    with gateway_process("--shutdown-timeout", "1", timeout=180) as server:
+        client = _client(server)
+        chunks = client.chat.completions.create(**long, messages=prompt, stream=True)
         next(chunks)
+        whole: list[BaseException] = []
+        asking = threading.Thread(
+            target=_catch, args=(lambda: client.chat.completions.create(**long, messages=prompt), whole)
+        )
+        asking.start()
+        wait_for(lambda: metric(root(server), "sinkwatch_requests_in_flight") == 2, timeout=30)
         os.kill(server.pid, signal.SIGTERM)
         with pytest.raises(openai.APIError, match="shutting down"):
             for _ in chunks:
                 pass
+        asking.join(30)
+        assert isinstance(whole[0], openai.InternalServerError) and whole[0].status_code == 503
+        assert whole[0].body["code"] == "shutting_down"
         _exit_status(server)
+
+
+def _catch(call, caught: list[BaseException]) -> None:
+    try:
+        call()
+    except openai.APIError as error:
+        caught.append(error)

@@ -88,7 +88,7 @@ async def serve(
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
         return streaming_response(session, shape, include_usage, ctx.drain)
-    return await whole_response(session, shape, http)
+    return await whole_response(session, shape, http, ctx.drain)
 
 
 def now() -> tuple[float, int]:

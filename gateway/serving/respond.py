@@ -31,16 +31,20 @@ class _SessionStream(StreamingResponse):
             await self._session.aclose()
 
 
-async def whole_response(session: GenerationSession, shape: ResponseShape, http: Request) -> JSONResponse:
-    """Collect the generation; a client that disconnects meanwhile cancels it."""
+async def whole_response(session: GenerationSession, shape: ResponseShape, http: Request, drain: Drain) -> JSONResponse:
+    """Collect the generation; a client that disconnects meanwhile cancels it, and so does the end of a
+    shutdown's timeout (a 503 ``shutting_down`` then, ``gateway.drain``)."""
     collector = asyncio.ensure_future(_collect(session))
     watcher = asyncio.ensure_future(_wait_for_disconnect(http))
     try:
-        done, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        with drain.hold(cancellable=False) as hold:
+            waiting = asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await hold.interruptible(waiting)
     finally:
         watcher.cancel()
         if not collector.done():
             collector.cancel()
+            await asyncio.wait({collector})  # the generation it drives must stop before the session closes
         await session.aclose()
     if collector not in done:
         raise asyncio.CancelledError("client disconnected")
