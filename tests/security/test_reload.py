@@ -38,6 +38,7 @@ class Gateway:
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)]
         command += ["--backend", "openai", "--upstreams", upstream.base_url, "--upstream-health-interval", "0.2"]
+        command += ["--shutdown-timeout", "5"]  # a connection left open cannot hold the stop for the default 30 s
         self.log = log
         with log.open("w") as sink:
             self.process = subprocess.Popen([*command, *flags], stdout=sink, stderr=sink, start_new_session=True)
