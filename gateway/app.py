@@ -11,53 +11,21 @@ from fastapi import FastAPI
 from gateway import __version__, metrics
 from gateway.api import health, openai_routes
 from gateway.api.error_handlers import install_error_handlers
-from gateway.api.metrics_port import serve_metrics_apart
-from gateway.api.middleware import install_middleware
-from gateway.backends.base import Backend
-from gateway.backends.openai import openai_backend
-from gateway.backends.vllm import vllm_backend
+from gateway.api.middleware_stack import install_middleware
+from gateway.backends.factory import build_backend, resolve_calibration
 from gateway.config import Settings
 from gateway.drain import Drain
-from gateway.engine.config import EngineConfig
+from gateway.generation import Backend
+from gateway.metrics_port import serve_metrics_apart
 from gateway.security.reload import KeyReloader, admission_for
-from gateway.serving.context import ServingContext
-from gateway.workers.context import WorkerContext
+from gateway.serving.serving_context import ServingContext
 from gateway.workers.exposition import WorkerExpositions, serve_exposition
-from monitors.bands import parse_bands
-from monitors.calibration import Calibration, load_calibration
+from gateway.workers.worker_context import WorkerContext
+from monitors.calibration import Calibration
+
+__all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_calibration(settings: Settings) -> Calibration | None:
-    """The configured calibration file, else the one shipped for the served model, else none."""
-    try:
-        return load_calibration(settings.calibration or settings.served_name())
-    except FileNotFoundError as missing:
-        if settings.calibration:
-            raise
-        log.warning("%s: serving without stability verdicts", missing)
-        return None
-
-
-def build_backend(settings: Settings, calibration: Calibration | None) -> Backend:
-    """The backend named by the settings."""
-    bands = parse_bands(settings.bands) if settings.bands else calibration.bands if calibration else None
-    engine = EngineConfig(
-        max_batch=settings.max_batch,
-        max_queue=settings.max_queue,
-        max_model_len=settings.max_model_len,
-        capture=settings.capture,
-        window=calibration.window if calibration else EngineConfig.window,
-    )
-    extractor_options = calibration.extractor_options() if calibration else None
-    if settings.backend == "openai":
-        return openai_backend(settings, bands, engine.window, extractor_options)
-    if settings.backend == "vllm":
-        return vllm_backend(settings, calibration, bands)
-    from gateway.backends.embedded import EmbeddedBackend  # torch and the model: only for this backend
-
-    return EmbeddedBackend(settings.model, settings.served_name(), engine, bands, extractor_options)
 
 
 def create_app(

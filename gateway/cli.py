@@ -3,30 +3,19 @@
 import argparse
 import functools
 import importlib
-import logging
 import os
 import sys
 
 from gateway.config import add_arguments, load_settings, resolve_settings
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+__all__ = ["COMMAND_GROUPS", "build_parser"]
 
 
 def _serve(args: argparse.Namespace) -> None:
-    settings = load_settings(args)
-    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
-    reload_settings = functools.partial(load_settings, args)  # on SIGHUP: the YAML file again, same env and flags
-    if settings.workers > 1:
-        from gateway.workers.supervisor import serve_workers  # the workers import the app, not the supervisor
+    from gateway.launch import serve
 
-        sys.exit(serve_workers(settings, reload_settings))
-    from gateway.app import create_app
-    from gateway.engine.provision import provision
-    from gateway.server import run_server
-
-    if settings.backend == "embedded":
-        provision(settings.model)
-    run_server(create_app(settings, reload_settings=reload_settings), settings)
+    # On SIGHUP the settings are read again: the YAML file again, with the same environment and flags.
+    serve(load_settings(args), functools.partial(load_settings, args))
 
 
 def _show_config(args: argparse.Namespace) -> None:
@@ -39,28 +28,30 @@ def _fetch(args: argparse.Namespace) -> None:
     print(provision(args.model))
 
 
+CALIBRATE_COMMAND = "lab.eval.calibrate"
+
 # Command groups: ``sinkwatch <group> <name>``; each module has ``add_arguments(parser)`` and ``run(args)``.
 COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
     "bench": (
         "measure speed and overhead",
         {
-            "engine": "gateway.bench.engine",
-            "monitors": "gateway.bench.monitors",
-            "holdback": "gateway.bench.holdback",
-            "proxy": "gateway.bench.proxy",
-            "vllm": "gateway.bench.vllm",
+            "engine": "lab.bench.engine_bench",
+            "monitors": "lab.bench.monitors_bench",
+            "holdback": "lab.bench.holdback_bench",
+            "proxy": "lab.bench.proxy_bench",
+            "vllm": "lab.bench.vllm_bench",
         },
     ),
     "eval": (
         "evaluate detectors on the served model's own generations",
         {
-            "corpus": "gateway.offline.build",
-            "detect": "gateway.offline.evaluate",
-            "scale": "gateway.offline.scale",
-            "exchange": "gateway.offline.exchange",
-            "jacobian": "gateway.offline.jacobian_eval",
-            "report": "gateway.offline.report",
-            "rescue": "gateway.gate.evaluate",
+            "corpus": "lab.eval.build",
+            "detect": "lab.eval.detect_eval",
+            "scale": "lab.eval.scale",
+            "exchange": "lab.eval.exchange",
+            "jacobian": "lab.eval.jacobian_eval",
+            "report": "lab.eval.report",
+            "rescue": "lab.eval.rescue_eval",
         },
     ),
 }
@@ -104,8 +95,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     calibrate_parser = commands.add_parser("calibrate", help="set detector thresholds from normal prompts")
     if "calibrate" in wanted:
-        from gateway.offline import calibrate
-
+        calibrate = importlib.import_module(CALIBRATE_COMMAND)
         calibrate.add_arguments(calibrate_parser)
         calibrate_parser.set_defaults(handler=calibrate.run)
 

@@ -33,6 +33,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from gateway.gate.policy import GateConfig, Policy
 from gateway.gate.rescue import STRATEGIES
 
+__all__ = ["ENV_PREFIX", "ResolvedSettings", "Settings", "add_arguments", "load_settings", "resolve_settings"]
+
 ENV_PREFIX = "SINKWATCH_"
 CONFIG_ENV = ENV_PREFIX + "CONFIG"
 # SINKWATCH_* variables that are no setting of `sinkwatch serve` but belong to sinkwatch: the config file,

@@ -18,6 +18,8 @@ from typing import TypeVar
 
 from gateway.errors import ShuttingDown
 
+__all__ = ["Drain", "Hold", "shutdown_error"]
+
 T = TypeVar("T")
 
 

@@ -1,6 +1,42 @@
-"""One exception hierarchy for everything a client can be told, rendered as OpenAI error bodies."""
+"""One exception hierarchy for everything a client can be told, and the one place that renders it.
 
-from typing import ClassVar
+Every layer (the FastAPI handlers, the security guards, the proxy fast path, a stream that fails half way)
+turns an :class:`OpenAIError` into bytes through :func:`render_error` or :func:`error_event`, which count it
+in ``sinkwatch_errors_total`` exactly once.
+"""
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import orjson
+
+from gateway import metrics
+
+__all__ = [
+    "SERVER_ERROR",
+    "AuthenticationFailed",
+    "ContentBlocked",
+    "ContextLengthExceeded",
+    "EngineFailure",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NotFound",
+    "NotReady",
+    "OpenAIError",
+    "Overloaded",
+    "RateLimited",
+    "RequestTooLarge",
+    "ShuttingDown",
+    "UnsupportedParameter",
+    "UpstreamError",
+    "UpstreamRejected",
+    "UpstreamTimeout",
+    "error_event",
+    "render_error",
+    "validation_error",
+]
+
+SERVER_ERROR = "The server had an error while processing your request."
 
 
 class OpenAIError(Exception):
@@ -151,3 +187,39 @@ class ShuttingDown(OpenAIError):
 
     status_code = 503
     default_code = "shutting_down"
+
+
+def render_error(error: OpenAIError, endpoint: str) -> bytes:
+    """Count an error (``sinkwatch_errors_total``) and render its OpenAI body."""
+    metrics.ERRORS.labels(endpoint, error.error_type).inc()
+    return orjson.dumps(error.body())
+
+
+def error_event(error: OpenAIError, endpoint: str) -> bytes:
+    """A mid-stream error as a server-sent event (the official clients raise it as an APIError), counted."""
+    return b"data: " + render_error(error, endpoint) + b"\n\n"
+
+
+def _param(location: Sequence[Any]) -> str | None:
+    text = ""
+    for part in (p for p in location if p != "body"):
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or None
+
+
+def validation_error(problems: Sequence[dict]) -> InvalidRequest:
+    """The first of pydantic's validation ``problems`` (``exc.errors()``), as OpenAI words it, with ``param``."""
+    first = problems[0]
+    kind, param = first.get("type", ""), _param(tuple(first.get("loc", ())))
+    if kind == "json_invalid":
+        return InvalidRequest(
+            "We could not parse the JSON body of your request. The body must be valid JSON.", code="invalid_json"
+        )
+    if kind == "extra_forbidden":
+        return InvalidRequest(f"Unrecognized request argument supplied: {param}", param=param, code="unknown_parameter")
+    if kind == "missing" and not param:
+        return InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    if kind == "missing":
+        return InvalidRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    message = first.get("msg", "invalid value")
+    return InvalidRequest(f"Invalid value for '{param}': {message}." if param else f"{message}.", param=param)

@@ -1,9 +1,23 @@
-"""What a backend is asked for and what it yields: the seam between serving and engines."""
+"""The seam between serving and engines: what a :class:`Backend` is asked for and what it yields."""
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from monitors.features import StepFeatures
+
+__all__ = [
+    "Backend",
+    "ChatPrompt",
+    "FinishEvent",
+    "FinishReason",
+    "GenerationEvent",
+    "GenerationRequest",
+    "SamplingParams",
+    "StartEvent",
+    "TextPrompt",
+    "TokenEvent",
+]
 
 FinishReason = Literal["stop", "length", "content_filter"]
 
@@ -76,3 +90,26 @@ class FinishEvent:
 
 
 GenerationEvent = StartEvent | TokenEvent | FinishEvent
+
+
+class Backend(Protocol):
+    """A source of generations. ``generate`` raises an ``OpenAIError`` for a request it cannot serve."""
+
+    name: str
+
+    @property
+    def ready(self) -> bool:
+        """True once the backend can serve requests."""
+
+    def model_names(self) -> list[str]:
+        """Names of the models served."""
+
+    async def start(self) -> None:
+        """Load or connect; called once before serving."""
+
+    async def close(self) -> None:
+        """Release everything; called once at shutdown."""
+
+    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream the generation's events: one ``StartEvent`` once the request is accepted, token events,
+        then exactly one ``FinishEvent``."""

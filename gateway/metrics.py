@@ -11,6 +11,38 @@ from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_m
 from monitors.calibration import Calibration
 from monitors.verdict import VerdictLevel
 
+__all__ = [
+    "AUTH_FAILURES",
+    "BUILD_INFO",
+    "COMPLETION_TOKENS",
+    "ENGINE_ACTIVE",
+    "ENGINE_WAITING",
+    "ERRORS",
+    "GATEWAY_OVERHEAD",
+    "GATE_ACTIONS",
+    "IN_FLIGHT",
+    "PARTICIPATION_RATIO",
+    "RANK_MARGIN",
+    "RATE_LIMITED",
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "RESCUES",
+    "RESCUE_ATTEMPTS",
+    "TIME_TO_FIRST_TOKEN",
+    "TOKENS",
+    "TOKENS_DISCARDED",
+    "TOKENS_WITHHELD",
+    "UPSTREAM_ERRORS",
+    "UPSTREAM_IN_FLIGHT",
+    "UPSTREAM_REQUESTS",
+    "UPSTREAM_UP",
+    "VERDICTS",
+    "VLLM_STATS",
+    "endpoint_label",
+    "model_ready",
+    "watch_event_loop",
+]
+
 # No ``*_created`` series: they double the series count and nothing here queries them.
 disable_created_metrics()
 
@@ -173,3 +205,11 @@ def model_ready(model: str, backend: str, calibration: Calibration | None) -> No
     if calibration is not None:
         CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
         CALIBRATION.labels(model).info({"created": calibration.created, "generations": str(calibration.n_generations)})
+
+
+def endpoint_label(path: str) -> str:
+    """A closed label set for the metrics: the route's last path segment, or 'other'."""
+    for name in ("chat", "completions", "models"):
+        if path.startswith(f"/v1/{name}" if name != "chat" else "/v1/chat/completions"):
+            return name
+    return "other"

@@ -25,6 +25,8 @@ from gateway.config import Settings
 from gateway.drain import Drain
 from gateway.proxy.native import FastPathProtocol, protocol_class
 
+__all__ = ["LAST_GRACE", "DrainingServer", "http_protocol", "run_server"]
+
 log = logging.getLogger(__name__)
 
 LAST_GRACE = 5.0  # seconds after the shutdown timeout for ended requests to say so before uvicorn cancels

@@ -3,6 +3,8 @@
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+__all__ = ["LayerBand", "captured_layers", "default_bands", "format_bands", "parse_bands"]
+
 BAND_NAMES = ("early", "middle", "late")
 
 

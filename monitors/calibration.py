@@ -12,6 +12,21 @@ import numpy as np
 from monitors.bands import LayerBand
 from monitors.probe import LinearProbe
 
+__all__ = [
+    "CUSUM_SLACK",
+    "Calibration",
+    "Direction",
+    "Family",
+    "SignalThreshold",
+    "cusum",
+    "ewma",
+    "fit_threshold",
+    "load_calibration",
+    "persistent_extreme",
+    "shipped_calibration_path",
+    "tracked",
+]
+
 Direction = Literal["low", "high"]
 Family = Literal["sink", "rank"]
 Method = Literal["ewma", "cusum"]

@@ -6,6 +6,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+__all__ = ["ResidualCapture"]
+
 
 class ResidualCapture:
     """Forward hooks that keep each chosen layer's residual-stream output at the last position.

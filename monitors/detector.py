@@ -13,6 +13,8 @@ from monitors.features import StepFeatures
 from monitors.text import RepetitionTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
 
+__all__ = ["REPETITION_SIGNAL", "StabilityDetector", "usable_values"]
+
 REPETITION_SIGNAL = "text.repetition"
 
 

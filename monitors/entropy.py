@@ -4,6 +4,8 @@ import contextlib
 
 import torch
 
+__all__ = ["next_token_entropies"]
+
 
 def next_token_entropies(logits: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
     """Entropy (nats) of softmax(logits) per row, before any sampling adjustment.

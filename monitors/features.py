@@ -27,7 +27,9 @@ import numpy as np
 
 from monitors.bands import LayerBand, captured_layers
 from monitors.probe import LinearProbe
-from monitors.spectral import _RANK_TOL
+from monitors.spectral import centred_grams, effective_ranks, participation_ratios, unit_grams
+
+__all__ = ["FeatureExtractor", "StepFeatures"]
 
 _EPS = 1e-12
 # Tokens a per-layer metric needs before it exists: a previous state (cosine), one more (recurrence).
@@ -188,12 +190,12 @@ class FeatureExtractor:
         every_row = np.arange(rows)
         n = np.repeat(filled, layers)
         flat = grams.reshape(rows * layers, window, window)
-        unit = _unit_gram(flat)
-        per_layer = {"pr": _batched_pr(unit, n), "pr_raw": _batched_pr(flat, n)}
+        unit = unit_grams(flat)
+        per_layer = {"pr": participation_ratios(unit, n), "pr_raw": participation_ratios(flat, n)}
         unit = unit.reshape(grams.shape)
         if outlier_grams is not None:  # the batch's copy of the outlier Gram matrices becomes the clipped one
-            clipped = _unit_gram(np.subtract(grams, outlier_grams, out=outlier_grams).reshape(flat.shape))
-            per_layer["pr_clip"] = _batched_pr(clipped, n)
+            clipped = unit_grams(np.subtract(grams, outlier_grams, out=outlier_grams).reshape(flat.shape))
+            per_layer["pr_clip"] = participation_ratios(clipped, n)
             clipped = clipped.reshape(grams.shape)
         position = np.arange(window)
         earlier = (position < filled[:, None]) & (position != slots[:, None]) & (position != previous[:, None])
@@ -206,7 +208,7 @@ class FeatureExtractor:
             per_layer["drift"] = np.einsum("ld,rld->rl", self._mean_dirs, x) / np.maximum(_norms(x), _EPS)
         band_means = np.stack([values.reshape(rows, layers) for values in per_layer.values()]) @ self._band_average
         eff_rank_units = unit[:, self._eff_rank_rows].reshape(-1, window, window)
-        eff_rank = _batched_effective_rank(_batched_centre(eff_rank_units, np.repeat(filled, len(self.bands))))
+        eff_rank = effective_ranks(centred_grams(eff_rank_units, np.repeat(filled, len(self.bands))))
         # one row per generation: every band's value of every metric, then the effective ranks
         table = np.concatenate([band_means.transpose(1, 0, 2).reshape(rows, -1), eff_rank.reshape(rows, -1)], axis=1)
         names, needs = self._columns(tuple(per_layer))
@@ -248,58 +250,3 @@ class FeatureExtractor:
 def _norms(x: np.ndarray) -> np.ndarray:
     """L2 norms along the last axis."""
     return np.sqrt(np.einsum("...d,...d->...", x, x))
-
-
-def _unit_gram(gram: np.ndarray) -> np.ndarray:
-    """The Gram matrix of the same rows scaled to unit norm: one new array, scaled in place (these batches are
-    large enough that every temporary costs as much as the arithmetic)."""
-    inverse_norms = 1.0 / np.sqrt(np.maximum(np.diagonal(gram, axis1=1, axis2=2), _EPS))
-    unit = gram * inverse_norms[:, :, None]
-    unit *= inverse_norms[:, None, :]
-    return unit
-
-
-def _batched_centre(gram: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Each Gram matrix of the centred rows, for windows of ``n`` rows zero-padded to the matrix size
-    (the padding stays zero, so its eigenvalues are zeros)."""
-    n = n[:, None].astype(np.float64)
-    row_means = _row_sums(gram) / n
-    grand_mean = row_means.sum(axis=1, keepdims=True) / n
-    centred = gram - row_means[:, :, None]
-    centred -= row_means[:, None, :]
-    centred += grand_mean[:, :, None]
-    if (n < gram.shape[-1]).any():
-        inside = (np.arange(gram.shape[-1]) < n).astype(np.float64)
-        centred *= inside[:, :, None]
-        centred *= inside[:, None, :]
-    return centred
-
-
-def _row_sums(gram: np.ndarray) -> np.ndarray:
-    """Row sums of a stack of matrices (a product with ones: several times faster than ``sum`` over 32 columns)."""
-    return gram @ np.ones(gram.shape[-1])
-
-
-def _batched_pr(gram: np.ndarray, n: np.ndarray) -> np.ndarray:
-    """Participation ratio of the centred rows behind each Gram matrix, without forming ``H G H``.
-
-    With ``r = G1`` and ``s = 1ᵀG1`` (n rows): ``tr(HGH) = tr(G) - s/n`` and
-    ``‖HGH‖_F² = ‖G‖_F² - (2/n)‖r‖² + s²/n²``. Rows past ``n`` (zero padding) add nothing to the sums.
-    """
-    row_sums = _row_sums(gram)
-    total = row_sums.sum(axis=1)
-    trace = np.trace(gram, axis1=1, axis2=2) - total / n
-    flat = gram.reshape(len(gram), 1, -1)
-    gram_frob_sq = (flat @ flat.transpose(0, 2, 1))[:, 0, 0]
-    frob_sq = gram_frob_sq - 2.0 / n * np.einsum("li,li->l", row_sums, row_sums) + total**2 / n**2
-    return np.where((frob_sq > _EPS) & (trace > _EPS), trace * trace / np.maximum(frob_sq, _EPS), 0.0)
-
-
-def _batched_effective_rank(centred: np.ndarray) -> np.ndarray:
-    eigenvalues = np.linalg.eigvalsh(centred)
-    eigenvalues = np.where(eigenvalues > _RANK_TOL * eigenvalues.max(axis=1, keepdims=True), eigenvalues, 0.0)
-    singular = np.sqrt(eigenvalues)
-    total = singular.sum(axis=1, keepdims=True)
-    p = singular / np.maximum(total, _EPS)
-    entropy = -np.sum(np.where(p > 0, p * np.log(np.maximum(p, _EPS)), 0.0), axis=1)
-    return np.where(eigenvalues.sum(axis=1) > _EPS, np.exp(entropy), 0.0)

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = ["decoder_block", "estimate_stress", "exact_jacobian", "exact_stress"]
+
 Block = Callable[[torch.Tensor], torch.Tensor]
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["LinearProbe", "fit_ridge", "train_probe"]
+
 TRAIN_TOKEN_STRIDE = 2  # neighbouring tokens are nearly duplicates: every other one is enough to fit on
 
 

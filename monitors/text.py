@@ -2,6 +2,8 @@
 
 from collections import deque
 
+__all__ = ["RepetitionTracker", "text_sink_onset"]
+
 
 class RepetitionTracker:
     """Fraction of the last ``window`` tokens that close an n-gram already seen in this generation.

@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+__all__ = ["Reason", "Verdict", "VerdictLevel"]
+
 
 class VerdictLevel(StrEnum):
     """Ordered from harmless to worst; ``ok`` < ``warn`` < ``sink`` = ``rank_exhaustion``."""

@@ -9,8 +9,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from gateway.bench.processes import Process, free_port
 from gateway.config import Settings
+from lab.fakes.processes import Process, free_port
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -74,7 +74,7 @@ def metric(base_url: str, name: str, **labels: str) -> float:
 
 
 def root(process: Process) -> str:
-    """The address of a server process started by :mod:`gateway.bench.processes` (its API base without ``/v1``)."""
+    """The address of a server process started by :mod:`lab.fakes.processes` (its API base without ``/v1``)."""
     return process.base_url.removesuffix("/v1")
 
 
@@ -108,12 +108,26 @@ def gateway(gateway_settings: Settings) -> Iterator[RunningServer]:
 
 
 @pytest.fixture(scope="session")
+def calibration():
+    """The calibration shipped for the default model."""
+    from monitors.calibration import load_calibration
+
+    return load_calibration(MODEL)
+
+
+@pytest.fixture(scope="session")
 def loaded_model():
     """The real embedded model, loaded once for tests that run it directly (offline tools, monitors)."""
     from gateway.engine.loader import load_model
     from gateway.engine.provision import provision
 
     return load_model(provision(MODEL), MODEL)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (``pytest.mark.anyio``) run on asyncio, the loop the gateway serves with."""
+    return "asyncio"
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.bench.processes import Process, fake_upstream_process, gateway_process
+from lab.fakes.processes import Process, fake_upstream_process, gateway_process
 from tests.conftest import metric, root, wait_for
 from tests.upstreams import CHAT
 

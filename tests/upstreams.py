@@ -6,8 +6,8 @@ from contextlib import contextmanager
 import openai
 import pytest
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
 from gateway.config import Settings
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
 from tests.conftest import RunningServer, free_port, start_gateway
 
 FAKE_MODEL = "fake-model"

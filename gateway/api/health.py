@@ -8,6 +8,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.errors import NotFound
 
+__all__ = ["router"]
+
 router = APIRouter()
 
 

@@ -8,9 +8,10 @@ from gateway.protocol.chat import ChatCompletion, ChatCompletionRequest
 from gateway.protocol.common import ErrorResponse
 from gateway.protocol.completions import Completion, CompletionRequest
 from gateway.protocol.models import ModelCard, ModelList
-from gateway.serving.chat import create_chat_completion
-from gateway.serving.completions import create_completion
-from gateway.serving.context import ServingContext
+from gateway.serving.endpoints import create_chat_completion, create_completion
+from gateway.serving.serving_context import ServingContext
+
+__all__ = ["router"]
 
 _ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 429, 500, 502, 504)}
 

@@ -5,11 +5,14 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
-from gateway.engine.engine import EmbeddedEngine, EngineConfig
+from gateway.engine.engine import EmbeddedEngine
+from gateway.engine.engine_config import EngineConfig
 from gateway.engine.loader import load_model
 from gateway.engine.provision import provision
 from gateway.generation import ChatPrompt, GenerationEvent, GenerationRequest, StartEvent
 from monitors.bands import LayerBand
+
+__all__ = ["EmbeddedBackend"]
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The ``openai`` backend: any OpenAI-compatible upstream, through the upstream pool.
 
-Without a reader, requests take the proxy fast path (``gateway.proxy.passthrough``): the upstream's
+Without a reader, requests take the proxy fast path (``gateway.proxy.proxied_request``): the upstream's
 bytes are relayed unchanged and there is nothing to monitor. With ``--reader``, every generation is
 streamed from the upstream (``stream_options.include_usage`` on, whatever the client asked) and read by
 the local model (``gateway.backends.reader``), so the gate and the stability report work as with the
@@ -31,9 +31,11 @@ from gateway.generation import (
     StartEvent,
     TokenEvent,
 )
+from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool
-from gateway.upstream.sse import check_event_stream, event_batches
 from monitors.bands import LayerBand
+
+__all__ = ["OpenAIBackend", "chunk_choice", "finish_event", "openai_backend", "upstream_request"]
 
 if TYPE_CHECKING:  # the reader brings torch and a model: imported only when there is one
     from gateway.backends.reader import Reader, ReadingSession

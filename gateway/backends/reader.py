@@ -37,6 +37,8 @@ from monitors.capture import ResidualCapture
 from monitors.entropy import next_token_entropies
 from monitors.features import FeatureExtractor
 
+__all__ = ["Reader", "ReadingSession"]
+
 log = logging.getLogger(__name__)
 
 

@@ -18,11 +18,13 @@ from gateway.backends.openai import chunk_choice, finish_event, upstream_request
 from gateway.backends.vllm_stats import FeatureStream, StatsReceiver
 from gateway.config import Settings
 from gateway.generation import GenerationEvent, GenerationRequest, StartEvent, TokenEvent
+from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool
-from gateway.upstream.sse import check_event_stream, event_batches
 from monitors.bands import LayerBand
 from monitors.calibration import Calibration
 from monitors.vllm_plugin.wire import RequestTag, monitor_profile
+
+__all__ = ["vllm_backend"]
 
 
 class VLLMBackend:

@@ -21,6 +21,8 @@ from gateway import metrics
 from monitors.features import StepFeatures
 from monitors.vllm_plugin.wire import decode_batch
 
+__all__ = ["FeatureStream", "StatsReceiver"]
+
 log = logging.getLogger(__name__)
 
 _WILDCARD_HOSTS = {"*", "0.0.0.0", "::"}

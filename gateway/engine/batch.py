@@ -4,6 +4,8 @@ import torch
 from torch.nn import functional
 from transformers import DynamicCache
 
+__all__ = ["BatchCache"]
+
 
 def _left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
     """Pad the sequence axis (-2 of ``[B, heads, L, head_dim]``) on the left with zeros."""

@@ -2,6 +2,8 @@
 
 from collections.abc import Sequence
 
+__all__ = ["IncrementalDetokenizer"]
+
 
 class IncrementalDetokenizer:
     """Turns a stream of token ids into text deltas, never splitting a multi-byte character.

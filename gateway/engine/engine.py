@@ -7,6 +7,7 @@ window. Decoding runs on a thread so the event loop never blocks on the model.
 """
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -19,8 +20,8 @@ from transformers import DynamicCache
 
 from gateway import metrics
 from gateway.engine.batch import BatchCache
-from gateway.engine.config import EngineConfig
 from gateway.engine.detokenizer import IncrementalDetokenizer
+from gateway.engine.engine_config import EngineConfig
 from gateway.engine.loader import LoadedModel
 from gateway.engine.sampling import RowSampler, sample_batch
 from gateway.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, Overloaded
@@ -36,6 +37,10 @@ from monitors.bands import LayerBand
 from monitors.capture import ResidualCapture
 from monitors.entropy import next_token_entropies
 from monitors.features import FeatureExtractor, StepFeatures
+
+__all__ = ["EmbeddedEngine", "encode_prompt"]
+
+log = logging.getLogger(__name__)
 
 
 def _thread_safe_put(
@@ -235,6 +240,7 @@ class EmbeddedEngine:
                 try:
                     self._decode_step()
                 except Exception as exc:  # every failure must reach the clients of the batch
+                    log.exception("decode step failed for a batch of %d", len(self._active))
                     self._fail_active(EngineFailure(f"generation failed: {type(exc).__name__}: {exc}"))
                 self._retire()
         with self._cond:
@@ -250,6 +256,7 @@ class EmbeddedEngine:
             out = self.loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
             self._advance([sequence], out.logits[:, -1].float())
         except Exception as exc:  # a failed prefill fails its own request only
+            log.exception("prefill failed for request %s", sequence.request.request_id)
             sequence.emit(EngineFailure(f"prefill failed: {type(exc).__name__}: {exc}"))
             sequence.finished = True
             return

@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+__all__ = ["LoadedModel", "load_model"]
+
 
 @dataclass(frozen=True)
 class LoadedModel:

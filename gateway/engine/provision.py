@@ -18,6 +18,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+__all__ = ["CONVERTED_MARKER", "DEFAULT_MODEL", "PACKAGED_MODELS", "cache_root", "provision", "served_name"]
+
 CONVERTED_MARKER = "sinkwatch-converted.json"
 # 2: weights saved the transformers way (tied embeddings as model.embed_tokens.weight), which vLLM can load;
 # folders converted by an older format are converted again.

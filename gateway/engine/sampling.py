@@ -7,6 +7,8 @@ import torch
 from gateway.errors import InvalidRequest
 from gateway.generation import SamplingParams
 
+__all__ = ["RowSampler", "sample_batch"]
+
 
 class RowSampler:
     """The sampling state of one sequence: its parameters, seeded generator and token history."""

@@ -16,16 +16,17 @@ monitor counts the detector's token indices from the start of the completion.
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
-from gateway import metrics
-from gateway.backends.base import Backend
 from gateway.errors import ContentBlocked, EngineFailure, OpenAIError
 from gateway.gate.holdback import HoldBack, Slot, stable_prefix, token_ids
+from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import GateConfig, Policy
 from gateway.gate.rescue import STRATEGIES
-from gateway.generation import FinishEvent, GenerationEvent, GenerationRequest, StartEvent, TokenEvent
+from gateway.generation import Backend, FinishEvent, GenerationEvent, GenerationRequest, StartEvent, TokenEvent
 from gateway.protocol.stability import GateAttemptReport, GateReport, StabilityReport
-from gateway.serving.monitoring import RequestMonitor
+from gateway.request_metrics import GateOutcome
 from monitors.verdict import Verdict, VerdictLevel
+
+__all__ = ["GateController"]
 
 
 @dataclass
@@ -281,17 +282,26 @@ class GateController:
         report.gate = self.report()
         return report
 
-    def record_metrics(self, model: str) -> None:
-        """Export what the gate did for this request (monitored requests only)."""
+    def outcome(self) -> GateOutcome | None:
+        """What the monitors and the gate concluded, for the metrics; None when the request is not monitored."""
         if self.monitor is None:
-            return
+            return None
         result = self.result
-        reason = self.detected.level.value if self.detected and self.detected.fired else "none"
-        metrics.GATE_ACTIONS.labels(model, self.policy.value, result.action, reason).inc()
-        for attempt in result.attempts[1:]:
-            outcome = "failed" if attempt.error or attempt.fired_at is not None else "success"
-            metrics.RESCUE_ATTEMPTS.labels(model, outcome).inc()
+        detected = self.detected
+        rescue = None
         if self.policy is Policy.RESCUE and result.outcome is not None:
-            metrics.RESCUES.labels(model, "success" if result.outcome == "rescued" else "fallback_block").inc()
-        metrics.TOKENS_WITHHELD.labels(model).inc(result.withheld_tokens)
-        metrics.TOKENS_DISCARDED.labels(model).inc(result.discarded_tokens)
+            rescue = "success" if result.outcome == "rescued" else "fallback_block"
+        return GateOutcome(
+            policy=self.policy.value,
+            action=result.action,
+            verdict=detected.level.value if detected else "ok",
+            fired=bool(detected and detected.fired),
+            rescue=rescue,
+            rescue_attempts=tuple(
+                "failed" if attempt.error or attempt.fired_at is not None else "success"
+                for attempt in result.attempts[1:]
+            ),
+            withheld_tokens=result.withheld_tokens,
+            discarded_tokens=result.discarded_tokens,
+            band_stats=self.monitor.band_stats(),
+        )

@@ -21,6 +21,8 @@ from monitors.calibration import Calibration
 from monitors.text import RepetitionTracker
 from monitors.verdict import Verdict, VerdictLevel
 
+__all__ = ["HoldBack", "Slot", "required_lag", "stable_prefix", "token_ids"]
+
 
 def required_lag(calibration: Calibration) -> int:
     """The least hold-back (tokens) under which no blocked token is ever released: a crossing is reported

@@ -5,6 +5,8 @@ from enum import StrEnum
 
 from gateway.errors import InvalidRequest
 
+__all__ = ["POLICY_HEADER", "GateConfig", "Policy", "resolve_policy"]
+
 POLICY_HEADER = "x-sinkwatch-policy"
 
 

@@ -14,6 +14,8 @@ from dataclasses import replace
 
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams
 
+__all__ = ["CONSTRAINT", "NGRAM_BIAS", "STRATEGIES", "looping_tokens"]
+
 NGRAM = 4
 # How far each retry moves sampling away from the failed setting.
 TEMPERATURE_FLOOR = 0.7

@@ -8,6 +8,16 @@ from gateway.errors import UnsupportedParameter
 from gateway.protocol.common import SamplingFields, StrictModel, Usage
 from gateway.protocol.stability import StabilityReport
 
+__all__ = [
+    "AssistantMessage",
+    "ChatChoice",
+    "ChatChunkChoice",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatDelta",
+]
+
 
 class TextPart(StrictModel):
     type: Literal["text"]

@@ -7,8 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from gateway.errors import UnsupportedParameter
 from gateway.generation import SamplingParams
 
-# The API also documents these as accepted; they change nothing about generation here.
-INERT_PARAMETERS = ("metadata", "user", "safety_identifier", "prompt_cache_key", "service_tier", "store")
+__all__ = ["ErrorResponse", "GateOptions", "SamplingFields", "StrictModel", "Usage"]
 
 
 class StrictModel(BaseModel):

@@ -8,6 +8,8 @@ from gateway.errors import UnsupportedParameter
 from gateway.protocol.common import SamplingFields, Usage
 from gateway.protocol.stability import StabilityReport
 
+__all__ = ["Completion", "CompletionChoice", "CompletionRequest"]
+
 
 def _is_batch(prompt: object) -> bool:
     """A list of prompts (strings or token lists) rather than one prompt."""

@@ -4,6 +4,8 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+__all__ = ["ModelCard", "ModelList"]
+
 
 class ModelCard(BaseModel):
     id: str

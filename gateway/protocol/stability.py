@@ -1,6 +1,12 @@
 """The ``stability`` extension: what the monitors saw, attached to responses."""
 
+from collections.abc import Sequence
+
 from pydantic import BaseModel, Field
+
+from monitors.verdict import VerdictLevel
+
+__all__ = ["BandReport", "GateAttemptReport", "GateReport", "StabilityReason", "StabilityReport", "worst_of"]
 
 
 class StabilityReason(BaseModel):
@@ -70,3 +76,26 @@ class StabilityReport(BaseModel):
     calibration: str | None = Field(None, description="model and date of the calibration used")
     policy: str = "annotate"
     gate: GateReport | None = None
+    choice: int | None = Field(
+        None,
+        description="n > 1: the index of the choice whose report this top-level summary is (the worst)",
+        exclude_if=lambda value: value is None,
+    )
+
+
+def _severity(report: StabilityReport) -> int:
+    """How bad a report's verdict is; verdicts that judge nothing (unmonitored, uncalibrated) rank lowest."""
+    try:
+        return VerdictLevel(report.verdict).severity
+    except ValueError:
+        return -1
+
+
+def worst_of(reports: Sequence[StabilityReport]) -> StabilityReport:
+    """The top-level ``stability`` of an answer with several choices (each carries its own report): a copy of
+    the worst choice's report (the earliest onset among equals), with ``choice`` set to its index."""
+    index = min(
+        range(len(reports)),
+        key=lambda i: (-_severity(reports[i]), reports[i].onset_token is None, reports[i].onset_token or 0, i),
+    )
+    return reports[index].model_copy(update={"choice": index})

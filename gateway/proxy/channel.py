@@ -1,6 +1,6 @@
 """The client's side of a proxied request, whichever server carries it.
 
-The proxy fast path (``gateway.proxy.passthrough``) reads the request body and writes the response
+The proxy fast path (``gateway.proxy.proxied_request``) reads the request body and writes the response
 through a :class:`ClientChannel`. Two carry it: :class:`AsgiChannel`, for requests that went through
 the ASGI stack, and the native exchange of ``gateway.proxy.native``, which writes to the connection
 directly.
@@ -12,9 +12,10 @@ from collections.abc import Callable
 
 from starlette.types import Receive, Scope, Send
 
-from gateway.api.error_handlers import rendered_error
-from gateway.errors import InvalidRequest, OpenAIError
+from gateway.errors import InvalidRequest, OpenAIError, render_error
 from gateway.security.admission import header
+
+__all__ = ["JSON_HEADERS", "AsgiChannel", "ClientChannel", "ClientGone", "Headers"]
 
 Headers = list[tuple[bytes, bytes]]
 JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
@@ -54,7 +55,7 @@ class ClientChannel(ABC):
 
     async def respond_error(self, error: OpenAIError, endpoint: str, extra: Headers | None = None) -> None:
         """The whole response for ``error`` (counted), with ``extra`` headers."""
-        body = rendered_error(error, endpoint)
+        body = render_error(error, endpoint)
         await self.start(error.status_code, [*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *(extra or ())])
         await self.send(body, more=False)
 

@@ -1,18 +1,18 @@
 """What the proxy fast path checks before relaying a request: the fields it reads itself, nothing more.
 
 The upstream validates the rest and its client errors pass through. Error bodies match those of the
-full serving path (``gateway.api.error_handlers``).
+full serving path (``gateway.errors``).
 """
 
 import orjson
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
-from gateway.api.error_handlers import validation_error
-from gateway.errors import InvalidRequest
+from gateway.errors import InvalidRequest, validation_error
 from gateway.gate.policy import GateConfig, resolve_policy
 from gateway.protocol.common import GateOptions
-from gateway.security.middleware import invalid_json
+from gateway.security.guards import invalid_json
+
+__all__ = ["checked_request"]
 
 _PROMPT_FIELD = {"chat": "messages", "completions": "prompt"}
 
@@ -66,7 +66,7 @@ def _check_extension(request: dict, header_policy: str | None) -> None:
             body_policy = GateOptions.model_validate(extension).policy
         except ValidationError as problem:
             located = [{**e, "loc": ("body", "sinkwatch", *e["loc"])} for e in problem.errors()]
-            raise validation_error(RequestValidationError(located)) from None
+            raise validation_error(located) from None
     resolve_policy(GateConfig(), body_policy, header_policy)
 
 

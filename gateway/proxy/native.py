@@ -8,11 +8,11 @@ disconnects), three times the proxy's own work (docs/BENCHMARKS.md).
 out idle ones, controls flow and shuts down as uvicorn does, and serves every request through the ASGI
 app as before, except ``POST /v1/chat/completions`` and ``POST /v1/completions`` for a backend that
 relays unchanged. Those it hands to a :class:`NativeExchange`, which runs the same guards (API keys,
-rate limits, body size) and the same :class:`~gateway.proxy.passthrough.ProxiedRequest`, and writes the
+rate limits, body size) and the same :class:`~gateway.proxy.proxied_request.ProxiedRequest`, and writes the
 response to the socket itself: the head with the first body bytes in one write, chunked framing for
 streams.
 
-Requests it does not take stay on the ASGI path, whose :class:`~gateway.proxy.passthrough.Passthrough`
+Requests it does not take stay on the ASGI path, whose :class:`~gateway.proxy.proxied_request.Passthrough`
 serves them the same way: HTTP/1.0, ``Expect: 100-continue``, an ``Upgrade`` request, a request
 pipelined behind another, a query string or an absolute URL, and cross-origin requests when CORS is on
 (its headers come from the ASGI middleware).
@@ -29,14 +29,15 @@ from dataclasses import dataclass
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from gateway.api.error_handlers import SERVER_ERROR
 from gateway.backends.openai import OpenAIBackend
 from gateway.drain import Drain
-from gateway.errors import OpenAIError, RequestTooLarge
+from gateway.errors import SERVER_ERROR, OpenAIError, RequestTooLarge
 from gateway.proxy.channel import ClientChannel, ClientGone, Headers
-from gateway.proxy.passthrough import ROUTES, ProxiedRequest
+from gateway.proxy.proxied_request import ROUTES, ProxiedRequest
 from gateway.security.admission import Admission
-from gateway.security.middleware import too_large
+from gateway.security.guards import too_large
+
+__all__ = ["FastPath", "FastPathProtocol", "NativeExchange", "protocol_class"]
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Who may send an API request now: API keys (when configured), per-key request rate limits and per-key
 token budgets.
 
-Asked once per ``/v1/`` request, by the ASGI :class:`~gateway.security.middleware.Guard` and by the
+Asked once per ``/v1/`` request, by the ASGI :class:`~gateway.security.guards.Guard` and by the
 native proxy fast path alike. Refusals are counted here. The keys and limits in force can be replaced
 while serving (:meth:`Admission.configure`, by the reloader of ``gateway.security.reload``); each request
 is judged by those in force when it arrives.
@@ -19,6 +19,8 @@ from gateway import metrics
 from gateway.errors import AuthenticationFailed, OpenAIError, RateLimited
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
+
+__all__ = ["ANONYMOUS", "Admission", "charge_tokens", "header"]
 
 ANONYMOUS = "anonymous"
 

@@ -10,6 +10,8 @@ import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = ["ApiKeys", "parse_entry"]
+
 _DIGEST_PREFIX = "sha256:"
 
 

@@ -19,6 +19,8 @@ from multiprocessing.context import assert_spawning
 from pathlib import Path
 from typing import Any
 
+__all__ = ["RateLimiter", "SharedBuckets", "TokenBucket", "take_token", "token_budget"]
+
 _DIGEST = 16  # bytes of a name's digest in the shared table
 
 

@@ -21,6 +21,8 @@ from gateway.security.admission import Admission
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter, SharedBuckets, token_budget
 
+__all__ = ["KeyReloader", "admission_for"]
+
 log = logging.getLogger(__name__)
 
 RELOADED = frozenset({"api_keys", "api_keys_file", "rate_limit_rps", "rate_limit_burst", "rate_limit_tpm"})

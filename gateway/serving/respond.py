@@ -1,6 +1,7 @@
 """Turn a started generation session into an HTTP response: JSON, or SSE ending in ``[DONE]``."""
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -8,10 +9,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.drain import Drain
-from gateway.errors import EngineFailure, OpenAIError
+from gateway.errors import EngineFailure, OpenAIError, error_event
 from gateway.serving.session import GenerationSession
 from gateway.serving.shapes import ResponseShape
-from gateway.serving.sse import DONE, sse_data, sse_error
+from gateway.serving.sse_framing import DONE, sse_data
+
+__all__ = ["ACTION_HEADER", "VERDICT_HEADER", "streaming_response", "whole_response"]
+
+log = logging.getLogger(__name__)
 
 VERDICT_HEADER = "x-sinkwatch-verdict"
 ACTION_HEADER = "x-sinkwatch-action"
@@ -84,11 +89,12 @@ def streaming_response(
                 while (piece := await hold.interruptible(anext(pieces, None))) is not None:
                     yield sse_data(shape.delta(piece))
         except OpenAIError as error:
-            yield sse_error(error)
+            yield error_event(error, session.labels.endpoint)
             yield DONE
             return
         except Exception as exc:  # a stream already under way can only end with an error event
-            yield sse_error(EngineFailure(f"generation failed: {type(exc).__name__}"))
+            log.exception("stream %s failed", session.request.request_id)
+            yield error_event(EngineFailure(f"generation failed: {type(exc).__name__}"), session.labels.endpoint)
             yield DONE
             return
         report = session.report()

@@ -10,16 +10,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from gateway import metrics
-from gateway.backends.base import Backend
 from gateway.errors import ContentBlocked, NotReady, OpenAIError
 from gateway.gate.controller import GateController
+from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import GateConfig, Policy
-from gateway.generation import GenerationEvent, GenerationRequest, StartEvent
+from gateway.generation import Backend, GenerationEvent, GenerationRequest, StartEvent
 from gateway.protocol.common import Usage
 from gateway.protocol.stability import StabilityReport
+from gateway.request_metrics import RequestSeries, outcome_of
 from gateway.security.admission import charge_tokens
-from gateway.serving.monitoring import RequestMonitor
+
+__all__ = ["GenerationSession", "RequestLabels"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class GenerationSession:
         self.labels = labels
         self._backend = backend
         self._received_at = received_at
+        self._series = RequestSeries.of(labels.model, labels.endpoint, labels.backend)
         self.gate = GateController(backend, request, policy, gate_config, new_monitor, streaming)
         self._events: AsyncIterator[GenerationEvent] | None = None
         self._first_text_at: float | None = None
@@ -56,7 +58,7 @@ class GenerationSession:
 
     async def start(self) -> None:
         """Submit the request and wait until the backend accepts it, so that refusals become HTTP errors."""
-        metrics.IN_FLIGHT.labels(self.labels.model, self.labels.endpoint).inc()
+        self._series.begin()
         try:
             if not self._backend.ready:
                 raise NotReady("the model is still loading; retry shortly")
@@ -86,11 +88,7 @@ class GenerationSession:
     def _note_first_text(self) -> None:
         if self._first_text_at is None:
             self._first_text_at = time.perf_counter()
-            metrics.TIME_TO_FIRST_TOKEN.labels(*self._label_values).observe(self._first_text_at - self._received_at)
-
-    @property
-    def _label_values(self) -> tuple[str, str, str]:
-        return self.labels.model, self.labels.endpoint, self.labels.backend
+            self._series.first_token(self._received_at, self._first_text_at)
 
     @property
     def finish_reason(self) -> str:
@@ -120,38 +118,12 @@ class GenerationSession:
         if self._ended:
             return
         self._ended = True
-        labels = self.labels
-        metrics.IN_FLIGHT.labels(labels.model, labels.endpoint).dec()
-        outcome = _outcome(error)
+        outcome = outcome_of(error)
+        result = self.gate.result
         if outcome == "ok":
-            self._record_tokens()
-        if outcome == "ok" or isinstance(error, ContentBlocked):
-            self._record_gate()
-        metrics.REQUESTS.labels(*self._label_values, outcome).inc()
-        metrics.REQUEST_DURATION.labels(*self._label_values).observe(time.perf_counter() - self._received_at)
-
-    def _record_tokens(self) -> None:
-        labels, result = self.labels, self.gate.result
-        charge_tokens(result.prompt_tokens + result.generated_tokens)
-        metrics.TOKENS.labels(labels.model, labels.backend, "input").inc(result.prompt_tokens)
-        metrics.TOKENS.labels(labels.model, labels.backend, "output").inc(result.generated_tokens)
-        metrics.COMPLETION_TOKENS.labels(labels.model, labels.backend).observe(result.completion_tokens)
-
-    def _record_gate(self) -> None:
-        labels, gate = self.labels, self.gate
-        if gate.monitor is None:
-            return
-        metrics.VERDICTS.labels(labels.model, gate.detected.level.value if gate.detected else "ok").inc()
-        gate.monitor.record_band_metrics(labels.model)
-        gate.record_metrics(labels.model)
-
-
-def _outcome(error: BaseException | None) -> str:
-    """ok, client_error, server_error or cancelled."""
-    if error is None:
-        return "ok"
-    if isinstance(error, OpenAIError):
-        return "client_error" if error.status_code < 500 else "server_error"
-    if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
-        return "cancelled"
-    return "server_error"
+            self._series.tokens(result.prompt_tokens, result.generated_tokens, result.completion_tokens)
+            charge_tokens(result.prompt_tokens + result.generated_tokens)
+        gate = self.gate.outcome()
+        if gate is not None and (outcome == "ok" or isinstance(error, ContentBlocked)):
+            self._series.stability(gate)
+        self._series.end(self._received_at, outcome)

@@ -16,6 +16,8 @@ from gateway.protocol.common import Usage
 from gateway.protocol.completions import Completion, CompletionChoice
 from gateway.protocol.stability import StabilityReport
 
+__all__ = ["ChatShape", "CompletionShape", "ResponseShape"]
+
 
 class ResponseShape(Protocol):
     """The per-endpoint part of serving; ids, model and creation time are fixed per request."""

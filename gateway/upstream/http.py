@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 
 import httptools
 
+__all__ = ["ConnectFailed", "HttpPool", "HttpResponse", "Origin", "ReadTimeout", "TransportError"]
+
 HIGH_WATER = 1 << 20
-LOW_WATER = 1 << 16
 
 
 class TransportError(Exception):

@@ -24,6 +24,8 @@ from gateway import metrics
 from gateway.errors import OpenAIError, UpstreamError, UpstreamRejected, UpstreamTimeout
 from gateway.upstream.http import ConnectFailed, HttpPool, HttpResponse, Origin, ReadTimeout, TransportError
 
+__all__ = ["PoolConfig", "UpstreamPool", "UpstreamResponse", "parse_upstreams"]
+
 if TYPE_CHECKING:
     from gateway.config import Settings
 

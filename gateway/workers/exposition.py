@@ -36,6 +36,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+__all__ = ["GATHERED_SERIES", "WorkerExpositions", "serve_exposition"]
+
 log = logging.getLogger(__name__)
 
 WORKER_LABEL = "worker"

@@ -37,13 +37,14 @@ from pathlib import Path
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from gateway.api.metrics_port import serve_metrics_apart
-from gateway.cli import LOG_FORMAT
 from gateway.config import Settings
+from gateway.metrics_port import serve_metrics_apart
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import SharedBuckets
-from gateway.workers.context import WorkerContext
 from gateway.workers.exposition import WorkerExpositions
+from gateway.workers.worker_context import WorkerContext
+
+__all__ = ["serve_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,13 @@ FIRST_RESTART_DELAY = 1.0  # seconds before starting again a worker that died be
 MAX_RESTART_DELAY = 30.0
 KILL_AFTER = 10.0  # seconds past a worker's own last cancellation (LAST_GRACE) before it is killed
 
+# What a worker process runs once it is set up: the app on the listening socket (gateway.launch.run_worker).
+WorkerRun = Callable[[Settings, socket.socket, WorkerContext], None]
 
-def serve_workers(settings: Settings, reload_settings: Callable[[], Settings]) -> int:
-    """Serve with ``settings.workers`` processes until told to stop; the exit status. The workers reload API
-    keys and rate limits from the settings ``reload_settings`` returns (it must pickle: it goes to each)."""
+
+def serve_workers(settings: Settings, run: WorkerRun) -> int:
+    """Serve with ``settings.workers`` processes, each running ``run`` (a module-level function: it crosses to
+    the spawned process by name), until told to stop; the exit status."""
     ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)  # refuse a bad file up front
     address = uvicorn.Config(app=None, host=settings.host, port=settings.port, log_level=settings.log_level)
     listener = address.bind_socket()
@@ -67,7 +71,7 @@ def serve_workers(settings: Settings, reload_settings: Callable[[], Settings]) -
         contexts = [
             WorkerContext(i, settings.workers, os.getpid(), run_dir, restarts, buckets) for i in range(settings.workers)
         ]
-        return Supervisor(settings, listener, contexts, reload_settings).run()
+        return Supervisor(settings, listener, contexts, run).run()
     finally:
         listener.close()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -77,14 +81,10 @@ class Supervisor:
     """Starts the workers, starts again those that die, and stops them all on a signal."""
 
     def __init__(
-        self,
-        settings: Settings,
-        listener: socket.socket,
-        contexts: list[WorkerContext],
-        reload_settings: Callable[[], Settings],
+        self, settings: Settings, listener: socket.socket, contexts: list[WorkerContext], run: WorkerRun
     ) -> None:
         self.settings = settings
-        self.reload_settings = reload_settings
+        self._run_worker = run
         self.listener = listener
         self.contexts = contexts
         self.workers: list[BaseProcess | None] = [None] * len(contexts)
@@ -141,7 +141,7 @@ class Supervisor:
         context.exposition_path(context.index).unlink(missing_ok=True)
         worker = _SPAWN.Process(
             target=_worker_main,
-            args=(self.settings, self.listener, context, self.reload_settings),
+            args=(self._run_worker, self.settings, self.listener, context),
             name=f"sinkwatch-worker-{context.index}",
         )
         worker.start()
@@ -221,19 +221,12 @@ class Supervisor:
                 os.kill(worker.pid, number)
 
 
-def _worker_main(
-    settings: Settings, listener: socket.socket, context: WorkerContext, reload_settings: Callable[[], Settings]
-) -> None:
-    """A worker process: the app, served on the supervisor's socket."""
+def _worker_main(run: WorkerRun, settings: Settings, listener: socket.socket, context: WorkerContext) -> None:
+    """A worker process: tied to its supervisor, then ``run``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C while starting: the supervisor's SIGTERM follows
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's reloader takes it
     _die_with_parent(context.supervisor_pid)
-    log_format = LOG_FORMAT.replace("%(name)s", f"worker {context.index} %(name)s")
-    logging.basicConfig(level=settings.log_level.upper(), format=log_format)
-    from gateway.app import create_app
-    from gateway.server import run_server
-
-    run_server(create_app(settings, worker=context, reload_settings=reload_settings), settings, sockets=[listener])
+    run(settings, listener, context)
 
 
 def _die_with_parent(supervisor_pid: int) -> None:

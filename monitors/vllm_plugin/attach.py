@@ -13,6 +13,8 @@ from monitors.vllm_plugin.settings import PluginSettings
 from monitors.vllm_plugin.tap import RunnerTap, resolve_calibration
 from monitors.vllm_plugin.wire import monitor_profile
 
+__all__ = ["attach_tap"]
+
 log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, so it shows in its log
 
 

@@ -14,6 +14,8 @@ worker), or a list of cores such as ``3,6-7``.
 import logging
 import os
 
+__all__ = ["bind", "parse_cpu_list", "publisher_cpus", "resolve_cpus", "spare_cpus"]
+
 log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, so it shows in its log
 
 AUTO, INHERIT = "auto", "inherit"

@@ -19,6 +19,8 @@ from typing import Any
 
 from monitors.vllm_plugin.settings import PluginSettings
 
+__all__ = ["wrap_runner"]
+
 log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, so it shows in its log
 
 RUNNER_MODULE = "vllm.v1.worker.gpu_model_runner"

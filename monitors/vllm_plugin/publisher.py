@@ -31,6 +31,8 @@ from monitors.vllm_plugin.placement import bind, resolve_cpus
 from monitors.vllm_plugin.reducer import STOP
 from monitors.vllm_plugin.step import CapturedStep
 
+__all__ = ["MAX_PENDING_STEPS", "REDUCER_MALLOC_ENV", "FeaturePublisher"]
+
 log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, so it shows in its log
 
 MAX_PENDING_STEPS = 256  # engine steps waiting for the publisher before the runner gives up on them

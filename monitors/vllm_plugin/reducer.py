@@ -35,6 +35,8 @@ from monitors.vllm_plugin.sinks import SinkSockets
 from monitors.vllm_plugin.step import CapturedStep
 from monitors.vllm_plugin.wire import encode_batch, monitor_profile
 
+__all__ = ["STOP", "FeatureReducer", "new_extractor_factory"]
+
 log = logging.getLogger("sinkwatch.reducer")
 
 STOP = b""  # the message that ends the reducer

@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+__all__ = ["Network", "PluginSettings"]
+
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Where a worker may send statistics unless told otherwise: this host and private networks (a cluster's

@@ -16,6 +16,8 @@ import zmq
 
 from monitors.vllm_plugin.settings import Network
 
+__all__ = ["SinkSockets", "sink_allowed"]
+
 log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, so it shows in its log
 
 MAX_SINKS = 64  # gateways served at once; the least recently used socket is closed beyond that

@@ -7,6 +7,8 @@ import numpy as np
 
 from monitors.vllm_plugin.wire import RequestTag
 
+__all__ = ["CapturedStep"]
+
 
 @dataclass
 class CapturedStep:

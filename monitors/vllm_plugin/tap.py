@@ -28,6 +28,8 @@ from monitors.vllm_plugin.publisher import FeaturePublisher
 from monitors.vllm_plugin.step import CapturedStep
 from monitors.vllm_plugin.wire import RequestTag
 
+__all__ = ["RunnerTap", "resolve_calibration"]
+
 log = logging.getLogger(f"vllm.{__name__}")  # under vLLM's logger, so it shows in its log
 
 

@@ -15,6 +15,8 @@ from monitors.bands import LayerBand, format_bands
 from monitors.calibration import Calibration
 from monitors.features import StepFeatures
 
+__all__ = ["REQUEST_ID_ARG", "SINK_ARG", "RequestTag", "decode_batch", "encode_batch", "monitor_profile"]
+
 REQUEST_ID_ARG = "sinkwatch_request_id"
 SINK_ARG = "sinkwatch_sink"
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from gateway.errors import OpenAIError
 from gateway.gate.controller import GateController
+from gateway.gate.monitor import shifted
 from gateway.gate.policy import GateConfig, Policy
 from gateway.generation import (
     ChatPrompt,
@@ -15,7 +16,6 @@ from gateway.generation import (
     StartEvent,
     TokenEvent,
 )
-from gateway.serving.monitoring import shifted
 from monitors.bands import LayerBand
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.features import StepFeatures

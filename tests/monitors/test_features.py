@@ -6,7 +6,7 @@ import pytest
 from monitors.bands import LayerBand
 from monitors.features import FeatureExtractor, StepFeatures
 from monitors.probe import LinearProbe
-from monitors.spectral import effective_rank, participation_ratio
+from tests.monitors.spectral_reference import effective_rank, participation_ratio
 
 BANDS = (LayerBand("early", (1, 2)), LayerBand("late", (5,)))
 WIDTH = 12

@@ -23,8 +23,8 @@ import openai
 import pytest
 import yaml
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
 from grafana.generate import DASHBOARDS, Panel, Variable
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
 from tests.conftest import MODEL, free_port
 from tests.observability.prometheus import PrometheusServer
 from tests.observability.sources import rule_groups

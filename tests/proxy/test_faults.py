@@ -9,8 +9,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
 from gateway.config import Settings
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread, Fault
 from tests.conftest import RunningServer, free_port, metric, start_gateway, wait_for
 from tests.upstreams import CHAT, client_of, proxy_gateway
 

@@ -12,9 +12,9 @@ import time
 import orjson
 import pytest
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
-from gateway.bench.loadgen import LoadResult, run_load
-from gateway.bench.processes import Process, gateway_process
+from lab.bench.loadgen import LoadResult, run_load
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
+from lab.fakes.processes import Process, gateway_process
 from tests.conftest import metric, root
 from tests.upstreams import FAKE_MODEL
 

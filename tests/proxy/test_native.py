@@ -15,7 +15,7 @@ from uvicorn.server import ServerState
 from gateway.app import create_app
 from gateway.config import Settings
 from gateway.proxy.native import NativeExchange
-from gateway.proxy.passthrough import ProxiedRequest
+from gateway.proxy.proxied_request import ProxiedRequest
 from gateway.server import http_protocol
 from tests.upstreams import CHAT, FAKE_MODEL
 

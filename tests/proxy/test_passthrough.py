@@ -3,7 +3,7 @@
 import httpx
 import pytest
 
-from gateway.bench.fake_upstream import Fault
+from lab.fakes.fake_upstream import Fault
 from tests.conftest import metric
 from tests.upstreams import CHAT, FAKE_MODEL, client_of
 

@@ -16,8 +16,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
-from gateway.bench.processes import free_port
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
+from lab.fakes.processes import free_port
 from tests.conftest import wait_for
 from tests.upstreams import CHAT
 

@@ -1,4 +1,4 @@
-"""Fixtures of the vLLM backend tests: a fake vLLM with the plugin's behaviour, and gateways in front of it.
+"""Fixtures of the integration tests against a real vLLM server with the plugin, and a gateway in front of it.
 
 Tests marked ``vllm`` start a real vLLM server (minutes on CPU); they run only when selected with
 ``-m vllm`` (``make test-vllm``), never as part of the default suite.
@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.bench.vllm_server import VLLMServer
 from gateway.config import Settings
 from gateway.engine.provision import provision
-from monitors.calibration import Calibration, load_calibration
+from lab.bench.vllm_server import VLLMServer
+from tests.backends.fake_vllm import MODEL
 from tests.conftest import RunningServer, free_port, start_gateway
-from tests.vllm.fake_vllm import MODEL, FakeVLLM
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -24,36 +23,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("vllm") is not None:
             item.add_marker(skip)
-
-
-@pytest.fixture(scope="session")
-def calibration() -> Calibration:
-    return load_calibration(MODEL)
-
-
-@pytest.fixture
-def fake_vllm(calibration: Calibration) -> Iterator[tuple[FakeVLLM, RunningServer]]:
-    """The fake vLLM server, listening on loopback."""
-    fake = FakeVLLM(calibration)
-    with RunningServer(fake.app, free_port()) as server:
-        yield fake, server
-    fake.close()
-
-
-@pytest.fixture
-def vllm_gateway(fake_vllm: tuple[FakeVLLM, RunningServer]) -> Iterator[RunningServer]:
-    """A gateway with the ``vllm`` backend in front of the fake (features wait at most 0.5 s)."""
-    _, upstream = fake_vllm
-    settings = Settings().replace(
-        backend="vllm",
-        upstreams=f"{upstream.base_url}/v1",
-        upstream_health_interval=0.2,
-        vllm_stats_timeout=0.5,
-        port=free_port(),
-    )
-    with start_gateway(settings) as server:
-        server.wait_ready(timeout=30)
-        yield server
 
 
 # The real server: float32 like the embedded engine, so that the two can be compared closely. Prefill

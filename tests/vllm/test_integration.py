@@ -16,9 +16,9 @@ import httpx
 import openai
 import pytest
 
-from gateway.bench.vllm_server import VLLMServer
+from lab.bench.vllm_server import VLLMServer
+from tests.backends.fake_vllm import MODEL
 from tests.conftest import RunningServer, metric
-from tests.vllm.fake_vllm import MODEL
 
 pytestmark = pytest.mark.vllm
 

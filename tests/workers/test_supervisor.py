@@ -13,8 +13,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.bench.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
-from gateway.bench.processes import Process, children, free_port, gateway_process, proc_file
+from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
+from lab.fakes.processes import Process, children, free_port, gateway_process, proc_file
 from tests import conftest
 from tests.conftest import root, samples
 from tests.upstreams import CHAT, FAKE_MODEL

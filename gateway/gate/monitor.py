@@ -1,0 +1,79 @@
+"""Runs a generation's features through the detector and turns the result into a stability report."""
+
+from dataclasses import replace
+
+from gateway.protocol.stability import BandReport, StabilityReason, StabilityReport
+from monitors.calibration import Calibration
+from monitors.detector import StabilityDetector
+from monitors.features import StepFeatures
+from monitors.verdict import Verdict
+
+__all__ = ["RequestMonitor", "shifted"]
+
+
+class RequestMonitor:
+    """One per generation attempt: feed it each token's features; ask it for the verdict and the report."""
+
+    def __init__(self, calibration: Calibration) -> None:
+        self.calibration = calibration
+        self._detector = StabilityDetector(calibration)
+        self._offset = 0
+        self.tokens = 0
+
+    def prime(self, token_ids: list[int]) -> None:
+        """Continue after an accepted prefix (a rescue): the detector's text history starts with it, and
+        verdicts count tokens from the start of the completion rather than of this attempt."""
+        self._detector.prime(token_ids)
+        self._offset = len(token_ids)
+
+    def observe(self, features: StepFeatures) -> Verdict:
+        """Update the detector with one token."""
+        self.tokens += 1
+        self._detector.update(features)
+        return self.verdict
+
+    @property
+    def verdict(self) -> Verdict:
+        """The detector's verdict, indexed in the completion."""
+        return shifted(self._detector.verdict, self._offset)
+
+    def report(self) -> StabilityReport:
+        """The ``stability`` object for this attempt (the gate adds its own section)."""
+        verdict = self.verdict
+        summary = self._detector.summary()
+        bands = {
+            band.name: BandReport(layers=list(band.layers), **summary["bands"].get(band.name, {}))
+            for band in self.calibration.bands
+        }
+        return StabilityReport(
+            verdict=verdict.level.value,
+            reasons=[StabilityReason(**r.to_dict()) for r in verdict.reasons],
+            onset_token=verdict.onset_token,
+            last_stable_token=verdict.last_stable_token,
+            tokens_monitored=self.tokens,
+            entropy_mean=summary.get("entropy_mean"),
+            repetition_mean=summary.get("text_repetition_mean"),
+            bands=bands,
+            calibration=f"{self.calibration.model}@{self.calibration.created}",
+        )
+
+    def band_stats(self) -> dict[str, dict[str, float]]:
+        """Per-band window statistics of this attempt (empty before its first token)."""
+        return self._detector.summary()["bands"] if self.tokens else {}
+
+
+def shifted(verdict: Verdict, offset: int) -> Verdict:
+    """``verdict`` with its token indices moved ``offset`` tokens later."""
+    if not offset:
+        return verdict
+
+    def later(index: int | None) -> int | None:
+        return None if index is None else index + offset
+
+    return replace(
+        verdict,
+        token_index=verdict.token_index + offset,
+        reasons=tuple(replace(r, since_token=r.since_token + offset) for r in verdict.reasons),
+        onset_token=later(verdict.onset_token),
+        last_stable_token=later(verdict.last_stable_token),
+    )
