@@ -75,8 +75,8 @@ test-load: $(INSTALLED)
 # native fast path and the drain use fails here, not in production. A few minutes.
 NEWEST_VENV ?= .venv-newest
 NEWEST_TESTS := tests/proxy/test_native.py tests/proxy/test_passthrough.py tests/proxy/test_faults.py \
-	tests/proxy/test_pool.py tests/proxy/test_openai_backend.py tests/workers tests/test_drain.py \
-	tests/security/test_reload.py tests/security/test_guard.py
+	tests/upstream/test_pool.py tests/backends/test_openai_backend.py tests/workers tests/test_drain.py \
+	tests/security/test_reload.py tests/security/test_guards.py
 
 ## test-newest: the proxy tests against the newest dependency versions the bounds allow (own virtualenv)
 test-newest:
