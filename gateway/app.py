@@ -66,7 +66,11 @@ def create_app(
 
     # FastAPI's own OpenTelemetry hooks cost a provider lookup per request; metrics are Prometheus here.
     telemetry = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry)
+    # The schema and docs pages describe the deployment to anyone who asks: off unless the operator wants them.
+    docs = {"openapi_url": "/openapi.json", "docs_url": "/docs", "redoc_url": "/redoc"}
+    if not settings.api_docs:
+        docs = dict.fromkeys(docs)
+    app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry, **docs)
     drain = Drain()
     app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()), drain=drain)
     app.state.worker_expositions = (

@@ -92,6 +92,14 @@ class Settings(BaseSettings):
     max_batch: int = _setting(8, "embedded engine: requests decoded together", ge=1)
     max_queue: int = _setting(64, "embedded engine: requests waiting for a slot before 429", ge=0)
     max_model_len: int = _setting(2048, "embedded engine: prompt plus completion tokens", ge=1)
+    default_max_tokens: int = _setting(
+        1024,
+        "embedded engine: completion limit of a request that names none, within the context (0: the context left)",
+        ge=0,
+    )
+    max_tokens_limit: int = _setting(
+        0, "embedded engine: largest max_tokens a request may ask for, 400 above (0: only the context bounds it)", ge=0
+    )
     capture: bool = _setting(True, "capture hidden states and run the monitors")
     calibration: str = _setting("", "calibration file (default: the one shipped for the model)")
     bands: str = _setting("", "layer bands, e.g. 'early=4,7;middle=13,17;late=23,27' (default: calibration's)")
@@ -115,10 +123,22 @@ class Settings(BaseSettings):
     )
     upstream_connect_timeout: float = _setting(2.0, "seconds to open a connection to an upstream before failover", gt=0)
     upstream_read_timeout: float = _setting(
-        300.0, "longest wait in seconds for an upstream's next byte (a whole answer when not streaming)", gt=0
+        300.0,
+        "seconds an upstream has for its response head, and for a whole answer when not streaming (or the first "
+        "event of a stream)",
+        gt=0,
+    )
+    upstream_event_timeout: float = _setting(
+        60.0, "longest wait in seconds between two events of a streamed answer (comments do not count)", gt=0
+    )
+    upstream_max_response_bytes: int = _setting(
+        16 * 1024 * 1024, "largest non-streamed upstream answer relayed (502 above; never buffered past it)", gt=0
     )
     upstream_max_connections: int = _setting(1024, "open connections per upstream, at most", ge=1)
     upstream_health_interval: float = _setting(5.0, "seconds between health checks of each upstream", gt=0)
+    upstream_health_timeout: float = _setting(
+        5.0, "seconds a whole health check may take before the upstream is down", gt=0
+    )
     upstream_continuation: str = _setting(
         "continue_final_message",
         "how rescue continues an accepted prefix on an openai upstream: chat requests end with the prefix as "
@@ -145,13 +165,31 @@ class Settings(BaseSettings):
     api_keys_file: str = _setting(
         "", "file of API keys, one 'name:key' or 'name:sha256:HEX' per line (reloaded on change and on SIGHUP)"
     )
+    auth_failure_limit: int = _setting(
+        10,
+        "failed API-key attempts a client address may make per window before every request of it gets 429 (0: off)",
+        ge=0,
+    )
+    auth_failure_window: float = _setting(60.0, "seconds of the window of auth_failure_limit", gt=0)
     rate_limit_rps: float = _setting(0.0, "requests per second allowed per API key (0: unlimited)", ge=0)
     rate_limit_burst: int = _setting(0, "requests a key may send at once above its rate (0: one second's worth)", ge=0)
     rate_limit_tpm: int = _setting(
         0, "prompt plus completion tokens per minute allowed per API key (0: unlimited)", ge=0
     )
     max_request_bytes: int = _setting(4 * 1024 * 1024, "largest request body accepted (413 above)", ge=1)
+    http_max_header_bytes: int = _setting(64 * 1024, "largest request head (request line and headers; 431 above)", gt=0)
+    http_header_timeout: float = _setting(
+        10.0, "seconds a client has to send a request's head, from connecting or from its first byte (408 after)", gt=0
+    )
+    http_body_timeout: float = _setting(
+        60.0, "seconds a client has to send a whole request body once its head arrived (408 after)", gt=0
+    )
+    http_keepalive_timeout: float = _setting(5.0, "seconds an idle kept-alive client connection stays open", gt=0)
+    http_max_connections: int = _setting(
+        0, "client connections open at once; more are answered 503 and closed (0: from the file-descriptor limit)", ge=0
+    )
     cors_origins: CommaList = _setting("", "origins allowed by CORS, comma-separated, or '*' (empty: CORS off)")
+    api_docs: bool = _setting(False, "serve the gateway's own OpenAPI schema and docs: /openapi.json, /docs, /redoc")
     metrics_port: int = _setting(
         0, "serve /metrics on this port only, not on the API port (0: on the API port)", ge=0, le=65535
     )

@@ -18,6 +18,7 @@ __all__ = [
     "ContentBlocked",
     "ContextLengthExceeded",
     "EngineFailure",
+    "HeaderTooLarge",
     "InvalidRequest",
     "ModelNotFound",
     "NotFound",
@@ -25,8 +26,10 @@ __all__ = [
     "OpenAIError",
     "Overloaded",
     "RateLimited",
+    "RequestTimeout",
     "RequestTooLarge",
     "ShuttingDown",
+    "TooManyConnections",
     "UnsupportedParameter",
     "UpstreamError",
     "UpstreamRejected",
@@ -82,6 +85,27 @@ class RequestTooLarge(InvalidRequest):
 
     status_code = 413
     default_code = "request_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client took longer than its deadline to send a request's head or body (408)."""
+
+    status_code = 408
+    default_code = "request_timeout"
+
+
+class HeaderTooLarge(InvalidRequest):
+    """The request line and headers are over the configured size limit (431)."""
+
+    status_code = 431
+    default_code = "request_header_too_large"
+
+
+class TooManyConnections(OpenAIError):
+    """The server holds as many client connections as it may (503)."""
+
+    status_code = 503
+    default_code = "too_many_connections"
 
 
 class AuthenticationFailed(OpenAIError):

@@ -20,6 +20,7 @@ __all__ = [
     "ERRORS",
     "GATEWAY_OVERHEAD",
     "GATE_ACTIONS",
+    "HTTP_REFUSED",
     "IN_FLIGHT",
     "PARTICIPATION_RATIO",
     "RANK_MARGIN",
@@ -168,6 +169,12 @@ GATEWAY_OVERHEAD = Histogram(
     "Time a request spent in the gateway itself, excluding waits on the upstream",
     ["endpoint", "backend"],
     buckets=OVERHEAD_BUCKETS,
+)
+HTTP_REFUSED = Counter(
+    "sinkwatch_http_refused_total",
+    "Client connections and requests refused at the HTTP edge, by reason "
+    "(header_too_large, header_timeout, body_timeout, connection_limit, bad_request, upgrade)",
+    ["reason"],
 )
 AUTH_FAILURES = Counter("sinkwatch_auth_failures_total", "Rejected API keys, by reason (missing, invalid)", ["reason"])
 RATE_LIMITED = Counter("sinkwatch_rate_limited_total", "Requests refused by a rate limit, by limit", ["limit"])

@@ -1,5 +1,5 @@
-"""The HTTP server: uvicorn, with the native proxy fast path as its protocol when the app has one, and a
-graceful drain on SIGTERM.
+"""The HTTP server: uvicorn, with the gateway's edge protocol (and the native proxy fast path when the app has
+one), and a graceful drain on SIGTERM.
 
 The drain, for rolling restarts behind a load balancer or a Kubernetes Service: SIGTERM turns
 ``/readyz`` to 503 while the gateway goes on accepting and serving for ``--drain-delay`` seconds (time
@@ -23,7 +23,9 @@ from fastapi import FastAPI
 
 from gateway.config import Settings
 from gateway.drain import Drain
-from gateway.proxy.native import FastPathProtocol, protocol_class
+from gateway.edge.limits import EdgeLimits
+from gateway.edge.protocol import EdgeProtocol
+from gateway.proxy.native import protocol_class
 
 __all__ = ["LAST_GRACE", "DrainingServer", "http_protocol", "run_server"]
 
@@ -32,10 +34,13 @@ log = logging.getLogger(__name__)
 LAST_GRACE = 5.0  # seconds after the shutdown timeout for ended requests to say so before uvicorn cancels
 
 
-def http_protocol(app: FastAPI) -> type[FastPathProtocol] | str:
-    """uvicorn's ``http`` setting for a :func:`gateway.app.create_app` app."""
+def http_protocol(app: FastAPI) -> type[EdgeProtocol]:
+    """uvicorn's ``http`` setting for a :func:`gateway.app.create_app` app: the edge protocol held to the
+    app's ``http_*`` settings, with the native fast path when the app has one."""
+    limits = EdgeLimits.from_settings(app.state.serving.settings)
     fast_path = getattr(app.state, "fast_path", None)
-    return protocol_class(fast_path) if fast_path is not None else "auto"
+    protocol = protocol_class(fast_path) if fast_path is not None else EdgeProtocol
+    return protocol.bound(limits)
 
 
 class DrainingServer(uvicorn.Server):

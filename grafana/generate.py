@@ -35,7 +35,8 @@ class Panel:
     """A panel: ``kind`` is timeseries, stat or heatmap.
 
     ``requires`` names what a stack needs for the panel to have data: ``proxy`` (a gateway with an upstream
-    pool: openai or vllm backend), ``auth`` (API keys or rate limits configured) or ``vllm`` (vLLM's plugin).
+    pool: openai or vllm backend), ``auth`` (API keys or rate limits configured), ``vllm`` (vLLM's plugin) or
+    ``refusals`` (clients refused at the HTTP edge).
     """
 
     title: str
@@ -236,6 +237,14 @@ PROXY = Row(
             (Query(f"sum by (limit) (rate(sinkwatch_rate_limited_total{RATE}))", "{{limit}}"),),
             unit="reqps",
             requires="auth",
+        ),
+        Panel(
+            "HTTP edge refusals",
+            "Client connections and requests refused at the HTTP edge, by reason: oversized heads, slow heads or "
+            "bodies, connections over the limit, unparsable requests, upgrades (docs/RUNBOOK.md).",
+            (Query(f"sum by (reason) (rate(sinkwatch_http_refused_total{RATE}))", "{{reason}}"),),
+            unit="reqps",
+            requires="refusals",
         ),
     ),
 )

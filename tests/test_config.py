@@ -184,3 +184,11 @@ def test_sinkwatch_config_refuses_a_typo_with_an_error():
     )
     assert refused.returncode != 0
     assert f"unknown setting 'prot' in environment variable {ENV_PREFIX}PROT" in refused.stderr
+
+
+@pytest.mark.parametrize("name", ["http_header_timeout", "http_max_header_bytes", "upstream_event_timeout"])
+def test_limits_and_deadlines_must_be_positive(name):
+    with pytest.raises(ValueError, match=f"{name}: Input should be greater than 0"):
+        load_settings(None, environ={f"{ENV_PREFIX}{name.upper()}": "0"})
+    with pytest.raises(ValueError, match="http_max_connections: Input should be greater than or equal to 0"):
+        load_settings(None, environ={f"{ENV_PREFIX}HTTP_MAX_CONNECTIONS": "-1"})

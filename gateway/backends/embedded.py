@@ -3,13 +3,13 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 from gateway.engine.engine import EmbeddedEngine
 from gateway.engine.engine_config import EngineConfig
+from gateway.engine.intake import RequestIntake
 from gateway.engine.loader import load_model
 from gateway.engine.provision import provision
-from gateway.generation import ChatPrompt, GenerationEvent, GenerationRequest, StartEvent
+from gateway.generation import GenerationEvent, GenerationRequest, StartEvent
 from monitors.bands import LayerBand
 
 __all__ = ["EmbeddedBackend"]
@@ -36,6 +36,7 @@ class EmbeddedBackend:
         self._bands = bands
         self._extractor_options = extractor_options
         self.engine: EmbeddedEngine | None = None
+        self.intake: RequestIntake | None = None
 
     @property
     def ready(self) -> bool:
@@ -45,8 +46,10 @@ class EmbeddedBackend:
         return [self._served_name]
 
     async def start(self) -> None:
-        self.engine = await asyncio.to_thread(self._build_engine)
-        self.engine.start()
+        engine = await asyncio.to_thread(self._build_engine)
+        self.intake = RequestIntake(engine.loaded, self._config)
+        self.engine = engine
+        engine.start()
         log.info("embedded engine ready: %s (%d layers)", self._served_name, self.engine.loaded.num_layers)
 
     def _build_engine(self) -> EmbeddedEngine:
@@ -57,18 +60,14 @@ class EmbeddedBackend:
         return EmbeddedEngine(loaded, self._config, bands, self._extractor_options)
 
     async def close(self) -> None:
+        if self.intake is not None:
+            self.intake.close()
         if self.engine is not None:
             await asyncio.to_thread(self.engine.shutdown)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
-        engine = self.engine
-        prompt_ids = engine.encode_prompt(request)
-        sampling = request.sampling
-        if sampling.max_tokens is None:
-            request = replace(request, sampling=replace(sampling, max_tokens=engine.context_left(len(prompt_ids))))
-        prompt_param = "messages" if isinstance(request.prompt, ChatPrompt) else "prompt"
-        engine.check_fits(len(prompt_ids), request.sampling.max_tokens, prompt_param, "max_tokens")
-        events = engine.submit(request, prompt_ids)
+        request, prompt_ids = await self.intake.prepare(request)
+        events = self.engine.submit(request, prompt_ids)
         try:
             yield StartEvent(prompt_tokens=len(prompt_ids))
             async for event in events:

@@ -34,6 +34,8 @@ def build_backend(settings: Settings, calibration: Calibration | None) -> Backen
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
         max_model_len=settings.max_model_len,
+        default_max_tokens=settings.default_max_tokens,
+        max_tokens_limit=settings.max_tokens_limit,
         capture=settings.capture,
         window=calibration.window if calibration else EngineConfig.window,
     )

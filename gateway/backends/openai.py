@@ -137,7 +137,7 @@ class OpenAIBackend:
                 raise await response.error()
             check_event_stream(response)
             if self.reader is not None and request.monitor:
-                reading = self.reader.open(request)
+                reading = await self.reader.open(request)
             yield StartEvent(prompt_tokens=None)
             finish_reason, usage, chunks = None, {}, 0
             async for batch in event_batches(response):

@@ -85,15 +85,19 @@ class Reader:
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
 
-    def open(self, request: GenerationRequest) -> "ReadingSession | None":
+    async def open(self, request: GenerationRequest) -> "ReadingSession | None":
         """A session reading this request's completion, or None (not loaded, too busy, or a token-id prompt,
-        which only the upstream's tokenizer understands)."""
+        which only the upstream's tokenizer understands). The prompt is templated and tokenized on the
+        worker thread, never on the event loop."""
         prompt = request.prompt
         if self.loaded is None or self.active >= self.max_streams:
             return None
         if isinstance(prompt, TextPrompt) and prompt.token_ids is not None:
             return None
-        return ReadingSession(self, encode_prompt(self.loaded, request))
+        prompt_ids = await self.run(encode_prompt, self.loaded, request)
+        if self.active >= self.max_streams:  # others opened while this prompt was tokenized
+            return None
+        return ReadingSession(self, prompt_ids)
 
     async def run(self, function, *args) -> Any:
         """Run ``function`` on the reader's worker thread."""

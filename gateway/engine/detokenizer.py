@@ -2,6 +2,8 @@
 
 from collections.abc import Sequence
 
+from gateway.engine.stops import StopMatcher
+
 __all__ = ["IncrementalDetokenizer"]
 
 
@@ -9,12 +11,13 @@ class IncrementalDetokenizer:
     """Turns a stream of token ids into text deltas, never splitting a multi-byte character.
 
     Stop strings end the text before the stop (the stop itself is never sent); text that could still
-    become a stop string is held back until it cannot.
+    become a stop string is held back until it cannot. Each token's text is matched once, as it arrives
+    (:class:`~gateway.engine.stops.StopMatcher`), so the cost is linear in the generated text.
     """
 
     def __init__(self, tokenizer, stop: Sequence[str] = ()) -> None:
         self._tokenizer = tokenizer
-        self._stop = tuple(s for s in stop if s)
+        self._stops = StopMatcher(stop)
         self._ids: list[int] = []
         self._prefix_offset = 0
         self._read_offset = 0
@@ -33,21 +36,22 @@ class IncrementalDetokenizer:
         new_text = self._decode(self._ids[self._prefix_offset :])
         if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
             return ""
-        self._pending += new_text[len(prefix_text) :]
+        delta = new_text[len(prefix_text) :]
         self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
-        return self._release()
+        return self._release(delta)
 
-    def _release(self) -> str:
-        if not self._stop:
+    def _release(self, delta: str) -> str:
+        held_before = len(self._pending)
+        self._pending += delta
+        if not self._stops:
             out, self._pending = self._pending, ""
             return out
-        hits = [i for i in (self._pending.find(s) for s in self._stop) if i >= 0]
-        if hits:
+        start = self._stops.feed(delta)
+        if start is not None:
             self.stopped = True
-            out, self._pending = self._pending[: min(hits)], ""
+            out, self._pending = self._pending[: held_before + start], ""
             return out
-        held = max((k for s in self._stop for k in range(1, len(s)) if self._pending.endswith(s[:k])), default=0)
-        cut = len(self._pending) - held
+        cut = len(self._pending) - self._stops.held
         out, self._pending = self._pending[:cut], self._pending[cut:]
         return out
 

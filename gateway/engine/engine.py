@@ -12,7 +12,7 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -23,8 +23,8 @@ from gateway.engine.batch import BatchCache
 from gateway.engine.detokenizer import IncrementalDetokenizer
 from gateway.engine.engine_config import EngineConfig
 from gateway.engine.loader import LoadedModel
-from gateway.engine.sampling import RowSampler, sample_batch
-from gateway.errors import ContextLengthExceeded, EngineFailure, InvalidRequest, Overloaded
+from gateway.engine.sampling import RowSampler
+from gateway.errors import EngineFailure, InvalidRequest, Overloaded
 from gateway.generation import (
     ChatPrompt,
     FinishEvent,
@@ -41,6 +41,8 @@ from monitors.features import FeatureExtractor, StepFeatures
 __all__ = ["EmbeddedEngine", "encode_prompt"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 def _thread_safe_put(
@@ -177,22 +179,6 @@ class EmbeddedEngine:
         """Token ids of the prompt (chat template applied) plus any accepted continuation."""
         return encode_prompt(self.loaded, request)
 
-    def check_fits(self, prompt_length: int, max_tokens: int, prompt_param: str, limit_param: str) -> None:
-        """Raise a 400 when prompt plus ``max_tokens`` (at least one token) exceed the context."""
-        limit = min(self.config.max_model_len, self.loaded.max_context)
-        requested = prompt_length + max(max_tokens, 1)
-        if requested > limit:
-            raise ContextLengthExceeded(
-                f"This model's maximum context length is {limit} tokens. However, you requested "
-                f"{requested} tokens ({prompt_length} in the prompt, {max(max_tokens, 1)} in the "
-                "completion). Please reduce the length of the prompt or completion.",
-                param=prompt_param if prompt_length >= limit else limit_param,
-            )
-
-    def context_left(self, prompt_length: int) -> int:
-        """Tokens that can still be generated after a prompt of this length."""
-        return min(self.config.max_model_len, self.loaded.max_context) - prompt_length
-
     def submit(self, request: GenerationRequest, prompt_ids: list[int]) -> AsyncIterator[GenerationEvent]:
         """Queue a request now (raising ``Overloaded`` when the queue is full); iterate the result for its
         events. Closing the iterator early frees the slot."""
@@ -239,9 +225,9 @@ class EmbeddedEngine:
                     continue
                 try:
                     self._decode_step()
-                except Exception as exc:  # every failure must reach the clients of the batch
+                except Exception as exc:  # the batch's forward pass: every client of the batch must hear of it
                     log.exception("decode step failed for a batch of %d", len(self._active))
-                    self._fail_active(EngineFailure(f"generation failed: {type(exc).__name__}: {exc}"))
+                    self._fail_active(EngineFailure(f"generation failed: {type(exc).__name__}"))
                 self._retire()
         with self._cond:
             self._active.extend(self._waiting)
@@ -257,7 +243,7 @@ class EmbeddedEngine:
             self._advance([sequence], out.logits[:, -1].float())
         except Exception as exc:  # a failed prefill fails its own request only
             log.exception("prefill failed for request %s", sequence.request.request_id)
-            sequence.emit(EngineFailure(f"prefill failed: {type(exc).__name__}: {exc}"))
+            sequence.emit(EngineFailure(f"prefill failed: {type(exc).__name__}"))
             sequence.finished = True
             return
         if not sequence.finished:
@@ -277,30 +263,54 @@ class EmbeddedEngine:
         self._advance(self._active, out.logits[:, -1].float())
 
     def _advance(self, sequences: list[_Sequence], logits: torch.Tensor) -> None:
-        """Sample one token for each sequence, emit it with its features, finish those that are done."""
+        """Sample one token for each sequence, emit it with its features, finish those that are done.
+
+        Each sequence's own work (sampling, detokenising, stop strings) fails that sequence alone.
+        """
         monitored = any(s.extractor is not None for s in sequences)
         states = self._capture.take().numpy() if self._capture is not None else None
         token_entropy = next_token_entropies(logits).tolist() if monitored else None
-        tokens = sample_batch(logits, [s.sampler for s in sequences])
+        tokens = [
+            self._guarded(sequence, "sampling", sequence.sampler.sample, row)
+            for sequence, row in zip(sequences, logits, strict=True)
+        ]
         features = self._features(sequences, states, token_entropy, tokens) if monitored else [None] * len(tokens)
         for sequence, token, token_features in zip(sequences, tokens, features, strict=True):
-            sequence.output_ids.append(token)
-            if token in self.loaded.eos_token_ids:
-                sequence.emit(TokenEvent("", token, token_features))
-                sequence.finish("stop")
-                continue
-            sequence.emit(TokenEvent(sequence.detokenizer.push(token), token, token_features))
-            if sequence.detokenizer.stopped:
-                sequence.finish("stop")
-            elif len(sequence.output_ids) >= sequence.request.sampling.max_tokens:
-                sequence.finish("length")
+            if token is not None:
+                self._guarded(sequence, "detokenising", self._emit, sequence, token, token_features)
+
+    def _emit(self, sequence: _Sequence, token: int, features: StepFeatures | None) -> None:
+        """Hand one sampled token to its client; finish the sequence at EOS, a stop string or its limit."""
+        sequence.output_ids.append(token)
+        if token in self.loaded.eos_token_ids:
+            sequence.emit(TokenEvent("", token, features))
+            sequence.finish("stop")
+            return
+        sequence.emit(TokenEvent(sequence.detokenizer.push(token), token, features))
+        if sequence.detokenizer.stopped:
+            sequence.finish("stop")
+        elif len(sequence.output_ids) >= sequence.request.sampling.max_tokens:
+            sequence.finish("length")
+
+    @staticmethod
+    def _guarded(sequence: _Sequence, stage: str, step: Callable[..., _T], *args: Any) -> _T | None:
+        """``step(*args)``, or None after failing ``sequence`` alone (logged with its traceback) if it raises."""
+        try:
+            return step(*args)
+        except Exception as exc:
+            log.exception("%s failed for request %s", stage, sequence.request.request_id)
+            sequence.emit(EngineFailure(f"generation failed while {stage}: {type(exc).__name__}"))
+            sequence.finished = True
+            return None
 
     @staticmethod
     def _features(
-        sequences: list[_Sequence], states: np.ndarray, token_entropy: list[float], tokens: list[int]
+        sequences: list[_Sequence], states: np.ndarray, token_entropy: list[float], tokens: list[int | None]
     ) -> list[StepFeatures | None]:
-        """Each monitored row's features, computed for the whole step at once."""
-        rows = [row for row, sequence in enumerate(sequences) if sequence.extractor is not None]
+        """Each monitored row's features (rows whose sampling failed have none), computed for the whole step."""
+        rows = [
+            row for row, sequence in enumerate(sequences) if sequence.extractor is not None and tokens[row] is not None
+        ]
         pushed = FeatureExtractor.push_many(
             [sequences[row].extractor for row in rows],
             states[rows],

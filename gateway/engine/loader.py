@@ -18,6 +18,7 @@ class LoadedModel:
     tokenizer: object
     eos_token_ids: frozenset[int]
     max_context: int
+    max_token_chars: int  # characters of the longest token: a bound on the characters any token covers
 
     @property
     def decoder_layers(self) -> torch.nn.ModuleList:
@@ -48,6 +49,9 @@ def load_model(folder: Path, name: str) -> LoadedModel:
         tokenizer=tokenizer,
         eos_token_ids=frozenset(eos),
         max_context=int(getattr(model.config, "max_position_embeddings", 2048)),
+        # Vocabulary entries spell a byte-level token one character per byte, so their length bounds the
+        # characters of text the token stands for.
+        max_token_chars=max(map(len, tokenizer.get_vocab())),
     )
 
 

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StrictInt, model_validator
 
 from gateway.errors import UnsupportedParameter
 from gateway.protocol.common import SamplingFields, StrictModel, Usage
@@ -67,8 +67,8 @@ _UNSUPPORTED = {
 
 class ChatCompletionRequest(SamplingFields):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None
@@ -125,7 +125,6 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
-    system_fingerprint: str | None = None
     stability: StabilityReport | None = Field(None, exclude_if=lambda v: v is None)
 
 
@@ -148,5 +147,4 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = Field(None, exclude_if=lambda v: v is None)
-    system_fingerprint: str | None = None
     stability: StabilityReport | None = Field(None, exclude_if=lambda v: v is None)

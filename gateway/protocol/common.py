@@ -2,12 +2,17 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, model_validator
 
-from gateway.errors import UnsupportedParameter
+from gateway.errors import InvalidRequest, UnsupportedParameter
 from gateway.generation import SamplingParams
 
 __all__ = ["ErrorResponse", "GateOptions", "SamplingFields", "StrictModel", "Usage"]
+
+# Stop sequences per request (OpenAI's limit) and characters per stop sequence (this server's: matching is
+# linear in the generated text, but each stop string costs its length in memory and set-up per request).
+MAX_STOP_SEQUENCES = 4
+MAX_STOP_CHARS = 1024
 
 
 class StrictModel(BaseModel):
@@ -28,18 +33,23 @@ class GateOptions(StrictModel):
 
 
 class SamplingFields(StrictModel):
-    """Sampling parameters common to both endpoints, with OpenAI's ranges."""
+    """Sampling parameters common to both endpoints, with OpenAI's ranges.
+
+    Strict types: a boolean is no number (``temperature: true``), a float no count (``max_tokens: 4.0``),
+    as OpenAI and vLLM answer; the proxy fast path checks the counts it reads the same way
+    (``gateway.proxy.checks``). Ranges keep out infinities; strict JSON keeps out NaN.
+    """
 
     model: str
-    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
-    seed: Annotated[int, Field(ge=-(2**63), lt=2**63)] | None = None
+    temperature: Annotated[StrictFloat, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[StrictFloat, Field(gt=0, le=1)] | None = None
+    seed: Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)] | None = None
     stop: str | list[str] | None = None
-    presence_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] | None = None
-    repetition_penalty: Annotated[float, Field(gt=0, le=10)] | None = None
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
+    presence_penalty: Annotated[StrictFloat, Field(ge=-2, le=2)] | None = None
+    frequency_penalty: Annotated[StrictFloat, Field(ge=-2, le=2)] | None = None
+    repetition_penalty: Annotated[StrictFloat, Field(gt=0, le=10)] | None = None
+    logit_bias: dict[str, Annotated[StrictFloat, Field(ge=-100, le=100)]] | None = None
+    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     sinkwatch: GateOptions | None = None
@@ -54,8 +64,11 @@ class SamplingFields(StrictModel):
     def _supported(self) -> "SamplingFields":
         if self.n not in (None, 1):
             raise UnsupportedParameter("n > 1 is not supported; send one request per choice", param="n")
-        if isinstance(self.stop, list) and len(self.stop) > 4:
-            raise UnsupportedParameter("at most 4 stop sequences are supported", param="stop")
+        stops = [self.stop] if isinstance(self.stop, str) else self.stop or []
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise UnsupportedParameter(f"at most {MAX_STOP_SEQUENCES} stop sequences are supported", param="stop")
+        if any(len(stop) > MAX_STOP_CHARS for stop in stops):
+            raise InvalidRequest(f"a stop sequence may have at most {MAX_STOP_CHARS} characters", param="stop")
         if self.stream_options is not None and not self.stream:
             raise UnsupportedParameter("stream_options is only allowed when stream is true", param="stream_options")
         for key in self.logit_bias or {}:

@@ -2,7 +2,7 @@
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, StrictInt, model_validator
 
 from gateway.errors import UnsupportedParameter
 from gateway.protocol.common import SamplingFields, Usage
@@ -18,7 +18,7 @@ def _is_batch(prompt: object) -> bool:
 
 class CompletionRequest(SamplingFields):
     prompt: str | list[str] | list[int] | list[list[int]]
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = 16
     best_of: int | None = None
     echo: bool | None = None
     suffix: str | None = None
@@ -57,5 +57,4 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = Field(None, exclude_if=lambda v: v is None)
-    system_fingerprint: str | None = None
     stability: StabilityReport | None = Field(None, exclude_if=lambda v: v is None)

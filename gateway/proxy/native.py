@@ -4,8 +4,9 @@ Through ASGI, a relayed request spent about a third of the gateway's CPU in the 
 cycle and the ASGI layers (message dicts, middleware calls, header checks, a second task watching for
 disconnects), three times the proxy's own work (docs/BENCHMARKS.md).
 
-:class:`FastPathProtocol` is uvicorn's ``httptools`` protocol: it parses, keeps connections alive, times
-out idle ones, controls flow and shuts down as uvicorn does, and serves every request through the ASGI
+:class:`FastPathProtocol` is the gateway's edge protocol (uvicorn's ``httptools`` one held to the limits
+of :mod:`gateway.edge.protocol`): it parses, keeps connections alive, times out idle and slow ones, controls
+flow and shuts down as uvicorn does, and serves every request through the ASGI
 app as before, except ``POST /v1/chat/completions`` and ``POST /v1/completions`` for a backend that
 relays unchanged. Those it hands to a :class:`NativeExchange`, which runs the same guards (API keys,
 rate limits, body size) and the same :class:`~gateway.proxy.proxied_request.ProxiedRequest`, and writes the
@@ -27,14 +28,15 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gateway.backends.openai import OpenAIBackend
 from gateway.drain import Drain
+from gateway.edge.protocol import EdgeProtocol
 from gateway.errors import SERVER_ERROR, OpenAIError, RequestTooLarge
 from gateway.proxy.channel import ClientChannel, ClientGone, Headers
 from gateway.proxy.proxied_request import ROUTES, ProxiedRequest
-from gateway.security.admission import Admission
+from gateway.security.admission import Admission, client_address
 from gateway.security.guards import too_large
 
 __all__ = ["FastPath", "FastPathProtocol", "NativeExchange", "protocol_class"]
@@ -90,7 +92,7 @@ class NativeExchange(ClientChannel):
         self._gone: Callable[[], None] | None = None
         self._head = b""
         self._chunked = False
-        self._started = False
+        self.response_started = False
 
     def _notify(self) -> None:
         if self.disconnected and self._gone is not None:
@@ -108,7 +110,7 @@ class NativeExchange(ClientChannel):
             pass
         except Exception:
             log.exception("unexpected error serving %s", self.route[1])
-            if self._started:
+            if self.response_started:
                 self.transport.close()
             else:
                 self.keep_alive = False
@@ -116,7 +118,7 @@ class NativeExchange(ClientChannel):
 
     async def _serve(self) -> None:
         endpoint = self.route[0]
-        refused = self.fast_path.admission.refusal(self.headers)
+        refused = self.fast_path.admission.refusal(self.headers, client_address(self.protocol.client))
         if refused is not None:
             error, extra = refused
             await self.respond_error(error, endpoint, [(k.encode(), v.encode()) for k, v in extra.items()])
@@ -154,7 +156,7 @@ class NativeExchange(ClientChannel):
         return bytes(self.body)  # received whole before the request is proxied
 
     async def start(self, status: int, headers: Headers) -> None:
-        self._started = True
+        self.response_started = True
         head = [STATUS_LINE[status]]
         self._chunked = True
         for name, value in (*self.protocol.server_state.default_headers, *headers):
@@ -197,15 +199,15 @@ class NativeExchange(ClientChannel):
         return stop
 
 
-class FastPathProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol; generation requests the fast path can take skip ASGI."""
+class FastPathProtocol(EdgeProtocol):
+    """The gateway's HTTP/1.1 protocol; generation requests the fast path can take skip ASGI."""
 
     fast_path: FastPath
 
-    def on_headers_complete(self) -> None:
+    def start_request(self) -> None:
         route = self._native_route()
         if route is None:
-            super().on_headers_complete()
+            super().start_request()
             return
         exchange = NativeExchange(self, route, self.fast_path)
         self.cycle = exchange  # type: ignore[assignment]  # the protocol uses it as its request cycle

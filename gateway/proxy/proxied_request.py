@@ -39,7 +39,6 @@ from gateway.upstream.pool import UpstreamResponse
 __all__ = ["ROUTES", "ProxiedRequest"]
 
 ROUTES = {"/v1/chat/completions": ("chat", "/chat/completions"), "/v1/completions": ("completions", "/completions")}
-MAX_RESPONSE_BYTES = 64 << 20
 DONE = b"data: [DONE]\n\n"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 POLICY_HEADER_BYTES = POLICY_HEADER.encode()
@@ -162,7 +161,7 @@ class ProxiedRequest:
 
     async def _relay_whole(self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]]) -> None:
         self.clock.pause()
-        body = await response.read_all(MAX_RESPONSE_BYTES)
+        body = await response.read_all(self.backend.pool.config.max_response_bytes)
         self.clock.resume()
         if response.content_type != "application/json":
             raise malformed(response, f"'{response.content_type or 'no content type'}' instead of JSON")

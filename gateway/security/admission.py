@@ -1,5 +1,5 @@
-"""Who may send an API request now: API keys (when configured), per-key request rate limits and per-key
-token budgets.
+"""Who may send an API request now: API keys (when configured), failed-key throttling per client address,
+per-key request rate limits and per-key token budgets.
 
 Asked once per ``/v1/`` request, by the ASGI :class:`~gateway.security.guards.Guard` and by the
 native proxy fast path alike. Refusals are counted here. The keys and limits in force can be replaced
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from gateway import metrics
 from gateway.errors import AuthenticationFailed, OpenAIError, RateLimited
+from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
 
-__all__ = ["ANONYMOUS", "Admission", "charge_tokens", "header"]
+__all__ = ["ANONYMOUS", "Admission", "charge_tokens", "client_address", "header"]
 
 ANONYMOUS = "anonymous"
 
@@ -31,6 +32,11 @@ def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def client_address(peer: tuple[str, int] | list | None) -> str:
+    """The host of a connection's peer (ASGI ``client``, uvicorn's ``protocol.client``); "" when unknown."""
+    return str(peer[0]) if peer else ""
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,11 @@ def charge_tokens(used: int) -> None:
 
 
 class Admission:
-    """API keys, request rate limits and token budgets; :attr:`enabled` when any is configured."""
+    """API keys, request rate limits and token budgets; :attr:`enabled` when any is configured. With keys, an
+    address that keeps failing authentication is throttled (``throttle``)."""
 
-    def __init__(self, keys: ApiKeys, limiter: RateLimiter, budget: RateLimiter) -> None:
+    def __init__(self, keys: ApiKeys, limiter: RateLimiter, budget: RateLimiter, throttle: AuthThrottle) -> None:
+        self.throttle = throttle
         self.configure(keys, limiter, budget)
 
     def configure(self, keys: ApiKeys, limiter: RateLimiter, budget: RateLimiter) -> None:
@@ -66,13 +74,24 @@ class Admission:
     def enabled(self) -> bool:
         return self.keys.enabled or self.limiter.enabled or self.budget.enabled
 
-    def refusal(self, headers: list[tuple[bytes, bytes]]) -> tuple[OpenAIError, dict[str, str]] | None:
-        """Why a ``/v1/`` request with these headers is refused (counted), with the headers to answer; or None."""
+    def refusal(self, headers: list[tuple[bytes, bytes]], address: str) -> tuple[OpenAIError, dict[str, str]] | None:
+        """Why a ``/v1/`` request with these headers from client ``address`` is refused (counted), with the
+        headers to answer; or None."""
         keys, limiter, budget = self.keys, self.limiter, self.budget
         name = ANONYMOUS
         if keys.enabled:
+            if self.throttle.enabled and (wait := self.throttle.wait(address)):
+                metrics.RATE_LIMITED.labels("auth_failures").inc()
+                error = RateLimited(
+                    "Too many requests with a missing or wrong API key from this address; "
+                    f"try again in {math.ceil(wait)}s.",
+                    code="auth_failures",
+                )
+                return error, {"retry-after": str(math.ceil(wait))}
             name = self._identify(keys, headers)
             if name is None:
+                if self.throttle.enabled:
+                    self.throttle.failed(address)
                 return self._unauthorized(headers)
         if limiter.enabled and (wait := limiter.check(name)):
             return _rate_limited("requests", wait)

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.errors import InvalidRequest, OpenAIError, RequestTooLarge, render_error
 from gateway.metrics import endpoint_label
-from gateway.security.admission import Admission, header
+from gateway.security.admission import Admission, client_address, header
 
 __all__ = ["BodyLimit", "Guard", "StrictJson", "invalid_json", "too_large"]
 
@@ -117,7 +117,7 @@ class Guard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            refused = self.admission.refusal(scope["headers"])
+            refused = self.admission.refusal(scope["headers"], client_address(scope.get("client")))
             if refused is not None:
                 await _refuse(*refused, scope, receive, send)
                 return

@@ -18,6 +18,7 @@ from collections.abc import Callable
 
 from gateway.config import Settings
 from gateway.security.admission import Admission
+from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter, SharedBuckets, token_budget
 
@@ -31,8 +32,9 @@ KEYS_FILE_POLL = 1.0  # seconds between looks at the keys file's modification ti
 
 def admission_for(settings: Settings, shared: SharedBuckets | None = None) -> Admission:
     """The admission of ``settings``: their keys (the file read now), rate limit and token budget, taking
-    tokens from ``shared`` buckets when given (workers)."""
-    return Admission(*_limits(settings, shared))
+    tokens from ``shared`` buckets when given (workers), and the failed-key throttle."""
+    throttle = AuthThrottle(settings.auth_failure_limit, settings.auth_failure_window)
+    return Admission(*_limits(settings, shared), throttle)
 
 
 def _limits(settings: Settings, shared: SharedBuckets | None) -> tuple[ApiKeys, RateLimiter, RateLimiter]:

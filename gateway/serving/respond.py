@@ -5,7 +5,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from gateway.drain import Drain
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 VERDICT_HEADER = "x-sinkwatch-verdict"
 ACTION_HEADER = "x-sinkwatch-action"
+CLIENT_CLOSED_REQUEST = 499
 
 
 class _SessionStream(StreamingResponse):
@@ -36,9 +37,14 @@ class _SessionStream(StreamingResponse):
             await self._session.aclose()
 
 
-async def whole_response(session: GenerationSession, shape: ResponseShape, http: Request, drain: Drain) -> JSONResponse:
-    """Collect the generation; a client that disconnects meanwhile cancels it, and so does the end of a
-    shutdown's timeout (a 503 ``shutting_down`` then, ``gateway.drain``)."""
+async def whole_response(session: GenerationSession, shape: ResponseShape, http: Request, drain: Drain) -> Response:
+    """Collect the generation; a client that disconnects meanwhile cancels it (outcome ``cancelled``), and so
+    does the end of a shutdown's timeout (a 503 ``shutting_down`` then, ``gateway.drain``).
+
+    The collector is cancelled and awaited before the session closes: closing the generation while the
+    collector is still inside it would fail (``aclose(): asynchronous generator is already running``).
+    Nobody reads the answer to a client that left; it is a bare 499 (nginx's "client closed request").
+    """
     collector = asyncio.ensure_future(_collect(session))
     watcher = asyncio.ensure_future(_wait_for_disconnect(http))
     try:
@@ -47,12 +53,11 @@ async def whole_response(session: GenerationSession, shape: ResponseShape, http:
             done, _ = await hold.interruptible(waiting)
     finally:
         watcher.cancel()
-        if not collector.done():
-            collector.cancel()
-            await asyncio.wait({collector})  # the generation it drives must stop before the session closes
+        collector.cancel()
+        await asyncio.wait({collector, watcher})
         await session.aclose()
     if collector not in done:
-        raise asyncio.CancelledError("client disconnected")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
     text = collector.result()
     report = session.report()
     body = shape.whole(text, session.finish_reason, session.usage, report)

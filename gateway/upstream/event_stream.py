@@ -3,7 +3,9 @@
 :func:`event_batches` turns a streaming :class:`UpstreamResponse` into batches of parsed ``data:``
 events (one batch per network read, so that a relay can forward them with one write), ending at
 ``[DONE]``. Whatever is wrong with the stream raises a counted ``UpstreamError``: bytes that are not
-events, an event that is not a JSON object, an error event, or an end without ``[DONE]``.
+events, an event that is not a JSON object, an error event, or an end without ``[DONE]``; and a counted
+``UpstreamTimeout`` when the first event does not come by the answer's deadline, or a next one within
+the response's ``event_timeout`` (comments, such as keepalives, do not count as events).
 """
 
 from collections.abc import AsyncIterator
@@ -11,6 +13,7 @@ from collections.abc import AsyncIterator
 import orjson
 
 from gateway.errors import UpstreamError
+from gateway.upstream.http import Deadline
 from gateway.upstream.pool import UpstreamResponse
 
 __all__ = ["DONE", "EventSplitter", "check_event_stream", "event_batches", "malformed"]
@@ -84,7 +87,9 @@ async def event_batches(response: UpstreamResponse) -> AsyncIterator[list[Event]
     """Batches of ``data:`` events up to ``[DONE]`` (not included); faults raise ``UpstreamError`` after the
     events that came before them."""
     splitter = EventSplitter()
-    while data := await response.read_chunk():
+    deadline = response.deadline
+    gap = response.event_timeout
+    while data := await response.read_chunk(deadline):
         received, problem = splitter.feed(data)
         batch = []
         for block, payload in received:
@@ -100,6 +105,7 @@ async def event_batches(response: UpstreamResponse) -> AsyncIterator[list[Event]
                 raise
         if batch:
             yield batch
+            deadline = Deadline.after(gap, f"the upstream sent no event for {gap:g} s")
         if problem is not None:
             raise malformed(response, f"a broken event stream ({problem})")
     raise malformed(response, "an event stream that ended without [DONE]")

@@ -8,20 +8,27 @@ microseconds. Failures come out as :class:`TransportError` subclasses named for 
 caller can count them and decide about failover.
 
 Backpressure: a response body is buffered up to ``HIGH_WATER`` bytes, then the socket stops being read
-until the consumer catches up. A response not read to its end is never reused: closing it early closes
-its connection (which is how an upstream learns that a client went away).
+until the consumer catches up (and the kernel holds at most ``RECEIVE_BUFFER`` bytes more). A response
+not read to its end is never reused: closing it early closes its connection (which is how an upstream
+learns that a client went away).
+
+Deadlines: every wait for bytes ends after ``read_timeout`` seconds; a :class:`Deadline` bounds a whole
+exchange besides (a response head that never ends, an answer dripped a byte at a time).
 """
 
 import asyncio
+import socket
 import ssl
+from dataclasses import dataclass
 from typing import ClassVar
 from urllib.parse import urlsplit
 
 import httptools
 
-__all__ = ["ConnectFailed", "HttpPool", "HttpResponse", "Origin", "ReadTimeout", "TransportError"]
+__all__ = ["ConnectFailed", "Deadline", "HttpPool", "HttpResponse", "Origin", "ReadTimeout", "TransportError"]
 
-HIGH_WATER = 1 << 20
+HIGH_WATER = 1 << 16
+RECEIVE_BUFFER = 1 << 17  # what the kernel holds of a response not being read (autotuning: up to megabytes)
 
 
 class TransportError(Exception):
@@ -52,6 +59,27 @@ class MalformedResponse(TransportError):
     """The bytes received are not a valid HTTP/1.1 response."""
 
     kind = "malformed"
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """A time on the event loop's clock by which something must have arrived, and what to say if not."""
+
+    at: float
+    missed: str
+
+    @classmethod
+    def after(cls, seconds: float, missed: str) -> "Deadline":
+        """``seconds`` from now."""
+        return cls(asyncio.get_running_loop().time() + seconds, missed)
+
+    def limit(self, timeout: float) -> tuple[float, str | None]:
+        """The wait allowed now, at most ``timeout``, and the deadline's message when the deadline is what
+        limits it; ``ReadTimeout`` once it has passed."""
+        left = self.at - asyncio.get_running_loop().time()
+        if left <= 0:
+            raise ReadTimeout(self.missed)
+        return (left, self.missed) if left < timeout else (timeout, None)
 
 
 class Origin:
@@ -97,6 +125,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
 
     def data_received(self, data: bytes) -> None:
         self.received_any = True
@@ -146,10 +175,13 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def wait(self, timeout: float) -> None:
-        """Until something arrives (or the connection breaks); ``ReadTimeout`` after ``timeout`` seconds."""
+    async def wait(self, timeout: float, deadline: Deadline | None = None) -> None:
+        """Until something arrives (or the connection breaks); ``ReadTimeout`` after ``timeout`` seconds, or
+        sooner at ``deadline``."""
+        timeout, missed = deadline.limit(timeout) if deadline is not None else (timeout, None)
         waiter = self._waiter = self.loop.create_future()
-        timer = self.loop.call_later(timeout, _expire, waiter, timeout)
+        message = missed or f"the upstream sent nothing for {timeout:g} s"
+        timer = self.loop.call_later(timeout, _expire, waiter, message)
         try:
             await waiter
         finally:
@@ -166,9 +198,9 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
 
-def _expire(waiter: asyncio.Future, timeout: float) -> None:
+def _expire(waiter: asyncio.Future, message: str) -> None:
     if not waiter.done():
-        waiter.set_exception(ReadTimeout(f"the upstream sent nothing for {timeout:g} s"))
+        waiter.set_exception(ReadTimeout(message))
 
 
 class HttpResponse:
@@ -187,8 +219,9 @@ class HttpResponse:
         """The media type, lower case, without parameters."""
         return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
-    async def read_chunk(self) -> bytes:
-        """Body bytes received and not read yet (waiting for some); ``b""`` once the body is complete."""
+    async def read_chunk(self, deadline: Deadline | None = None) -> bytes:
+        """Body bytes received and not read yet, at most ``HIGH_WATER`` (waiting for some, until ``deadline`` at
+        the latest); ``b""`` once the body is complete."""
         connection = self._connection
         while not connection.body:
             if connection.complete:
@@ -196,25 +229,29 @@ class HttpResponse:
                 return b""
             if connection.error is not None:
                 raise connection.error
-            await connection.wait(self._read_timeout)
-        data = bytes(connection.body)
-        connection.body.clear()
-        if connection.paused and not connection.lost:
+            await connection.wait(self._read_timeout, deadline)
+        body = connection.body
+        data = bytes(body[:HIGH_WATER])  # a burst is handed on in pieces: what waits behind a slow client stays small
+        del body[:HIGH_WATER]
+        if connection.paused and not body and not connection.lost:
             connection.paused = False
             connection.transport.resume_reading()
         return data
 
-    async def read_all(self, limit: int) -> bytes:
-        """The whole body; ``MalformedResponse`` when it is longer than ``limit`` bytes."""
-        parts: list[bytes] = []
-        size = 0
-        while chunk := await self.read_chunk():
-            size += len(chunk)
-            if size > limit:
+    async def read_all(self, limit: int, deadline: Deadline | None = None) -> bytes:
+        """The whole body (by ``deadline``); ``MalformedResponse`` as soon as it is known to be longer than
+        ``limit`` bytes (declared or received: never buffered past it)."""
+        declared = self.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            await self.aclose()
+            raise MalformedResponse(f"the upstream response is larger than {limit} bytes ({declared} declared)")
+        body = bytearray()
+        while chunk := await self.read_chunk(deadline):
+            if len(body) + len(chunk) > limit:
                 await self.aclose()
                 raise MalformedResponse(f"the upstream response is larger than {limit} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
+            body += chunk
+        return bytes(body)
 
     async def aclose(self) -> None:
         """Give the connection back if the body was read to its end, else close it."""
@@ -263,8 +300,10 @@ class HttpPool:
         body: bytes = b"",
         headers: dict[str, str] | None = None,
         read_timeout: float,
+        deadline: Deadline | None = None,
     ) -> HttpResponse:
-        """Send a request and wait for the response headers (``path`` is under the origin's prefix)."""
+        """Send a request and wait for the response headers, by ``deadline`` when given (``path`` is under the
+        origin's prefix)."""
         if self._slots.locked():
             try:
                 await asyncio.wait_for(self._slots.acquire(), self._connect_timeout)
@@ -274,7 +313,7 @@ class HttpPool:
             await self._slots.acquire()
         head = self._head(method, path, body, headers)
         try:
-            connection = await self._send(head, body, read_timeout)
+            connection = await self._send(head, body, read_timeout, deadline)
         except BaseException:
             self._slots.release()
             raise
@@ -291,7 +330,7 @@ class HttpPool:
             + b"\r\n"
         )
 
-    async def _send(self, head: bytes, body: bytes, read_timeout: float) -> _Connection:
+    async def _send(self, head: bytes, body: bytes, read_timeout: float, deadline: Deadline | None) -> _Connection:
         """Write the request on an idle connection (once more on a fresh one if the idle one had died)."""
         while True:
             connection = self._take_idle()
@@ -304,7 +343,7 @@ class HttpPool:
                 while not connection.headers_done:
                     if connection.error is not None:
                         raise connection.error
-                    await connection.wait(read_timeout)
+                    await connection.wait(read_timeout, deadline)
                 return connection
             except ConnectionBroken:
                 connection.close()

@@ -1,11 +1,17 @@
 """Several OpenAI-compatible upstreams used as one: health checks, balancing, failover, metrics.
 
 Each upstream is checked every ``health_interval`` seconds with ``GET <base>/models``, which also says
-which models it serves. A request goes to the healthy upstream serving its model with the fewest
-requests outstanding (ties rotate). Before anything has been sent to the client, a failed upstream
-(connection refused or broken before answering, or a 429/5xx status) is left for the next candidate:
-that is failover before the first byte. Once a response is handed out, its faults surface as
-``UpstreamError`` (502) or ``UpstreamTimeout`` (504) and are counted by kind.
+which models it serves; each on its own schedule, and a check that takes longer than ``health_timeout``
+in all marks its upstream down (one upstream that drips its answer holds up no other). A request goes to
+the healthy upstream serving its model with the fewest requests outstanding (ties rotate). Before
+anything has been sent to the client, a failed upstream (connection refused or broken before answering,
+or a 429/5xx status) is left for the next candidate: that is failover before the first byte. Once a
+response is handed out, its faults surface as ``UpstreamError`` (502) or ``UpstreamTimeout`` (504) and
+are counted by kind.
+
+Deadlines: an upstream has ``read_timeout`` seconds from the request for its response head, and for its
+whole answer when not streaming (or its first event when streaming); a stream then has ``event_timeout``
+seconds for each next event (keepalive comments do not count) (:mod:`gateway.upstream.sse`).
 
 Both the ``openai`` and the ``vllm`` backends serve through an :class:`UpstreamPool`.
 """
@@ -22,7 +28,15 @@ import orjson
 
 from gateway import metrics
 from gateway.errors import OpenAIError, UpstreamError, UpstreamRejected, UpstreamTimeout
-from gateway.upstream.http import ConnectFailed, HttpPool, HttpResponse, Origin, ReadTimeout, TransportError
+from gateway.upstream.http import (
+    ConnectFailed,
+    Deadline,
+    HttpPool,
+    HttpResponse,
+    Origin,
+    ReadTimeout,
+    TransportError,
+)
 
 __all__ = ["PoolConfig", "UpstreamPool", "UpstreamResponse", "parse_upstreams"]
 
@@ -41,6 +55,8 @@ class PoolConfig:
 
     connect_timeout: float = 2.0
     read_timeout: float = 300.0
+    event_timeout: float = 60.0
+    max_response_bytes: int = 16 << 20
     health_interval: float = 5.0
     health_timeout: float = 5.0
     max_connections: int = 1024
@@ -49,15 +65,18 @@ class PoolConfig:
 
 
 def parse_upstreams(spec: str) -> list[tuple[str, str]]:
-    """``"a=http://h1:8000/v1, http://h2:8000/v1"`` -> ``[("a", url1), ("h2:8000", url2)]``."""
+    """``"a=http://h1:8000/v1, http://h2:8000/v1"`` -> ``[("a", url1), ("upstream-2", url2)]``.
+
+    An unnamed upstream is named by its position: names are metric label values and appear on ``/metrics``,
+    which need not tell its readers where the upstreams live.
+    """
     named: list[tuple[str, str]] = []
-    for entry in filter(None, (part.strip() for part in spec.split(","))):
+    for position, entry in enumerate(filter(None, (part.strip() for part in spec.split(","))), start=1):
         name, url = entry.split("=", 1) if "=" in entry.split("://", 1)[0] else ("", entry)
-        origin = Origin(url.strip())
-        named.append((name.strip() or f"{origin.host}:{origin.port}", origin.url))
-    names = [name for name, _ in named]
-    if len(set(names)) != len(names):
-        raise ValueError(f"upstream names must be unique: {', '.join(names)}")
+        named.append((name.strip() or f"upstream-{position}", Origin(url.strip()).url))
+    for kind, values in (("names", [name for name, _ in named]), ("URLs", [url for _, url in named])):
+        if len(set(values)) != len(values):
+            raise ValueError(f"upstream {kind} must be unique: {', '.join(values)}")
     return named
 
 
@@ -111,7 +130,8 @@ class Upstream:
     def mark(self, up: bool) -> None:
         """Record the upstream's health."""
         if up != self.up:
-            log.log(logging.INFO if up else logging.WARNING, "upstream %s is %s", self.name, "up" if up else "down")
+            level = logging.INFO if up else logging.WARNING
+            log.log(level, "upstream %s (%s) is %s", self.name, self.origin.url, "up" if up else "down")
         self.up = up
         self._up_gauge.set(1 if up else 0)
 
@@ -127,26 +147,31 @@ class Upstream:
         self._outcomes[outcome].inc()
 
     async def check_health(self, timeout: float) -> None:
-        """``GET <base>/models``: up when it answers 200 with a model list (which also names its models)."""
+        """``GET <base>/models``: up when it answers 200 with a model list (which also names its models)
+        within ``timeout`` seconds in all."""
         try:
-            response = await self.http.request("GET", "/models", read_timeout=timeout)
-            async with response:
-                body = await response.read_all(ERROR_BODY_LIMIT * 16)
+            async with asyncio.timeout(timeout):
+                response = await self.http.request("GET", "/models", read_timeout=timeout)
+                async with response:
+                    body = await response.read_all(ERROR_BODY_LIMIT * 16)
             listed = orjson.loads(body)["data"] if response.status == 200 else None
             self.models = frozenset(str(card["id"]) for card in listed) if listed is not None else self.models
             self.mark(listed is not None)
-        except (TransportError, orjson.JSONDecodeError, KeyError, TypeError) as problem:
+        except (TransportError, orjson.JSONDecodeError, KeyError, TypeError, TimeoutError) as problem:
             if self.up:
-                log.warning("upstream %s failed its health check: %s", self.name, problem)
+                reason = str(problem) or f"no whole answer within {timeout:g} s"
+                log.warning("upstream %s failed its health check: %s", self.name, reason)
             self.mark(False)
 
 
 class UpstreamResponse:
     """An upstream's answer (headers received): read it, then close it; the outcome is counted once."""
 
-    def __init__(self, upstream: Upstream, response: HttpResponse) -> None:
+    def __init__(self, upstream: Upstream, response: HttpResponse, deadline: Deadline, event_timeout: float) -> None:
         self.upstream = upstream
         self._response = response
+        self.deadline = deadline  # for the whole answer (not streaming) or the first event (streaming)
+        self.event_timeout = event_timeout
         self.status = response.status
         self.headers = response.headers
         self._outcome: str | None = None
@@ -159,17 +184,18 @@ class UpstreamResponse:
     def ok(self) -> bool:
         return 200 <= self.status < 300
 
-    async def read_chunk(self) -> bytes:
-        """The next body bytes; ``b""`` at the end. Transport failures become counted ``UpstreamError``s."""
+    async def read_chunk(self, deadline: Deadline | None = None) -> bytes:
+        """The next body bytes (by ``deadline``); ``b""`` at the end. Transport failures become counted
+        ``UpstreamError``s."""
         try:
-            return await self._response.read_chunk()
+            return await self._response.read_chunk(deadline)
         except TransportError as error:
             raise self.fail(error.kind, transport_error(error)) from None
 
     async def read_all(self, limit: int) -> bytes:
-        """The whole body, at most ``limit`` bytes."""
+        """The whole body, at most ``limit`` bytes, by the answer's deadline."""
         try:
-            return await self._response.read_all(limit)
+            return await self._response.read_all(limit, self.deadline)
         except TransportError as error:
             raise self.fail(error.kind, transport_error(error)) from None
 
@@ -220,7 +246,7 @@ class UpstreamPool:
         if not self.upstreams:
             raise ValueError("the pool needs at least one upstream (--upstreams)")
         self._rotation = itertools.count()
-        self._health_task: asyncio.Task | None = None
+        self._health_tasks: list[asyncio.Task] = []
 
     @classmethod
     def from_settings(cls, settings: "Settings") -> "UpstreamPool":
@@ -228,7 +254,10 @@ class UpstreamPool:
         config = PoolConfig(
             connect_timeout=settings.upstream_connect_timeout,
             read_timeout=settings.upstream_read_timeout,
+            event_timeout=settings.upstream_event_timeout,
+            max_response_bytes=settings.upstream_max_response_bytes,
             health_interval=settings.upstream_health_interval,
+            health_timeout=settings.upstream_health_timeout,
             max_connections=settings.upstream_max_connections,
             api_key=settings.upstream_api_key.get_secret_value(),
         )
@@ -255,21 +284,22 @@ class UpstreamPool:
         await asyncio.gather(*(u.check_health(self.config.health_timeout) for u in self.upstreams))
 
     async def start(self) -> None:
-        """First health check, then keep checking in the background."""
+        """First health check, then keep checking each upstream in the background, on its own."""
         await self.check_health()
-        self._health_task = asyncio.create_task(self._keep_checking())
+        self._health_tasks = [asyncio.create_task(self._keep_checking(upstream)) for upstream in self.upstreams]
 
-    async def _keep_checking(self) -> None:
+    async def _keep_checking(self, upstream: Upstream) -> None:
         while True:
             await asyncio.sleep(self.config.health_interval)
-            await self.check_health()
+            await upstream.check_health(self.config.health_timeout)
 
     async def close(self) -> None:
         """Stop health checks and close idle connections."""
-        if self._health_task is not None:
-            self._health_task.cancel()
+        for task in self._health_tasks:
+            task.cancel()
+        for task in self._health_tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+                await task
         for upstream in self.upstreams:
             upstream.http.close()
 
@@ -300,12 +330,14 @@ class UpstreamPool:
             raise UpstreamError(f"no upstream serves the model '{model}'", code="upstream_unavailable")
         headers = {"x-request-id": request_id}
         last_error: OpenAIError | None = None
+        timeout = self.config.read_timeout
         for attempt, upstream in enumerate(candidates):
             is_last = attempt == len(candidates) - 1
             upstream.started()
+            deadline = Deadline.after(timeout, f"the upstream did not answer within {timeout:g} s")
             try:
                 answer = await upstream.http.request(
-                    method, path, body=body, headers=headers, read_timeout=self.config.read_timeout
+                    method, path, body=body, headers=headers, read_timeout=timeout, deadline=deadline
                 )
             except TransportError as error:
                 upstream.count_error(error.kind)
@@ -319,7 +351,7 @@ class UpstreamPool:
             except BaseException:
                 upstream.finished("cancelled")
                 raise
-            response = UpstreamResponse(upstream, answer)
+            response = UpstreamResponse(upstream, answer, deadline, self.config.event_timeout)
             if response.status in RETRYABLE_STATUS and not is_last:
                 last_error = await response.error()
                 log.warning("upstream %s answered %d; trying the next one", upstream.name, response.status)

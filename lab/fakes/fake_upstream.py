@@ -331,8 +331,8 @@ class FakeUpstream:
 class FakeUpstreamThread:
     """A :class:`FakeUpstream` on its own event loop in a background thread (for synchronous tests)."""
 
-    def __init__(self, config: FakeUpstreamConfig | None = None) -> None:
-        self.server = FakeUpstream(config)
+    def __init__(self, config: FakeUpstreamConfig | None = None, port: int = 0) -> None:
+        self.server = FakeUpstream(config, port=port)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fake-upstream", daemon=True)
 

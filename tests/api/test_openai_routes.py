@@ -90,6 +90,19 @@ def test_raw_sse_ends_with_stability_then_done(gateway):
     assert all("stability" not in json.loads(e.removeprefix("data: ")) for e in events[:-2])
 
 
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(
+    ("endpoint", "prompt"), [("chat/completions", {"messages": HELLO}), ("completions", {"prompt": "Hi"})]
+)
+def test_no_null_where_openais_schema_wants_a_string(gateway, endpoint, prompt, stream):
+    """Issue 19: ``system_fingerprint: null`` violated OpenAI's response schema (a string when present)."""
+    body = {"model": MODEL, **prompt, "max_tokens": 3, "stream": stream}
+    with httpx.stream("POST", f"{gateway.base_url}/v1/{endpoint}", json=body, timeout=60) as response:
+        payloads = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    objects = [json.loads(p) for p in payloads if p != "[DONE]"]
+    assert objects and all("system_fingerprint" not in o for o in objects)
+
+
 def test_legacy_completion_whole_and_streamed(client):
     whole = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=6, temperature=0)
     assert whole.object == "text_completion"

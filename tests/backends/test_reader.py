@@ -39,7 +39,7 @@ async def test_chunked_reading_gives_the_features_of_one_teacher_forced_prefill(
     request = GenerationRequest(
         "r", MODEL, ChatPrompt(({"role": "user", "content": "Tell a story."},)), SamplingParams(64)
     )
-    session = reader.open(request)
+    session = await reader.open(request)
     events = []
     for chunk in _chunks(TEXT):
         events += await session.read(chunk)
@@ -64,11 +64,11 @@ async def test_the_reader_reads_at_most_its_stream_count_and_skips_token_id_prom
     reader = Reader(MODEL, MODEL, calibration.bands, calibration.window, max_streams=1)
     await reader.start()
     chat = GenerationRequest("a", MODEL, ChatPrompt(({"role": "user", "content": "hi"},)), SamplingParams(8))
-    first = reader.open(chat)
-    assert first is not None and reader.open(chat) is None
+    first = await reader.open(chat)
+    assert first is not None and await reader.open(chat) is None
     first.close()
-    assert reader.open(chat) is not None
-    assert reader.open(GenerationRequest("b", MODEL, TextPrompt(token_ids=(1, 2)), SamplingParams(8))) is None
+    assert await reader.open(chat) is not None
+    assert await reader.open(GenerationRequest("b", MODEL, TextPrompt(token_ids=(1, 2)), SamplingParams(8))) is None
     reader.close()
 
 

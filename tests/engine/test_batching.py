@@ -113,3 +113,32 @@ def test_failed_decode_step_fails_the_batch_and_the_engine_keeps_serving(loaded,
     failed, (ids, reason) = _with_engine(loaded, EngineConfig(max_batch=2), scenario)
     assert isinstance(failed, EngineFailure)
     assert ids and reason in {"stop", "length"}
+
+
+def test_a_request_whose_own_step_fails_fails_alone_and_is_logged(loaded, monkeypatch, caplog):
+    from gateway.engine.sampling import RowSampler
+    from gateway.errors import EngineFailure
+
+    original = RowSampler.sample
+
+    def sample(sampler, logits):
+        if sampler.params.seed == 666:
+            raise IndexError("simulated empty nucleus")
+        return original(sampler, logits)
+
+    monkeypatch.setattr(RowSampler, "sample", sample)
+
+    async def scenario(engine):
+        normal = [
+            asyncio.ensure_future(_run(engine, _request(i, p, 16, temperature=0.0))) for i, p in enumerate(PROMPTS)
+        ]
+        await asyncio.sleep(0.3)  # the normal requests are decoding when the bad one joins
+        bad = await asyncio.gather(
+            _run(engine, _request(9, PROMPTS[0], 16, seed=666, top_p=0.5)), return_exceptions=True
+        )
+        return bad[0], await asyncio.gather(*normal)
+
+    bad, normal = _with_engine(loaded, EngineConfig(max_batch=8), scenario)
+    assert isinstance(bad, EngineFailure) and "IndexError" in bad.message
+    assert all(ids and reason in {"stop", "length"} for ids, reason in normal)
+    assert any(r.exc_info and "request r9" in r.getMessage() for r in caplog.records)

@@ -1,10 +1,11 @@
 """Per-row sampling: exact nucleus, seeded reproducibility, penalties and bias."""
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.engine.sampling import RowSampler, _nucleus, sample_batch
+from gateway.engine.sampling import RowSampler, _nucleus
 from gateway.generation import SamplingParams
 
 VOCAB = 2000
@@ -12,6 +13,11 @@ VOCAB = 2000
 
 def _sampler(**params) -> RowSampler:
     return RowSampler(SamplingParams(max_tokens=10, **params), prompt_ids=[1, 2, 3], vocab_size=VOCAB)
+
+
+def sample_batch(logits: torch.Tensor, samplers: list[RowSampler]) -> list[int]:
+    """One token per row, each row with its own sampler (as the engine samples a step)."""
+    return [sampler.sample(row) for row, sampler in zip(logits, samplers, strict=True)]
 
 
 def _reference_nucleus(probs: torch.Tensor, top_p: float) -> set[int]:
@@ -88,3 +94,38 @@ def test_rows_keep_their_own_parameters():
     logits[:, 3] = 5.0
     tokens = sample_batch(logits, [_sampler(temperature=0), _sampler(temperature=0, logit_bias={8: 50.0})])
     assert tokens == [3, 8]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"temperature": 1e-300, "top_p": 0.5},
+        {"top_p": 1e-300},
+        {"temperature": 1e-300},
+        {"top_p": 0.5, "repetition_penalty": 1e-40, "logit_bias": {1000: -100.0, 1500: -100.0, 1999: 100.0}},
+        {"repetition_penalty": 1e-40, "temperature": 1e-6},
+        {"repetition_penalty": 10.0, "presence_penalty": -2.0, "frequency_penalty": -2.0, "top_p": 1e-300},
+    ],
+)
+def test_any_accepted_value_samples_a_token_in_the_vocabulary(params):
+    """Values the API accepts that overflow float32 (issue 19: IndexError, engine_failure) still draw a token."""
+    sampler = RowSampler(SamplingParams(max_tokens=10, seed=0, **params), prompt_ids=[1000, 1500], vocab_size=VOCAB)
+    logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(0)) * 20
+    logits[1000] = 30.0
+    for _ in range(5):
+        assert 0 <= sampler.sample(logits) < VOCAB
+
+
+def test_non_finite_logits_still_sample_the_best_finite_token():
+    logits = torch.full((VOCAB,), float("nan"))
+    logits[5] = 3.0
+    logits[6] = float("-inf")
+    assert _sampler(temperature=0).sample(logits) == 5
+    assert _sampler(seed=0, top_p=0.1).sample(logits) == 5
+
+
+def test_tiny_temperature_is_greedy_and_tiny_top_p_keeps_the_top_token():
+    logits = torch.randn(VOCAB, generator=torch.Generator().manual_seed(1))
+    best = int(logits.argmax())
+    assert _sampler(seed=0, temperature=1e-300).sample(logits) == best
+    assert {_sampler(seed=s, top_p=1e-300).sample(logits) for s in range(5)} == {best}

@@ -49,6 +49,9 @@ class _Transport(asyncio.Transport):
     def close(self) -> None:
         self.closing = True
 
+    def can_write_eof(self) -> bool:
+        return False
+
     def pause_reading(self) -> None:
         pass
 
@@ -98,12 +101,22 @@ async def test_generation_requests_skip_asgi_unless_http_needs_the_full_server(r
 
 
 @pytest.mark.anyio
-async def test_an_upgrade_request_is_left_to_uvicorn():
+async def test_an_upgrade_request_is_left_to_uvicorn_and_its_connection_closes_after_it():
     protocol, _ = _protocol()
-    protocol.data_received(_request(connection="upgrade", upgrade="h2c"))
+    protocol.data_received(_request(body=b"", connection="upgrade", upgrade="h2c"))
     assert isinstance(protocol.cycle, RequestResponseCycle)
+    assert not protocol.cycle.keep_alive
     for task in protocol.tasks:
         task.cancel()
+
+
+@pytest.mark.anyio
+async def test_an_upgrade_request_with_a_body_is_refused_before_anything_is_served():
+    protocol, transport = _protocol()
+    protocol.data_received(_request(connection="upgrade", upgrade="h2c"))
+    assert protocol.cycle is None and not protocol.tasks
+    assert transport.written.startswith(b"HTTP/1.1 400 ")
+    assert orjson.loads(transport.written.rpartition(b"\r\n\r\n")[2])["error"]["code"] == "upgrade_refused"
 
 
 @pytest.mark.anyio

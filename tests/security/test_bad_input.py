@@ -35,6 +35,8 @@ def _bodies(model: str) -> dict[str, bytes]:
         "max_tokens as text": chat(max_tokens="ten"),
         "max_tokens negative": chat(max_tokens=-1),
         "max_tokens a boolean": chat(max_tokens=True),
+        "max_tokens a float": chat(max_tokens=4.0),
+        "max_completion_tokens a boolean": chat(max_completion_tokens=True),
         "stream as text": chat(stream="yes"),
     }
 
@@ -76,6 +78,42 @@ def test_invalid_json_reads_the_same_on_both_paths(proxy, scripted):
     ]
     assert answers[0] == answers[1]
     assert answers[0]["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize("fields", [{"max_tokens": 4.0}, {"max_tokens": True}, {"max_completion_tokens": 2.0}])
+def test_a_count_given_as_a_float_or_boolean_is_refused_alike_on_both_paths(proxy, scripted, fields):
+    """Issue 19: ``max_tokens: 4.0`` or ``true`` passed on one path and not the other."""
+    errors = []
+    for server, model in ((proxy, FAKE_MODEL), (scripted, SCRIPTED_MODEL)):
+        body = {"model": model, "messages": [{"role": "user", "content": "hi"}], **fields}
+        response = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=10)
+        assert response.status_code == 400, response.text
+        errors.append(response.json()["error"])
+    assert {(e["type"], e["param"], e["code"]) for e in errors} == {("invalid_request_error", *fields, "invalid_value")}
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"temperature": True}, "temperature"),
+        ({"top_p": False}, "top_p"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"presence_penalty": -2.1}, "presence_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5"),
+        ({"logit_bias": {"5": True}}, "logit_bias.5"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": "x" * 1025}, "stop"),
+        ({"seed": 1.5}, "seed"),
+        ({"n": True}, "n"),
+    ],
+)
+def test_sampling_values_out_of_range_or_of_the_wrong_type_are_refused(scripted, fields, param):
+    body = {"model": SCRIPTED_MODEL, "messages": [{"role": "user", "content": "hi"}], **fields}
+    response = httpx.post(f"{scripted.base_url}/v1/chat/completions", json=body, timeout=10)
+    _assert_openai_client_error(response)
+    assert response.json()["error"]["param"] == param
 
 
 @pytest.mark.parametrize(

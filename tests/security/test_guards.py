@@ -42,6 +42,36 @@ def test_the_official_client_with_its_key_gets_through_and_health_stays_open(ups
             assert httpx.get(f"{server.base_url}{path}").status_code == 200
 
 
+def test_an_address_that_keeps_failing_authentication_is_throttled_on_both_paths(upstream):
+    """Issue 19: API keys could be guessed at full speed. After 3 failures, every request from that address
+    gets a 429 (the right key too: a different answer would let the guessing go on), others are untouched."""
+    with proxy_gateway(upstream.base_url, api_keys=f"team:{KEY}", auth_failure_limit=3) as server:
+        throttled_before = metric(server.base_url, "sinkwatch_rate_limited_total", limit="auth_failures")
+        guesses = [_chat(server.base_url, authorization=f"Bearer sk-guess-{i}").status_code for i in range(5)]
+        assert guesses == [401, 401, 401, 429, 429]
+        refused = _chat(server.base_url, authorization=f"Bearer {KEY}")
+        assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"]["code"] == "auth_failures"
+        assert httpx.get(f"{server.base_url}/v1/models", headers={"authorization": f"Bearer {KEY}"}).status_code == 429
+        assert httpx.get(f"{server.base_url}/healthz").status_code == 200
+        other_address = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=10)
+        with other_address:
+            answer = other_address.post(
+                f"{server.base_url}/v1/chat/completions", json=CHAT, headers={"authorization": f"Bearer {KEY}"}
+            )
+        assert answer.status_code == 200
+        assert metric(server.base_url, "sinkwatch_rate_limited_total", limit="auth_failures") - throttled_before == 4
+
+
+def test_the_gateways_own_schema_and_docs_are_off_unless_enabled(upstream):
+    with proxy_gateway(upstream.base_url) as server:
+        for path in ("/openapi.json", "/docs", "/redoc"):
+            assert httpx.get(f"{server.base_url}{path}").status_code == 404
+    with proxy_gateway(upstream.base_url, api_docs=True) as server:
+        assert httpx.get(f"{server.base_url}/openapi.json").json()["info"]["title"] == "sinkwatch"
+        assert httpx.get(f"{server.base_url}/docs").status_code == 200
+
+
 def test_a_key_over_its_rate_gets_a_429_with_retry_after(upstream):
     with proxy_gateway(upstream.base_url, api_keys=f"a:{KEY},b:sk-other", rate_limit_rps=0.5, rate_limit_burst=2) as s:
         limited_before = metric(s.base_url, "sinkwatch_rate_limited_total", limit="requests")

@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import MODEL, free_port, start_gateway
+from tests.conftest import MODEL, free_port, metric, start_gateway, wait_for
 
 PROMPT = [{"role": "user", "content": "Tell me a short story about a lighthouse."}]
 
@@ -56,14 +56,22 @@ def test_disconnecting_client_frees_its_slot(gateway):
         time.sleep(0.05)
 
 
-def test_disconnecting_non_streaming_client_frees_its_slot(gateway):
+def test_disconnecting_non_streaming_client_frees_its_slot_and_counts_as_cancelled(gateway):
+    """Issue 19: leaving a non-streamed request raised ``aclose(): asynchronous generator is already running``,
+    answered 500 and counted as a server error."""
     body = {"model": MODEL, "messages": PROMPT, "max_tokens": 1000, "temperature": 0.8}
+    labels = {"endpoint": "chat", "backend": "embedded"}
+    cancelled = metric(gateway.base_url, "sinkwatch_requests_total", outcome="cancelled", **labels)
+    server_errors = metric(gateway.base_url, "sinkwatch_requests_total", outcome="server_error", **labels)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{gateway.base_url}/v1/chat/completions", json=body, timeout=1.5)
     deadline = time.monotonic() + 10
     while _active_requests(gateway.base_url) > 0:
         assert time.monotonic() < deadline, "the engine kept decoding for a client that left"
         time.sleep(0.05)
+    wait_for(lambda: metric(gateway.base_url, "sinkwatch_requests_total", outcome="cancelled", **labels) > cancelled)
+    assert metric(gateway.base_url, "sinkwatch_requests_total", outcome="server_error", **labels) == server_errors
+    assert metric(gateway.base_url, "sinkwatch_errors_total", endpoint="chat", type="server_error") == 0
 
 
 def test_full_queue_answers_429_in_openai_format(gateway_settings):

@@ -43,13 +43,16 @@ async def _ask(pool: UpstreamPool, body: bytes = BODY) -> bytes:
         return await response.read_all(1 << 20)
 
 
-def test_upstream_names_default_to_host_and_port():
+def test_unnamed_upstreams_are_named_by_position_not_by_address():
+    """Names are the ``upstream`` label on /metrics: configured, never host:port (issue 19)."""
     assert parse_upstreams("a=http://h1:8000/v1, http://h2:9000/v1") == [
         ("a", "http://h1:8000/v1"),
-        ("h2:9000", "http://h2:9000/v1"),
+        ("upstream-2", "http://h2:9000/v1"),
     ]
-    with pytest.raises(ValueError, match="unique"):
+    with pytest.raises(ValueError, match="URLs must be unique"):
         parse_upstreams("http://h:1/v1,http://h:1/v1")
+    with pytest.raises(ValueError, match="names must be unique"):
+        parse_upstreams("a=http://h:1/v1,a=http://h:2/v1")
     with pytest.raises(ValueError, match="http"):
         parse_upstreams("ftp://h/v1")
 
