@@ -19,6 +19,7 @@ from gateway.generation import Backend
 from gateway.metrics_port import serve_metrics_apart
 from gateway.security.reload import KeyReloader, admission_for
 from gateway.serving.serving_context import ServingContext
+from gateway.telemetry import tracing
 from gateway.workers.exposition import WorkerExpositions, serve_exposition
 from gateway.workers.worker_context import WorkerContext
 from monitors.calibration import Calibration
@@ -63,6 +64,7 @@ def create_app(
             starting.cancel()
             await backend.close()
             stop_metrics()
+            tracing.flush()
 
     # FastAPI's own OpenTelemetry hooks cost a provider lookup per request; metrics are Prometheus here.
     telemetry = {"tracing": False, "metrics": False, "logs": False}

@@ -200,6 +200,11 @@ class Settings(BaseSettings):
         30.0, "on SIGTERM, after --drain-delay: seconds in-flight requests get to finish (streams then end)", ge=0
     )
     log_level: str = _setting("info", "log level", ("debug", "info", "warning", "error"))
+    log_format: str = _setting("text", "log lines as plain text, or one JSON object per line", ("text", "json"))
+    log_content: bool = _setting(
+        False, "debugging: log each request's headers and bodies (prompts, completions; credentials redacted)"
+    )
+    log_content_limit: int = _setting(4096, "log_content: bytes of each body logged, at most", ge=1)
 
     @classmethod
     def settings_customise_sources(

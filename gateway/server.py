@@ -93,7 +93,8 @@ def run_server(app: FastAPI, settings: Settings, sockets: list[socket.socket] | 
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,
+        log_config=None,  # uvicorn's loggers propagate to the gateway's handler (gateway/logs.py)
+        access_log=False,  # one access line per request comes from gateway/telemetry
         http=http_protocol(app),
         timeout_graceful_shutdown=settings.shutdown_timeout + LAST_GRACE,
     )

@@ -16,7 +16,8 @@ MODEL = "SmolLM2-135M-Instruct"
 
 
 class RunningServer:
-    """A uvicorn server on a background thread, for tests that need real HTTP."""
+    """A uvicorn server on a background thread, for tests that need real HTTP: a gateway app on the gateway's
+    own edge protocol, any other app (a fake upstream) on uvicorn's default."""
 
     def __init__(self, app, port: int) -> None:
         import uvicorn
@@ -25,7 +26,8 @@ class RunningServer:
 
         self.port = port
         self.base_url = f"http://127.0.0.1:{port}"
-        options = {"log_level": "warning", "access_log": False, "http": http_protocol(app)}
+        http = http_protocol(app) if hasattr(app.state, "serving") else "auto"
+        options = {"log_level": "warning", "access_log": False, "http": http}
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **options))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

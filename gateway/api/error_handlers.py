@@ -10,6 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import SERVER_ERROR, InvalidRequest, NotFound, OpenAIError, render_error, validation_error
 from gateway.metrics import endpoint_label
+from gateway.telemetry.request_scope import REQUEST_ID_HEADER, current_scope
 
 __all__ = ["error_response", "install_error_handlers"]
 
@@ -48,4 +49,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error serving %s", request.url.path)
-        return error_response(OpenAIError(SERVER_ERROR), _endpoint(request))
+        response = error_response(OpenAIError(SERVER_ERROR), _endpoint(request))
+        if (scope := current_scope()) is not None:  # answered outside the middleware that stamps the others
+            response.headers[REQUEST_ID_HEADER.decode()] = scope.request_id
+        return response

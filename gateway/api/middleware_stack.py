@@ -1,5 +1,6 @@
-"""The ASGI layers in front of the routes, outermost first: CORS (when enabled), API keys and rate
-limits (always in place: a reload may turn them on), the request size limit, the proxy fast path (for
+"""The ASGI layers in front of the routes, outermost first: the request's scope (its id, access line and
+trace), CORS (when enabled), API keys and rate limits (always in place: a reload may turn them on), the
+request size limit, the proxy fast path (for
 backends that can relay unchanged; it checks its own JSON), and strict JSON for the full serving path."""
 
 from fastapi import FastAPI
@@ -13,6 +14,8 @@ from gateway.proxy.asgi_passthrough import Passthrough
 from gateway.proxy.native import FastPath
 from gateway.security.admission import Admission
 from gateway.security.guards import BodyLimit, Guard, StrictJson
+from gateway.telemetry.asgi import Observed
+from gateway.telemetry.content import ContentLogging
 
 __all__ = ["install_middleware"]
 
@@ -37,6 +40,8 @@ def install_middleware(
             allow_headers=["authorization", "content-type", "x-request-id", "x-sinkwatch-policy"],
             expose_headers=["x-request-id", "x-sinkwatch-verdict"],
         )
+    content = ContentLogging(settings.log_content_limit) if settings.log_content else None
+    app.add_middleware(Observed, content=content)
     if not relays:
         return None
-    return FastPath(backend, admission, settings.max_request_bytes, bool(origins), drain)
+    return FastPath(backend, admission, settings.max_request_bytes, bool(origins), drain, content)

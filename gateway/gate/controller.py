@@ -24,6 +24,7 @@ from gateway.gate.rescue import STRATEGIES
 from gateway.generation import Backend, FinishEvent, GenerationEvent, GenerationRequest, StartEvent, TokenEvent
 from gateway.protocol.stability import GateAttemptReport, GateReport, StabilityReport
 from gateway.request_metrics import GateOutcome
+from gateway.telemetry.spans import end_attempt_span, start_attempt_span
 from monitors.verdict import Verdict, VerdictLevel
 
 __all__ = ["GateController"]
@@ -104,13 +105,18 @@ class GateController:
         while True:
             attempt = Attempt(strategy, offset=len(self._buffer))
             self.result.attempts.append(attempt)
-            if events is None:
-                events = await self._open(request, attempt)
+            span = start_attempt_span(len(self.result.attempts), strategy)
+            try:
                 if events is None:
-                    self._block()
-                    return
-            async for text in self._attempt(events, attempt):
-                yield text
+                    events = await self._open(request, attempt)
+                    if events is None:
+                        self._block()
+                        return
+                async for text in self._attempt(events, attempt):
+                    yield text
+            finally:
+                if span is not None:
+                    end_attempt_span(span, attempt.report().model_dump())
             if attempt.fired_at is None:
                 return
             request = self._rescue_request()

@@ -7,6 +7,7 @@ from gateway.backends.openai import OpenAIBackend
 from gateway.drain import Drain
 from gateway.proxy.channel import AsgiChannel
 from gateway.proxy.proxied_request import ROUTES, ProxiedRequest
+from gateway.telemetry.request_scope import current_scope
 
 __all__ = ["Passthrough"]
 
@@ -24,4 +25,7 @@ class Passthrough:
         if route is None or not self.backend.passthrough:
             await self.app(scope, receive, send)
             return
-        await ProxiedRequest(self.backend, route, AsgiChannel(scope, receive, send), self.drain).serve()
+        request = current_scope()
+        if request is None:
+            raise RuntimeError("Passthrough serves inside gateway.telemetry.asgi.Observed, which opens the scope")
+        await ProxiedRequest(self.backend, route, AsgiChannel(scope, receive, send), request, self.drain).serve()

@@ -38,6 +38,9 @@ from gateway.proxy.channel import ClientChannel, ClientGone, Headers
 from gateway.proxy.proxied_request import ROUTES, ProxiedRequest
 from gateway.security.admission import Admission, client_address
 from gateway.security.guards import too_large
+from gateway.telemetry.content import ContentLogging
+from gateway.telemetry.observe import begin, finish
+from gateway.telemetry.request_scope import REQUEST_ID_HEADER, RequestScope
 
 __all__ = ["FastPath", "FastPathProtocol", "NativeExchange", "protocol_class"]
 
@@ -49,14 +52,15 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 @dataclass(frozen=True)
 class FastPath:
-    """What the native fast path needs from the app: the backend, the guards, the body limit, CORS, and the
-    drain that may end its requests at shutdown."""
+    """What the native fast path needs from the app: the backend, the guards, the body limit, CORS, the drain
+    that may end its requests at shutdown, and content logging."""
 
     backend: OpenAIBackend
     admission: Admission
     max_bytes: int
     cors: bool
     drain: Drain
+    content: ContentLogging | None = None
 
     def route(self, url: bytes) -> tuple[str, str] | None:
         """The proxied route of a request target (no query string), or None."""
@@ -93,6 +97,8 @@ class NativeExchange(ClientChannel):
         self._head = b""
         self._chunked = False
         self.response_started = False
+        self._status = 500
+        self.scope: RequestScope | None = None
 
     def _notify(self) -> None:
         if self.disconnected and self._gone is not None:
@@ -103,7 +109,9 @@ class NativeExchange(ClientChannel):
             waiter.set_result(None)
 
     async def run(self) -> None:
-        """Guards, body, then the proxied request; an unexpected failure is logged, answered 500 or cut."""
+        """Guards, body, then the proxied request; an unexpected failure is logged, answered 500 or cut.
+        The request's scope (:mod:`gateway.telemetry`) spans it all."""
+        self.scope = begin("POST", "/v1" + self.route[1], self.headers, self.fast_path.content)
         try:
             await self._serve()
         except ClientGone:
@@ -115,6 +123,8 @@ class NativeExchange(ClientChannel):
             else:
                 self.keep_alive = False
                 await self.respond_error(OpenAIError(SERVER_ERROR), self.route[0])
+        finally:
+            finish(self.scope, self._status)
 
     async def _serve(self) -> None:
         endpoint = self.route[0]
@@ -128,7 +138,7 @@ class NativeExchange(ClientChannel):
         except RequestTooLarge as error:
             await self.respond_error(error, endpoint, [_CLOSE])
             return
-        await ProxiedRequest(self.fast_path.backend, self.route, self, self.fast_path.drain).serve()
+        await ProxiedRequest(self.fast_path.backend, self.route, self, self.scope, self.fast_path.drain).serve()
 
     async def _receive_body(self) -> None:
         """Wait for the whole body: ``RequestTooLarge`` past the limit (declared or received)."""
@@ -153,13 +163,18 @@ class NativeExchange(ClientChannel):
     # ---- ClientChannel ---------------------------------------------------------------------------
 
     async def read_body(self) -> bytes:
-        return bytes(self.body)  # received whole before the request is proxied
+        body = bytes(self.body)  # received whole before the request is proxied
+        if self.scope.content is not None:
+            self.scope.content.request_body(body)
+        return body
 
     async def start(self, status: int, headers: Headers) -> None:
         self.response_started = True
+        self._status = status
         head = [STATUS_LINE[status]]
         self._chunked = True
-        for name, value in (*self.protocol.server_state.default_headers, *headers):
+        stamp = (REQUEST_ID_HEADER, self.scope.request_id.encode())
+        for name, value in (*self.protocol.server_state.default_headers, *headers, stamp):
             if name == b"content-length":
                 self._chunked = False
             elif (name, value) == _CLOSE:
@@ -178,6 +193,8 @@ class NativeExchange(ClientChannel):
             await self.flow.drain()
         if self.disconnected or self.response_complete:
             return
+        if self.scope.content is not None:
+            self.scope.content.response_body(data)
         if self._chunked:
             data = (b"%x\r\n%b\r\n" % (len(data), data) if data else b"") + (b"" if more else _LAST_CHUNK)
         self.transport.write(self._head + data if self._head else data)

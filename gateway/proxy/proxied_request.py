@@ -20,7 +20,6 @@ timeout (``gateway.drain``), which the client is told as a 503 or a final error 
 """
 
 import asyncio
-import os
 import time
 
 import orjson
@@ -33,6 +32,7 @@ from gateway.proxy.channel import JSON_HEADERS, ClientChannel
 from gateway.proxy.checks import checked_request
 from gateway.request_metrics import RequestSeries
 from gateway.security.admission import charge_tokens
+from gateway.telemetry.request_scope import RequestScope
 from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
 from gateway.upstream.pool import UpstreamResponse
 
@@ -42,17 +42,6 @@ ROUTES = {"/v1/chat/completions": ("chat", "/chat/completions"), "/v1/completion
 DONE = b"data: [DONE]\n\n"
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 POLICY_HEADER_BYTES = POLICY_HEADER.encode()
-_SAFE_ID = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
-
-
-def _request_id(channel: ClientChannel) -> str:
-    """The client's ``x-request-id`` when it is short and plain, else a new one."""
-    value = channel.header(b"x-request-id")
-    if value is not None:
-        text = value.decode("latin-1")
-        if 0 < len(text) <= 128 and set(text) <= _SAFE_ID:
-            return text
-    return os.urandom(16).hex()
 
 
 class _Stopwatch:
@@ -70,13 +59,22 @@ class _Stopwatch:
 
 
 class ProxiedRequest:
-    """One request on the fast path: check, send, relay, record."""
+    """One request on the fast path: check, send, relay, record (in the metrics, and in the request's
+    ``scope`` for its access line and span)."""
 
-    def __init__(self, backend: OpenAIBackend, route: tuple[str, str], channel: ClientChannel, drain: Drain):
+    def __init__(
+        self,
+        backend: OpenAIBackend,
+        route: tuple[str, str],
+        channel: ClientChannel,
+        scope: RequestScope,
+        drain: Drain,
+    ):
         self.backend = backend
         self.drain = drain
         self.endpoint, self.path = route
         self.channel = channel
+        self.scope = scope
         self.started_at = time.perf_counter()
         self.clock = _Stopwatch()
         self.response_started = False
@@ -93,6 +91,7 @@ class ProxiedRequest:
             if not self.backend.ready:
                 raise NotReady("no upstream is ready; retry shortly")
             model = request["model"]
+            self.scope.served(self.endpoint, model)
             if not self.backend.pool.serves(model):
                 message = f"The model '{model}' does not exist or you do not have access to it."
                 raise ModelNotFound(message, param="model")
@@ -109,18 +108,16 @@ class ProxiedRequest:
         stop_watching = self.channel.watch_disconnect(lambda: self._client_gone(task))
         response: UpstreamResponse | None = None
         outcome = "server_error"
-        request_id = _request_id(self.channel)
         try:
             self.clock.pause()
-            response = await self.backend.pool.open(self.path, body, model=model, request_id=request_id)
+            response = await self.backend.pool.open(self.path, body, model=model, request_id=self.scope.request_id)
             self.clock.resume()
-            headers = [(b"x-request-id", request_id.encode())]
             if not response.ok:
                 raise await response.error()
             if stream:
-                await self._relay_stream(response, headers, include_usage)
+                await self._relay_stream(response, include_usage)
             else:
-                await self._relay_whole(response, headers)
+                await self._relay_whole(response)
             outcome = "ok"
         except OpenAIError as error:
             outcome = "client_error" if error.status_code < 500 else "server_error"
@@ -159,7 +156,7 @@ class ProxiedRequest:
         event = error_event(error, self.endpoint) + DONE
         await self.channel.send(event, more=False)
 
-    async def _relay_whole(self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]]) -> None:
+    async def _relay_whole(self, response: UpstreamResponse) -> None:
         self.clock.pause()
         body = await response.read_all(self.backend.pool.config.max_response_bytes)
         self.clock.resume()
@@ -172,14 +169,13 @@ class ProxiedRequest:
         if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
             raise malformed(response, "JSON that is not a completion")
         self.usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else None
-        await self._start([*JSON_HEADERS, (b"content-length", b"%d" % len(body)), *headers])
+        self.scope.finish_reasons = _finish_reasons(answer)
+        await self._start([*JSON_HEADERS, (b"content-length", b"%d" % len(body))])
         await self.channel.send(body, more=False)
 
-    async def _relay_stream(
-        self, response: UpstreamResponse, headers: list[tuple[bytes, bytes]], include_usage: bool
-    ) -> None:
+    async def _relay_stream(self, response: UpstreamResponse, include_usage: bool) -> None:
         check_event_stream(response)
-        await self._start([*_SSE_HEADERS, *headers])
+        await self._start(_SSE_HEADERS)
         events = event_batches(response)
         try:
             while True:
@@ -196,6 +192,8 @@ class ProxiedRequest:
                             continue
                     if self.first_token_at is None and _has_text(event):
                         self.first_token_at = time.perf_counter()
+                        self.scope.first_token_at = self.first_token_at
+                    self.scope.finish_reasons += _finish_reasons(event)
                     out.append(raw)
                     out.append(b"\n\n")
                 if out:
@@ -212,6 +210,7 @@ class ProxiedRequest:
         if outcome == "ok" and self.usage is not None:
             prompt, completion = self.usage.get("prompt_tokens"), self.usage.get("completion_tokens")
             if isinstance(prompt, int) and isinstance(completion, int):
+                self.scope.input_tokens, self.scope.output_tokens = prompt, completion
                 series.tokens(prompt, completion, completion)
                 charge_tokens(prompt + completion)
 
@@ -223,3 +222,11 @@ def _has_text(event: dict) -> bool:
     choice = choices[0]
     delta = choice.get("delta")
     return bool(delta.get("content") if isinstance(delta, dict) else choice.get("text"))
+
+
+def _finish_reasons(answer: dict) -> tuple[str, ...]:
+    """The finish reasons of a completion's (or a chunk's) choices."""
+    choices = answer.get("choices")
+    if not isinstance(choices, list):
+        return ()
+    return tuple(c["finish_reason"] for c in choices if isinstance(c, dict) and isinstance(c.get("finish_reason"), str))

@@ -20,6 +20,7 @@ from gateway.errors import AuthenticationFailed, OpenAIError, RateLimited
 from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter
+from gateway.telemetry.request_scope import current_scope
 
 __all__ = ["ANONYMOUS", "Admission", "charge_tokens", "client_address", "header"]
 
@@ -93,6 +94,8 @@ class Admission:
                 if self.throttle.enabled:
                     self.throttle.failed(address)
                 return self._unauthorized(headers)
+        if (scope := current_scope()) is not None:
+            scope.key = name  # for the access line: the key's name, never the key
         if limiter.enabled and (wait := limiter.check(name)):
             return _rate_limited("requests", wait)
         if budget.enabled:

@@ -2,7 +2,7 @@
 
 Shared by both endpoints; they differ only in how they shape responses. The gate controller decides
 what text reaches the client; this module owns the request's lifecycle and records its metrics once,
-when it ends.
+when it ends (and what the access line and the trace say of it, in the request's scope).
 """
 
 import asyncio
@@ -19,6 +19,7 @@ from gateway.protocol.common import Usage
 from gateway.protocol.stability import StabilityReport
 from gateway.request_metrics import RequestSeries, outcome_of
 from gateway.security.admission import charge_tokens
+from gateway.telemetry.request_scope import current_scope
 
 __all__ = ["GenerationSession", "RequestLabels"]
 
@@ -55,6 +56,10 @@ class GenerationSession:
         self._events: AsyncIterator[GenerationEvent] | None = None
         self._first_text_at: float | None = None
         self._ended = False
+        self._scope = current_scope()
+        if self._scope is not None:
+            self._scope.served(labels.endpoint, labels.model)
+            self._scope.policy = policy.value
 
     async def start(self) -> None:
         """Submit the request and wait until the backend accepts it, so that refusals become HTTP errors."""
@@ -89,6 +94,8 @@ class GenerationSession:
         if self._first_text_at is None:
             self._first_text_at = time.perf_counter()
             self._series.first_token(self._received_at, self._first_text_at)
+            if self._scope is not None:
+                self._scope.first_token_at = self._first_text_at
 
     @property
     def finish_reason(self) -> str:
@@ -127,3 +134,18 @@ class GenerationSession:
         if gate is not None and (outcome == "ok" or isinstance(error, ContentBlocked)):
             self._series.stability(gate)
         self._series.end(self._received_at, outcome)
+        if self._scope is not None:
+            self._describe(outcome)
+
+    def _describe(self, outcome: str) -> None:
+        """What the access line and the span say of this generation: tokens, finish, verdict, gate."""
+        scope, gate, result = self._scope, self.gate, self.gate.result
+        scope.input_tokens = result.prompt_tokens
+        if outcome == "ok":
+            scope.output_tokens = result.completion_tokens
+            scope.finish_reasons = (result.finish_reason,)
+        if gate.monitor is not None:
+            detected = gate.detected
+            scope.verdict = detected.level.value if detected else "ok"
+            scope.reasons = tuple(reason.signal for reason in detected.reasons) if detected else ()
+            scope.gate_action, scope.gate_outcome = result.action, result.outcome

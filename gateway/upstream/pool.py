@@ -13,6 +13,9 @@ Deadlines: an upstream has ``read_timeout`` seconds from the request for its res
 whole answer when not streaming (or its first event when streaming); a stream then has ``event_timeout``
 seconds for each next event (keepalive comments do not count) (:mod:`gateway.upstream.sse`).
 
+Each request sent carries ``x-request-id`` and the trace context (``traceparent``): when tracing is on, a
+span per upstream tried, from sending to the response's close (:mod:`gateway.telemetry.spans`).
+
 Both the ``openai`` and the ``vllm`` backends serve through an :class:`UpstreamPool`.
 """
 
@@ -22,12 +25,13 @@ import itertools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from gateway import metrics
 from gateway.errors import OpenAIError, UpstreamError, UpstreamRejected, UpstreamTimeout
+from gateway.telemetry.spans import end_upstream_span, start_upstream_span
 from gateway.upstream.http import (
     ConnectFailed,
     Deadline,
@@ -167,7 +171,9 @@ class Upstream:
 class UpstreamResponse:
     """An upstream's answer (headers received): read it, then close it; the outcome is counted once."""
 
-    def __init__(self, upstream: Upstream, response: HttpResponse, deadline: Deadline, event_timeout: float) -> None:
+    def __init__(
+        self, upstream: Upstream, response: HttpResponse, deadline: Deadline, event_timeout: float, span: Any = None
+    ) -> None:
         self.upstream = upstream
         self._response = response
         self.deadline = deadline  # for the whole answer (not streaming) or the first event (streaming)
@@ -175,6 +181,8 @@ class UpstreamResponse:
         self.status = response.status
         self.headers = response.headers
         self._outcome: str | None = None
+        self._failure: str | None = None  # the kind of failure counted, if any
+        self._span = span
 
     @property
     def content_type(self) -> str:
@@ -216,7 +224,7 @@ class UpstreamResponse:
     def fail(self, kind: str, error: OpenAIError) -> OpenAIError:
         """Count a failure of this response (``kind`` as in ``sinkwatch_upstream_errors_total``); returns ``error``."""
         if self._outcome is None:
-            self._outcome = "error"
+            self._outcome, self._failure = "error", kind
             self.upstream.count_error(kind)
         return error
 
@@ -228,7 +236,9 @@ class UpstreamResponse:
         response, self._response = self._response, None
         complete = response._connection.complete
         await response.aclose()
-        self.upstream.finished(self._outcome or ("ok" if complete else "cancelled"))
+        outcome = self._outcome or ("ok" if complete else "cancelled")
+        self.upstream.finished(outcome)
+        end_upstream_span(self._span, self.status, self._failure or ("cancelled" if outcome == "cancelled" else None))
 
     async def __aenter__(self) -> "UpstreamResponse":
         return self
@@ -328,11 +338,13 @@ class UpstreamPool:
         candidates = self.candidates(model)
         if not candidates:
             raise UpstreamError(f"no upstream serves the model '{model}'", code="upstream_unavailable")
-        headers = {"x-request-id": request_id}
         last_error: OpenAIError | None = None
         timeout = self.config.read_timeout
         for attempt, upstream in enumerate(candidates):
             is_last = attempt == len(candidates) - 1
+            origin = upstream.origin
+            span, trace = start_upstream_span(upstream.name, origin.host, origin.port, path, model)
+            headers = {"x-request-id": request_id, **trace}
             upstream.started()
             deadline = Deadline.after(timeout, f"the upstream did not answer within {timeout:g} s")
             try:
@@ -342,6 +354,7 @@ class UpstreamPool:
             except TransportError as error:
                 upstream.count_error(error.kind)
                 upstream.finished("error")
+                end_upstream_span(span, None, error.kind)
                 if isinstance(error, ConnectFailed):
                     upstream.mark(False)
                 last_error = transport_error(error)
@@ -350,8 +363,9 @@ class UpstreamPool:
                 raise last_error from None
             except BaseException:
                 upstream.finished("cancelled")
+                end_upstream_span(span, None, "cancelled")
                 raise
-            response = UpstreamResponse(upstream, answer, deadline, self.config.event_timeout)
+            response = UpstreamResponse(upstream, answer, deadline, self.config.event_timeout, span)
             if response.status in RETRYABLE_STATUS and not is_last:
                 last_error = await response.error()
                 log.warning("upstream %s answered %d; trying the next one", upstream.name, response.status)

@@ -62,7 +62,9 @@ def serve_workers(settings: Settings, run: WorkerRun) -> int:
     """Serve with ``settings.workers`` processes, each running ``run`` (a module-level function: it crosses to
     the spawned process by name), until told to stop; the exit status."""
     ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)  # refuse a bad file up front
-    address = uvicorn.Config(app=None, host=settings.host, port=settings.port, log_level=settings.log_level)
+    address = uvicorn.Config(
+        app=None, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
+    )
     listener = address.bind_socket()
     run_dir = Path(tempfile.mkdtemp(prefix="sinkwatch-workers-"))
     try:

@@ -49,6 +49,7 @@ class FakeStats:
     connections: int = 0
     open_connections: int = 0
     request_ids: list[str] = field(default_factory=list)
+    traceparents: list[str] = field(default_factory=list)
     bodies: list[dict] = field(default_factory=list)
 
 
@@ -190,6 +191,8 @@ class _Connection(asyncio.Protocol):
             stats.requests += 1
             if request_id := headers.get(b"x-request-id"):
                 stats.request_ids.append(request_id.decode())
+            if traceparent := headers.get(b"traceparent"):
+                stats.traceparents.append(traceparent.decode())
             stats.active += 1
             try:
                 await self._answer(method, url.split(b"?")[0], body)

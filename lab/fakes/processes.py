@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -122,12 +123,16 @@ def running(
     timeout: float,
     wrapped: bool = False,
     cpus: frozenset[int] | None = None,
+    stderr: IO[bytes] | None = None,
 ) -> Iterator[Process]:
-    """Start ``command`` in its own process group (bound to ``cpus`` when given); stop the whole group with
-    SIGINT (a profiler wrapping the server then writes its profile), SIGKILL if it lingers."""
+    """Start ``command`` in its own process group (bound to ``cpus`` when given, its log lines to ``stderr``
+    when given); stop the whole group with SIGINT (a profiler wrapping the server then writes its
+    profile), SIGKILL if it lingers."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     bind = None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
-    popen = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, start_new_session=True, preexec_fn=bind)
+    popen = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True, preexec_fn=bind
+    )
     try:
         _wait_until(ready_url, popen, timeout)
         yield Process(popen, base_url, wrapped)
@@ -159,11 +164,16 @@ def py_spy() -> str | None:
 
 @contextmanager
 def gateway_process(
-    *flags: str, timeout: float = 120, profile: Path | None = None, cpus: frozenset[int] | None = None
+    *flags: str,
+    timeout: float = 120,
+    profile: Path | None = None,
+    cpus: frozenset[int] | None = None,
+    stderr: IO[bytes] | None = None,
 ) -> Iterator[Process]:
     """``sinkwatch serve FLAGS`` on a free port, once ``/readyz`` answers 200; with ``profile``, under
     py-spy (:func:`py_spy`), which writes collapsed stacks of CPU samples there (worker processes' too)
-    when the server stops; with ``cpus``, bound to those cores."""
+    when the server stops; with ``cpus``, bound to those cores; its logs (warnings, unless ``FLAGS`` set
+    ``--log-level``) to ``stderr`` when given."""
     port = free_port()
     command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port), "--log-level", "warning", *flags]
     if profile is not None:
@@ -171,5 +181,5 @@ def gateway_process(
         sampler += ["--output", str(profile)]
         command = [*sampler, "--", *command]
     ready, base = f"http://127.0.0.1:{port}/readyz", f"http://127.0.0.1:{port}/v1"
-    with running(command, ready, base, timeout, wrapped=profile is not None, cpus=cpus) as process:
+    with running(command, ready, base, timeout, wrapped=profile is not None, cpus=cpus, stderr=stderr) as process:
         yield process
