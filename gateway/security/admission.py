@@ -94,8 +94,8 @@ class Admission:
                 if self.throttle.enabled:
                     self.throttle.failed(address)
                 return self._unauthorized(headers)
-        if (scope := current_scope()) is not None:
-            scope.key = name  # for the access line: the key's name, never the key
+        if self.enabled and (scope := current_scope()) is not None:
+            scope.key = name  # for the access line: the key's name (anonymous under limits alone), never the key
         if limiter.enabled and (wait := limiter.check(name)):
             return _rate_limited("requests", wait)
         if budget.enabled:
