@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm test-load test-hostile test-newest
+.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm bench-relay test-load test-hostile test-newest
 # From Debian, installed together: Prometheus, promtool, Alertmanager and amtool, which the rule tests and the
 # live observability tests run; nginx, the reference proxy of `sinkwatch bench proxy` and of its test.
 PROMETHEUS_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool
@@ -115,3 +115,7 @@ test-vllm: vllm-setup
 bench-vllm: vllm-setup
 	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/sinkwatch bench vllm --dtype float32 --rounds 10 \
 		--output out/bench-vllm.json
+
+## bench-relay: the monitored vLLM path (gateway --backend vllm, plugin on) against vLLM directly, 1 and 16 streams
+bench-relay: vllm-setup
+	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/sinkwatch bench relay --rounds 4 --output out/bench-relay.json

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import __version__, metrics
-from gateway.api import health, openai_routes
+from gateway.api import health, openai_routes, relay_routes
 from gateway.api.error_handlers import install_error_handlers
 from gateway.api.middleware_stack import install_middleware
 from gateway.backends.factory import build_backend, resolve_calibration
@@ -80,7 +80,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.state.fast_path = install_middleware(app, settings, backend, drain, admission)
-    app.include_router(openai_routes.router)
+    # Backends in front of an upstream relay what the client sent; the embedded engine validates strictly.
+    app.include_router(relay_routes.router if settings.backend in ("openai", "vllm") else openai_routes.router)
     app.include_router(health.router)
     return app
 

@@ -40,6 +40,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "holdback": "lab.bench.holdback_bench",
             "proxy": "lab.bench.proxy_bench",
             "vllm": "lab.bench.vllm_bench",
+            "relay": "lab.bench.relay_bench",
         },
     ),
     "eval": (

@@ -33,6 +33,8 @@ __all__ = [
     "TOKENS",
     "TOKENS_DISCARDED",
     "TOKENS_WITHHELD",
+    "UNMONITORED",
+    "UNMONITORED_REASONS",
     "UPSTREAM_ERRORS",
     "UPSTREAM_IN_FLIGHT",
     "UPSTREAM_REQUESTS",
@@ -195,6 +197,17 @@ VLLM_STATS = Counter(
     ["outcome"],
 )
 
+UNMONITORED_REASONS = ("capacity", "endpoint", "uncalibrated")
+UNMONITORED = Counter(
+    "sinkwatch_unmonitored_requests_total",
+    "Requests relayed without monitoring (marked stability.verdict 'unmonitored'), by reason: capacity (the "
+    "reader is reading its --reader-max-streams), endpoint (no monitored path: embeddings, responses on the "
+    "openai backend), uncalibrated (no calibration for the model, or --no-capture)",
+    ["reason"],
+)
+for _reason in UNMONITORED_REASONS:  # series exist from the start, for rate()
+    UNMONITORED.labels(_reason)
+
 
 def model_ready(model: str, backend: str, calibration: Calibration | None) -> None:
     """Mark ``model`` ready, export its calibration, and create its closed label sets at zero.
@@ -216,7 +229,7 @@ def model_ready(model: str, backend: str, calibration: Calibration | None) -> No
 
 def endpoint_label(path: str) -> str:
     """A closed label set for the metrics: the route's last path segment, or 'other'."""
-    for name in ("chat", "completions", "models"):
+    for name in ("chat", "completions", "models", "responses", "embeddings"):
         if path.startswith(f"/v1/{name}" if name != "chat" else "/v1/chat/completions"):
             return name
     return "other"

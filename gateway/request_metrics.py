@@ -100,6 +100,11 @@ class RequestSeries:
         self.output_tokens.inc(generated)
         self.completion_tokens.observe(completion)
 
+    @staticmethod
+    def unmonitored(reason: str) -> None:
+        """A request was relayed without monitoring, for ``reason`` (``metrics.UNMONITORED_REASONS``)."""
+        metrics.UNMONITORED.labels(reason).inc()
+
     def stability(self, gate: GateOutcome) -> None:
         """The verdict, the bands' statistics and what the gate did, for a monitored request."""
         model = self.model

@@ -312,6 +312,14 @@ VERDICTS = Row(
             stacked=True,
             requires="vllm",
         ),
+        Panel(
+            "Unmonitored requests",
+            "Requests relayed without monitoring (marked stability.verdict unmonitored), by reason: capacity "
+            "(the reader is full), endpoint (no monitored path), uncalibrated.",
+            (Query(f"sum by (reason) (rate(sinkwatch_unmonitored_requests_total{RATE}))", "{{reason}}"),),
+            unit="reqps",
+            stacked=True,
+        ),
     ),
 )
 

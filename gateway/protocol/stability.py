@@ -65,11 +65,22 @@ class GateReport(BaseModel):
 class StabilityReport(BaseModel):
     """Top-level ``stability`` object of a response (last chunk before ``[DONE]`` when streaming)."""
 
-    verdict: str = Field(description="ok | warn | sink | rank_exhaustion")
+    verdict: str = Field(description="ok | warn | sink | rank_exhaustion | unmonitored")
+    reason: str | None = Field(
+        None,
+        description="unmonitored: why the request could not be monitored (capacity, endpoint, uncalibrated)",
+        exclude_if=lambda value: value is None,
+    )
     reasons: list[StabilityReason] = Field(default_factory=list)
     onset_token: int | None = Field(None, description="first completion token where any signal crossed")
     last_stable_token: int | None = Field(None, description="last completion token with no signal crossed")
     tokens_monitored: int = 0
+    covered: dict[str, int] | None = Field(
+        None,
+        description="relayed answers: generated tokens monitored, by the kind of delta they were generated for "
+        "(content, reasoning, tool_calls; a whole answer mixing kinds counts them together, e.g. 'reasoning+content')",
+        exclude_if=lambda value: value is None,
+    )
     entropy_mean: float | None = None
     repetition_mean: float | None = None
     bands: dict[str, BandReport] = Field(default_factory=dict)
