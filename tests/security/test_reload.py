@@ -39,6 +39,7 @@ class Gateway:
         command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)]
         command += ["--backend", "openai", "--upstreams", upstream.base_url, "--upstream-health-interval", "0.2"]
         command += ["--shutdown-timeout", "5"]  # a connection left open cannot hold the stop for the default 30 s
+        command += ["--auth-failure-limit", "0"]  # the keys refused while waiting for a reload are no attack
         self.log = log
         with log.open("w") as sink:
             self.process = subprocess.Popen([*command, *flags], stdout=sink, stderr=sink, start_new_session=True)
