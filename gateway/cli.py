@@ -53,6 +53,8 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "jacobian": "lab.eval.jacobian_eval",
             "report": "lab.eval.report",
             "rescue": "lab.eval.rescue_eval",
+            "label": "lab.eval.labelling",
+            "verdicts": "lab.eval.verdicts_eval",
         },
     ),
 }

@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         ge=-1,
     )
     block_mode: str = _setting("finish", "block by finish_reason content_filter, or by an error", ("finish", "error"))
+    block_at: float = _setting(
+        0.0,
+        "block/rescue act once stability.risk reaches this probability (0: when the verdict fires); "
+        "requests may set their own with the sinkwatch extension's block_at",
+        ge=0,
+        le=1,
+    )
     rescue_attempts: int = _setting(2, "rescue: resampling attempts before falling back to block", ge=0)
     rescue_token_budget: int = _setting(256, "rescue: generated tokens that may be thrown away per request", ge=0)
     rescue_strategy: str = _setting("combined", "rescue: how to resample from the stable prefix", tuple(STRATEGIES))
@@ -246,6 +253,7 @@ class Settings(BaseSettings):
             allow_override=self.allow_policy_override,
             holdback_tokens=self.holdback_tokens,
             block_mode=self.block_mode,
+            block_at=self.block_at,
             rescue_attempts=self.rescue_attempts,
             rescue_token_budget=self.rescue_token_budget,
             rescue_strategy=self.rescue_strategy,

@@ -45,6 +45,7 @@ class GateOutcome:
     withheld_tokens: int
     discarded_tokens: int
     band_stats: dict[str, dict[str, float]]
+    risk: float | None = None
 
 
 class RequestSeries:
@@ -109,6 +110,8 @@ class RequestSeries:
         """The verdict, the bands' statistics and what the gate did, for a monitored request."""
         model = self.model
         metrics.VERDICTS.labels(model, gate.verdict).inc()
+        if gate.risk is not None:
+            metrics.STABILITY_RISK.labels(model).observe(gate.risk)
         for band, stats in gate.band_stats.items():
             if "pr_mean" in stats:
                 metrics.PARTICIPATION_RATIO.labels(model, band).observe(stats["pr_mean"])

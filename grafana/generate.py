@@ -276,6 +276,17 @@ VERDICTS = Row(
             unit="percentunit",
         ),
         Panel(
+            "Stability risk",
+            "Per monitored request, its highest calibrated probability of sinking (stability.risk): median and "
+            "p90, and the share at 0.8 or more (the risk alert fires above 20%).",
+            (
+                Query(_quantile(0.5, "sinkwatch_stability_risk"), "p50"),
+                Query(_quantile(0.9, "sinkwatch_stability_risk"), "p90"),
+                Query(f"model:sinkwatch_stability_risk_high:ratio_rate10m{{{M}}}", "{{model}} share at 0.8+"),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
             "Gate actions",
             "What the gate did per request (pass, annotate, block, rescue) and the verdict behind it.",
             (

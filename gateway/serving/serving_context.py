@@ -53,6 +53,13 @@ class ServingContext:
         body_policy = body.sinkwatch.policy if body.sinkwatch is not None else None
         return resolve_policy(self.gate_config, body_policy, http.headers.get(POLICY_HEADER))
 
+    def gate_config_for(self, body: SamplingFields) -> GateConfig:
+        """The gate settings of one request: its ``sinkwatch.block_at`` when overrides are allowed."""
+        block_at = body.sinkwatch.block_at if body.sinkwatch is not None else None
+        if block_at is None or not self.gate_config.allow_override:
+            return self.gate_config
+        return replace(self.gate_config, block_at=block_at)
+
     def monitor_factory(self) -> Callable[[], RequestMonitor | None]:
         """Makes a fresh monitor per attempt, or None when hidden states are not captured."""
         calibration = self.calibration if self.settings.capture else None
@@ -79,7 +86,7 @@ async def serve(
         ctx.backend,
         request,
         ctx.policy_for(body, http),
-        ctx.gate_config,
+        ctx.gate_config_for(body),
         ctx.monitor_factory(),
         streaming=bool(body.stream),
         labels=labels,
