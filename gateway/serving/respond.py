@@ -8,6 +8,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gateway.drain import Drain
 from gateway.errors import EngineFailure, OpenAIError, error_event
 from gateway.generation import TokenLogprobs
 from gateway.serving.session import GenerationSession, Piece
@@ -37,8 +38,9 @@ class _SessionStream(StreamingResponse):
             await self._session.aclose()
 
 
-async def whole_response(session: GenerationSession, shape: ResponseShape, http: Request) -> Response:
-    """Collect the generation; a client that disconnects meanwhile cancels it (outcome ``cancelled``).
+async def whole_response(session: GenerationSession, shape: ResponseShape, http: Request, drain: Drain) -> Response:
+    """Collect the generation; a client that disconnects meanwhile cancels it (outcome ``cancelled``), and so
+    does the end of a shutdown's timeout (a 503 ``shutting_down`` then, ``gateway.drain``).
 
     The collector is cancelled and awaited before the session closes: closing the generation while the
     collector is still inside it would fail (``aclose(): asynchronous generator is already running``).
@@ -47,7 +49,9 @@ async def whole_response(session: GenerationSession, shape: ResponseShape, http:
     collector = asyncio.ensure_future(_collect(session))
     watcher = asyncio.ensure_future(_wait_for_disconnect(http))
     try:
-        done, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        with drain.hold(cancellable=False) as hold:
+            waiting = asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await hold.interruptible(waiting)
     finally:
         watcher.cancel()
         collector.cancel()
@@ -88,11 +92,14 @@ async def _wait_for_disconnect(http: Request) -> None:
         pass
 
 
-def streaming_response(session: GenerationSession, shape: ResponseShape, include_usage: bool) -> StreamingResponse:
+def streaming_response(
+    session: GenerationSession, shape: ResponseShape, include_usage: bool, drain: Drain
+) -> StreamingResponse:
     """SSE: opening chunks, text deltas, each choice's finish chunk, the usage chunk if asked, then ``[DONE]``.
 
     With several choices, chunks interleave as the choices generate and each finish chunk carries its
-    choice's report; the top-level report rides on the last chunk before ``[DONE]``.
+    choice's report; the top-level report rides on the last chunk before ``[DONE]``. A stream still running
+    when the shutdown timeout runs out ends with an error event (``gateway.drain``).
     """
 
     async def events() -> AsyncIterator[bytes]:
@@ -100,14 +107,16 @@ def streaming_response(session: GenerationSession, shape: ResponseShape, include
             yield sse_data(chunk)
         ended = 0
         try:
-            async for update in session.updates():
-                if isinstance(update, Piece):
-                    yield sse_data(shape.delta(update))
-                    continue
-                ended += 1
-                own = session.choice_report(update.choice) if session.n > 1 else None
-                last = session.report() if ended == session.n and not include_usage else None
-                yield sse_data(shape.closing(update.choice, session.finish_reason(update.choice), own, last))
+            with drain.hold(cancellable=False) as hold:
+                updates = session.updates()
+                while (update := await hold.interruptible(anext(updates, None))) is not None:
+                    if isinstance(update, Piece):
+                        yield sse_data(shape.delta(update))
+                        continue
+                    ended += 1
+                    own = session.choice_report(update.choice) if session.n > 1 else None
+                    last = session.report() if ended == session.n and not include_usage else None
+                    yield sse_data(shape.closing(update.choice, session.finish_reason(update.choice), own, last))
         except OpenAIError as error:
             yield error_event(error, session.labels.endpoint)
             yield DONE

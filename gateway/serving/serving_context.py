@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from gateway.config import Settings
+from gateway.drain import Drain
 from gateway.errors import ModelNotFound
 from gateway.gate.holdback import required_lag
 from gateway.gate.monitor import RequestMonitor
@@ -32,6 +33,7 @@ class ServingContext:
     backend: Backend
     calibration: Calibration | None
     started_at: int
+    drain: Drain
 
     @cached_property
     def gate_config(self) -> GateConfig:
@@ -93,8 +95,8 @@ async def serve(
     await session.start()
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return streaming_response(session, shape, include_usage)
-    return await whole_response(session, shape, http)
+        return streaming_response(session, shape, include_usage, ctx.drain)
+    return await whole_response(session, shape, http, ctx.drain)
 
 
 def choice_requests(request: GenerationRequest, n: int) -> list[GenerationRequest]:

@@ -20,6 +20,7 @@ from gateway.generation import Backend, GenerationEvent, GenerationRequest, Star
 from gateway.protocol.common import Usage
 from gateway.protocol.stability import StabilityReport, worst_of
 from gateway.request_metrics import RequestSeries, outcome_of
+from gateway.security.admission import charge_tokens
 from gateway.telemetry.request_scope import current_scope
 
 __all__ = ["ChoiceEnd", "GenerationSession", "Piece", "RequestLabels"]
@@ -206,6 +207,7 @@ class GenerationSession:
             results = [gate.result for gate in self.gates]
             generated = sum(result.generated_tokens for result in results)
             self._series.tokens(self.usage.prompt_tokens, generated, self.usage.completion_tokens)
+            charge_tokens(self.usage.prompt_tokens + generated)
         for gate in self.gates:
             gate_outcome = gate.outcome()
             if gate_outcome is not None and (outcome == "ok" or isinstance(error, ContentBlocked)):

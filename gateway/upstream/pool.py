@@ -272,7 +272,7 @@ class UpstreamPool:
             health_interval=settings.upstream_health_interval,
             health_timeout=settings.upstream_health_timeout,
             max_connections=settings.upstream_max_connections,
-            api_key=settings.upstream_api_key,
+            api_key=settings.upstream_api_key.get_secret_value(),
         )
         return cls(parse_upstreams(settings.upstreams), config)
 

@@ -2,7 +2,6 @@
 judging with the scripted calibration (low entropy and text repetition), so a forced loop fires."""
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import openai
 import pytest
@@ -26,8 +25,7 @@ def fake() -> Iterator[tuple[FakeVLLM, RunningServer]]:
 
 def relay_gateway(upstream: RunningServer, **settings) -> RunningServer:
     """A gateway with the ``vllm`` backend in front of ``upstream`` (not started)."""
-    configured = replace(
-        Settings(),
+    configured = Settings().replace(
         backend="vllm",
         upstreams=f"{upstream.base_url}/v1",
         upstream_health_interval=0.2,

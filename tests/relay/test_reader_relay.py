@@ -3,7 +3,6 @@ upstream are relayed as sent and read by the real local model; what it cannot re
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -30,8 +29,7 @@ def upstream() -> Iterator[tuple[FakeVLLM, RunningServer]]:
 def reader_gateway(upstream) -> Iterator[RunningServer]:
     """A gateway with the ``openai`` backend and the reader, reading at most two streams."""
     _, server = upstream
-    settings = replace(
-        Settings(),
+    settings = Settings().replace(
         backend="openai",
         upstreams=f"{server.base_url}/v1",
         reader=True,

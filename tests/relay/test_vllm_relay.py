@@ -4,7 +4,6 @@ kind of delta. Against the fake vLLM, with the official client."""
 
 import json
 import time
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -228,7 +227,7 @@ def test_responses_are_relayed_with_the_report_on_the_response(fake, relay_serve
 
 def test_a_gateway_without_a_calibration_marks_its_answers_unmonitored(fake):
     _, upstream = fake
-    settings = replace(Settings(), backend="vllm", upstreams=f"{upstream.base_url}/v1", capture=False, port=free_port())
+    settings = Settings().replace(backend="vllm", upstreams=f"{upstream.base_url}/v1", capture=False, port=free_port())
     with RunningServer(create_app(settings), settings.port) as server:
         server.wait_ready(timeout=30)
         response = httpx.post(f"{server.base_url}/v1/chat/completions", json={"model": MODEL, "messages": MESSAGES})

@@ -3,7 +3,7 @@ closed however the request ends."""
 
 import json
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -81,7 +81,7 @@ def serve():
     running = []
 
     def start(backend: ChoiceBackend) -> RunningServer:
-        settings = replace(Settings(), port=free_port(), served_model_name=MODEL)
+        settings = Settings().replace(port=free_port(), served_model_name=MODEL)
         server = RunningServer(create_app(settings, backend=backend, calibration=CALIBRATION), settings.port)
         running.append(server.__enter__())
         return server

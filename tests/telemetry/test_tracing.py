@@ -4,7 +4,6 @@ continued, on the native fast path, the ASGI path and the full serving path; gat
 real model; a request for several choices in one span."""
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -116,7 +115,7 @@ def test_with_tracing_off_the_clients_traceparent_still_reaches_the_upstream(ups
 
 def test_the_vllm_backends_upstream_call_carries_the_trace(spans, upstream):
     """The full serving path (the vllm backend, without features here) sends its span's context upstream."""
-    settings = replace(Settings(), backend="vllm", capture=False, upstreams=upstream.base_url, port=free_port())
+    settings = Settings().replace(backend="vllm", capture=False, upstreams=upstream.base_url, port=free_port())
     with start_gateway(settings) as server:
         server.wait_ready(timeout=30)
         client_of(server, default_headers={"traceparent": TRACEPARENT}).chat.completions.create(
@@ -152,7 +151,7 @@ def test_a_rescued_generation_has_a_span_per_gate_attempt_and_its_verdict(spans,
 
 
 def test_a_request_for_two_choices_is_one_span_with_every_finish_and_the_worst_choices_gate(spans):
-    settings = replace(Settings(), port=free_port(), served_model_name=SCRIPTED_MODEL)
+    settings = Settings().replace(port=free_port(), served_model_name=SCRIPTED_MODEL)
     app = create_app(settings, backend=one_looping_choice(), calibration=CALIBRATION)
     body = {"model": SCRIPTED_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 40, "n": 2}
     with RunningServer(app, settings.port) as server:

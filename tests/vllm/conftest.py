@@ -5,7 +5,6 @@ Tests marked ``vllm`` start a real vLLM server (minutes on CPU); they run only w
 """
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -63,7 +62,7 @@ def vllm_server() -> Iterator[VLLMServer]:
 @pytest.fixture(scope="session")
 def real_vllm_gateway(vllm_server: VLLMServer) -> Iterator[RunningServer]:
     """A gateway with the ``vllm`` backend in front of the real server."""
-    settings = replace(Settings(), backend="vllm", upstreams=vllm_server.url, port=free_port())
+    settings = Settings().replace(backend="vllm", upstreams=vllm_server.url, port=free_port())
     with start_gateway(settings) as server:
         server.wait_ready(timeout=60)
         yield server
