@@ -110,16 +110,17 @@ def test_with_tracing_off_the_clients_traceparent_still_reaches_the_upstream(ups
 
 
 def test_the_vllm_backends_upstream_call_carries_the_trace(spans, upstream):
-    """The full serving path (the vllm backend, without features here) sends its span's context upstream."""
+    """The vllm backend's relay path (unmonitored here: no features) sends its span's context upstream."""
     settings = Settings().replace(backend="vllm", capture=False, upstreams=upstream.base_url, port=free_port())
     with start_gateway(settings) as server:
         server.wait_ready(timeout=30)
         client_of(server, default_headers={"traceparent": TRACEPARENT}).chat.completions.create(
             model=FAKE_MODEL, messages=CHAT["messages"]
         )
-        found = _finished(spans, 3)
+        found = _finished(spans, 2)
     request, call = _one(found, SpanKind.SERVER), _one(found, SpanKind.CLIENT)
     assert f"{request.context.trace_id:032x}" == CLIENT_TRACE and call.parent.span_id == request.context.span_id
+    assert request.attributes["sinkwatch.verdict"] == "unmonitored"
     assert upstream.stats.traceparents == [f"00-{CLIENT_TRACE}-{call.context.span_id:016x}-01"]
     assert request.attributes["gen_ai.usage.output_tokens"] == 4
 
