@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from monitors.calibration import CUSUM_SLACK, Calibration, SignalThreshold
 from monitors.features import StepFeatures
+from monitors.rank_exhaustion import NOVEL_PR
 from monitors.text import RepetitionTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
 
@@ -49,9 +50,12 @@ def usable_values(features: StepFeatures, window: int) -> dict[str, float]:
 
 
 def with_rank_margins(values: dict[str, float], floors: dict[str, float]) -> dict[str, float]:
-    """``values`` plus ``<band>.rank_margin = <band>.pr - floor`` for every band with a calibrated floor."""
+    """``values`` plus ``<band>.rank_margin = <band>.pr_novel - floor`` for every band with a calibrated floor
+    and a novel PR this token (see :mod:`monitors.rank_exhaustion`)."""
     margins = {
-        f"{band}.rank_margin": values[f"{band}.pr"] - floor for band, floor in floors.items() if f"{band}.pr" in values
+        f"{band}.rank_margin": values[f"{band}.{NOVEL_PR}"] - floor
+        for band, floor in floors.items()
+        if f"{band}.{NOVEL_PR}" in values
     }
     return {**values, **margins}
 
