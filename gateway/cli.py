@@ -46,6 +46,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "jacobian": "lab.eval.jacobian_eval",
             "report": "lab.eval.report",
             "rescue": "lab.eval.rescue_eval",
+            "rank": "lab.eval.rank_eval",
         },
     ),
 }

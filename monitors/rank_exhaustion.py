@@ -87,7 +87,13 @@ def rank_overlay(
     """The calibration overlay (``<model>.rank.json``) for these levels and floors: one ``rank`` signal per
     band on ``<band>.rank_margin`` (novel PR minus floor, low below 0), held ``persistence`` tokens."""
     signals = [
-        {"name": f"{band}.rank_margin", "direction": "low", "threshold": 0.0, "family": "rank", "persistence": persistence}
+        {
+            "name": f"{band}.rank_margin",
+            "direction": "low",
+            "threshold": 0.0,
+            "family": "rank",
+            "persistence": persistence,
+        }
         for band in floors
     ]
     return {

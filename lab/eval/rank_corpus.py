@@ -12,13 +12,12 @@ with one band per captured layer to read each layer's per-token recurrence, once
 bands and levels to read ``<band>.pr_novel`` and the plain ``<band>.pr``.
 """
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-
-import json
-from pathlib import Path
 
 from lab.eval.corpus import corpus_dir
 from monitors.bands import LayerBand
@@ -27,7 +26,17 @@ from monitors.features import FeatureExtractor
 from monitors.rank_exhaustion import NOVEL_PR, fit_rank_floors, fit_recurrence_levels
 from monitors.text import text_sink_onset
 
-__all__ = ["CorpusItem", "CorpusTracks", "band_lows", "corpus_tracks", "fit_floors", "fit_levels", "levels_from_states", "read_items", "replay"]
+__all__ = [
+    "CorpusItem",
+    "CorpusTracks",
+    "band_lows",
+    "corpus_tracks",
+    "fit_floors",
+    "fit_levels",
+    "levels_from_states",
+    "read_items",
+    "replay",
+]
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,9 @@ def replay(
     ``states``: ``[tokens, layers, d]``, at every layer of the model, or at ``stored_layers`` when given.
     """
     rows: dict[str, np.ndarray] = {}
-    index = [list(stored_layers).index(layer) for layer in extractor.layers] if stored_layers else list(extractor.layers)
+    index = (
+        [list(stored_layers).index(layer) for layer in extractor.layers] if stored_layers else list(extractor.layers)
+    )
     for t, token in enumerate(token_ids):
         step = extractor.push(states[t, index].astype(np.float64), float(entropy[t]), int(token))
         if step.window < extractor.window:
@@ -97,7 +108,7 @@ def replay(
 
 def fit_levels(healthy: Sequence[CorpusItem], calibration: Calibration, quantile: float) -> dict[int, float]:
     """Per captured layer, the recurrence level of healthy generations at ``quantile`` (full windows only)."""
-    generations = (item.load() + (item.output_ids,) for item in healthy)
+    generations = ((*item.load(), item.output_ids) for item in healthy)
     return levels_from_states(generations, calibration.bands, calibration.window, quantile)
 
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from gateway.engine.provision import DEFAULT_MODEL, cache_root, served_name
 from lab.eval.rank_corpus import band_lows, corpus_tracks, fit_floors, fit_levels, levels_from_states, read_items
-from lab.eval.rank_stress import WINDOW, Measured, context_windows, long_text, run_stressors, window_end
+from lab.eval.rank_stress import WINDOW, context_windows, long_text, run_stressors, window_end
 from lab.eval.rank_subjects import GEMMA, load_subject
-from monitors.bands import LayerBand, captured_layers
+from monitors.bands import captured_layers
 from monitors.calibration import Calibration, load_calibration, shipped_calibration_path
 from monitors.rank_exhaustion import fit_rank_floors, rank_overlay
 
@@ -77,7 +77,11 @@ def corpus_study(args: argparse.Namespace, calibration: Calibration) -> dict:
         group = [t for t in tracks if member(t)]
         novel = [_fires(band_lows(t, bands, span, args.persistence), floors) for t in group]
         plain = [_fires(_plain_lows(t, bands, span, args.persistence), plain_floors) for t in group]
-        undefined = [np.mean(~np.isfinite(t.values[f"{bands[-1]}.pr_novel"][np.isfinite(t.values[f"{bands[-1]}.pr"])])) for t in group if np.isfinite(t.values[f"{bands[-1]}.pr"]).any()]
+        undefined = [
+            np.mean(~np.isfinite(t.values[f"{bands[-1]}.pr_novel"][np.isfinite(t.values[f"{bands[-1]}.pr"])]))
+            for t in group
+            if np.isfinite(t.values[f"{bands[-1]}.pr"]).any()
+        ]
         rates[name] = {
             "generations": len(group),
             "novel_pr_fire_rate": float(np.mean(novel)) if group else float("nan"),
@@ -119,7 +123,9 @@ def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floo
     baseline = [m for m in measured if m.stressor == "constraints" and m.level == 0]
     if levels is None:  # no corpus for this model: its own unstressed answers set the levels and floors
         stored = captured_layers(bands)
-        levels = levels_from_states(((m.tail, np.zeros(len(m.tail)), m.ids) for m in baseline), bands, WINDOW, args.quantile, stored)
+        levels = levels_from_states(
+            ((m.tail, np.zeros(len(m.tail)), m.ids) for m in baseline), bands, WINDOW, args.quantile, stored
+        )
     ends = {id(m): window_end(bands, m, levels) for m in measured + [w for w, _ in context]}
     if floors is None:
         floors = fit_rank_floors([{b: v for b, v in ends[id(m)][0].items() if np.isfinite(v)} for m in baseline], 0.05)
@@ -139,13 +145,21 @@ def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floo
                 defined = novel[np.isfinite(novel)]
                 row[band.name] = {
                     "novel_pr": float(np.median(defined)) if len(defined) else None,
-                    "margin": float(np.median(defined) - floors[band.name]) if len(defined) and band.name in floors else None,
+                    "margin": float(np.median(defined) - floors[band.name])
+                    if len(defined) and band.name in floors
+                    else None,
                     "below_floor": float(np.mean(defined < floors.get(band.name, -np.inf))) if len(defined) else None,
                     "undefined": float(np.mean(~np.isfinite(novel))),
                     "plain_pr": float(np.nanmedian(plain)),
                 }
             rows.append(row)
-    return {"model": subject.name, "bands": {b.name: list(b.layers) for b in bands}, "levels": levels, "floors": floors, "rows": rows}
+    return {
+        "model": subject.name,
+        "bands": {b.name: list(b.layers) for b in bands},
+        "levels": levels,
+        "floors": floors,
+        "rows": rows,
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -153,11 +167,23 @@ def run(args: argparse.Namespace) -> dict:
     calibration = load_calibration(served_name(args.model))
     corpus = corpus_study(args, calibration)
     overlay = args.overlay or shipped_calibration_path(served_name(args.model)).with_suffix(".rank.json")
-    overlay.write_text(json.dumps(rank_overlay(corpus["levels"], corpus["floors"], args.persistence, {"corpus": args.corpus, "recurrence_quantile": args.quantile}), indent=1))
+    overlay.write_text(
+        json.dumps(
+            rank_overlay(
+                corpus["levels"],
+                corpus["floors"],
+                args.persistence,
+                {"corpus": args.corpus, "recurrence_quantile": args.quantile},
+            ),
+            indent=1,
+        )
+    )
     result = {"corpus": {k: v for k, v in corpus.items() if k != "tracks"}, "stress": []}
     for model in filter(None, args.models.split(",")):
         own = model == args.model
-        result["stress"].append(stress_study(args, model, corpus["levels"] if own else None, corpus["floors"] if own else None))
+        result["stress"].append(
+            stress_study(args, model, corpus["levels"] if own else None, corpus["floors"] if own else None)
+        )
         print(f"stressors done on {model}", flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=1, default=str))

@@ -27,7 +27,10 @@ def plot_corpus(tracks: Sequence[CorpusTracks], floors: dict, bands: Sequence[La
     for axis, band in zip(axes[0], bands, strict=True):
         for healthy, colour, label in ((True, "tab:blue", "healthy"), (False, "tab:red", "loops, induced or visible")):
             group = [t for t in tracks if t.healthy == healthy]
-            plain = [np.nanmin(t.values[f"{band.name}.pr"]) if np.isfinite(t.values[f"{band.name}.pr"]).any() else np.nan for t in group]
+            plain = [
+                np.nanmin(t.values[f"{band.name}.pr"]) if np.isfinite(t.values[f"{band.name}.pr"]).any() else np.nan
+                for t in group
+            ]
             novel = [_low(t.values[f"{band.name}.pr_novel"]) for t in group]
             axis.scatter(plain, novel, s=10, c=colour, alpha=0.6, label=label)
         axis.axhline(floors.get(band.name, np.nan), color="black", lw=0.8, ls="--", label="novel-PR floor")

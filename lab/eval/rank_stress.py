@@ -26,7 +26,7 @@ from monitors.bands import LayerBand, captured_layers
 from monitors.features import FeatureExtractor
 from monitors.rank_exhaustion import NOVEL_PR
 
-__all__ = ["Measured", "context_windows", "long_text", "measure_items", "run_stressors", "window_end"]
+__all__ = ["WINDOW", "Measured", "context_windows", "long_text", "measure_items", "run_stressors", "window_end"]
 
 WINDOW = 32
 PLAIN_SYSTEM = "You are a helpful assistant. Answer briefly."

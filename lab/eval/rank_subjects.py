@@ -36,7 +36,8 @@ class Subject:
         """The prompt for one question under a system prompt (chat template, or plain text for a base model)."""
         if self.chat:
             messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-            return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return self.tokenizer(f"{system}\n\nQuestion: {question}\nAnswer:")["input_ids"]
 
     def answer(self, prompt: list[int], max_tokens: int, temperature: float, seed: int) -> list[int]:
