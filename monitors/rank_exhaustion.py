@@ -64,20 +64,22 @@ def fit_recurrence_levels(recurrence: Mapping[int, np.ndarray], quantile: float)
 
 
 def fit_rank_floors(band_lows: Sequence[Mapping[str, float]], fpr: float) -> dict[str, float]:
-    """Per band, the floor that at most a fraction ``fpr`` of healthy generations go below.
+    """Per band, a floor such that at most a fraction ``fpr`` of healthy generations go below *any* band's.
 
     ``band_lows``: one mapping per healthy generation, band -> the lowest value its tracked novel PR held for
     the calibrated persistence (from replayed states), or the lowest novel PR in its recorded summary (a
-    stricter statistic: fitting on it gives a floor no higher). Bands missing from a generation (too short,
-    or all recurrent) do not count.
+    stricter statistic: fitting on it gives floors no higher). Bands missing from a generation (too short,
+    or all recurrent) do not count. Every band's floor is the same quantile ``q`` of its lows, ``q`` the
+    largest (of ``fpr`` and below) for which the union of the bands stays within ``fpr``.
     """
     bands = sorted({band for lows in band_lows for band in lows})
-    floors = {}
-    for band in bands:
-        values = np.array([lows[band] for lows in band_lows if band in lows], dtype=np.float64)
-        values = values[np.isfinite(values)]
-        if len(values):
-            floors[band] = float(np.quantile(values, fpr))
+    values = {band: np.array([lows[band] for lows in band_lows if band in lows], dtype=np.float64) for band in bands}
+    floors: dict[str, float] = {}
+    for q in np.linspace(fpr, 0.0, 101):
+        floors = {band: float(np.quantile(v, q)) for band, v in values.items() if len(v)}
+        below = [any(lows.get(band, np.inf) < floor for band, floor in floors.items()) for lows in band_lows]
+        if not below or np.mean(below) <= fpr:
+            break
     return floors
 
 

@@ -39,10 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--human-sets", default="human", help="prompt sets healthy even when their text repeats")
     parser.add_argument("--quantile", type=float, default=0.5, help="recurrence level: quantile of healthy traffic")
     parser.add_argument("--persistence", type=int, default=4, help="tokens the tracked novel PR must stay low")
-    parser.add_argument("--constraints", default="0,5,10,20,35,50")
-    parser.add_argument("--temperatures", default="0,0.7,1.2,1.8,2.5")
-    parser.add_argument("--max-tokens", type=int, default=16)
-    parser.add_argument("--context", type=int, default=8192, help="longest prefill (tokens) for the context stressor")
+    parser.add_argument("--constraints", default="0,10,25,50")
+    parser.add_argument("--temperatures", default="0,1.0,1.8,2.5")
+    parser.add_argument("--max-tokens", type=int, default=12)
+    parser.add_argument("--per-task", type=int, default=4, help="scored items per task (at most 10)")
+    parser.add_argument("--context", type=int, default=4096, help="longest prefill (tokens) for the context stressor")
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},{GEMMA}", help="models the stressors run on")
     parser.add_argument("--overlay", type=Path, default=None, help="where to write the rank calibration overlay")
     parser.add_argument("--results", type=Path, default=Path("docs/evaluation/rank.json"))
@@ -114,7 +115,7 @@ def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floo
     else:
         constraint_levels = [int(x) for x in args.constraints.split(",")]
         temperatures = [float(x) for x in args.temperatures.split(",")]
-        measured = run_stressors(subject, constraint_levels, temperatures, args.max_tokens)
+        measured = run_stressors(subject, constraint_levels, temperatures, args.max_tokens, args.per_task)
         length = min(args.context, subject.max_context)
         context = context_windows(subject, long_text(Path("docs")), length)
         cache.parent.mkdir(parents=True, exist_ok=True)

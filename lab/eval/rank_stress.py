@@ -46,12 +46,12 @@ class Measured:
 
 
 def measure_items(
-    subject: Subject, stressor: str, level: float, system: str, temperature: float, max_tokens: int
+    subject: Subject, stressor: str, level: float, system: str, temperature: float, max_tokens: int, per_task: int
 ) -> list[Measured]:
     """Answer every scored item under ``system`` at ``temperature``; keep the states the detector would see."""
     layers = captured_layers(subject.bands)
     out = []
-    for seed, item in enumerate(scored_items()):
+    for seed, item in enumerate(scored_items(per_task)):
         prompt = subject.prompt_ids(system, item.question)
         answer = subject.answer(prompt, max_tokens, temperature, seed)
         ids = prompt + answer
@@ -84,6 +84,7 @@ def run_stressors(
     constraint_levels: Sequence[int],
     temperatures: Sequence[float],
     max_tokens: int,
+    per_task: int,
     progress: Callable[[str], None] = print,
 ) -> list[Measured]:
     """Every stressor but context, on ``subject`` (loaded in float32)."""
@@ -91,14 +92,14 @@ def run_stressors(
     results = []
     for n in constraint_levels:
         system = " ".join(rules[:n]) if n else PLAIN_SYSTEM
-        results += measure_items(subject, "constraints", n, system, 0.0, max_tokens)
+        results += measure_items(subject, "constraints", n, system, 0.0, max_tokens, per_task)
         progress(f"constraints {n}")
     for temperature in temperatures:
-        results += measure_items(subject, "temperature", temperature, PLAIN_SYSTEM, temperature, max_tokens)
+        results += measure_items(subject, "temperature", temperature, PLAIN_SYSTEM, temperature, max_tokens, per_task)
         progress(f"temperature {temperature}")
     results += [_relabel(m, "precision", 32) for m in results if m.stressor == "constraints" and m.level == 0]
     for bits, make in ((16, lambda: load_subject(subject.name, torch.bfloat16)), (8, lambda: _int8(subject))):
-        results += measure_items(make(), "precision", bits, PLAIN_SYSTEM, 0.0, max_tokens)
+        results += measure_items(make(), "precision", bits, PLAIN_SYSTEM, 0.0, max_tokens, per_task)
         progress(f"precision {bits}")
     return results
 

@@ -50,12 +50,12 @@ _INSTRUCTIONS = [
 ]
 
 
-def scored_items() -> list[ScoredItem]:
-    """Thirty items: ten sums, ten facts, ten instructions."""
+def scored_items(per_task: int = 10) -> list[ScoredItem]:
+    """The first ``per_task`` (at most ten) sums, facts and instructions."""
     sums = [ScoredItem("arithmetic", f"What is {a} + {b}? Answer with the number.", str(a + b)) for a, b in _ARITHMETIC]
     facts = [ScoredItem("facts", q, a) for q, a in _FACTS]
     instructions = [ScoredItem("instruction", q, a) for q, a in _INSTRUCTIONS]
-    return sums + facts + instructions
+    return sums[:per_task] + facts[:per_task] + instructions[:per_task]
 
 
 # Constraints 13–50, after the exchange-rate experiment's twelve (monitors/data/constraints.json).

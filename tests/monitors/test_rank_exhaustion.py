@@ -116,6 +116,14 @@ def test_floors_are_the_fpr_quantile_of_per_generation_lows_and_missing_bands_do
     assert floors["early"] == 5.0
 
 
+def test_floors_keep_the_union_of_bands_within_the_rate():
+    rng = np.random.default_rng(0)
+    lows = [{"early": float(a), "late": float(b)} for a, b in rng.standard_normal((400, 2))]
+    floors = fit_rank_floors(lows, 0.05)
+    fired = np.mean([lows_["early"] < floors["early"] or lows_["late"] < floors["late"] for lows_ in lows])
+    assert 0.03 <= fired <= 0.05
+
+
 def test_recurrence_levels_are_per_layer_quantiles():
     levels = fit_recurrence_levels({4: np.linspace(0, 1, 101), 7: np.array([])}, 0.5)
     assert levels == {4: pytest.approx(0.5)}
