@@ -39,11 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--human-sets", default="human", help="prompt sets healthy even when their text repeats")
     parser.add_argument("--quantile", type=float, default=0.5, help="recurrence level: quantile of healthy traffic")
     parser.add_argument("--persistence", type=int, default=4, help="tokens the tracked novel PR must stay low")
-    parser.add_argument("--constraints", default="0,10,25,50")
-    parser.add_argument("--temperatures", default="0,1.0,1.8,2.5")
+    parser.add_argument("--constraints", default="0,25,50", help="numbers of stacked constraints (0 included)")
+    parser.add_argument("--temperatures", default="0,1.8,2.5")
     parser.add_argument("--max-tokens", type=int, default=12)
-    parser.add_argument("--per-task", type=int, default=4, help="scored items per task (at most 10)")
-    parser.add_argument("--context", type=int, default=4096, help="longest prefill (tokens) for the context stressor")
+    parser.add_argument("--per-task", type=int, default=3, help="scored items per task (at most 10)")
+    parser.add_argument("--context", type=int, default=2048, help="longest prefill (tokens) for the context stressor")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (more thrash on a shared CPU)")
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},{GEMMA}", help="models the stressors run on")
     parser.add_argument("--overlay", type=Path, default=None, help="where to write the rank calibration overlay")
     parser.add_argument("--results", type=Path, default=Path("docs/evaluation/rank.json"))
@@ -165,6 +166,9 @@ def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floo
 
 def run(args: argparse.Namespace) -> dict:
     """Corpus study, overlay, stressors, figures, results."""
+    import torch
+
+    torch.set_num_threads(args.threads)
     calibration = load_calibration(served_name(args.model))
     corpus = corpus_study(args, calibration)
     overlay = args.overlay or shipped_calibration_path(served_name(args.model)).with_suffix(".rank.json")

@@ -87,17 +87,22 @@ def run_stressors(
     per_task: int,
     progress: Callable[[str], None] = print,
 ) -> list[Measured]:
-    """Every stressor but context, on ``subject`` (loaded in float32)."""
+    """Every stressor but context, on ``subject`` (loaded in float32); constraint level 0 must be among
+    ``constraint_levels``: it is also temperature 0 and float32."""
     rules = stacked_constraints()
     results = []
     for n in constraint_levels:
         system = " ".join(rules[:n]) if n else PLAIN_SYSTEM
         results += measure_items(subject, "constraints", n, system, 0.0, max_tokens, per_task)
         progress(f"constraints {n}")
+    unstressed = [m for m in results if m.stressor == "constraints" and m.level == 0]  # greedy, float32
     for temperature in temperatures:
+        if temperature == 0:
+            results += [_relabel(m, "temperature", 0.0) for m in unstressed]
+            continue
         results += measure_items(subject, "temperature", temperature, PLAIN_SYSTEM, temperature, max_tokens, per_task)
         progress(f"temperature {temperature}")
-    results += [_relabel(m, "precision", 32) for m in results if m.stressor == "constraints" and m.level == 0]
+    results += [_relabel(m, "precision", 32) for m in unstressed]
     for bits, make in ((16, lambda: load_subject(subject.name, torch.bfloat16)), (8, lambda: _int8(subject))):
         results += measure_items(make(), "precision", bits, PLAIN_SYSTEM, 0.0, max_tokens, per_task)
         progress(f"precision {bits}")
