@@ -168,7 +168,7 @@ class _RunningStats:
             if band and band != "text":
                 entry = bands.setdefault(band, {})
                 entry[f"{metric}_mean"] = round(mean, 4)
-                if metric in ("pr", "rank_margin"):
+                if metric in ("pr", NOVEL_PR, "rank_margin"):
                     entry[f"{metric}_min"] = round(self._min[name], 4)
             else:
                 overall[f"{name.replace('.', '_')}_mean"] = round(mean, 4)
