@@ -23,6 +23,7 @@ Features (``<band>.`` prefix = mean over the band's layers):
 - ``probe``: the score of a calibrated linear probe on a few captured layers (when one is given).
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -249,7 +250,7 @@ class FeatureExtractor:
             else:
                 values.update((name, v) for name, v, need in zip(names, row_values, needs, strict=True) if count > need)
             if self._recurrence_levels is not None:  # the novel PR is NaN (absent) while too few states are novel
-                values = {name: v for name, v in values.items() if v == v}
+                values = {name: v for name, v in values.items() if not math.isnan(v)}
             results.append(StepFeatures(count - 1, int(token_ids[row]), int(filled[row]), values))
         return results
 
