@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm test-load test-hostile
+.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm bench-relay test-load test-hostile test-newest
 # From Debian, installed together: Prometheus, promtool, Alertmanager and amtool, which the rule tests and the
 # live observability tests run; nginx, the reference proxy of `sinkwatch bench proxy` and of its test.
 PROMETHEUS_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool
@@ -39,6 +39,13 @@ $(DEBIAN_TOOLS):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager nginx
 
+# kubectl, whose `kubectl kustomize` renders the Kubernetes manifests in tests/observability/test_deploy.py
+# (Debian's kubernetes-client package; a newer kubectl already on the machine serves as well).
+KUBECTL := /usr/bin/kubectl
+$(KUBECTL):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y --no-install-recommends kubernetes-client
+
 ## rules: check the Prometheus and Alertmanager configs, check and unit-test the alert and recording rules
 rules: $(PROMETHEUS_TOOLS)
 	promtool check rules deploy/prometheus/rules/*.yml
@@ -52,7 +59,7 @@ generate: $(INSTALLED)
 	$(BIN)/python -m deploy.render
 
 ## test: lint, the rule tests, then the whole test suite against the real model
-test: setup lint rules $(DEBIAN_TOOLS)
+test: setup lint rules $(DEBIAN_TOOLS) $(KUBECTL)
 	$(BIN)/pytest
 
 ## bench: engine throughput (capture off/on, 1/4/8 streams); results go in docs/BENCHMARKS.md
@@ -62,6 +69,22 @@ bench: setup
 ## test-load: 500 concurrent streams for 60 s through the proxy, on one process and on two workers (about 3 min; marker `load`)
 test-load: $(INSTALLED)
 	$(BIN)/pytest -m load
+
+# The proxy, drain and reload tests against the newest release of every dependency that pyproject.toml's bounds
+# allow, in a virtualenv of their own (upgraded at each run): a release that breaks the private uvicorn API the
+# native fast path and the drain use fails here, not in production. A few minutes.
+NEWEST_VENV ?= .venv-newest
+NEWEST_TESTS := tests/proxy/test_native.py tests/proxy/test_passthrough.py tests/proxy/test_faults.py \
+	tests/upstream/test_pool.py tests/backends/test_openai_backend.py tests/workers tests/test_drain.py \
+	tests/security/test_reload.py tests/security/test_guards.py
+
+## test-newest: the proxy tests against the newest dependency versions the bounds allow (own virtualenv)
+test-newest:
+	$(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/pip install --quiet --upgrade pip
+	$(NEWEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
+	$(NEWEST_VENV)/bin/pip list --format=freeze | grep -iE '^(uvicorn|httptools|httpx|fastapi|starlette|pydantic|prometheus)'
+	$(NEWEST_VENV)/bin/pytest -m 'not load and not hostile and not model' $(NEWEST_TESTS)
 
 ## test-hostile: every hostile-client attack against real gateway processes on loopback (marker `hostile`)
 test-hostile: setup
@@ -92,3 +115,7 @@ test-vllm: vllm-setup
 bench-vllm: vllm-setup
 	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/sinkwatch bench vllm --dtype float32 --rounds 10 \
 		--output out/bench-vllm.json
+
+## bench-relay: the monitored vLLM path (gateway --backend vllm, plugin on) against vLLM directly, 1 and 16 streams
+bench-relay: vllm-setup
+	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/sinkwatch bench relay --rounds 4 --output out/bench-relay.json

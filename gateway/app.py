@@ -9,13 +9,15 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from gateway import __version__, metrics
-from gateway.api import health, openai_routes
+from gateway.api import health, openai_routes, relay_routes
 from gateway.api.error_handlers import install_error_handlers
 from gateway.api.middleware_stack import install_middleware
 from gateway.backends.factory import build_backend, resolve_calibration
 from gateway.config import Settings
+from gateway.drain import Drain
 from gateway.generation import Backend
 from gateway.metrics_port import serve_metrics_apart
+from gateway.security.reload import KeyReloader, admission_for
 from gateway.serving.serving_context import ServingContext
 from gateway.telemetry import tracing
 from gateway.workers.exposition import WorkerExpositions, serve_exposition
@@ -32,13 +34,19 @@ def create_app(
     backend: Backend | None = None,
     calibration: Calibration | None = None,
     worker: WorkerContext | None = None,
+    reload_settings: Callable[[], Settings] | None = None,
 ) -> FastAPI:
     """Build the gateway (as one of several ``worker`` processes when given). The backend starts in the
     background, ``/readyz`` says when it is ready; a worker waits for it (its upstreams' first health
-    checks) before it takes connections."""
+    checks) before it takes connections. API keys and rate limits are reloaded on SIGHUP and when the keys
+    file changes, from the settings ``reload_settings`` returns (by default the same settings: only the
+    keys file is read again)."""
     if calibration is None:
         calibration = resolve_calibration(settings)
     backend = backend or build_backend(settings, calibration)
+    shared = worker.buckets if worker else None
+    admission = admission_for(settings, shared)
+    reloader = KeyReloader(admission, settings, reload_settings or (lambda: settings), shared)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -48,9 +56,11 @@ def create_app(
         if worker is not None:
             await starting  # a worker takes connections once it knows its upstreams; its siblings serve meanwhile
         stop_metrics = await _serve_metrics(settings, worker)
+        reloading = asyncio.create_task(reloader.watch())
         try:
             yield
         finally:
+            reloading.cancel()
             starting.cancel()
             await backend.close()
             stop_metrics()
@@ -63,13 +73,15 @@ def create_app(
     if not settings.api_docs:
         docs = dict.fromkeys(docs)
     app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry, **docs)
-    app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()))
+    drain = Drain()
+    app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()), drain=drain)
     app.state.worker_expositions = (
         WorkerExpositions(worker.exposition_paths(), restarts=worker.restarts) if worker else None
     )
     install_error_handlers(app)
-    app.state.fast_path = install_middleware(app, settings, backend, worker)
-    app.include_router(openai_routes.router)
+    app.state.fast_path = install_middleware(app, settings, backend, drain, admission)
+    # Backends in front of an upstream relay what the client sent; the embedded engine validates strictly.
+    app.include_router(relay_routes.router if settings.backend in ("openai", "vllm") else openai_routes.router)
     app.include_router(health.router)
     return app
 

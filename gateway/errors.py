@@ -28,6 +28,7 @@ __all__ = [
     "RateLimited",
     "RequestTimeout",
     "RequestTooLarge",
+    "ShuttingDown",
     "TooManyConnections",
     "UnsupportedParameter",
     "UpstreamError",
@@ -203,6 +204,13 @@ class ContentBlocked(OpenAIError):
     status_code = 422
     error_type = "content_filter"
     default_code = "sinkwatch_blocked"
+
+
+class ShuttingDown(OpenAIError):
+    """The gateway is shutting down and the request could not finish within its shutdown timeout (503)."""
+
+    status_code = 503
+    default_code = "shutting_down"
 
 
 def render_error(error: OpenAIError, endpoint: str) -> bytes:

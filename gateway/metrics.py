@@ -33,6 +33,8 @@ __all__ = [
     "TOKENS",
     "TOKENS_DISCARDED",
     "TOKENS_WITHHELD",
+    "UNMONITORED",
+    "UNMONITORED_REASONS",
     "UPSTREAM_ERRORS",
     "UPSTREAM_IN_FLIGHT",
     "UPSTREAM_REQUESTS",
@@ -55,6 +57,7 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 # model average 11 to 19 per band; half steps around its calibrated rank floors (6.5 to 7.5) resolve collapses.
 PR_BUCKETS = (1, 2, 3, 4, 5, 6, 6.5, 7, 7.5, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 20, 24, 32)
 # Lowest margin above the calibrated floor (normal requests: about 2 to 10); ``le="0.0"`` counts dips below it.
+RISK_BUCKETS = (0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 MARGIN_BUCKETS = (-8, -4, -2, -1, -0.5, 0, 0.5, 1, 2, 3, 4, 5, 6, 8, 10, 12, 16)
 # OpenTelemetry gen_ai.client.token.usage boundaries, with 128/512/2048/8192 for short-context models.
 TOKEN_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
@@ -121,6 +124,13 @@ RANK_MARGIN = Histogram(
     "Lowest participation-ratio margin above the calibrated floor in a request, per layer band",
     ["model", "band"],
     buckets=MARGIN_BUCKETS,
+)
+
+STABILITY_RISK = Histogram(
+    "sinkwatch_stability_risk",
+    "Calibrated probability that a monitored request's generation was sinking (its highest stability.risk)",
+    ["model"],
+    buckets=RISK_BUCKETS,
 )
 
 GATE_ACTIONS = Counter(
@@ -195,6 +205,17 @@ VLLM_STATS = Counter(
     ["outcome"],
 )
 
+UNMONITORED_REASONS = ("capacity", "endpoint", "uncalibrated")
+UNMONITORED = Counter(
+    "sinkwatch_unmonitored_requests_total",
+    "Requests relayed without monitoring (marked stability.verdict 'unmonitored'), by reason: capacity (the "
+    "reader is reading its --reader-max-streams), endpoint (no monitored path: embeddings, responses on the "
+    "openai backend), uncalibrated (no calibration for the model, or --no-capture)",
+    ["reason"],
+)
+for _reason in UNMONITORED_REASONS:  # series exist from the start, for rate()
+    UNMONITORED.labels(_reason)
+
 
 def model_ready(model: str, backend: str, calibration: Calibration | None) -> None:
     """Mark ``model`` ready, export its calibration, and create its closed label sets at zero.
@@ -216,7 +237,7 @@ def model_ready(model: str, backend: str, calibration: Calibration | None) -> No
 
 def endpoint_label(path: str) -> str:
     """A closed label set for the metrics: the route's last path segment, or 'other'."""
-    for name in ("chat", "completions", "models"):
+    for name in ("chat", "completions", "models", "responses", "embeddings"):
         if path.startswith(f"/v1/{name}" if name != "chat" else "/v1/chat/completions"):
             return name
     return "other"

@@ -45,6 +45,7 @@ class GateOutcome:
     withheld_tokens: int
     discarded_tokens: int
     band_stats: dict[str, dict[str, float]]
+    risk: float | None = None
 
 
 class RequestSeries:
@@ -100,10 +101,17 @@ class RequestSeries:
         self.output_tokens.inc(generated)
         self.completion_tokens.observe(completion)
 
+    @staticmethod
+    def unmonitored(reason: str) -> None:
+        """A request was relayed without monitoring, for ``reason`` (``metrics.UNMONITORED_REASONS``)."""
+        metrics.UNMONITORED.labels(reason).inc()
+
     def stability(self, gate: GateOutcome) -> None:
         """The verdict, the bands' statistics and what the gate did, for a monitored request."""
         model = self.model
         metrics.VERDICTS.labels(model, gate.verdict).inc()
+        if gate.risk is not None:
+            metrics.STABILITY_RISK.labels(model).observe(gate.risk)
         for band, stats in gate.band_stats.items():
             if "pr_mean" in stats:
                 metrics.PARTICIPATION_RATIO.labels(model, band).observe(stats["pr_mean"])

@@ -276,6 +276,17 @@ VERDICTS = Row(
             unit="percentunit",
         ),
         Panel(
+            "Stability risk",
+            "Per monitored request, its highest calibrated probability of sinking (stability.risk): median and "
+            "p90, and the share at 0.8 or more (the risk alert fires above 20%).",
+            (
+                Query(_quantile(0.5, "sinkwatch_stability_risk"), "p50"),
+                Query(_quantile(0.9, "sinkwatch_stability_risk"), "p90"),
+                Query(f"model:sinkwatch_stability_risk_high:ratio_rate10m{{{M}}}", "{{model}} share at 0.8+"),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
             "Gate actions",
             "What the gate did per request (pass, annotate, block, rescue) and the verdict behind it.",
             (
@@ -311,6 +322,14 @@ VERDICTS = Row(
             unit="short",
             stacked=True,
             requires="vllm",
+        ),
+        Panel(
+            "Unmonitored requests",
+            "Requests relayed without monitoring (marked stability.verdict unmonitored), by reason: capacity "
+            "(the reader is full), endpoint (no monitored path), uncalibrated.",
+            (Query(f"sum by (reason) (rate(sinkwatch_unmonitored_requests_total{RATE}))", "{{reason}}"),),
+            unit="reqps",
+            stacked=True,
         ),
     ),
 )

@@ -5,7 +5,7 @@ Used by ``sinkwatch bench holdback`` and ``sinkwatch eval rescue``: both need th
 """
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from gateway.backends.factory import build_backend
 from gateway.config import Settings
@@ -39,7 +39,7 @@ class GatedRun:
 
 async def start_embedded(model: str) -> tuple[Backend, Calibration]:
     """The embedded backend for ``model`` with its shipped calibration, started."""
-    settings = replace(Settings(), model=model)
+    settings = Settings().replace(model=model)
     calibration = load_calibration(settings.served_name())
     backend = build_backend(settings, calibration)
     await backend.start()

@@ -11,6 +11,7 @@ import numpy as np
 
 from monitors.bands import LayerBand
 from monitors.probe import LinearProbe
+from monitors.risk import RiskModel
 
 __all__ = [
     "CUSUM_SLACK",
@@ -63,6 +64,14 @@ class SignalThreshold:
             return value > self.threshold
         return value < self.threshold if self.direction == "low" else value > self.threshold
 
+    def margin(self, statistic: float) -> float:
+        """How far the tracked statistic is past the threshold, in normal-traffic standard deviations
+        (negative before it; CUSUM statistics are standardised already)."""
+        if self.method == "cusum":
+            return statistic - self.threshold
+        excess = self.threshold - statistic if self.direction == "low" else statistic - self.threshold
+        return excess / self.std
+
     def standardised(self, value: float) -> float:
         """How far ``value`` lies on the abnormal side of normal traffic, in standard deviations."""
         z = (value - self.mean) / self.std
@@ -90,6 +99,7 @@ class Calibration:
     expected_lead_tokens: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
     recurrence_levels: dict[int, float] = field(default_factory=dict)
+    risk: RiskModel | None = None
 
     def mean_state_arrays(self) -> dict[int, np.ndarray]:
         """The model's mean residual state per captured layer, as arrays."""
@@ -124,6 +134,8 @@ class Calibration:
         data["outlier_dims"] = {int(k): v for k, v in data.get("outlier_dims", {}).items()}
         data["recurrence_levels"] = {int(k): float(v) for k, v in data.get("recurrence_levels", {}).items()}
         data["probe"] = LinearProbe.from_dict(data["probe"]) if data.get("probe") else None
+        risk = data.get("risk")
+        data["risk"] = RiskModel(tuple(risk["scores"]), tuple(risk["probabilities"])) if risk else None
         return cls(**data)
 
 

@@ -4,27 +4,40 @@ Every signal has its own calibrated alarm level (see :mod:`monitors.calibration`
 ``rank_exhaustion`` when a rank-floor signal holds past its level, ``sink`` when at least
 ``min_agreeing`` sink signals do, and ``warn`` while some signal is past its level but not yet for
 ``persistence`` tokens (or too few agree).
+
+Beside the verdict it keeps a score: the largest margin (in normal-traffic standard deviations) by which
+any signal has held past its level for its persistence, maximised over the generation so far; with the
+calibration's risk model that is ``stability.risk`` (:mod:`monitors.risk`).
 """
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from monitors.calibration import CUSUM_SLACK, Calibration, SignalThreshold
 from monitors.features import StepFeatures
 from monitors.rank_exhaustion import NOVEL_PR
-from monitors.text import RepetitionTracker
+from monitors.risk import SCORE_CLIP
+from monitors.text import PeriodicityTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
 
-__all__ = ["REPETITION_SIGNAL", "StabilityDetector", "usable_values"]
+__all__ = ["PERIODICITY_SIGNAL", "StabilityDetector", "usable_values"]
 
-REPETITION_SIGNAL = "text.repetition"
+PERIODICITY_SIGNAL = "text.periodicity"
 
 
 @dataclass
 class _SignalState:
     spec: SignalThreshold
+    persistence: int
     statistic: float | None = None
     run: int = 0
     since: int | None = None
+    margins: deque[float] = field(default_factory=deque)
+
+    @property
+    def held_margin(self) -> float:
+        """The margin past the threshold this signal has held for its whole persistence (-SCORE_CLIP before)."""
+        return min(self.margins) if len(self.margins) >= self.persistence else -SCORE_CLIP
 
     def update(self, value: float, alpha: float, index: int) -> bool:
         if self.spec.span:
@@ -34,6 +47,9 @@ class _SignalState:
             self.statistic = max(0.0, (self.statistic or 0.0) + excess)
         else:
             self.statistic = value if self.statistic is None else alpha * value + (1 - alpha) * self.statistic
+        self.margins.append(self.spec.margin(self.statistic))
+        if len(self.margins) > self.persistence:
+            self.margins.popleft()
         if self.spec.crossed(self.statistic):
             self.run += 1
             self.since = index if self.since is None else self.since
@@ -66,8 +82,11 @@ class StabilityDetector:
     def __init__(self, calibration: Calibration) -> None:
         self.calibration = calibration
         self._alpha = 2.0 / (calibration.ewma_span + 1)
-        self._signals = [_SignalState(spec) for spec in calibration.signals]
-        self._repetition = RepetitionTracker()
+        self._signals = [
+            _SignalState(spec, spec.persistence or calibration.persistence) for spec in calibration.signals
+        ]
+        self._periodicity = PeriodicityTracker()
+        self.score = -SCORE_CLIP
         self._primed_tokens = 0
         self._onset: int | None = None
         self._last_stable: int | None = None
@@ -78,7 +97,7 @@ class StabilityDetector:
     def prime(self, token_ids: list[int]) -> None:
         """Seed the text history with tokens already accepted (a rescue continues after them)."""
         for token_id in token_ids:
-            self._repetition.push(token_id)
+            self._periodicity.push(token_id)
         self._primed_tokens += len(token_ids)
 
     def update(self, features: StepFeatures) -> Verdict:
@@ -88,7 +107,7 @@ class StabilityDetector:
         threshold, and the last stable token moves on again once it stops.
         """
         values = with_rank_margins(usable_values(features, self.calibration.window), self.calibration.rank_floors)
-        values[REPETITION_SIGNAL] = self._repetition.push(features.token_id)
+        values[PERIODICITY_SIGNAL] = self._periodicity.push(features.token_id)
         self._stats.add(values)
         crossing, persistent = [], []
         for state in self._signals:
@@ -97,8 +116,9 @@ class StabilityDetector:
                 continue
             if state.update(value, self._alpha, features.index):
                 crossing.append(state)
-                if state.run >= (state.spec.persistence or self.calibration.persistence):
+                if state.run >= state.persistence:
                     persistent.append(state)
+            self.score = max(self.score, state.held_margin)
         level = self._level(crossing, persistent)
         fired = self._fired_level is not VerdictLevel.OK
         if persistent and self._onset is None:
@@ -121,13 +141,14 @@ class StabilityDetector:
             onset_token=self._onset,
             last_stable_token=self._last_stable,
             expected_lead_tokens=self.calibration.expected_lead_tokens,
+            risk=self.calibration.risk.probability(self.score) if self.calibration.risk else None,
         )
         return self.verdict
 
     def _stable_before_repetition(self, last_stable: int | None) -> int | None:
         """Move the last stable token back before the repetitive stretch under way, if any: a loop's text
         starts repeating before the smoothed signals cross. Never into tokens primed from an earlier attempt."""
-        start = self._repetition.stretch_start
+        start = self._periodicity.stretch_start
         if start is None or start < self._primed_tokens:
             return last_stable
         before = start - self._primed_tokens - 1

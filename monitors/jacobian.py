@@ -90,7 +90,7 @@ def _prefix_cache(model, ids: list[int], position: int):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([ids[:position]]), past_key_values=cache, use_cache=True)
+    model(input_ids=torch.tensor([ids[:position]]), cache=cache, use_cache=True)
     return cache
 
 
@@ -120,7 +120,7 @@ def decoder_block(model, ids: list[int], position: int, start: int, stop: int) -
                 attention_mask=None,
                 position_embeddings=embeddings,
                 position_ids=positions.expand(batch, -1),
-                past_key_values=layer_cache,
+                cache=layer_cache,
                 use_cache=layer_cache is not None,
             )
             states = states[0] if isinstance(states, tuple) else states

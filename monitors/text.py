@@ -1,8 +1,76 @@
-"""Text-level signals on generated token ids: the baselines hidden-state signals must beat."""
+"""Text-level signals on generated token ids: the served loop signal and the baselines it replaced.
+
+:class:`PeriodicityTracker` is the served text signal (``text.periodicity``): a loop is a stretch that
+recurs with a period, so it measures how much of the recent text repeats the text one period earlier, at
+the best period. :class:`RepetitionTracker` (the share of tokens closing a repeated 4-gram) stays as the
+baseline the evaluation compares with: in healthy text that share grows with length, because repeated
+code lines, list bullets, table rows and reused phrases all close repeated 4-grams.
+"""
 
 from collections import deque
 
-__all__ = ["RepetitionTracker", "text_sink_onset"]
+import numpy as np
+
+__all__ = ["PERIODICITY_WINDOW", "PeriodicityTracker", "RepetitionTracker", "periodicity_trajectory", "text_sink_onset"]
+
+PERIODICITY_WINDOW = 16
+MAX_PERIOD = 64
+# Mismatches in a row that end a periodic run (a near loop changes a token or two per period: a counter).
+RUN_BREAK = 3
+
+
+class PeriodicityTracker:
+    """Share of the last ``window`` tokens equal to the tokens one and two periods earlier, at the best period.
+
+    For every lag ``p`` up to ``max_period`` it counts, over the last ``window`` tokens, the positions
+    where ``x[t] == x[t - p] == x[t - 2p]``; the value is the largest count divided by ``window``. A loop
+    is a stretch that recurs contiguously, so from its third occurrence on it drives the value to 1 within
+    ``window`` tokens, whatever the period (a near loop, such as a counter with the same text around it,
+    stays close to 1). Healthy text that repeats itself does so differently: structure repeats only its
+    scaffolding (code lines, bullets, table rows: the same punctuation around new content), and a phrase,
+    URL or formula used again occurs twice, not three times in a row. It also tracks where the current
+    loop began repeating (the start of its second occurrence: a rescue keeps the first).
+    """
+
+    def __init__(self, window: int = PERIODICITY_WINDOW, max_period: int = MAX_PERIOD) -> None:
+        self.window = window
+        self.max_period = max_period
+        self._history: deque[int] = deque(maxlen=2 * max_period)
+        self._matches: deque[np.ndarray] = deque(maxlen=window)
+        self._counts = np.zeros(max_period, dtype=np.int64)
+        self._misses = np.full(max_period, RUN_BREAK, dtype=np.int64)
+        self._run_start = np.full(max_period, -1, dtype=np.int64)
+        self._lags = np.arange(1, max_period + 1)
+        self._index = -1
+        self.stretch_start: int | None = None
+
+    def push(self, token_id: int) -> float:
+        """Add a token; return the best lag's share of recent tokens that repeat two periods back."""
+        self._index += 1
+        previous = np.fromiter(reversed(self._history), dtype=np.int64, count=len(self._history))
+        seen = len(previous)
+        match = np.zeros(self.max_period, dtype=bool)
+        twice = self._lags[2 * self._lags <= seen]
+        match[: len(twice)] = (previous[twice - 1] == token_id) & (previous[2 * twice - 1] == token_id)
+        if len(self._matches) == self.window:
+            self._counts -= self._matches[0]
+        self._matches.append(match)
+        self._counts += match
+        self._history.append(token_id)
+        self._misses = np.where(match, 0, self._misses + 1)
+        self._run_start = np.where(self._misses >= RUN_BREAK, -1, self._run_start)
+        self._run_start = np.where(match & (self._run_start < 0), self._index, self._run_start)
+        best = int(np.argmax(self._counts))
+        start = int(self._run_start[best])
+        # The run starts at the loop's third occurrence; the loop started repeating one period earlier.
+        self.stretch_start = max(start - (best + 1), 0) if self._counts[best] and start >= 0 else None
+        return float(self._counts[best]) / self.window
+
+
+def periodicity_trajectory(token_ids: list[int]) -> np.ndarray:
+    """The periodicity signal after every token."""
+    tracker = PeriodicityTracker()
+    return np.array([tracker.push(t) for t in token_ids], dtype=np.float64)
 
 
 class RepetitionTracker:

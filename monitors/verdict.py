@@ -46,7 +46,8 @@ class Verdict:
     """The detector's state after a token: level, reasons, onset and the last stable token.
 
     ``expected_lead_tokens`` is the calibrated estimate of how many tokens this detector fires before
-    the text-level repetition detector would (median over the calibration's sinking generations).
+    the text-level repetition detector would (median over the calibration's sinking generations);
+    ``risk`` the calibrated probability that the generation is sinking (None without a risk model).
     """
 
     level: VerdictLevel
@@ -55,6 +56,7 @@ class Verdict:
     onset_token: int | None = None
     last_stable_token: int | None = None
     expected_lead_tokens: float | None = None
+    risk: float | None = None
 
     @property
     def fired(self) -> bool:

@@ -4,7 +4,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 
 import pytest
 
@@ -99,7 +98,7 @@ def start_gateway(settings: Settings) -> RunningServer:
 @pytest.fixture(scope="session")
 def gateway_settings() -> Settings:
     """Settings of the shared embedded gateway."""
-    return replace(Settings(), port=free_port(), max_batch=8, max_queue=16)
+    return Settings().replace(port=free_port(), max_batch=8, max_queue=16)
 
 
 @pytest.fixture(scope="session")

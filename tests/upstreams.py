@@ -2,7 +2,6 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 
 import openai
 import pytest
@@ -25,7 +24,7 @@ def upstream() -> Iterator[FakeUpstreamThread]:
 @contextmanager
 def proxy_gateway(upstreams: str, **overrides) -> Iterator[RunningServer]:
     """A gateway with the ``openai`` backend in front of ``upstreams``, ready."""
-    settings = replace(Settings(), backend="openai", upstreams=upstreams, port=free_port(), **overrides)
+    settings = Settings().replace(backend="openai", upstreams=upstreams, port=free_port(), **overrides)
     with start_gateway(settings) as server:
         server.wait_ready(timeout=30)
         yield server

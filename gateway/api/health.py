@@ -21,8 +21,10 @@ async def healthz() -> dict:
 
 @router.get("/readyz")
 async def readyz(http: Request) -> JSONResponse:
-    """200 once the backend can serve (model loaded), 503 before."""
+    """200 once the backend can serve (model loaded), 503 before and from the start of a shutdown on."""
     serving = getattr(http.app.state, "serving", None)
+    if serving is not None and serving.drain.draining:
+        return JSONResponse({"status": "draining"}, status_code=503)
     ready = serving is not None and serving.backend.ready
     return JSONResponse({"status": "ready" if ready else "loading"}, status_code=200 if ready else 503)
 

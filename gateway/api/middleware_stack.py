@@ -1,5 +1,6 @@
 """The ASGI layers in front of the routes, outermost first: the request's scope (its id, access line and
-trace), CORS (when enabled), API keys and rate limits, the request size limit, the proxy fast path (for
+trace), CORS (when enabled), API keys and rate limits (always in place: a reload may turn them on), the
+request size limit, the proxy fast path (for
 backends that can relay unchanged; it checks its own JSON), and strict JSON for the full serving path."""
 
 from fastapi import FastAPI
@@ -7,38 +8,29 @@ from starlette.middleware.cors import CORSMiddleware
 
 from gateway.backends.openai import OpenAIBackend
 from gateway.config import Settings
+from gateway.drain import Drain
 from gateway.generation import Backend
 from gateway.proxy.asgi_passthrough import Passthrough
 from gateway.proxy.native import FastPath
 from gateway.security.admission import Admission
-from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.guards import BodyLimit, Guard, StrictJson
-from gateway.security.keys import ApiKeys
-from gateway.security.ratelimit import RateLimiter
 from gateway.telemetry.asgi import Observed
 from gateway.telemetry.content import ContentLogging
-from gateway.workers.worker_context import WorkerContext
 
 __all__ = ["install_middleware"]
 
 
 def install_middleware(
-    app: FastAPI, settings: Settings, backend: Backend, worker: WorkerContext | None = None
+    app: FastAPI, settings: Settings, backend: Backend, drain: Drain, admission: Admission
 ) -> FastPath | None:
     """Add the layers (Starlette runs the last one added first); returns the native fast path's view of
-    them when the backend relays unchanged (``gateway.proxy.native``). A ``worker`` takes the API keys its
-    supervisor read, and rate-limit tokens from the buckets all workers share."""
+    them when the backend relays unchanged (``gateway.proxy.native``)."""
     app.add_middleware(StrictJson)
     relays = isinstance(backend, OpenAIBackend) and backend.passthrough
     if relays:
-        app.add_middleware(Passthrough, backend=backend)
+        app.add_middleware(Passthrough, backend=backend, drain=drain)
     app.add_middleware(BodyLimit, max_bytes=settings.max_request_bytes)
-    keys = worker.api_keys if worker else ApiKeys.load(settings.api_keys, settings.api_keys_file)
-    limiter = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst, shared=worker.buckets if worker else None)
-    throttle = AuthThrottle(settings.auth_failure_limit, settings.auth_failure_window)
-    admission = Admission(keys, limiter, throttle)
-    if admission.enabled:
-        app.add_middleware(Guard, admission=admission)
+    app.add_middleware(Guard, admission=admission)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:
         app.add_middleware(
@@ -52,5 +44,4 @@ def install_middleware(
     app.add_middleware(Observed, content=content)
     if not relays:
         return None
-    guard = admission if admission.enabled else None
-    return FastPath(backend, guard, settings.max_request_bytes, bool(origins), content)
+    return FastPath(backend, admission, settings.max_request_bytes, bool(origins), drain, content)

@@ -1,10 +1,10 @@
 """The ``openai`` backend: any OpenAI-compatible upstream, through the upstream pool.
 
 Without a reader, requests take the proxy fast path (``gateway.proxy.proxied_request``): the upstream's
-bytes are relayed unchanged and there is nothing to monitor. With ``--reader``, every generation is
-streamed from the upstream (``stream_options.include_usage`` on, whatever the client asked) and read by
-the local model (``gateway.backends.reader``), so the gate and the stability report work as with the
-embedded engine.
+bytes are relayed unchanged and there is nothing to monitor. With ``--reader``, client requests are
+relayed as sent and every choice's text is read by the local model (``gateway.backends.reader_relay``,
+``gateway.backends.reader``), so the gate and the stability report work as with the embedded engine;
+:meth:`OpenAIBackend.generate` serves the lab's harnesses.
 
 Rescue continues an accepted prefix by a continuation request: a text prompt becomes a
 ``/v1/completions`` request for prompt + prefix (any OpenAI-compatible server); a chat request ends
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, get_args
 
 import orjson
 
+from gateway.backends.reader_relay import relay_through_reader
 from gateway.config import Settings
 from gateway.errors import UnsupportedParameter
 from gateway.generation import (
@@ -31,6 +32,7 @@ from gateway.generation import (
     StartEvent,
     TokenEvent,
 )
+from gateway.relay.seam import FeatureTap, RelayCall, RelayItem
 from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool
 from monitors.bands import LayerBand
@@ -127,6 +129,14 @@ class OpenAIBackend:
         await self.pool.close()
         if self.reader is not None:
             self.reader.close()
+
+    def relay(self, call: RelayCall) -> AsyncIterator[RelayItem]:
+        """Relay a client's request as sent, each choice read by the reader when there is one (``reader_relay``)."""
+        return relay_through_reader(self.pool, self.reader, call)
+
+    def feature_tap(self, call: RelayCall) -> FeatureTap:
+        """No engine features here, and the reader reads only chat and text completions."""
+        return FeatureTap(call, None, "endpoint")
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         path, body = upstream_request(request, self._continuation)

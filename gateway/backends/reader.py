@@ -168,7 +168,7 @@ class ReadingSession:
         capture = self._reader.capture
         with capture.attached():
             out = self._loaded.model(
-                input_ids=torch.tensor([fed]), past_key_values=self._cache, use_cache=True, logits_to_keep=keep
+                input_ids=torch.tensor([fed]), cache=self._cache, use_cache=True, logits_to_keep=keep
             )
             states = capture.take()[0, -keep:].numpy()
         token_entropy = next_token_entropies(out.logits[0]).numpy()

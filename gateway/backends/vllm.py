@@ -7,6 +7,9 @@ the engine computes each generated token's features (the embedded engine's :clas
 over the decode-time hidden states) and pushes them there. The backend joins the two streams by request
 id and token index, so the monitors, the gate and the stability report work exactly as with the
 embedded engine. Rescue continues an accepted prefix with vLLM's ``continue_final_message``.
+
+Client requests take :meth:`VLLMBackend.relay` (``gateway.backends.vllm_relay``): the body as the client
+sent it, the answer as vLLM sent it, each choice monitored; :meth:`generate` serves the lab's harnesses.
 """
 
 from collections.abc import AsyncIterator
@@ -15,9 +18,11 @@ import orjson
 
 from gateway import metrics
 from gateway.backends.openai import chunk_choice, finish_event, upstream_request
+from gateway.backends.vllm_relay import feature_tap, relay_to_vllm
 from gateway.backends.vllm_stats import FeatureStream, StatsReceiver
 from gateway.config import Settings
 from gateway.generation import GenerationEvent, GenerationRequest, StartEvent, TokenEvent
+from gateway.relay.seam import FeatureTap, RelayCall, RelayItem
 from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool
 from monitors.bands import LayerBand
@@ -54,6 +59,14 @@ class VLLMBackend:
         await self.pool.close()
         if self.receiver is not None:
             await self.receiver.close()
+
+    def relay(self, call: RelayCall) -> AsyncIterator[RelayItem]:
+        """Relay a client's request as sent, with each choice's tokens and features (``vllm_relay``)."""
+        return relay_to_vllm(self.pool, self.receiver, call)
+
+    def feature_tap(self, call: RelayCall) -> FeatureTap:
+        """``call`` tagged for the plugin (the Responses API: its answer has no token ids to match)."""
+        return feature_tap(self.receiver, call)
 
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         path, body = upstream_request(request, "continue_final_message")

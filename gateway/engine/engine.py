@@ -239,7 +239,7 @@ class EmbeddedEngine:
         cache = DynamicCache()
         ids = torch.tensor([sequence.prompt_ids])
         try:
-            out = self.loaded.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = self.loaded.model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
             self._advance([sequence], out.logits[:, -1].float())
         except Exception as exc:  # a failed prefill fails its own request only
             log.exception("prefill failed for request %s", sequence.request.request_id)
@@ -257,7 +257,7 @@ class EmbeddedEngine:
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=self._batch.cache,
+            cache=self._batch.cache,
             use_cache=True,
         )
         self._advance(self._active, out.logits[:, -1].float())

@@ -20,7 +20,7 @@ from gateway.errors import ContentBlocked, EngineFailure, OpenAIError
 from gateway.gate.holdback import HoldBack, Slot, stable_prefix, token_ids
 from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import GateConfig, Policy
-from gateway.gate.rescue import STRATEGIES
+from gateway.gate.rescue import STRATEGIES, neutralise
 from gateway.generation import Backend, FinishEvent, GenerationEvent, GenerationRequest, StartEvent, TokenEvent
 from gateway.protocol.stability import GateAttemptReport, GateReport, StabilityReport
 from gateway.request_metrics import GateOutcome
@@ -36,6 +36,7 @@ class Attempt:
 
     strategy: str | None
     offset: int = 0
+    neutralised: tuple[str, ...] = ()
     verdict: VerdictLevel = VerdictLevel.OK
     fired_at: int | None = None
     rollback_to: int | None = None
@@ -47,6 +48,7 @@ class Attempt:
         """This attempt's part of the stability report."""
         return GateAttemptReport(
             strategy=self.strategy,
+            neutralised=list(self.neutralised),
             verdict=self.verdict.value,
             fired_at_token=self.fired_at,
             rollback_to_token=self.rollback_to,
@@ -96,14 +98,15 @@ class GateController:
         self.result = GateResult(action="annotate" if policy is Policy.ANNOTATE else "pass")
         self.monitor: RequestMonitor | None = None
         self.detected: Verdict | None = None
+        self.peak_risk: float | None = None
         self._events: AsyncIterator[GenerationEvent] | None = None
         self._dropped: list[Slot] = []
 
     async def run(self, events: AsyncIterator[GenerationEvent] | None) -> AsyncIterator[str]:
         """The client-visible text of every attempt, in order; ``events`` is the started first attempt."""
-        request, strategy = self._request, None
+        request, strategy, neutralised = self._request, None, ()
         while True:
-            attempt = Attempt(strategy, offset=len(self._buffer))
+            attempt = Attempt(strategy, offset=len(self._buffer), neutralised=neutralised)
             self.result.attempts.append(attempt)
             span = start_attempt_span(len(self.result.attempts), strategy)
             try:
@@ -119,11 +122,11 @@ class GateController:
                     end_attempt_span(span, attempt.report().model_dump())
             if attempt.fired_at is None:
                 return
-            request = self._rescue_request()
-            if request is None:
+            rescue = self._rescue_request()
+            if rescue is None:
                 self._block()
                 return
-            events, strategy = None, self.config.rescue_strategy
+            (request, neutralised), events, strategy = rescue, None, self.config.rescue_strategy
 
     async def _attempt(self, events: AsyncIterator[GenerationEvent], attempt: Attempt) -> AsyncIterator[str]:
         """Run one attempt to its finish, or until a verdict fires under an acting policy."""
@@ -142,7 +145,7 @@ class GateController:
                     finish = event
                     break
                 verdict = self._take(event)
-                if fired := gated and verdict is not None and verdict.fired:
+                if fired := gated and verdict is not None and self.config.acts_on(verdict):
                     break
                 if text := self._releasable(attempt, gated):
                     yield text
@@ -177,6 +180,8 @@ class GateController:
 
     def _note(self, attempt: Attempt, verdict: Verdict) -> None:
         attempt.verdict = verdict.level
+        if verdict.risk is not None:
+            self.peak_risk = max(verdict.risk, self.peak_risk or 0.0)
         if self.detected is None or verdict.level.severity > self.detected.level.severity:
             self.detected = verdict
 
@@ -193,8 +198,9 @@ class GateController:
         self.result.completion_tokens += attempt.kept
         return text
 
-    def _rescue_request(self) -> GenerationRequest | None:
-        """The next attempt's request, or None when the policy, attempts or token budget say block."""
+    def _rescue_request(self) -> tuple[GenerationRequest, tuple[str, ...]] | None:
+        """The next attempt's request and the client's sampling parameters it neutralised, or None when the
+        policy, attempts or token budget say block."""
         result, config = self.result, self.config
         rescues_done = len(result.attempts) - 1
         lost = len(token_ids(self._dropped))
@@ -215,7 +221,8 @@ class GateController:
         )
         strategy = STRATEGIES[config.rescue_strategy]
         failed_ids = token_ids(self._buffer.slots) + token_ids(self._dropped)
-        return strategy(base, failed_ids, rescues_done + 1)
+        sampling, neutralised = neutralise(base.sampling, failed_ids)
+        return strategy(replace(base, sampling=sampling), failed_ids, rescues_done + 1), neutralised
 
     async def _open(self, request: GenerationRequest, attempt: Attempt) -> AsyncIterator[GenerationEvent] | None:
         """Start a rescue attempt; None (noted on the attempt) when the backend refuses it."""
@@ -269,6 +276,7 @@ class GateController:
             action=result.action,
             outcome=result.outcome,
             detected=self.detected.level.value if self.detected else "ok",
+            block_at=self.config.block_at or None,
             holdback_tokens=self.holdback,
             tokens_withheld=result.withheld_tokens,
             tokens_discarded=result.discarded_tokens,
@@ -310,4 +318,5 @@ class GateController:
             withheld_tokens=result.withheld_tokens,
             discarded_tokens=result.discarded_tokens,
             band_stats=self.monitor.band_stats(),
+            risk=self.peak_risk,
         )

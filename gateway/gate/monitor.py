@@ -52,7 +52,8 @@ class RequestMonitor:
             last_stable_token=verdict.last_stable_token,
             tokens_monitored=self.tokens,
             entropy_mean=summary.get("entropy_mean"),
-            repetition_mean=summary.get("text_repetition_mean"),
+            repetition_mean=summary.get("text_periodicity_mean"),
+            risk=None if verdict.risk is None else round(verdict.risk, 4),
             bands=bands,
             calibration=f"{self.calibration.model}@{self.calibration.created}",
         )

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gateway.errors import InvalidRequest
+from monitors.verdict import Verdict
 
 __all__ = ["POLICY_HEADER", "GateConfig", "Policy", "resolve_policy"]
 
@@ -27,12 +28,21 @@ class Policy(StrEnum):
 
 @dataclass(frozen=True)
 class GateConfig:
-    """Operator settings of the gate."""
+    """Operator settings of the gate; ``block_at`` > 0 makes block and rescue act on ``stability.risk``
+    reaching it rather than on the verdict."""
+
+    def acts_on(self, verdict: Verdict) -> bool:
+        """Whether block or rescue act on this verdict: risk at ``block_at`` when set (and the calibration
+        has a risk model), else a collapse verdict."""
+        if self.block_at > 0 and verdict.risk is not None:
+            return verdict.risk >= self.block_at
+        return verdict.fired
 
     default_policy: Policy = Policy.ANNOTATE
     allow_override: bool = True
     holdback_tokens: int = 3
     block_mode: str = "finish"
+    block_at: float = 0.0
     rescue_attempts: int = 2
     rescue_token_budget: int = 256
     rescue_strategy: str = "combined"

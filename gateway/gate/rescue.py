@@ -6,6 +6,10 @@ request to send. ``reseed`` samples again at a raised temperature from a new see
 presence and repetition penalties; ``ngram_bias`` biases against the tokens that kept closing repeated
 n-grams; ``combined`` (the default) does all three. ``constrain`` changes no sampling and adds an
 instruction instead: the "parallel" control of ``sinkwatch eval rescue``.
+
+Before any strategy, :func:`neutralise` takes out whatever in the client's own sampling pushes toward
+repetition (negative frequency or presence penalties, a repetition penalty below 1, a positive logit bias
+on the loop's tokens): otherwise the resample inherits the cause of the loop and loops again.
 """
 
 from collections import Counter
@@ -14,7 +18,7 @@ from dataclasses import replace
 
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams
 
-__all__ = ["CONSTRAINT", "NGRAM_BIAS", "STRATEGIES", "looping_tokens"]
+__all__ = ["CONSTRAINT", "NGRAM_BIAS", "STRATEGIES", "looping_tokens", "neutralise"]
 
 NGRAM = 4
 # How far each retry moves sampling away from the failed setting.
@@ -38,6 +42,24 @@ def looping_tokens(token_ids: Sequence[int], n: int = NGRAM) -> dict[int, float]
             completions[gram[-1]] += 1
         seen[gram] += 1
     return {token: NGRAM_BIAS for token, count in completions.items() if count >= 2}
+
+
+def neutralise(sampling: SamplingParams, failed_ids: Sequence[int]) -> tuple[SamplingParams, tuple[str, ...]]:
+    """``sampling`` without what pushes toward repetition, and the names of the parameters changed:
+    negative ``frequency_penalty``/``presence_penalty`` become 0, ``repetition_penalty`` below 1 becomes 1,
+    positive ``logit_bias`` entries on the failed trajectory's looping tokens are dropped."""
+    changes: dict = {}
+    if sampling.frequency_penalty < 0:
+        changes["frequency_penalty"] = 0.0
+    if sampling.presence_penalty < 0:
+        changes["presence_penalty"] = 0.0
+    if sampling.repetition_penalty < 1:
+        changes["repetition_penalty"] = 1.0
+    looping = looping_tokens(failed_ids)
+    bias = {token: value for token, value in sampling.logit_bias.items() if value <= 0 or token not in looping}
+    if len(bias) < len(sampling.logit_bias):
+        changes["logit_bias"] = bias
+    return replace(sampling, **changes), tuple(changes)
 
 
 def _reseed(sampling: SamplingParams, attempt: int) -> SamplingParams:

@@ -30,6 +30,9 @@ class GateOptions(StrictModel):
     """The ``sinkwatch`` request extension (sent by the openai client through ``extra_body``)."""
 
     policy: Literal["observe", "annotate", "block", "rescue"] | None = None
+    block_at: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        None, description="block and rescue act once stability.risk reaches this probability"
+    )
 
 
 class SamplingFields(StrictModel):

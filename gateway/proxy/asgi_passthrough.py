@@ -4,6 +4,7 @@ FastAPI routing (under ``sinkwatch serve`` most never get this far: the native p
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.backends.openai import OpenAIBackend
+from gateway.drain import Drain
 from gateway.proxy.channel import AsgiChannel
 from gateway.proxy.proxied_request import ROUTES, ProxiedRequest
 from gateway.telemetry.request_scope import current_scope
@@ -14,9 +15,10 @@ __all__ = ["Passthrough"]
 class Passthrough:
     """ASGI middleware: serves generation requests straight from the backend's upstream pool."""
 
-    def __init__(self, app: ASGIApp, backend: OpenAIBackend) -> None:
+    def __init__(self, app: ASGIApp, backend: OpenAIBackend, drain: Drain) -> None:
         self.app = app
         self.backend = backend
+        self.drain = drain
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -26,4 +28,4 @@ class Passthrough:
         request = current_scope()
         if request is None:
             raise RuntimeError("Passthrough serves inside gateway.telemetry.asgi.Observed, which opens the scope")
-        await ProxiedRequest(self.backend, route, AsgiChannel(scope, receive, send), request).serve()
+        await ProxiedRequest(self.backend, route, AsgiChannel(scope, receive, send), request, self.drain).serve()

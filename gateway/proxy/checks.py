@@ -4,6 +4,8 @@ The upstream validates the rest and its client errors pass through. Error bodies
 full serving path (``gateway.errors``).
 """
 
+from dataclasses import dataclass
+
 import orjson
 from pydantic import ValidationError
 
@@ -12,9 +14,9 @@ from gateway.gate.policy import GateConfig, resolve_policy
 from gateway.protocol.common import GateOptions
 from gateway.security.guards import invalid_json
 
-__all__ = ["checked_request"]
+__all__ = ["ParsedRequest", "checked_request", "parsed_request"]
 
-_PROMPT_FIELD = {"chat": "messages", "completions": "prompt"}
+_PROMPT_FIELD = {"chat": "messages", "completions": "prompt", "responses": "input", "embeddings": "input"}
 
 
 def _missing(name: str) -> InvalidRequest:
@@ -53,11 +55,12 @@ def _check_fields(request: dict, endpoint: str) -> None:
         raise _invalid("stream_options", "an object")
 
 
-def _check_extension(request: dict, header_policy: str | None) -> None:
+def _check_extension(request: dict, header_policy: str | None) -> str | None:
     """The ``sinkwatch`` extension and the policy header get the same 400s as on the full serving path:
     the extension is validated by the same model, the header by the same resolution.
 
-    Nothing is monitored on the fast path, so a valid policy changes nothing; an invalid one is still an error.
+    Nothing is monitored on the fast path, so a valid policy changes nothing there; an invalid one is still an
+    error. Returns the body's policy (the relay path acts on it).
     """
     extension = request.get("sinkwatch")
     body_policy = None
@@ -68,14 +71,23 @@ def _check_extension(request: dict, header_policy: str | None) -> None:
             located = [{**e, "loc": ("body", "sinkwatch", *e["loc"])} for e in problem.errors()]
             raise validation_error(located) from None
     resolve_policy(GateConfig(), body_policy, header_policy)
+    return body_policy
 
 
-def checked_request(body: bytes, endpoint: str, header_policy: str | None = None) -> tuple[dict, bytes, bool]:
-    """The parsed request, the bytes to send upstream, and whether a streaming client asked for usage.
+@dataclass(frozen=True)
+class ParsedRequest:
+    """A request as the upstream gets it, the policy its ``sinkwatch`` extension asks for, whether a streaming
+    client asked for usage, and whether the request differs from the client's bytes."""
 
-    The bytes are the client's own unless something had to change: the ``sinkwatch`` extension is
-    removed (no upstream knows it), and a stream asks for usage so that tokens can be counted.
-    """
+    request: dict
+    body_policy: str | None
+    include_usage: bool
+    changed: bool
+
+
+def parsed_request(body: bytes, endpoint: str, header_policy: str | None = None) -> ParsedRequest:
+    """Check only what the gateway reads; remove the extension (no upstream knows it), and make a stream ask
+    for usage so that tokens can be counted."""
     try:
         request = orjson.loads(body)
     except orjson.JSONDecodeError as problem:
@@ -83,14 +95,24 @@ def checked_request(body: bytes, endpoint: str, header_policy: str | None = None
     if not isinstance(request, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     _check_fields(request, endpoint)
-    _check_extension(request, header_policy)
+    body_policy = _check_extension(request, header_policy)
     changed = "sinkwatch" in request
     request.pop("sinkwatch", None)
     include_usage = False
-    if request.get("stream"):
+    if request.get("stream") and endpoint in ("chat", "completions"):
         options = request.get("stream_options") or {}
         include_usage = options.get("include_usage") is True
         if not include_usage:
             request["stream_options"] = {**options, "include_usage": True}
             changed = True
-    return request, orjson.dumps(request) if changed else body, include_usage
+    return ParsedRequest(request, body_policy, include_usage, changed)
+
+
+def checked_request(body: bytes, endpoint: str, header_policy: str | None = None) -> tuple[dict, bytes, bool]:
+    """The parsed request, the bytes to send upstream, and whether a streaming client asked for usage.
+
+    The bytes are the client's own unless something had to change (:func:`parsed_request`).
+    """
+    parsed = parsed_request(body, endpoint, header_policy)
+    forward = orjson.dumps(parsed.request) if parsed.changed else body
+    return parsed.request, forward, parsed.include_usage

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gateway.backends.openai import OpenAIBackend
+from gateway.drain import Drain
 from gateway.edge.protocol import EdgeProtocol
 from gateway.errors import SERVER_ERROR, OpenAIError, RequestTooLarge
 from gateway.proxy.channel import ClientChannel, ClientGone, Headers
@@ -51,13 +52,14 @@ _LAST_CHUNK = b"0\r\n\r\n"
 
 @dataclass(frozen=True)
 class FastPath:
-    """What the native fast path needs from the app: the backend, the guards, the body limit, CORS, and
-    content logging."""
+    """What the native fast path needs from the app: the backend, the guards, the body limit, CORS, the drain
+    that may end its requests at shutdown, and content logging."""
 
     backend: OpenAIBackend
-    admission: Admission | None
+    admission: Admission
     max_bytes: int
     cors: bool
+    drain: Drain
     content: ContentLogging | None = None
 
     def route(self, url: bytes) -> tuple[str, str] | None:
@@ -126,9 +128,7 @@ class NativeExchange(ClientChannel):
 
     async def _serve(self) -> None:
         endpoint = self.route[0]
-        admission = self.fast_path.admission
-        address = client_address(self.protocol.client)
-        refused = admission.refusal(self.headers, address) if admission is not None else None
+        refused = self.fast_path.admission.refusal(self.headers, client_address(self.protocol.client))
         if refused is not None:
             error, extra = refused
             await self.respond_error(error, endpoint, [(k.encode(), v.encode()) for k, v in extra.items()])
@@ -138,7 +138,7 @@ class NativeExchange(ClientChannel):
         except RequestTooLarge as error:
             await self.respond_error(error, endpoint, [_CLOSE])
             return
-        await ProxiedRequest(self.fast_path.backend, self.route, self, self.scope).serve()
+        await ProxiedRequest(self.fast_path.backend, self.route, self, self.scope, self.fast_path.drain).serve()
 
     async def _receive_body(self) -> None:
         """Wait for the whole body: ``RequestTooLarge`` past the limit (declared or received)."""

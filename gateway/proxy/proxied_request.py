@@ -15,7 +15,8 @@ Under ``sinkwatch serve`` most such requests never reach ASGI: the native fast p
 request talks to its client through a :class:`~gateway.proxy.channel.ClientChannel`.
 
 Faults of the upstream become OpenAI errors (a final error event then ``[DONE]`` once streaming has
-begun); a client that goes away cancels the upstream request.
+begun); a client that goes away cancels the upstream request, and so does the end of a shutdown's
+timeout (``gateway.drain``), which the client is told as a 503 or a final error event.
 """
 
 import asyncio
@@ -24,11 +25,13 @@ import time
 import orjson
 
 from gateway.backends.openai import OpenAIBackend
+from gateway.drain import Drain, Hold, shutdown_error
 from gateway.errors import ModelNotFound, NotReady, OpenAIError, error_event
 from gateway.gate.policy import POLICY_HEADER
 from gateway.proxy.channel import JSON_HEADERS, ClientChannel
 from gateway.proxy.checks import checked_request
 from gateway.request_metrics import RequestSeries
+from gateway.security.admission import charge_tokens
 from gateway.telemetry.request_scope import RequestScope
 from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
 from gateway.upstream.pool import UpstreamResponse
@@ -59,8 +62,16 @@ class ProxiedRequest:
     """One request on the fast path: check, send, relay, record (in the metrics, and in the request's
     ``scope`` for its access line and span)."""
 
-    def __init__(self, backend: OpenAIBackend, route: tuple[str, str], channel: ClientChannel, scope: RequestScope):
+    def __init__(
+        self,
+        backend: OpenAIBackend,
+        route: tuple[str, str],
+        channel: ClientChannel,
+        scope: RequestScope,
+        drain: Drain,
+    ):
         self.backend = backend
+        self.drain = drain
         self.endpoint, self.path = route
         self.channel = channel
         self.scope = scope
@@ -87,9 +98,10 @@ class ProxiedRequest:
         except OpenAIError as error:
             await self.channel.respond_error(error, self.endpoint)
             return
-        await self._proxy(model, forward, bool(request.get("stream")), include_usage)
+        with self.drain.hold() as hold:
+            await self._proxy(model, forward, bool(request.get("stream")), include_usage, hold)
 
-    async def _proxy(self, model: str, body: bytes, stream: bool, include_usage: bool) -> None:
+    async def _proxy(self, model: str, body: bytes, stream: bool, include_usage: bool, hold: Hold) -> None:
         series = RequestSeries.of(model, self.endpoint, self.backend.name)
         series.begin()
         task = asyncio.current_task()
@@ -111,12 +123,17 @@ class ProxiedRequest:
             outcome = "client_error" if error.status_code < 500 else "server_error"
             await self._fail(error)
         except asyncio.CancelledError:
-            if not self.cancelled:
+            ended = hold.absorb()  # the shutdown timeout ran out
+            if self.cancelled:  # the client went away
+                task.uncancel()
+                outcome = "cancelled"
+            elif ended:
+                await self._fail(shutdown_error())
+            else:
                 raise
-            task.uncancel()
-            outcome = "cancelled"
         finally:
             self.finished = True
+            hold.release()
             stop_watching()
             if response is not None:
                 await response.aclose()
@@ -195,6 +212,7 @@ class ProxiedRequest:
             if isinstance(prompt, int) and isinstance(completion, int):
                 self.scope.input_tokens, self.scope.output_tokens = prompt, completion
                 series.tokens(prompt, completion, completion)
+                charge_tokens(prompt + completion)
 
 
 def _has_text(event: dict) -> bool:

@@ -8,6 +8,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from gateway.drain import Drain
 from gateway.errors import EngineFailure, OpenAIError, error_event
 from gateway.serving.session import GenerationSession
 from gateway.serving.shapes import ResponseShape
@@ -36,8 +37,9 @@ class _SessionStream(StreamingResponse):
             await self._session.aclose()
 
 
-async def whole_response(session: GenerationSession, shape: ResponseShape, http: Request) -> Response:
-    """Collect the generation; a client that disconnects meanwhile cancels it (outcome ``cancelled``).
+async def whole_response(session: GenerationSession, shape: ResponseShape, http: Request, drain: Drain) -> Response:
+    """Collect the generation; a client that disconnects meanwhile cancels it (outcome ``cancelled``), and so
+    does the end of a shutdown's timeout (a 503 ``shutting_down`` then, ``gateway.drain``).
 
     The collector is cancelled and awaited before the session closes: closing the generation while the
     collector is still inside it would fail (``aclose(): asynchronous generator is already running``).
@@ -46,7 +48,9 @@ async def whole_response(session: GenerationSession, shape: ResponseShape, http:
     collector = asyncio.ensure_future(_collect(session))
     watcher = asyncio.ensure_future(_wait_for_disconnect(http))
     try:
-        done, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        with drain.hold(cancellable=False) as hold:
+            waiting = asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await hold.interruptible(waiting)
     finally:
         watcher.cancel()
         collector.cancel()
@@ -72,18 +76,23 @@ async def _wait_for_disconnect(http: Request) -> None:
         pass
 
 
-def streaming_response(session: GenerationSession, shape: ResponseShape, include_usage: bool) -> StreamingResponse:
+def streaming_response(
+    session: GenerationSession, shape: ResponseShape, include_usage: bool, drain: Drain
+) -> StreamingResponse:
     """SSE: opening chunks, text deltas, the finish chunk, the usage chunk if asked, then ``[DONE]``.
 
-    The stability report rides on the last chunk before ``[DONE]``.
+    The stability report rides on the last chunk before ``[DONE]``. A stream still running when the
+    shutdown timeout runs out ends with an error event (``gateway.drain``).
     """
 
     async def events() -> AsyncIterator[bytes]:
         for chunk in shape.opening():
             yield sse_data(chunk)
         try:
-            async for piece in session.deltas():
-                yield sse_data(shape.delta(piece))
+            with drain.hold(cancellable=False) as hold:
+                pieces = session.deltas()
+                while (piece := await hold.interruptible(anext(pieces, None))) is not None:
+                    yield sse_data(shape.delta(piece))
         except OpenAIError as error:
             yield error_event(error, session.labels.endpoint)
             yield DONE

@@ -10,6 +10,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from gateway.config import Settings
+from gateway.drain import Drain
 from gateway.errors import ModelNotFound
 from gateway.gate.holdback import required_lag
 from gateway.gate.monitor import RequestMonitor
@@ -32,6 +33,7 @@ class ServingContext:
     backend: Backend
     calibration: Calibration | None
     started_at: int
+    drain: Drain
 
     @cached_property
     def gate_config(self) -> GateConfig:
@@ -50,6 +52,13 @@ class ServingContext:
         """The request's policy: the ``sinkwatch`` body extension, then the header, then the default."""
         body_policy = body.sinkwatch.policy if body.sinkwatch is not None else None
         return resolve_policy(self.gate_config, body_policy, http.headers.get(POLICY_HEADER))
+
+    def gate_config_for(self, body: SamplingFields) -> GateConfig:
+        """The gate settings of one request: its ``sinkwatch.block_at`` when overrides are allowed."""
+        block_at = body.sinkwatch.block_at if body.sinkwatch is not None else None
+        if block_at is None or not self.gate_config.allow_override:
+            return self.gate_config
+        return replace(self.gate_config, block_at=block_at)
 
     def monitor_factory(self) -> Callable[[], RequestMonitor | None]:
         """Makes a fresh monitor per attempt, or None when hidden states are not captured."""
@@ -77,7 +86,7 @@ async def serve(
         ctx.backend,
         request,
         ctx.policy_for(body, http),
-        ctx.gate_config,
+        ctx.gate_config_for(body),
         ctx.monitor_factory(),
         streaming=bool(body.stream),
         labels=labels,
@@ -86,8 +95,8 @@ async def serve(
     await session.start()
     if body.stream:
         include_usage = body.stream_options is not None and body.stream_options.include_usage
-        return streaming_response(session, shape, include_usage)
-    return await whole_response(session, shape, http)
+        return streaming_response(session, shape, include_usage, ctx.drain)
+    return await whole_response(session, shape, http, ctx.drain)
 
 
 def now() -> tuple[float, int]:

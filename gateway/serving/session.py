@@ -18,6 +18,7 @@ from gateway.generation import Backend, GenerationEvent, GenerationRequest, Star
 from gateway.protocol.common import Usage
 from gateway.protocol.stability import StabilityReport
 from gateway.request_metrics import RequestSeries, outcome_of
+from gateway.security.admission import charge_tokens
 from gateway.telemetry.request_scope import current_scope
 
 __all__ = ["GenerationSession", "RequestLabels"]
@@ -128,6 +129,7 @@ class GenerationSession:
         result = self.gate.result
         if outcome == "ok":
             self._series.tokens(result.prompt_tokens, result.generated_tokens, result.completion_tokens)
+            charge_tokens(result.prompt_tokens + result.generated_tokens)
         gate = self.gate.outcome()
         if gate is not None and (outcome == "ok" or isinstance(error, ContentBlocked)):
             self._series.stability(gate)

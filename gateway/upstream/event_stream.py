@@ -83,9 +83,10 @@ def check_event_stream(response: UpstreamResponse) -> None:
         raise malformed(response, f"'{response.content_type or 'no content type'}' instead of an event stream")
 
 
-async def event_batches(response: UpstreamResponse) -> AsyncIterator[list[Event]]:
+async def event_batches(response: UpstreamResponse, until_done: bool = True) -> AsyncIterator[list[Event]]:
     """Batches of ``data:`` events up to ``[DONE]`` (not included); faults raise ``UpstreamError`` after the
-    events that came before them."""
+    events that came before them. ``until_done=False``: the stream may also just end (the Responses API
+    sends no ``[DONE]``)."""
     splitter = EventSplitter()
     deadline = response.deadline
     gap = response.event_timeout
@@ -108,7 +109,8 @@ async def event_batches(response: UpstreamResponse) -> AsyncIterator[list[Event]
             deadline = Deadline.after(gap, f"the upstream sent no event for {gap:g} s")
         if problem is not None:
             raise malformed(response, f"a broken event stream ({problem})")
-    raise malformed(response, "an event stream that ended without [DONE]")
+    if until_done:
+        raise malformed(response, "an event stream that ended without [DONE]")
 
 
 def _event(response: UpstreamResponse, payload: bytes) -> dict:

@@ -124,6 +124,7 @@ class Upstream:
         )
         self.up = False
         self.models: frozenset[str] = frozenset()
+        self.cards: dict[str, dict] = {}  # the upstream's own model cards, by id
         self.in_flight = 0
         self._up_gauge = metrics.UPSTREAM_UP.labels(name)
         metrics.UPSTREAM_IN_FLIGHT.labels(name).set_function(lambda: self.in_flight)  # read when scraped
@@ -159,7 +160,9 @@ class Upstream:
                 async with response:
                     body = await response.read_all(ERROR_BODY_LIMIT * 16)
             listed = orjson.loads(body)["data"] if response.status == 200 else None
-            self.models = frozenset(str(card["id"]) for card in listed) if listed is not None else self.models
+            if listed is not None:
+                self.cards = {str(card["id"]): card for card in listed if isinstance(card, dict)}
+                self.models = frozenset(self.cards)
             self.mark(listed is not None)
         except (TransportError, orjson.JSONDecodeError, KeyError, TypeError, TimeoutError) as problem:
             if self.up:
@@ -269,7 +272,7 @@ class UpstreamPool:
             health_interval=settings.upstream_health_interval,
             health_timeout=settings.upstream_health_timeout,
             max_connections=settings.upstream_max_connections,
-            api_key=settings.upstream_api_key,
+            api_key=settings.upstream_api_key.get_secret_value(),
         )
         return cls(parse_upstreams(settings.upstreams), config)
 
@@ -284,6 +287,13 @@ class UpstreamPool:
     def model_names(self) -> list[str]:
         """Models served by the healthy upstreams (by any upstream when none is healthy)."""
         return sorted(set().union(*(u.models for u in self._healthy())))
+
+    def model_cards(self) -> list[dict]:
+        """The healthy upstreams' own model cards (``owned_by``, ``max_model_len``, ...), one per model."""
+        cards: dict[str, dict] = {}
+        for upstream in self._healthy():
+            cards = {**upstream.cards, **cards}
+        return [cards[name] for name in sorted(cards)]
 
     def serves(self, model: str) -> bool:
         """Whether :meth:`model_names` includes ``model`` (cheaply: asked once per request)."""

@@ -11,9 +11,11 @@ all, labelled by ``worker`` (gateway/workers/exposition.py).
 A worker that dies is started again, at once if it had been serving, else after a pause that doubles
 with each failed start (up to :data:`MAX_RESTART_DELAY`); ``sinkwatch_worker_restarts_total`` counts
 them. A worker that cannot start the first time (bad settings, an unreadable calibration) stops them all:
-starting it again would fail the same way. SIGINT or SIGTERM closes the listening socket (new
-connections are refused, not left queued) and asks the workers to finish their requests and stop; a
-second one kills them.
+starting it again would fail the same way. SIGINT or SIGTERM is passed on to every worker as SIGTERM:
+each drains (gateway/server.py: ``/readyz`` 503 while it still serves for ``--drain-delay`` seconds, then
+in-flight requests get ``--shutdown-timeout`` seconds). The supervisor closes its copy of the listening
+socket when the delay is over, as the workers close theirs, so that new connections are then refused,
+not left queued; a second signal, or workers still running well past the timeout, kills them.
 """
 
 import contextlib
@@ -37,7 +39,6 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import Settings
 from gateway.metrics_port import serve_metrics_apart
-from gateway.security.admission import ANONYMOUS
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import SharedBuckets
 from gateway.workers.exposition import WorkerExpositions
@@ -51,6 +52,7 @@ _SPAWN = multiprocessing.get_context("spawn")
 _PR_SET_PDEATHSIG = 1  # prctl(2)
 FIRST_RESTART_DELAY = 1.0  # seconds before starting again a worker that died before it served
 MAX_RESTART_DELAY = 30.0
+KILL_AFTER = 10.0  # seconds past a worker's own last cancellation (LAST_GRACE) before it is killed
 
 # What a worker process runs once it is set up: the app on the listening socket (gateway.launch.run_worker).
 WorkerRun = Callable[[Settings, socket.socket, WorkerContext], None]
@@ -59,19 +61,17 @@ WorkerRun = Callable[[Settings, socket.socket, WorkerContext], None]
 def serve_workers(settings: Settings, run: WorkerRun) -> int:
     """Serve with ``settings.workers`` processes, each running ``run`` (a module-level function: it crosses to
     the spawned process by name), until told to stop; the exit status."""
-    api_keys = ApiKeys.load(settings.api_keys, settings.api_keys_file)
+    ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)  # refuse a bad file up front
     address = uvicorn.Config(
         app=None, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None
     )
     listener = address.bind_socket()
     run_dir = Path(tempfile.mkdtemp(prefix="sinkwatch-workers-"))
     try:
-        names = api_keys.names or [ANONYMOUS]
-        buckets = SharedBuckets(names, run_dir / "ratelimit.lock") if settings.rate_limit_rps > 0 else None
+        buckets = SharedBuckets(run_dir / "ratelimit.lock")
         restarts = _SPAWN.RawArray("q", settings.workers)
         contexts = [
-            WorkerContext(i, settings.workers, os.getpid(), run_dir, restarts, api_keys, buckets)
-            for i in range(settings.workers)
+            WorkerContext(i, settings.workers, os.getpid(), run_dir, restarts, buckets) for i in range(settings.workers)
         ]
         return Supervisor(settings, listener, contexts, run).run()
     finally:
@@ -173,10 +173,13 @@ class Supervisor:
         return serve_metrics_apart(self.settings, registry)
 
     def _catch_signals(self) -> dict[int, object]:
-        """Count SIGINT and SIGTERM (and wake :meth:`_wait`); the handlers they had."""
+        """Count SIGINT and SIGTERM (and wake :meth:`_wait`), pass SIGHUP on to the workers; the handlers
+        they had."""
         self._wakeup_writer.setblocking(False)
         signal.set_wakeup_fd(self._wakeup_writer.fileno())
-        return {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        previous = {number: signal.signal(number, self._on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hangup)
+        return previous
 
     def _release_signals(self, previous: dict[int, object]) -> None:
         signal.set_wakeup_fd(-1)
@@ -188,18 +191,28 @@ class Supervisor:
     def _on_signal(self, number: int, frame: object) -> None:
         self.signals += 1
 
+    def _on_hangup(self, number: int, frame: object) -> None:
+        log.info("SIGHUP: the workers reload their API keys and rate limits")
+        self._send(signal.SIGHUP)
+
     def _stop_all(self) -> None:
-        """Refuse new connections, ask every worker to finish and stop (SIGTERM) and wait for them; a
-        second signal kills them."""
-        self.listener.close()
+        """Ask every worker to drain and stop (SIGTERM), refuse new connections once the drain delay is over,
+        and wait for them; a second signal, or workers left :data:`KILL_AFTER` seconds past the shutdown
+        timeout, kills them."""
         self._send(signal.SIGTERM)
+        close_at = time.monotonic() + self.settings.drain_delay
+        kill_at = close_at + self.settings.shutdown_timeout + KILL_AFTER
         killed = False
         while self._alive():
-            if self.signals > 1 and not killed:
-                log.warning("second signal: killing the workers")
+            now = time.monotonic()
+            if now >= close_at:
+                self.listener.close()
+            if not killed and (self.signals > 1 or now >= kill_at):
+                log.warning("%s: killing the workers", "second signal" if self.signals > 1 else "shutdown timeout")
                 self._send(signal.SIGKILL)
                 killed = True
-            self._wait(self._alive(), None)
+            self._wait(self._alive(), close_at - now if now < close_at else None if killed else kill_at - now)
+        self.listener.close()
         for worker in self.workers:
             if worker is not None:
                 worker.join()
@@ -213,6 +226,7 @@ class Supervisor:
 def _worker_main(run: WorkerRun, settings: Settings, listener: socket.socket, context: WorkerContext) -> None:
     """A worker process: tied to its supervisor, then ``run``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C while starting: the supervisor's SIGTERM follows
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the app's reloader takes it
     _die_with_parent(context.supervisor_pid)
     run(settings, listener, context)
 

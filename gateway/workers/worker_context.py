@@ -4,7 +4,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import SharedBuckets
 
 __all__ = ["WorkerContext"]
@@ -15,9 +14,8 @@ class WorkerContext:
     """Worker ``index`` of ``count``, started by process ``supervisor_pid``.
 
     ``run_dir`` holds each worker's metrics socket; ``restarts`` (shared memory, written by the supervisor)
-    counts how often each worker was started again. The API keys are read once, by the supervisor, so that
-    every worker accepts the same keys, and the rate-limit ``buckets`` (None without rate limits) are the
-    ones they all take from.
+    counts how often each worker was started again. Each worker reads the API keys itself (and reloads
+    them); the rate-limit ``buckets`` are the ones they all take from.
     """
 
     index: int
@@ -25,8 +23,7 @@ class WorkerContext:
     supervisor_pid: int
     run_dir: Path
     restarts: Sequence[int]
-    api_keys: ApiKeys
-    buckets: SharedBuckets | None
+    buckets: SharedBuckets
 
     def exposition_path(self, index: int) -> Path:
         """The unix socket where worker ``index`` serves its metrics."""

@@ -28,7 +28,7 @@ from gateway.engine.provision import DEFAULT_MODEL, provision, served_name
 from lab.bench.vllm_server import VLLMServer, vllm_python
 from monitors.vllm_plugin.wire import RequestTag, decode_batch
 
-__all__ = ["add_arguments", "run", "session_rounds", "summarize"]
+__all__ = ["FeatureCounter", "add_arguments", "run", "session_rounds", "summarize"]
 
 PROMPT = "Write a detailed essay about the history of sailing ships."
 CONFIGS = ("off", "on", "on_untagged")

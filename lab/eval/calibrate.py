@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ewma-span", type=int, default=8)
     parser.add_argument("--persistence", type=int, default=4)
     parser.add_argument("--target-fpr", type=float, default=0.05, help="per normal generation")
+    parser.add_argument(
+        "--per-1k-tokens", action="store_true", help="--target-fpr counts false alarms per 1,000 healthy tokens"
+    )
     parser.add_argument("--max-signals", type=int, default=4, help="signals in the combined detector")
     parser.add_argument("--probe-layers", default="13,17", help="captured layers the linear probe reads")
     parser.add_argument("--probe-horizon", type=int, default=32, help="probe target: sink within this many tokens")
@@ -48,7 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def fit_options(args: argparse.Namespace) -> FitOptions:
     """The detector-fit options named by the flags."""
-    return FitOptions(args.window, args.ewma_span, args.persistence, args.target_fpr, args.max_signals)
+    return FitOptions(
+        args.window,
+        args.ewma_span,
+        args.persistence,
+        args.target_fpr,
+        args.max_signals,
+        per_1k_tokens=args.per_1k_tokens,
+    )
 
 
 def ensure_corpus(args: argparse.Namespace, split: str | None) -> None:
@@ -101,7 +111,7 @@ def run(args: argparse.Namespace) -> Calibration:
     entries = [(e, lab) for e, lab in labelled_entries(args.corpus) if e.split == "tune"]
     print(f"calibrate: {len(entries)} labelled tune generations from corpus {args.corpus}")
     calibration, generations, _ = calibrate_on(args, entries)
-    normal = [g for g in generations if g.entry.prompt_set == "normal" and not g.label.sink]
+    normal = [g for g in generations if g.healthy]
     fired = sum(detect(calibration, g).fired_at is not None for g in normal)
     print(f"calibrate: signals {[f'{s.name}/{s.method}' for s in calibration.signals]}")
     print(f"calibrate: the detector fires on {fired}/{len(normal)} normal tune generations")

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lab.eval.corpus import CorpusEntry, load_arrays, read_manifest
-from lab.eval.labels import Label, label_generation, load_bland_labels
+from lab.eval.corpus import PRODUCTION_CONDITIONS, CorpusEntry, conditions_of, load_arrays, read_manifest
+from lab.eval.labels import Label, label_generation, label_production, load_bland_labels, load_rubric_labels
 from lab.eval.signals import (
     Reference,
     Sampling,
@@ -15,7 +15,10 @@ from lab.eval.signals import (
     offline_trajectories,
 )
 
-__all__ = ["Generation", "build_generations", "labelled_entries"]
+__all__ = ["Generation", "build_generations", "healthy_traffic", "labelled_entries"]
+
+# Prompt sets whose healthy generations are the false-alarm set (the v1 loop and bland sets are not traffic).
+TRAFFIC_SETS = ("normal", *PRODUCTION_CONDITIONS)
 
 
 @dataclass
@@ -30,17 +33,31 @@ class Generation:
     def length(self) -> int:
         return len(self.entry.output_ids)
 
+    @property
+    def healthy(self) -> bool:
+        """A healthy generation of ordinary traffic: where a firing is a false alarm."""
+        return healthy_traffic(self.entry, self.label)
+
     def values(self, name: str) -> np.ndarray:
         """A signal's trajectory; all NaN when the signal was never defined (e.g. shorter than the window)."""
         return self.trajectories.get(name, np.full(self.length, np.nan))
 
 
+def healthy_traffic(entry: CorpusEntry, label: Label) -> bool:
+    """Whether a labelled generation is healthy ordinary traffic."""
+    return entry.prompt_set in TRAFFIC_SETS and not label.sink
+
+
 def labelled_entries(corpus: str) -> list[tuple[CorpusEntry, Label]]:
     """Every corpus generation that has a label (see :mod:`lab.eval.labels`)."""
-    bland = load_bland_labels()
+    production = conditions_of(corpus) is PRODUCTION_CONDITIONS
+    bland, rubric = load_bland_labels(), load_rubric_labels()
     out = []
     for entry in read_manifest(corpus):
-        label = label_generation(entry.key, entry.prompt_set, entry.output_ids, bland)
+        if production:
+            label = label_production(entry.key, entry.kind, entry.output_ids, rubric)
+        else:
+            label = label_generation(entry.key, entry.prompt_set, entry.output_ids, bland)
         if label is not None and entry.output_ids:
             out.append((entry, label))
     return out

@@ -53,7 +53,7 @@ class Online:
     fired: dict[str, int | None]
 
     def stats(self, generations: Sequence[Generation], reference: "Online | None" = None) -> dict:
-        negatives = [g for g in generations if g.entry.prompt_set == "normal" and not g.label.sink]
+        negatives = [g for g in generations if g.healthy]
         visible = [g for g in generations if g.label.kind == "visible"]
         bland = [g for g in generations if g.label.kind == "bland"]
         leads = [g.label.onset - self.fired[g.entry.key] for g in visible if self.fired[g.entry.key] is not None]
@@ -81,7 +81,7 @@ def _rate(fired: dict[str, int | None], generations: Sequence[Generation]) -> fl
 
 def single_signal_spec(name: str, tune: Sequence[Generation], args: argparse.Namespace) -> SignalThreshold:
     """One signal alone, EWMA-tracked, thresholded for ``target_fpr`` on normal tune generations."""
-    negatives = [g for g in tune if g.entry.prompt_set == "normal" and not g.label.sink]
+    negatives = [g for g in tune if g.healthy]
     spec = candidate_spec(name, "sink", "ewma", tune, negatives)
     trajectories = [g.values(name)[np.isfinite(g.values(name))] for g in negatives]
     threshold = fit_threshold(trajectories, spec, args.ewma_span, args.persistence, args.target_fpr)
@@ -181,8 +181,8 @@ def evaluate_split(args: argparse.Namespace, tune_entries: list, test_entries: l
 def _ablations(args, calibration, tune, test, reference, baseline_online) -> dict:
     """The combined detector refitted from restricted signal families: what each family adds."""
     families = {
-        "text_and_entropy_only": lambda n: n in ("entropy", "text.repetition"),
-        "hidden_state_only": lambda n: n not in ("entropy", "text.repetition"),
+        "text_and_entropy_only": lambda n: n in ("entropy", "text.periodicity"),
+        "hidden_state_only": lambda n: n not in ("entropy", "text.periodicity"),
         "without_probe": lambda n: n != "probe",
     }
     out = {}

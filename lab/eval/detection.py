@@ -18,10 +18,17 @@ _NOT_FEATURES = ("text.", "offline.", "lens.", "attn.")
 
 @dataclass(frozen=True)
 class Detection:
-    """Where the detector fired (None: never) and the worst level it reached."""
+    """Where the detector fired (None: never), the worst level it reached, its final score (the margin behind
+    ``stability.risk``) and, with a risk model, the first token at which each risk level was reached."""
 
     fired_at: int | None
     level: VerdictLevel
+    score: float
+    risk_trajectory: tuple[float, ...] = ()
+
+    def risk_reached_at(self, level: float) -> int | None:
+        """The first token where the risk was at least ``level`` (None: never, or no risk model)."""
+        return next((i for i, r in enumerate(self.risk_trajectory) if r >= level), None)
 
 
 def step_features(generation: Generation, window: int) -> list[StepFeatures]:
@@ -38,9 +45,11 @@ def step_features(generation: Generation, window: int) -> list[StepFeatures]:
 def detect(calibration: Calibration, generation: Generation) -> Detection:
     """Run the detector token by token; report the first token where its verdict fired."""
     detector = StabilityDetector(calibration)
-    fired_at = None
+    fired_at, risks = None, []
     for step in step_features(generation, calibration.window):
         verdict = detector.update(step)
         if verdict.fired and fired_at is None:
             fired_at = step.index
-    return Detection(fired_at, detector.verdict.level)
+        if verdict.risk is not None:
+            risks.append(verdict.risk)
+    return Detection(fired_at, detector.verdict.level, detector.score, tuple(risks))

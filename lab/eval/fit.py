@@ -7,17 +7,19 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from lab.eval.dataset import Generation
+from lab.eval.detection import detect
 from lab.eval.signals import Reference
-from lab.eval.thresholds import Selection, candidate_spec, rank_floor, select_signals
+from lab.eval.thresholds import Selection, candidate_spec, fold_of, rank_floor, select_signals
 from monitors.bands import LayerBand, captured_layers
 from monitors.calibration import Calibration, SignalThreshold
-from monitors.detector import REPETITION_SIGNAL
+from monitors.detector import PERIODICITY_SIGNAL
+from monitors.risk import fit_risk
 
 __all__ = ["FitOptions", "fit_calibration"]
 
 RANK_METRICS = ("pr", "pr_clip", "eff_rank")
 SINK_METRICS = ("cosine", "cosine_clip", "drift", "recurrence")
-GLOBAL_SIGNALS = ("entropy", REPETITION_SIGNAL, "probe", "path")
+GLOBAL_SIGNALS = ("entropy", PERIODICITY_SIGNAL, "probe", "path")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,9 @@ class FitOptions:
     persistence: int = 4
     target_fpr: float = 0.05
     max_signals: int = 4
+    per_1k_tokens: bool = False
+    # Signals the combined detector always has; hidden-state signals join only where they add.
+    required: tuple[str, ...] = (PERIODICITY_SIGNAL,)
     methods: tuple[str, ...] = ("ewma", "cusum")
     # (EWMA span, persistence) pairs tried per signal besides the calibration-wide ones: quicker reactions
     # trade against more false alarms, so the tune split decides.
@@ -37,7 +42,7 @@ class FitOptions:
 
 def candidates(bands: Sequence[LayerBand], tune: Sequence[Generation], options: FitOptions) -> list[SignalThreshold]:
     """Every signal the served extractor produces, each with each tracking method."""
-    negatives = [g for g in tune if g.entry.prompt_set == "normal" and not g.label.sink]
+    negatives = [g for g in tune if g.healthy]
     names = [(n, "sink") for n in GLOBAL_SIGNALS]
     names += [(f"{b.name}.{m}", "rank") for b in bands for m in RANK_METRICS]
     names += [(f"{b.name}.{m}", "sink") for b in bands for m in SINK_METRICS]
@@ -57,14 +62,18 @@ def candidates(bands: Sequence[LayerBand], tune: Sequence[Generation], options: 
 def fit_calibration(
     model: str, bands: tuple[LayerBand, ...], tune: Sequence[Generation], reference: Reference, options: FitOptions
 ) -> tuple[Calibration, Selection]:
-    """Select and threshold the combined detector's signals; floors for the rank margins; the calibration."""
+    """Select and threshold the combined detector's signals; floors for the rank margins; the risk model
+    (isotonic on each tune generation's out-of-fold detector score against its label); the calibration."""
+    candidate_list = candidates(bands, tune, options)
     selection = select_signals(
-        candidates(bands, tune, options),
+        candidate_list,
         tune,
         options.ewma_span,
         options.persistence,
         options.target_fpr,
         options.max_signals,
+        options.per_1k_tokens,
+        [name for name in options.required if any(c.name == name for c in candidate_list)],
     )
     floors = {
         b.name: rank_floor(f"{b.name}.pr", tune, options.ewma_span, options.persistence, options.target_fpr)
@@ -94,4 +103,8 @@ def fit_calibration(
             "selection": "greedy forward selection on the tune split (lab/eval/thresholds.py)",
         },
     )
-    return calibration, selection
+    # The risk model learns from scores each tune generation gets from thresholds set without its prompt: on
+    # the thresholds' own generations healthy and sinking separate perfectly, which would promise a certainty
+    # that new traffic does not keep.
+    scores = [detect(replace(calibration, signals=tuple(selection.fold_signals[fold_of(g)])), g).score for g in tune]
+    return replace(calibration, risk=fit_risk(scores, [g.label.sink for g in tune])), selection

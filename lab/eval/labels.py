@@ -6,6 +6,12 @@
   hand-checked set ``monitors/data/bland_labels.jsonl`` (rule in docs/EVALUATION.md). No onset.
 - **negative**: neither. Hand-checked generations judged not bland are negatives too; generations of
   the bland prompt set that were not hand-checked are left out, since nobody knows what they are.
+
+The production-like corpus (``production-v1``) is labelled by hand against the rubric of
+docs/EVALUATION.md ("Verdicts"): ``healthy``, ``loop`` (a visible loop), ``bland`` or ``incoherent``, one
+line per generation with a note in ``monitors/data/verdict_labels.jsonl`` (``sinkwatch eval label``).
+Human-written documents are healthy by construction. A loop's onset is still the text detector's firing
+token (None when it never fires); incoherent and unlabelled generations are left out.
 """
 
 import json
@@ -17,7 +23,22 @@ import numpy as np
 
 from monitors.text import RepetitionTracker, text_sink_onset
 
-__all__ = ["Label", "label_generation", "load_bland_labels", "repetition_trajectory"]
+__all__ = [
+    "HUMAN_KINDS",
+    "RUBRIC",
+    "Label",
+    "RubricLabel",
+    "label_generation",
+    "label_production",
+    "load_bland_labels",
+    "load_rubric_labels",
+    "record_rubric_label",
+    "repetition_trajectory",
+    "rubric_labels_path",
+]
+
+RUBRIC = ("healthy", "loop", "bland", "incoherent")
+HUMAN_KINDS = ("human_code", "human_docs")
 
 
 @dataclass(frozen=True)
@@ -50,6 +71,50 @@ def load_bland_labels(path: Path | None = None) -> dict[str, bool]:
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return {row["key"]: bool(row["bland"]) for row in rows}
+
+
+@dataclass(frozen=True)
+class RubricLabel:
+    """A hand label of one generation by the rubric, with the labeller's note."""
+
+    key: str
+    label: str
+    note: str = ""
+
+
+def rubric_labels_path() -> Path:
+    """The committed hand labels of the production-like corpus."""
+    return Path(str(resources.files("monitors") / "data" / "verdict_labels.jsonl"))
+
+
+def load_rubric_labels(path: Path | None = None) -> dict[str, RubricLabel]:
+    """``generation key -> label`` (the last line for a key wins: relabelling appends)."""
+    path = path or rubric_labels_path()
+    if not path.is_file():
+        return {}
+    rows = [RubricLabel(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+    return {row.key: row for row in rows}
+
+
+def record_rubric_label(label: RubricLabel, path: Path | None = None) -> None:
+    """Append one hand label."""
+    if label.label not in RUBRIC:
+        raise ValueError(f"label must be one of {', '.join(RUBRIC)}, not {label.label!r}")
+    path = path or rubric_labels_path()
+    with path.open("a") as out:
+        out.write(json.dumps({"key": label.key, "label": label.label, "note": label.note}) + "\n")
+
+
+def label_production(key: str, kind: str, token_ids: list[int], rubric: dict[str, RubricLabel]) -> Label | None:
+    """The label of one production-like generation: human documents are healthy; others by hand label."""
+    if kind in HUMAN_KINDS:
+        return Label("negative")
+    hand = rubric.get(key)
+    if hand is None or hand.label == "incoherent":
+        return None
+    if hand.label == "loop":
+        return Label("visible", text_sink_onset(token_ids))
+    return Label("bland" if hand.label == "bland" else "negative")
 
 
 def label_generation(key: str, prompt_set: str, token_ids: list[int], bland: dict[str, bool]) -> Label | None:

@@ -11,7 +11,7 @@ from monitors.calibration import Calibration
 
 __all__ = ["plot_trajectories"]
 
-PANELS = ("entropy", "probe", "middle.cosine", "late.pr", "late.drift", "text.repetition")
+PANELS = ("entropy", "probe", "middle.cosine", "late.pr", "late.drift", "text.periodicity")
 
 
 def _typical(generations: Sequence[Generation], kind: str, count: int) -> list[Generation]:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from lab.eval.corpus import CorpusEntry, load_arrays
+from lab.eval.dataset import healthy_traffic
 from lab.eval.labels import Label
 from lab.eval.signals import Reference
 from monitors.probe import train_probe
@@ -18,11 +19,11 @@ __all__ = ["fit_reference"]
 
 def probe_targets(label: Label, length: int, horizon: int) -> np.ndarray:
     """Per-token probe labels: 1 from ``horizon`` tokens before a visible sink's onset, 1 throughout a bland
-    sink, 0 elsewhere."""
+    sink or a hand-labelled loop the text detector never dates, 0 elsewhere."""
     y = np.zeros(length)
-    if label.kind == "visible":
+    if label.kind == "visible" and label.onset is not None:
         y[max(0, label.onset - horizon) :] = 1.0
-    elif label.kind == "bland":
+    elif label.sink:
         y[:] = 1.0
     return y
 
@@ -48,7 +49,7 @@ def fit_reference(
     probe_x, probe_y = [], []
     for entry, label in entries:
         states = load_arrays(entry, corpus)["states"].astype(np.float64)
-        if entry.prompt_set == "normal" and not label.sink:
+        if healthy_traffic(entry, label):
             sums = states.sum(axis=0) if sums is None else sums + states.sum(axis=0)
             squares = (states**2).sum(axis=0) if squares is None else squares + (states**2).sum(axis=0)
             count += len(states)

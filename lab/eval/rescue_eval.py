@@ -12,6 +12,11 @@ served under ``rescue`` with every strategy (non-streaming, all through the real
 
 ``constrain`` is the control: it resamples from the same prefix with an added instruction ("be concise,
 do not repeat yourself") instead of a change of sampling.
+
+With ``--inducers``, each prompt is served under every loop inducer a client can set (the conditions of
+the production-like corpus: ``repetition_penalty`` below 1, negative frequency or presence penalty, a
+positive logit bias), and the results are also broken down per inducer, with what each rescue
+neutralised.
 """
 
 import argparse
@@ -19,17 +24,20 @@ import asyncio
 import json
 import statistics
 import zlib
+from importlib import resources
 from pathlib import Path
 
 from gateway.engine.provision import DEFAULT_MODEL
 from gateway.gate.policy import GateConfig, Policy
 from gateway.gate.rescue import STRATEGIES
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams
+from lab.eval.corpus import INDUCERS, Condition
+from lab.eval.labels import RubricLabel, load_rubric_labels
 from lab.eval.prompts import PromptCase, load_prompts
 from lab.gate_harness import GatedRun, run_gated, start_embedded
 from monitors.text import text_sink_onset
 
-__all__ = ["add_arguments", "run", "score_run", "summarize"]
+__all__ = ["add_arguments", "healthy_by_hand", "rescue_labels_path", "run", "score_run", "summarize"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,16 +52,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated strategies")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (the engine batches them)")
     parser.add_argument("--results", type=Path, default=Path("docs/evaluation/rescue.json"))
+    parser.add_argument(
+        "--inducers",
+        default="",
+        help="serve every prompt under these corpus inducer conditions ('all', or names such as greedy-freq-1.0) "
+        "instead of --repetition-penalty",
+    )
+    parser.add_argument("--split", choices=("tune", "test"), help="only the prompts of this split")
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="serve nothing: recount --results against the hand labels read since (and redraw the figure)",
+    )
+    parser.add_argument("--figures", type=Path, default=Path("docs/figures"), help="with --inducers: the figure")
 
 
-def _request(case: PromptCase, model: str, args: argparse.Namespace) -> GenerationRequest:
+def inducer_conditions(spec: str) -> list[Condition]:
+    """The corpus inducer conditions named by ``--inducers`` (all of them for ``all``)."""
+    if spec == "all":
+        return list(INDUCERS)
+    named = {c.name: c for c in INDUCERS}
+    return [named[name] for name in spec.split(",") if name]
+
+
+def _request(
+    case: PromptCase, model: str, args: argparse.Namespace, condition: Condition | None, bias_token: int | None
+) -> GenerationRequest:
+    if condition is None:
+        sampling = SamplingParams(
+            max_tokens=args.tokens,
+            temperature=0.0,
+            repetition_penalty=args.repetition_penalty,
+            seed=zlib.crc32(case.id.encode()),
+        )
+        return GenerationRequest(f"eval-{case.id}", model, ChatPrompt(case.messages), sampling)
     sampling = SamplingParams(
         max_tokens=args.tokens,
-        temperature=0.0,
-        repetition_penalty=args.repetition_penalty,
-        seed=zlib.crc32(case.id.encode()),
+        temperature=condition.temperature,
+        top_p=condition.top_p,
+        repetition_penalty=condition.repetition_penalty,
+        frequency_penalty=condition.frequency_penalty,
+        presence_penalty=condition.presence_penalty,
+        logit_bias={bias_token: condition.bias} if condition.bias_text and bias_token is not None else {},
+        seed=zlib.crc32(f"{case.id}/{condition.name}".encode()),
     )
-    return GenerationRequest(f"eval-{case.id}", model, ChatPrompt(case.messages), sampling)
+    return GenerationRequest(f"eval-{case.id}-{condition.name}", model, ChatPrompt(case.messages), sampling)
 
 
 def score_run(run: GatedRun) -> dict:
@@ -71,6 +114,7 @@ def score_run(run: GatedRun) -> dict:
         "extra_tokens": result.discarded_tokens + result.withheld_tokens,
         "attempts": len(result.attempts) - 1,
         "completion_tokens": result.completion_tokens,
+        "neutralised": sorted({name for attempt in result.attempts for name in attempt.neutralised}),
         "text": run.text,
     }
 
@@ -78,13 +122,21 @@ def score_run(run: GatedRun) -> dict:
 async def _evaluate(args: argparse.Namespace) -> dict:
     backend, calibration = await start_embedded(args.model)
     model = backend.model_names()[0]
-    cases = load_prompts(args.prompts)[: args.limit or None]
+    prompts = load_prompts(args.prompts, args.split)[: args.limit or None]
+    conditions = inducer_conditions(args.inducers)
+    cases = [(p, c) for p in prompts for c in conditions] if conditions else [(p, None) for p in prompts]
+    bias_token = backend.engine.loaded.tokenizer.encode(" the", add_special_tokens=False)[0] if conditions else None
     limiter = asyncio.Semaphore(args.concurrency)
 
-    async def serve(case: PromptCase, policy: Policy, strategy: str) -> GatedRun:
+    def case_id(case: tuple[PromptCase, Condition | None]) -> str:
+        prompt, condition = case
+        return prompt.id if condition is None else f"{prompt.id}@{condition.name}"
+
+    async def serve(case: tuple[PromptCase, Condition | None], policy: Policy, strategy: str) -> GatedRun:
         config = GateConfig(rescue_attempts=args.attempts, rescue_token_budget=args.budget, rescue_strategy=strategy)
+        request = _request(case[0], model, args, case[1], bias_token)
         async with limiter:
-            return await run_gated(backend, calibration, _request(case, model, args), policy, config, streaming=False)
+            return await run_gated(backend, calibration, request, policy, config, streaming=False)
 
     try:
         first = await asyncio.gather(*(serve(case, Policy.BLOCK, "combined") for case in cases))
@@ -94,13 +146,37 @@ async def _evaluate(args: argparse.Namespace) -> dict:
     finally:
         await backend.close()
     per_strategy: dict[str, list[dict]] = {}
+    per_inducer: dict[str, list[dict]] = {}
     for (case, strategy), run in zip(pairs, runs, strict=True):
-        per_strategy.setdefault(strategy, []).append({"case": case.id, **score_run(run)})
+        condition = case[1] or Condition("client", 0.0, repetition_penalty=args.repetition_penalty)
+        inducer = condition.inducer
+        score = {"case": case_id(case), "inducer": inducer, **score_run(run)}
+        per_strategy.setdefault(strategy, []).append(score)
+        per_inducer.setdefault(f"{strategy}/{inducer}", []).append(score)
     return {
-        "prompts": len(cases),
-        "cases": [case.id for case in fired],
-        "blocked_texts": {case.id: run.text for case, run in zip(cases, first, strict=True) if case in fired},
+        "prompts": len(prompts),
+        "requests": len(cases),
+        "cases": [case_id(case) for case in fired],
+        "blocked_texts": {case_id(c): run.text for c, run in zip(cases, first, strict=True) if c in fired},
         "per_strategy": per_strategy,
+        "per_inducer": per_inducer,
+    }
+
+
+def rescue_labels_path() -> Path:
+    """The committed hand labels of rescued answers (key ``<results file stem>:<case>``)."""
+    return Path(str(resources.files("monitors") / "data" / "rescue_labels.jsonl"))
+
+
+def healthy_by_hand(scores: list[dict], run_name: str, labels: dict[str, RubricLabel]) -> dict:
+    """Of the cases whose rescued answer was read: how many are healthy by the rubric. A case the gate
+    blocked in the end counts as not rescued."""
+    judged = [s for s in scores if not s["rescued"] or f"{run_name}:{s['case']}" in labels]
+    healthy = [s for s in judged if s["rescued"] and labels[f"{run_name}:{s['case']}"].label == "healthy"]
+    return {
+        "cases_judged": len(judged),
+        "rescued_healthy_by_hand": len(healthy),
+        "rate": round(len(healthy) / len(judged), 4) if judged else None,
     }
 
 
@@ -120,14 +196,33 @@ def summarize(scores: list[dict]) -> dict:
     }
 
 
+def rescore(args: argparse.Namespace) -> dict:
+    """The per-inducer hand-label counts of an earlier run (``--results``), recounted and written back."""
+    result = json.loads(args.results.read_text())
+    hand = load_rubric_labels(rescue_labels_path())
+    for name, scores in result["per_inducer"].items():
+        result["summary_per_inducer"][name]["hand_labels"] = healthy_by_hand(scores, args.results.stem, hand)
+        print(f"{name:>32} {result['summary_per_inducer'][name]['hand_labels']}")
+    if args.inducers:
+        from lab.eval.verdict_plots import plot_rescue
+
+        result["figure"] = plot_rescue(result["summary_per_inducer"], args.figures)
+    args.results.write_text(json.dumps(result, indent=1))
+    return result
+
+
 def run(args: argparse.Namespace) -> dict:
-    """Evaluate, print a table, write JSON."""
+    """Evaluate, print a table, write JSON (or, with ``--rescore``, recount an earlier run)."""
+    if args.rescore:
+        return rescore(args)
     measured = asyncio.run(_evaluate(args))
     summary = {name: summarize(scores) for name, scores in measured["per_strategy"].items()}
-    print(
-        f"{len(measured['cases'])} of {measured['prompts']} prompts fired the detector (greedy, "
-        f"repetition_penalty {args.repetition_penalty}, max_tokens {args.tokens})"
-    )
+    by_inducer = {name: summarize(scores) for name, scores in measured["per_inducer"].items()}
+    hand = load_rubric_labels(rescue_labels_path())
+    run_name = args.results.stem if args.results else "rescue"
+    for name, scores in measured["per_inducer"].items():
+        by_inducer[name]["hand_labels"] = healthy_by_hand(scores, run_name, hand)
+    print(f"{len(measured['cases'])} of {measured['requests']} requests fired the detector (max_tokens {args.tokens})")
     print(f"{'strategy':>11} {'success':>8} {'rescued':>8} {'text sink':>10} {'det. fired':>11} {'extra tok':>10}")
     for name, row in summary.items():
         if row["cases"]:
@@ -136,7 +231,18 @@ def run(args: argparse.Namespace) -> dict:
                 f" {row['detector_fired_rate']:>11.0%} {row['extra_tokens_mean']:>10.1f}"
             )
     settings = {k: v for k, v in vars(args).items() if k not in ("handler", "results") and not callable(v)}
-    result = {"summary": summary, "settings": {k: str(v) for k, v in settings.items()}, **measured}
+    result = {
+        "summary": summary,
+        "summary_per_inducer": by_inducer,
+        "settings": {k: str(v) for k, v in settings.items()},
+        **measured,
+    }
+    if args.inducers:
+        from lab.eval.verdict_plots import plot_rescue
+
+        result["figure"] = plot_rescue(by_inducer, args.figures)
+        for name, row in by_inducer.items():
+            print(f"{name:>32} {row['cases']:>3} cases {row.get('success_rate', 0):>5.0%} rescued healthy")
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(result, indent=1))

@@ -17,6 +17,7 @@ from lab.eval.labels import repetition_trajectory
 from monitors.bands import LayerBand, captured_layers
 from monitors.features import FeatureExtractor
 from monitors.probe import LinearProbe
+from monitors.text import periodicity_trajectory
 
 __all__ = [
     "Reference",
@@ -111,8 +112,10 @@ def zlib_trajectory(token_ids: Sequence[int], window: int = ZLIB_WINDOW) -> np.n
 
 
 def baseline_trajectories(token_ids: Sequence[int], entropy: np.ndarray) -> dict[str, np.ndarray]:
-    """The text-level baselines: n-gram repetition, zlib ratio, output length (and token entropy)."""
+    """The text-level signals: periodicity (served), and the baselines n-gram repetition, zlib ratio, output
+    length (and token entropy)."""
     return {
+        "text.periodicity": periodicity_trajectory(list(token_ids)),
         "text.repetition": repetition_trajectory(list(token_ids)),
         "text.zlib": zlib_trajectory(token_ids),
         "text.length": np.arange(1, len(token_ids) + 1, dtype=np.float64),
@@ -125,7 +128,7 @@ def offline_trajectories(arrays: Mapping[str, np.ndarray], entropy: np.ndarray) 
     states = arrays["states"].astype(np.float32)
     steps = np.linalg.norm(np.diff(states, axis=1), axis=2).sum(axis=1)
     out = {"offline.path_all": steps / np.maximum(np.linalg.norm(states[:, -1], axis=1), 1e-6)}
-    for i, layer in enumerate(arrays["lens_layers"][:-1]):
+    for i, layer in enumerate(arrays.get("lens_layers", [])[:-1]):
         out[f"lens.drop{int(layer)}"] = arrays["lens_entropy"][:, i] - entropy
     if "lens_topk" in arrays:
         for i, layer in enumerate(arrays["lens_layers"][:-1]):

@@ -5,8 +5,9 @@ Every candidate signal gets a threshold such that a fraction ``q`` of normal gen
 alone; ``q`` is then lowered until the *union* of the selected signals fires on at most ``target_fpr`` of
 normal generations. Signals are chosen by greedy forward selection on the tune split: at each round the
 (signal, method) pair that adds the most credit joins (credit per sink: 1 for catching it, up to 1 more
-for warning before the text detector, see :func:`detection_credit`). The final rate ``q`` is set on
-out-of-fold false positives, so the budget holds for normal generations the fit has not seen.
+for warning before the text detector, see :func:`detection_credit`). Every rate ``q``, during selection
+and final, is set on out-of-fold false positives too, so the budget holds for normal generations the fit
+has not seen and a signal that only separates the generations it was fitted on earns nothing.
 """
 
 import zlib
@@ -19,7 +20,16 @@ from lab.eval.dataset import Generation
 from lab.eval.scoring import auroc
 from monitors.calibration import Direction, Family, SignalThreshold, persistent_extreme, tracked
 
-__all__ = ["Selection", "candidate_spec", "combine", "detection_credit", "rank_floor", "select_signals", "track"]
+__all__ = [
+    "Selection",
+    "candidate_spec",
+    "combine",
+    "detection_credit",
+    "fold_of",
+    "rank_floor",
+    "select_signals",
+    "track",
+]
 
 LEAD_CLIP = 32
 CROSS_FIT_FOLDS = 5
@@ -43,6 +53,10 @@ class Track:
             if len(hits):
                 out[i] = tokens[hits[0]]
         return out
+
+    def subset(self, keep: Sequence[int]) -> "Track":
+        """The same track over the generations at these indices."""
+        return Track(self.spec, [self.rolling[i] for i in keep], [self.tokens[i] for i in keep], self.scores[keep])
 
     def oriented(self, threshold: float) -> float:
         """Oriented threshold back to the spec's scale."""
@@ -105,6 +119,13 @@ class Selection:
     caught: int
     sinks: int
     median_lead: float
+    # Per prompt-grouped fold: the same signals thresholded without that fold's generations.
+    fold_signals: dict[int, list[SignalThreshold]]
+
+
+def fold_of(generation: Generation) -> int:
+    """The prompt-grouped cross-fitting fold of a generation."""
+    return zlib.crc32(generation.entry.prompt_id.encode()) % CROSS_FIT_FOLDS
 
 
 def _threshold_at(track_: Track, negatives: np.ndarray, q: float) -> float:
@@ -120,51 +141,69 @@ def _union(tracks: Sequence[Track], negatives: np.ndarray, q: float) -> tuple[np
     return np.where(firings == np.iinfo(np.int64).max, -1, firings), thresholds
 
 
-def _held_out_fpr(tracks: Sequence[Track], generations: Sequence[Generation], negatives: np.ndarray, q: float) -> float:
+def alarm_rate(
+    fired: np.ndarray, generations: Sequence[Generation], negatives: np.ndarray, per_1k_tokens: bool
+) -> float:
+    """False alarms on the healthy generations: the share that fired, or (``per_1k_tokens``) firings per
+    1,000 healthy tokens, the rate that holds as answers grow."""
+    if not per_1k_tokens:
+        return float(np.mean(fired[negatives]))
+    tokens = sum(g.length for g, healthy in zip(generations, negatives, strict=True) if healthy)
+    return 1000.0 * float(np.sum(fired[negatives])) / max(tokens, 1)
+
+
+def _held_out_fpr(
+    tracks: Sequence[Track], generations: Sequence[Generation], negatives: np.ndarray, q: float, per_1k_tokens: bool
+) -> float:
     """The union's false-positive rate on normal generations, each judged by thresholds set without its
     prompt (``CROSS_FIT_FOLDS`` prompt-grouped folds): what a fresh normal generation will see."""
-    fold = np.array([zlib.crc32(g.entry.prompt_id.encode()) % CROSS_FIT_FOLDS for g in generations])
+    fold = np.array([fold_of(g) for g in generations])
     fired = np.zeros(len(generations), dtype=bool)
     for f in range(CROSS_FIT_FOLDS):
         firing, _ = _union(tracks, negatives & (fold != f), q)
         fired |= (fold == f) & (firing >= 0)
-    return float(np.mean(fired[negatives]))
+    return alarm_rate(fired, generations, negatives, per_1k_tokens)
 
 
 def combine(
-    tracks: Sequence[Track], generations: Sequence[Generation], target_fpr: float, cross_fit: bool = False
+    tracks: Sequence[Track],
+    generations: Sequence[Generation],
+    target_fpr: float,
+    cross_fit: bool = False,
+    per_1k_tokens: bool = False,
 ) -> tuple[np.ndarray, list[float], float]:
     """Per-signal thresholds at a common per-signal rate ``q`` such that the union fires on at most
     ``target_fpr`` of the normal generations (with ``cross_fit``, also when measured out of fold:
     thresholds that are quantiles of the very generations they are checked on promise fewer false alarms
-    than they deliver); returns (firing tokens, thresholds, in-sample union FPR)."""
-    negatives = np.array([g.entry.prompt_set == "normal" and not g.label.sink for g in generations])
-    low, high = 0.0, target_fpr
+    than they deliver; with ``per_1k_tokens`` the target counts false alarms per 1,000 healthy tokens);
+    returns (firing tokens, thresholds, in-sample union false-alarm rate)."""
+    negatives = np.array([g.healthy for g in generations])
+    low, high = 0.0, 0.5 if per_1k_tokens else target_fpr
     best = _union(tracks, negatives, 0.0)
     for _ in range(12):
         q = (low + high) / 2
         firing, thresholds = _union(tracks, negatives, q)
-        rate = np.mean(firing[negatives] >= 0)
+        rate = alarm_rate(firing >= 0, generations, negatives, per_1k_tokens)
         if cross_fit:
-            rate = max(rate, _held_out_fpr(tracks, generations, negatives, q))
+            rate = max(rate, _held_out_fpr(tracks, generations, negatives, q, per_1k_tokens))
         if rate <= target_fpr:
             low, best = q, (firing, thresholds)
         else:
             high = q
     firing, thresholds = best
-    return firing, thresholds, float(np.mean(firing[negatives] >= 0))
+    return firing, thresholds, alarm_rate(firing >= 0, generations, negatives, per_1k_tokens)
 
 
 def detection_credit(firing: np.ndarray, generations: Sequence[Generation]) -> tuple[float, int, float]:
     """Credit per sink: 1 for catching it, plus up to 1 more for warning early (lead over the text detector
-    clipped to ±LEAD_CLIP, scaled to ±1; a bland sink, which the text detector never flags, earns the full 2).
+    clipped to ±LEAD_CLIP, scaled to ±1; a sink the text detector never flags earns the full 2).
     Returns (credit, sinks caught, median lead on visible sinks)."""
     credit, caught, leads = 0.0, 0, []
     for fire, g in zip(firing, generations, strict=True):
         if not g.label.sink or fire < 0:
             continue
         caught += 1
-        if g.label.kind == "visible":
+        if g.label.kind == "visible" and g.label.onset is not None:
             lead = float(g.label.onset - fire)
             leads.append(lead)
             credit += 1.0 + float(np.clip(lead, -LEAD_CLIP, LEAD_CLIP)) / LEAD_CLIP
@@ -180,35 +219,47 @@ def select_signals(
     persistence: int,
     target_fpr: float,
     max_signals: int,
+    per_1k_tokens: bool = False,
+    required: Sequence[str] = (),
 ) -> Selection:
-    """Greedy forward selection of the combined detector's signals on the tune split."""
+    """Greedy forward selection of the combined detector's signals on the tune split; ``required`` signals
+    are in from the start (each with its best tracking), the others join only if they add credit."""
     tracks = {(c.name, c.method, c.span, c.persistence): track(c, generations, span, persistence) for c in candidates}
     chosen: list[tuple] = []
     best_value = -np.inf
     while len(chosen) < max_signals:
         round_best = None
+        pending = [name for name in required if all(name != other[0] for other in chosen)]
         for key in tracks:
-            if any(key[0] == other[0] for other in chosen):
+            if any(key[0] == other[0] for other in chosen) or (pending and key[0] != pending[0]):
                 continue
-            firing, _, _ = combine([tracks[k] for k in [*chosen, key]], generations, target_fpr)
+            firing, _, _ = combine([tracks[k] for k in [*chosen, key]], generations, target_fpr, True, per_1k_tokens)
             value = detection_credit(firing, generations)[0]
             if round_best is None or value > round_best[0]:
                 round_best = (value, key)
-        if round_best is None or round_best[0] < best_value + MIN_GAIN:
+        if round_best is None or (not pending and round_best[0] < best_value + MIN_GAIN):
             break
         best_value = round_best[0]
         chosen.append(round_best[1])
     selected = [tracks[k] for k in chosen]
-    firing, thresholds, fpr = combine(selected, generations, target_fpr, cross_fit=True)
+    firing, thresholds, fpr = combine(selected, generations, target_fpr, True, per_1k_tokens)
     _, caught, lead = detection_credit(firing, generations)
     signals = [replace(t.spec, threshold=t.oriented(th)) for t, th in zip(selected, thresholds, strict=True)]
-    return Selection(signals, fpr, caught, sum(g.label.sink for g in generations), lead)
+    fold_signals = {}
+    for f in range(CROSS_FIT_FOLDS):
+        keep = [i for i, g in enumerate(generations) if fold_of(g) != f]
+        kept = [generations[i] for i in keep]
+        _, fold_thresholds, _ = combine([t.subset(keep) for t in selected], kept, target_fpr, False, per_1k_tokens)
+        fold_signals[f] = [
+            replace(t.spec, threshold=t.oriented(th)) for t, th in zip(selected, fold_thresholds, strict=True)
+        ]
+    return Selection(signals, fpr, caught, sum(g.label.sink for g in generations), lead, fold_signals)
 
 
 def rank_floor(name: str, generations: Sequence[Generation], span: int, persistence: int, fpr: float) -> float:
     """The PR level that at most ``fpr`` of normal generations hold (smoothed) for ``persistence`` tokens
     (NaN when no normal generation has the signal)."""
-    negatives = [g for g in generations if g.entry.prompt_set == "normal" and not g.label.sink]
+    negatives = [g for g in generations if g.healthy]
     spec = SignalThreshold(name, "low", float("nan"), "rank")
     extremes = [
         persistent_extreme(tracked(v[np.isfinite(v)], spec, span), "low", persistence)

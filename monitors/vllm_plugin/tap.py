@@ -110,7 +110,8 @@ class RunnerTap:
     def _tag(self, engine_id: str) -> RequestTag | None:
         if engine_id not in self._tags:
             params = self._runner.requests[engine_id].sampling_params
-            self._tags[engine_id] = RequestTag.from_extra_args(params.extra_args if params else None)
+            tag = RequestTag.from_extra_args(params.extra_args if params else None)
+            self._tags[engine_id] = tag.for_engine_request(engine_id) if tag is not None else None
         return self._tags[engine_id]
 
     def _forget_ended(self) -> None:

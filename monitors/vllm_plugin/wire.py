@@ -8,6 +8,7 @@ bands) the features were computed with, so that a gateway never mixes features f
 """
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -15,10 +16,27 @@ from monitors.bands import LayerBand, format_bands
 from monitors.calibration import Calibration
 from monitors.features import StepFeatures
 
-__all__ = ["REQUEST_ID_ARG", "SINK_ARG", "RequestTag", "decode_batch", "encode_batch", "monitor_profile"]
+__all__ = [
+    "CHOICES_ARG",
+    "REQUEST_ID_ARG",
+    "SINK_ARG",
+    "RequestTag",
+    "choice_request_id",
+    "decode_batch",
+    "encode_batch",
+    "monitor_profile",
+]
 
 REQUEST_ID_ARG = "sinkwatch_request_id"
 SINK_ARG = "sinkwatch_sink"
+CHOICES_ARG = "sinkwatch_choices"
+# vLLM runs a request with ``n > 1`` as one child request per choice, its engine id prefixed "<index>_".
+_CHILD_ID = re.compile(r"^(\d+)_")
+
+
+def choice_request_id(request_id: str, choice: int) -> str:
+    """The id features of choice ``choice`` of a request with several choices are published under."""
+    return f"{request_id}#{choice}"
 
 
 @dataclass(frozen=True)
@@ -27,10 +45,22 @@ class RequestTag:
 
     request_id: str
     sink: str
+    choices: int = 1
 
-    def to_xargs(self) -> dict[str, str]:
+    def to_xargs(self) -> dict[str, str | int]:
         """The ``vllm_xargs`` entries that carry this tag in an OpenAI request body."""
-        return {REQUEST_ID_ARG: self.request_id, SINK_ARG: self.sink}
+        xargs: dict[str, str | int] = {REQUEST_ID_ARG: self.request_id, SINK_ARG: self.sink}
+        if self.choices > 1:
+            xargs[CHOICES_ARG] = self.choices
+        return xargs
+
+    def for_engine_request(self, engine_id: str) -> "RequestTag":
+        """The tag of one engine request: with several choices, each child publishes under its own id
+        (:func:`choice_request_id`), so the gateway can tell the choices' tokens apart."""
+        child = _CHILD_ID.match(engine_id) if self.choices > 1 else None
+        if child is None:
+            return self
+        return RequestTag(choice_request_id(self.request_id, int(child.group(1))), self.sink)
 
     @classmethod
     def from_extra_args(cls, extra_args: Mapping | None) -> "RequestTag | None":
@@ -40,7 +70,8 @@ class RequestTag:
         request_id, sink = extra_args.get(REQUEST_ID_ARG), extra_args.get(SINK_ARG)
         if not isinstance(request_id, str) or not isinstance(sink, str) or not request_id or not sink:
             return None
-        return cls(request_id, sink)
+        choices = extra_args.get(CHOICES_ARG, 1)
+        return cls(request_id, sink, choices if isinstance(choices, int) and choices > 1 else 1)
 
 
 def monitor_profile(calibration: Calibration, bands: Iterable[LayerBand]) -> str:

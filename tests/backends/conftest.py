@@ -1,7 +1,6 @@
 """Fixtures of the vllm backend tests: a fake vLLM with the plugin's behaviour, and a gateway in front of it."""
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 
@@ -24,8 +23,7 @@ def fake_vllm(calibration: Calibration) -> Iterator[tuple[FakeVLLM, RunningServe
 def vllm_gateway(fake_vllm: tuple[FakeVLLM, RunningServer]) -> Iterator[RunningServer]:
     """A gateway with the ``vllm`` backend in front of the fake (features wait at most 0.5 s)."""
     _, upstream = fake_vllm
-    settings = replace(
-        Settings(),
+    settings = Settings().replace(
         backend="vllm",
         upstreams=f"{upstream.base_url}/v1",
         upstream_health_interval=0.2,

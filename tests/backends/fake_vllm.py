@@ -1,10 +1,11 @@
 """A fake vLLM server with the sinkwatch plugin, for backend tests that need no real engine.
 
-It answers like vLLM's OpenAI server with ``return_token_ids`` (every chunk names its token ids, the
-usage chunk ends the stream) and, for requests tagged through ``vllm_xargs``, does what the plugin does:
-runs a real :class:`FeatureExtractor` over (synthetic, seeded) states and pushes each token's features to
-the sink named in the request, before the token's chunk leaves, as the real worker does. Knobs make it
-send features late or not at all, or fail.
+It answers like vLLM's OpenAI server (whole or streamed; with ``return_token_ids`` every chunk names
+its token ids; ``n`` choices, streamed one after the other; content, tool-call or reasoning deltas) and,
+for requests tagged through ``vllm_xargs``, does what the plugin does: runs a real
+:class:`FeatureExtractor` over (synthetic, seeded) states and pushes each token's features to the sink
+named in the request (each choice's under its own id), before the token's chunk leaves, as the real
+worker does. Knobs make it send features late or not at all, fail, or fall into a loop.
 """
 
 import asyncio
@@ -35,6 +36,11 @@ class FakeVLLMConfig:
     delay: float = 0.0
     status: int = 200  # a non-200 status answers an OpenAI error instead of generating
     profile: str | None = None  # overrides the profile stamped on messages
+    kind: str = "content"  # content | tool_calls | reasoning (the first half reasoning, then content)
+    loop_from: int | None = None  # from this token on: a 3-token cycle at low entropy (a sink)
+    loop_choices: tuple[int, ...] = (0,)  # the choices that loop (with several), and only the first attempt
+    loop_requests: int = 1  # how many requests loop (later ones, e.g. rescues, do not)
+    held: int = 0  # the first tokens come as vLLM sends tokens its parser holds back: an empty delta
 
 
 @dataclass
@@ -54,6 +60,8 @@ class FakeVLLM:
                 Route("/v1/models", self.models),
                 Route("/v1/chat/completions", self.generate, methods=["POST"]),
                 Route("/v1/completions", self.generate, methods=["POST"]),
+                Route("/v1/embeddings", self.embeddings, methods=["POST"]),
+                Route("/v1/responses", self.responses, methods=["POST"]),
             ]
         )
 
@@ -63,7 +71,29 @@ class FakeVLLM:
         return 1000 + index
 
     async def models(self, _: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "vllm"}]})
+        card = {"id": MODEL, "object": "model", "created": 1, "owned_by": "vllm", "max_model_len": 2048}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def embeddings(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        data = [{"object": "embedding", "index": 0, "embedding": [0.25, -0.5, 1.0]}]
+        usage = {"prompt_tokens": 2, "total_tokens": 2}
+        return JSONResponse({"object": "list", "data": data, "model": MODEL, "usage": usage})
+
+    async def responses(self, request: Request) -> JSONResponse | StreamingResponse:
+        body = await request.json()
+        self.bodies.append(body)
+        response = {"id": "resp-fake", "object": "response", "status": "completed", "model": MODEL, "output_text": "hi"}
+        if not body.get("stream"):
+            return JSONResponse(response)
+        events = [
+            {"type": "response.created", "response": {**response, "status": "in_progress"}},
+            {"type": "response.output_text.delta", "delta": "hi"},
+            {"type": "response.completed", "response": response},
+        ]
+        frames = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+        return StreamingResponse(iter([frames]), media_type="text/event-stream")
 
     async def generate(self, request: Request) -> JSONResponse | StreamingResponse:
         body = await request.json()
@@ -71,37 +101,96 @@ class FakeVLLM:
         self.request_ids.append(request.headers.get("x-request-id", ""))
         config = self.config
         if config.status != 200:
-            error = {"message": f"fake failure {config.status}", "type": "BadRequestError", "param": None, "code": 400}
+            error = {"message": f"fake failure {config.status}", "type": "BadRequestError", "param": "n", "code": 400}
             return JSONResponse({"error": error}, status_code=config.status)
         tag = RequestTag.from_extra_args(body.get("vllm_xargs"))
         limit = min(int(body.get("max_tokens") or config.tokens), config.tokens)
-        return StreamingResponse(self._events(body, tag, limit), media_type="text/event-stream")
+        looping = len(self.bodies) <= config.loop_requests
+        choices = [self._choice(body, tag, limit, i, looping) for i in range(int(body.get("n") or 1))]
+        if body.get("stream"):
+            return StreamingResponse(self._events(body, choices), media_type="text/event-stream")
+        return JSONResponse(self._whole(body, choices))
 
-    async def _events(self, body: dict, tag: RequestTag | None, count: int):
-        chat = "messages" in body
-        calibration = self.calibration
+    def _choice(self, body: dict, tag: RequestTag | None, count: int, index: int, looping: bool) -> list[tuple]:
+        """The choice's tokens as (id, text, kind), its features pushed (or scheduled) as the plugin would."""
+        calibration, config = self.calibration, self.config
         extractor = FeatureExtractor(calibration.bands, calibration.window, **calibration.extractor_options())
-        states = np.random.default_rng(count).normal(size=(count, len(extractor.layers), WIDTH))
-        profile = self.config.profile or monitor_profile(calibration, calibration.bands)
-        if chat:
-            yield _sse({"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        states = np.random.default_rng(count + index).normal(size=(count, len(extractor.layers), WIDTH))
+        profile = config.profile or monitor_profile(calibration, calibration.bands)
+        loops = looping and config.loop_from is not None and index in config.loop_choices
+        tokens = []
         for i in range(count):
-            token = self.token_id(i)
-            if tag is not None and self.config.features != "none":
-                message = encode_batch(profile, [(tag.request_id, extractor.push(states[i], 1.0 + i / 10, token))])
-                if self.config.features == "before":
+            in_loop = loops and i >= config.loop_from
+            token = 1000 + i % 3 if in_loop else self.token_id(i) + 100 * index
+            entropy = 0.05 if in_loop else 1.0 + i / 10
+            kind = config.kind if config.kind != "reasoning" else ("reasoning" if i < count // 2 else "content")
+            tokens.append((token, f" t{i}", kind))
+            if tag is not None and config.features != "none":
+                published = tag.for_engine_request(f"{index}_{tag.request_id}") if tag.choices > 1 else tag
+                features = extractor.push(states[i], entropy, token)
+                message = encode_batch(profile, [(published.request_id, features)])
+                if config.features == "before":
                     self._push(tag.sink, message)
                 else:
-                    asyncio.get_running_loop().call_later(self.config.delay, self._push, tag.sink, message)
-            text = f" t{i}"
-            finish = "length" if i == count - 1 else None
-            choice = {"index": 0, "finish_reason": finish, "token_ids": [token]}
-            choice.update({"delta": {"content": text}} if chat else {"text": text})
-            yield _sse({"choices": [choice]})
-            await asyncio.sleep(0.001)
+                    asyncio.get_running_loop().call_later(config.delay + i * 0.002, self._push, tag.sink, message)
+        return tokens
+
+    async def _events(self, body: dict, choices: list[list[tuple]]):
+        chat = "messages" in body
+        with_ids = body.get("return_token_ids") is True
+        first = {"prompt_token_ids": [1, 2, 3, 4, 5]} if with_ids else {}
+        if chat:
+            for index in range(len(choices)):
+                yield _sse({**first, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""}}]})
+                first = {}
+        for index, tokens in enumerate(choices):
+            for i, (token, text, kind) in enumerate(tokens):
+                finish = "length" if i == len(tokens) - 1 else None
+                choice = {"index": index, "finish_reason": finish}
+                delta = {} if i < self.config.held else _delta(kind, text, i)
+                choice.update({"delta": delta} if chat else {"text": text})
+                if with_ids:
+                    choice["token_ids"] = [token]
+                elif not delta and chat:
+                    continue  # vLLM sends a held token's chunk only when token ids are asked for
+                if body.get("logprobs"):
+                    choice["logprobs"] = {"content": [{"token": text, "logprob": -0.5, "top_logprobs": []}]}
+                yield _sse({**first, "choices": [choice]})
+                first = {}
+                await asyncio.sleep(0.001)
+        count = sum(len(tokens) for tokens in choices)
         usage = {"prompt_tokens": 5, "completion_tokens": count, "total_tokens": count + 5}
-        yield _sse({"choices": [], "usage": usage})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            yield _sse({"choices": [], "usage": usage})
         yield "data: [DONE]\n\n"
+
+    def _whole(self, body: dict, choices: list[list[tuple]]) -> dict:
+        chat = "messages" in body
+        with_ids = body.get("return_token_ids") is True
+        answer: dict = {"id": "cmpl-fake", "object": "chat.completion" if chat else "text_completion", "model": MODEL}
+        if with_ids:
+            answer["prompt_token_ids"] = [1, 2, 3, 4, 5]
+        answer["choices"] = []
+        for index, tokens in enumerate(choices):
+            text = "".join(t for _, t, _ in tokens)
+            kinds = {kind for _, _, kind in tokens}
+            choice: dict = {"index": index, "finish_reason": "length", "logprobs": None}
+            if chat:
+                message: dict = {"role": "assistant", "content": None if kinds == {"tool_calls"} else text}
+                if "tool_calls" in kinds:
+                    message["tool_calls"] = [
+                        {"id": "call-0", "type": "function", "function": {"name": "f", "arguments": text}}
+                    ]
+                choice["message"] = message
+            else:
+                choice["text"] = text
+            if with_ids:
+                choice["token_ids"] = [token for token, _, _ in tokens]
+            answer["choices"].append(choice)
+        count = sum(len(tokens) for tokens in choices)
+        answer["usage"] = {"prompt_tokens": 5, "completion_tokens": count, "total_tokens": count + 5}
+        answer["kv_transfer_params"] = None
+        return answer
 
     def _push(self, sink: str, message: bytes) -> None:
         if sink not in self._sockets:
@@ -114,6 +203,17 @@ class FakeVLLM:
         for sock in self._sockets.values():
             sock.close()
         self._context.term()
+
+
+def _delta(kind: str, text: str, i: int) -> dict:
+    if kind == "tool_calls":
+        call = {"index": 0, "function": {"arguments": text}}
+        if i == 0:
+            call.update(id="call-0", type="function", function={"name": "f", "arguments": text})
+        return {"tool_calls": [call]}
+    if kind == "reasoning":
+        return {"reasoning_content": text}
+    return {"content": text}
 
 
 def _sse(event: dict) -> str:

@@ -72,6 +72,7 @@ async def test_the_reader_reads_at_most_its_stream_count_and_skips_token_id_prom
     reader.close()
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # no deprecated transformers API (past_key_values)
 def test_with_a_reader_the_proxy_reports_stability(upstream):
     upstream.config.tokens = 40
     with proxy_gateway(upstream.base_url, reader=True, policy="annotate") as server:

@@ -35,7 +35,7 @@ def _request(request_id: str = "chatcmpl-1", **changes) -> GenerationRequest:
 async def _events(fake: tuple[FakeVLLM, RunningServer], calibration: Calibration, request: GenerationRequest, **opts):
     """Every event of ``request`` through a started backend in front of the fake."""
     _, upstream = fake
-    settings = replace(Settings(), backend="vllm", upstreams=f"{upstream.base_url}/v1", **opts)
+    settings = Settings().replace(backend="vllm", upstreams=f"{upstream.base_url}/v1", **opts)
     backend = vllm_backend(settings, calibration, None)
     await backend.start()
     try:
@@ -81,7 +81,7 @@ def test_without_a_calibration_requests_are_not_tagged(fake_vllm, calibration):
     fake, upstream = fake_vllm
 
     async def run() -> None:
-        settings = replace(Settings(), backend="vllm", upstreams=f"{upstream.base_url}/v1")
+        settings = Settings().replace(backend="vllm", upstreams=f"{upstream.base_url}/v1")
         backend = vllm_backend(settings, None, None)
         await backend.start()
         try:

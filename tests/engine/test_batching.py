@@ -44,6 +44,7 @@ def _with_engine(loaded, config: EngineConfig, coro_factory):
         engine.shutdown()
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # no deprecated transformers API (past_key_values)
 def test_batched_requests_match_solo_runs(loaded):
     requests = [_request(i, p, 12, temperature=0.0) for i, p in enumerate(PROMPTS)]
     requests.append(_request(9, PROMPTS[1], 12, temperature=0.9, seed=3))

@@ -145,7 +145,7 @@ def loop_after(start: int, rescues_loop: bool = False) -> tuple[Callable, Callab
     return ids, entropy
 
 
-# A detector on the scripted features only: low entropy and text repetition, unsmoothed, both must agree.
+# A detector on the scripted features only: low entropy and text periodicity, unsmoothed, both must agree.
 CALIBRATION = Calibration(
     model=MODEL,
     window=32,
@@ -156,7 +156,7 @@ CALIBRATION = Calibration(
     target_fpr=0.05,
     signals=(
         SignalThreshold("entropy", "low", 1.0, "sink"),
-        SignalThreshold("text.repetition", "high", 0.5, "sink"),
+        SignalThreshold("text.periodicity", "high", 0.25, "sink"),
     ),
     rank_floors={},
 )

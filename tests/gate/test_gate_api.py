@@ -2,7 +2,6 @@
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 
 import httpx
 import openai
@@ -20,7 +19,7 @@ BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_to
 
 
 def _serve(backend: ScriptedBackend, **settings) -> RunningServer:
-    configured = replace(Settings(), port=free_port(), served_model_name=MODEL, **settings)
+    configured = Settings().replace(port=free_port(), served_model_name=MODEL, **settings)
     return RunningServer(create_app(configured, backend=backend, calibration=CALIBRATION), configured.port)
 
 

@@ -4,6 +4,7 @@ rescued, normal answers pass untouched under every policy, and blocked text neve
 import json
 
 import httpx
+import openai
 import pytest
 from transformers import AutoTokenizer
 
@@ -136,3 +137,40 @@ def test_the_policy_header_picks_the_policy_and_a_bad_one_is_a_400(gateway):
     bad = httpx.post(url, json=body, headers={"x-sinkwatch-policy": "panic"}, timeout=30)
     assert bad.status_code == 400
     assert bad.json()["error"]["param"] == "x-sinkwatch-policy"
+
+
+# Greedy decoding with a negative frequency penalty loops on this prompt ("the water the water ..."): the
+# loop whose rescue used to keep the client's penalty and loop again.
+FREQUENCY_LOOP = {
+    "messages": [{"role": "user", "content": "Explain how rain forms."}],
+    "max_tokens": 128,
+    "temperature": 0,
+    "frequency_penalty": -1.0,
+}
+
+
+def test_rescue_neutralises_a_negative_frequency_penalty_and_says_so(client, tokenizer):
+    annotated = client.chat.completions.create(
+        model=MODEL, extra_body={"sinkwatch": {"policy": "annotate"}}, **FREQUENCY_LOOP
+    )
+    assert annotated.model_extra["stability"]["verdict"] in COLLAPSE
+    response = client.chat.completions.create(
+        model=MODEL, extra_body={"sinkwatch": {"policy": "rescue"}}, **FREQUENCY_LOOP
+    )
+    gate = response.model_extra["stability"]["gate"]
+    assert (gate["action"], gate["outcome"]) == ("rescue", "rescued"), gate
+    assert gate["attempts"][0]["neutralised"] == []
+    assert "frequency_penalty" in gate["attempts"][1]["neutralised"]
+    assert not _is_text_sink(tokenizer, response.choices[0].message.content)
+
+
+def test_block_at_is_a_probability_and_the_report_carries_risk(client):
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model=MODEL, extra_body={"sinkwatch": {"block_at": 1.5}}, **CALM)
+    assert "block_at" in bad.value.body["param"]
+    response = client.chat.completions.create(
+        model=MODEL, extra_body={"sinkwatch": {"policy": "block", "block_at": 0.99}}, **CALM
+    )
+    stability = response.model_extra["stability"]
+    assert stability["gate"]["block_at"] == 0.99
+    assert 0 <= stability["risk"] < 0.99

@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from gateway.gate.rescue import CONSTRAINT, NGRAM_BIAS, STRATEGIES, looping_tokens
+from gateway.gate.rescue import CONSTRAINT, NGRAM_BIAS, STRATEGIES, looping_tokens, neutralise
 from tests.gate.scripted import REQUEST
 
 LOOP = [1, 2, 3, 4] + [7, 8, 9] * 5
@@ -52,3 +52,24 @@ def test_constrain_extends_an_existing_system_message():
     request = replace(REQUEST, prompt=replace(REQUEST.prompt, messages=messages))
     system = STRATEGIES["constrain"](request, LOOP, 1).prompt.messages[0]
     assert system["content"] == f"Be kind.\n{CONSTRAINT}"
+
+
+def test_neutralise_takes_out_every_client_setting_that_pushes_toward_repetition():
+    sampling = replace(
+        REQUEST.sampling,
+        frequency_penalty=-1.0,
+        presence_penalty=-0.5,
+        repetition_penalty=0.8,
+        logit_bias={7: 6.0, 42: 3.0, 8: -2.0},
+    )
+    neutral, names = neutralise(sampling, LOOP)
+    assert names == ("frequency_penalty", "presence_penalty", "repetition_penalty", "logit_bias")
+    assert (neutral.frequency_penalty, neutral.presence_penalty, neutral.repetition_penalty) == (0.0, 0.0, 1.0)
+    # the positive bias on a looping token goes; one on a token outside the loop and a negative one stay
+    assert neutral.logit_bias == {42: 3.0, 8: -2.0}
+    assert (neutral.temperature, neutral.seed, neutral.top_p) == (sampling.temperature, sampling.seed, sampling.top_p)
+
+
+def test_neutralise_leaves_ordinary_sampling_alone():
+    sampling = replace(REQUEST.sampling, frequency_penalty=0.5, presence_penalty=0.3, repetition_penalty=1.1)
+    assert neutralise(sampling, LOOP) == (sampling, ())

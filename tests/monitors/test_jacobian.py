@@ -34,6 +34,7 @@ def test_the_budgeted_estimate_finds_the_largest_singular_value_and_the_stress()
 
 
 @pytest.mark.model
+@pytest.mark.filterwarnings("error::FutureWarning")  # no deprecated transformers API (past_key_values)
 def test_the_decoder_block_reproduces_the_models_own_states(loaded_model):
     ids = loaded_model.tokenizer.encode("The quick brown fox jumps over the lazy dog because")
     block, h = decoder_block(loaded_model.model, ids, len(ids) - 1, 10, 12)

@@ -6,15 +6,18 @@ Docker and Kubernetes cannot run here; these checks read the files as the tools 
 
 import json
 import re
-from dataclasses import fields
+import shutil
+import subprocess
 from pathlib import Path, PurePosixPath
 
+import kubernetes_validate
 import pytest
 import yaml
 
 from deploy import render
 from gateway.api.health import router as health_router
 from gateway.config import ENV_PREFIX, Settings, load_settings
+from gateway.server import LAST_GRACE
 from monitors.calibration import load_calibration
 from tests.observability.sources import (
     COMPOSE_FILE,
@@ -32,6 +35,8 @@ PROMETHEUS = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
 # Read by the gateway outside Settings: the config file and the model cache (gateway/engine/provision.py).
 EXTRA_GATEWAY_ENV = {"SINKWATCH_CONFIG", "SINKWATCH_CACHE_DIR"}
 GATEWAY_JOB = "sinkwatch-gateway"
+KUBERNETES_VERSION = "1.32"  # the schemas the manifests are checked against
+OPERATOR_API = "monitoring.coreos.com/"  # the Prometheus Operator's kinds: CRDs, no schema in kubernetes-validate
 
 
 def _default(value: object) -> str:
@@ -70,7 +75,7 @@ def _host_port(address: str) -> tuple[str, int]:
 def _check_gateway_environment(environment: dict[str, str]) -> Settings:
     """The gateway's settings from its ``SINKWATCH_*`` variables, all of which must be real settings."""
     ours = {name: value for name, value in environment.items() if name.startswith(ENV_PREFIX)}
-    names = {ENV_PREFIX + f.name.upper() for f in fields(Settings)} | EXTRA_GATEWAY_ENV
+    names = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | EXTRA_GATEWAY_ENV
     assert sorted(set(ours) - names) == []
     return load_settings(None, environ=ours)
 
@@ -274,3 +279,55 @@ def test_kustomize_image_overrides_name_images_the_deployments_use():
     kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
     used = {c["image"].split(":")[0] for d in _of_kind("Deployment") for c in _pod_spec(d)["containers"]}
     assert {image["name"] for image in kustomization["images"]} == used
+
+
+def test_the_compose_gateway_is_given_time_to_drain():
+    grace = SERVICES["gateway"]["stop_grace_period"]
+    settings = _check_gateway_environment({k: _default(v) for k, v in SERVICES["gateway"]["environment"].items()})
+    assert int(grace.removesuffix("s")) >= settings.drain_delay + settings.shutdown_timeout + LAST_GRACE
+
+
+def test_a_kubernetes_gateway_pod_drains_before_it_is_killed():
+    settings = _check_gateway_environment(_gateway_environment())
+    (deployment,) = [d for d in _of_kind("Deployment") if d["metadata"]["name"] == "sinkwatch-gateway"]
+    grace = _pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert settings.drain_delay >= 5, "the endpoint must be removed before the pod stops accepting"
+    assert grace >= settings.drain_delay + settings.shutdown_timeout + LAST_GRACE
+
+
+def _kustomized() -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl is missing: `make test` installs it (apt-get install kubernetes-client)")
+    rendered = subprocess.run(
+        [kubectl, "kustomize", str(KUBERNETES)], capture_output=True, text=True, timeout=60, check=True
+    )
+    return list(yaml.safe_load_all(rendered.stdout))
+
+
+def test_kubectl_kustomize_renders_every_manifest_into_the_namespace_with_the_pinned_images():
+    rendered = _kustomized()
+    assert sorted(d["kind"] for d in rendered) == sorted(m["kind"] for m in _manifests())
+    assert {d["metadata"].get("namespace") for d in rendered if d["kind"] != "Namespace"} == {"sinkwatch"}
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    pinned = {f"{image['name']}:{image['newTag']}" for image in kustomization["images"]}
+    deployments = [d for d in rendered if d["kind"] == "Deployment"]
+    assert {c["image"] for d in deployments for c in _pod_spec(d)["containers"]} == pinned
+
+
+def test_the_rendered_manifests_match_the_kubernetes_schemas():
+    rendered = _kustomized()
+    checked = [d for d in rendered if not d["apiVersion"].startswith(OPERATOR_API)]
+    assert {d["kind"] for d in checked} >= {"Namespace", "Deployment", "Service", "ConfigMap"}
+    for document in checked:
+        try:
+            kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as invalid:
+            pytest.fail(f"{document['kind']} {document['metadata']['name']}: {invalid.message}")
+
+
+def test_the_schema_check_catches_a_wrong_field():
+    (deployment,) = [d for d in _kustomized() if d["kind"] == "Deployment" and "gateway" in d["metadata"]["name"]]
+    _pod_spec(deployment)["terminationGracePeriodSeconds"] = "50s"  # an integer, in the schema
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)

@@ -4,7 +4,6 @@ a client that goes away cancels the upstream request."""
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import replace
 
 import httpx
 import openai
@@ -126,7 +125,7 @@ def test_a_refused_upstream_is_a_502_and_counted(upstream, impatient):
 
 def test_with_no_upstream_reachable_the_gateway_is_not_ready():
     dead = f"http://127.0.0.1:{free_port()}/v1"
-    settings = replace(Settings(), backend="openai", upstreams=dead, port=free_port(), upstream_health_interval=60)
+    settings = Settings().replace(backend="openai", upstreams=dead, port=free_port(), upstream_health_interval=60)
     with start_gateway(settings) as server:
         time.sleep(0.5)
         assert httpx.get(f"{server.base_url}/readyz").status_code == 503

@@ -4,7 +4,6 @@ bodies, HTTP/1.0, ``connection: close``, a failure inside the relay)."""
 import asyncio
 import socket
 import time
-from dataclasses import replace
 
 import httpx
 import orjson
@@ -62,7 +61,7 @@ class _Transport(asyncio.Transport):
 
 def _protocol(cors_origins: str = "") -> tuple[asyncio.Protocol, _Transport]:
     """The gateway's HTTP protocol on a fake connection (backend not started: it answers 503)."""
-    settings = replace(Settings(), backend="openai", upstreams="http://127.0.0.1:9/v1", cors_origins=cors_origins)
+    settings = Settings().replace(backend="openai", upstreams="http://127.0.0.1:9/v1", cors_origins=cors_origins)
     app = create_app(settings)
     config = uvicorn.Config(app, http=http_protocol(app))
     config.load()

@@ -3,7 +3,6 @@ serving path (scripted backend), and on the real model where the engine is invol
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -45,7 +44,7 @@ def _bodies(model: str) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def scripted() -> Iterator[RunningServer]:
     """The full serving path (pydantic models, session, gate) over a scripted backend."""
-    settings = replace(Settings(), port=free_port(), served_model_name=SCRIPTED_MODEL)
+    settings = Settings().replace(port=free_port(), served_model_name=SCRIPTED_MODEL)
     app = create_app(settings, backend=ScriptedBackend([5]), calibration=CALIBRATION)
     with RunningServer(app, settings.port) as server:
         yield server

@@ -7,7 +7,6 @@ proxy fast path over the fake upstream; both fast, so the fuzzing fits the defau
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 import schemathesis
@@ -24,7 +23,7 @@ TIMEOUT = 10
 
 
 def _app(port: int = 0):
-    configured = replace(Settings(), port=port, served_model_name=MODEL)
+    configured = Settings().replace(port=port, served_model_name=MODEL)
     return create_app(configured, backend=ScriptedBackend([5]), calibration=CALIBRATION), configured
 
 

@@ -3,7 +3,6 @@
 import re
 import threading
 import time
-from dataclasses import replace
 
 import httpx
 import openai
@@ -77,7 +76,7 @@ def test_disconnecting_non_streaming_client_frees_its_slot_and_counts_as_cancell
 
 
 def test_full_queue_answers_429_in_openai_format(gateway_settings):
-    settings = replace(gateway_settings, port=free_port(), max_batch=1, max_queue=1)
+    settings = gateway_settings.replace(port=free_port(), max_batch=1, max_queue=1)
     with start_gateway(settings) as server:
         server.wait_ready()
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0)

@@ -3,7 +3,7 @@ other error, and the failure's traceback is logged."""
 
 import json
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -35,7 +35,7 @@ class FailingBackend(ScriptedBackend):
 
 @pytest.fixture
 def server():
-    settings = replace(Settings(), port=free_port(), served_model_name=MODEL)
+    settings = Settings().replace(port=free_port(), served_model_name=MODEL)
     app = create_app(settings, backend=FailingBackend([20]), calibration=CALIBRATION)
     with RunningServer(app, settings.port) as running:
         yield running

@@ -4,7 +4,6 @@ continued, on the native fast path, the ASGI path and the full serving path; gat
 real model."""
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 import httpx
 import pytest
@@ -112,7 +111,7 @@ def test_with_tracing_off_the_clients_traceparent_still_reaches_the_upstream(ups
 
 def test_the_vllm_backends_upstream_call_carries_the_trace(spans, upstream):
     """The full serving path (the vllm backend, without features here) sends its span's context upstream."""
-    settings = replace(Settings(), backend="vllm", capture=False, upstreams=upstream.base_url, port=free_port())
+    settings = Settings().replace(backend="vllm", capture=False, upstreams=upstream.base_url, port=free_port())
     with start_gateway(settings) as server:
         server.wait_ready(timeout=30)
         client_of(server, default_headers={"traceparent": TRACEPARENT}).chat.completions.create(

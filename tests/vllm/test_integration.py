@@ -112,7 +112,7 @@ def test_concurrent_preempted_streams_each_get_their_own_report(real_vllm_gatewa
     assert _vllm_counter(vllm_server, "vllm:num_preemptions_total") > preemptions
 
 
-def test_rescue_continues_a_collapsing_answer_on_vllm(real_vllm_gateway, embedded_answers):
+def test_rescue_resamples_a_collapsing_answer_on_vllm(real_vllm_gateway, embedded_answers):
     fired = [name for name, (_, report) in embedded_answers.items() if report["verdict"] != "ok"]
     assert fired, "no prompt collapses within the token budget: the rescue path is not exercised"
     _, report = _ask(real_vllm_gateway, PROMPTS[fired[0]], extra_body={"sinkwatch": {"policy": "rescue"}})

@@ -6,12 +6,25 @@ import pytest
 
 from monitors.bands import LayerBand
 from monitors.features import StepFeatures
-from monitors.vllm_plugin.wire import RequestTag, decode_batch, encode_batch, monitor_profile
+from monitors.vllm_plugin.wire import RequestTag, choice_request_id, decode_batch, encode_batch, monitor_profile
 
 
 def test_a_tag_travels_in_vllm_xargs_and_comes_back_from_extra_args():
     tag = RequestTag("chatcmpl-1", "tcp://10.0.0.5:5599")
     assert RequestTag.from_extra_args(tag.to_xargs()) == tag
+
+
+def test_with_several_choices_each_child_request_publishes_under_its_own_id():
+    tag = RequestTag("chatcmpl-1", "tcp://10.0.0.5:5599", choices=3)
+    assert RequestTag.from_extra_args(tag.to_xargs()) == tag
+    assert tag.for_engine_request("2_chatcmpl-1-ab12").request_id == choice_request_id("chatcmpl-1", 2)
+    assert tag.for_engine_request("chatcmpl-1-ab12") == tag  # not a child: the parent's id
+
+
+def test_with_one_choice_the_engine_id_is_not_read():
+    tag = RequestTag("chatcmpl-1", "tcp://10.0.0.5:5599")
+    assert "sinkwatch_choices" not in tag.to_xargs()
+    assert tag.for_engine_request("0_chatcmpl-1") == tag
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,230 @@
+"""Verdicts an operator can gate on: false alarms per 1,000 healthy tokens, loops caught and how early, on
+held-out prompts of the production-like corpus, per traffic type, inducer and length (``sinkwatch eval
+verdicts``).
+
+The detector is fitted on the tune split exactly as ``sinkwatch calibrate --corpus production-v1
+--per-1k-tokens`` fits it; every number reported as held-out comes from the test split. Compared on the
+same generations: the 4-gram text detector the issue started from (half of the last 16 tokens close a
+repeated 4-gram), ``text.periodicity`` alone, and ``text.periodicity`` with each hidden-state signal (what
+each adds). The risk model is checked for calibration (predicted vs observed) and for what acting at a
+``block_at`` level costs and buys.
+"""
+
+import argparse
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lab.eval import calibrate
+from lab.eval.corpus import PRODUCTION_CORPUS
+from lab.eval.dataset import Generation, build_generations, labelled_entries
+from lab.eval.detection import detect
+from lab.eval.fit import fit_calibration
+from lab.eval.signals import Sampling
+from monitors.calibration import Calibration
+from monitors.detector import PERIODICITY_SIGNAL
+from monitors.text import text_sink_onset
+
+__all__ = ["LENGTH_BUCKETS", "add_arguments", "group_stats", "run", "tables", "traffic_of"]
+
+LENGTH_BUCKETS = ((0, 128), (128, 256), (256, 512), (512, 10**6))
+BLOCK_AT = (0.2, 0.5, 0.8, 0.95)
+# Hidden-state signals measured one at a time on top of text.periodicity.
+HIDDEN_SIGNALS = ("probe", "late.recurrence", "middle.recurrence", "middle.eff_rank", "late.pr", "entropy")
+
+Firing = dict[str, int | None]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sinkwatch eval verdicts``: calibration's (on the production-like corpus), plus outputs."""
+    calibrate.add_arguments(parser)
+    parser.set_defaults(corpus=PRODUCTION_CORPUS, per_1k_tokens=True, max_tokens=160)
+    parser.add_argument("--results", type=Path, default=Path("docs/evaluation/verdicts.json"))
+    parser.add_argument("--figures", type=Path, default=Path("docs/figures"))
+
+
+def traffic_of(g: Generation) -> str:
+    """The traffic type of a generation: its prompt kind, induced ones by their inducer."""
+    if g.entry.kind == "induced":
+        return f"induced:{g.entry.inducer}"
+    return g.entry.kind or g.entry.prompt_set
+
+
+def length_bucket(g: Generation) -> str:
+    low, high = next(b for b in LENGTH_BUCKETS if b[0] <= g.length < b[1])
+    return f"{low}-{high - 1}" if high < 10**6 else f"{low}+"
+
+
+def group_stats(generations: Sequence[Generation], firing: Firing) -> dict:
+    """False alarms per 1,000 healthy tokens; loops caught; onset against the 4-gram text detector."""
+    healthy = [g for g in generations if g.healthy]
+    loops = [g for g in generations if g.label.kind == "visible"]
+    alarms = sum(firing[g.entry.key] is not None for g in healthy)
+    tokens = sum(g.length for g in healthy)
+    caught = [g for g in loops if firing[g.entry.key] is not None]
+    leads = [g.label.onset - firing[g.entry.key] for g in caught if g.label.onset is not None]
+    return {
+        "healthy_generations": len(healthy),
+        "healthy_tokens": tokens,
+        "false_alarms": alarms,
+        "false_alarms_per_1k_tokens": round(1000 * alarms / tokens, 4) if tokens else None,
+        "loops": len(loops),
+        "loops_caught": len(caught),
+        "recall": round(len(caught) / len(loops), 4) if loops else None,
+        "median_lead_over_text_detector": float(np.median(leads)) if leads else None,
+        "caught_where_text_detector_never_fires": sum(g.label.onset is None for g in caught),
+    }
+
+
+def breakdown(generations: Sequence[Generation], firing: Firing) -> dict:
+    """``group_stats`` over all generations, per traffic type and per length bucket."""
+    out = {"all": group_stats(generations, firing)}
+    for name, key in (("traffic", traffic_of), ("length", length_bucket)):
+        groups: dict[str, list[Generation]] = {}
+        for g in generations:
+            groups.setdefault(key(g), []).append(g)
+        out[name] = {k: group_stats(v, firing) for k, v in sorted(groups.items())}
+    return out
+
+
+def firing_of(calibration: Calibration, generations: Sequence[Generation]) -> Firing:
+    return {g.entry.key: detect(calibration, g).fired_at for g in generations}
+
+
+def text_detector_firing(generations: Sequence[Generation]) -> Firing:
+    return {g.entry.key: text_sink_onset(g.entry.output_ids) for g in generations}
+
+
+def _restricted(generations: Sequence[Generation], keep: Callable[[str], bool]) -> list[Generation]:
+    return [Generation(g.entry, g.label, {n: v for n, v in g.trajectories.items() if keep(n)}) for g in generations]
+
+
+def risk_checks(calibration: Calibration, generations: Sequence[Generation]) -> dict:
+    """Predicted risk at the end of each generation against what it was, in bins; and acting at block_at."""
+    detections = {g.entry.key: detect(calibration, g) for g in generations}
+    final = np.array([d.risk_trajectory[-1] if d.risk_trajectory else 0.0 for d in detections.values()])
+    sinking = np.array([g.label.sink for g in generations])
+    bins = []
+    for low, high in ((0, 0.1), (0.1, 0.5), (0.5, 0.9), (0.9, 1.01)):
+        inside = (final >= low) & (final < high)
+        if inside.any():
+            bins.append(
+                {
+                    "risk": f"{low}-{min(high, 1)}",
+                    "generations": int(inside.sum()),
+                    "mean_predicted": round(float(final[inside].mean()), 4),
+                    "observed_sinking": round(float(sinking[inside].mean()), 4),
+                }
+            )
+    trade = {
+        str(level): group_stats(generations, {k: d.risk_reached_at(level) for k, d in detections.items()})
+        for level in BLOCK_AT
+    }
+    return {"reliability": bins, "block_at": trade}
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Fit on tune, measure on test; write the results (and figures)."""
+    entries = labelled_entries(args.corpus)
+    tune_entries = [(e, lab) for e, lab in entries if e.split == "tune"]
+    test_entries = [(e, lab) for e, lab in entries if e.split == "test"]
+    print(f"verdicts: {len(tune_entries)} tune and {len(test_entries)} test labelled generations")
+    calibration, tune, reference = calibrate.calibrate_on(args, tune_entries)
+    sampling = Sampling(calibration.bands, window=args.window)
+    test = build_generations(test_entries, args.corpus, sampling, reference, offline=False)
+    options = calibrate.fit_options(args)
+
+    def refit(keep: Callable[[str], bool]) -> Calibration:
+        fitted, _ = fit_calibration(calibration.model, calibration.bands, _restricted(tune, keep), reference, options)
+        return fitted
+
+    detectors: dict[str, tuple[Firing, Firing, list[str]]] = {
+        "text detector (4-gram share, the old rule)": (text_detector_firing(tune), text_detector_firing(test), []),
+    }
+    served = [f"{s.name}/{s.method}" for s in calibration.signals]
+    detectors["served (calibrated selection)"] = (firing_of(calibration, tune), firing_of(calibration, test), served)
+    periodicity = refit(lambda n: n == PERIODICITY_SIGNAL)
+    detectors["text.periodicity alone"] = (
+        firing_of(periodicity, tune),
+        firing_of(periodicity, _restricted(test, lambda n: n == PERIODICITY_SIGNAL)),
+        [f"{s.name}/{s.method}" for s in periodicity.signals],
+    )
+    for signal in HIDDEN_SIGNALS:
+
+        def keep(n: str, signal: str = signal) -> bool:
+            return n in (PERIODICITY_SIGNAL, signal)
+
+        fitted = refit(keep)
+        detectors[f"text.periodicity + {signal}"] = (
+            firing_of(fitted, _restricted(tune, keep)),
+            firing_of(fitted, _restricted(test, keep)),
+            [f"{s.name}/{s.method}" for s in fitted.signals],
+        )
+    result = {
+        "corpus": args.corpus,
+        "calibration": {
+            "signals": served,
+            "thresholds": {s.name: round(s.threshold, 4) for s in calibration.signals},
+            "risk": None if calibration.risk is None else vars(calibration.risk),
+            "target_false_alarms_per_1k_tokens": args.target_fpr,
+        },
+        "detectors": {
+            name: {"signals": signals, "tune": group_stats(tune, on_tune), "test": breakdown(test, on_test)}
+            for name, (on_tune, on_test, signals) in detectors.items()
+        },
+        "risk": {"tune": risk_checks(calibration, tune), "test": risk_checks(calibration, test)},
+    }
+    if args.figures is not None:
+        from lab.eval.verdict_plots import plot_verdicts
+
+        result["figures"] = plot_verdicts(result, args.figures)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=1))
+    print(tables(result))
+    print(f"verdicts: wrote {args.results}")
+    if args.output:
+        args.output.write_text(calibration.to_json())
+    return result
+
+
+def _cell(value: float | int | None) -> str:
+    return "–" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _row(name: str, s: dict) -> str:
+    cells = (
+        s["healthy_tokens"],
+        s["false_alarms"],
+        s["false_alarms_per_1k_tokens"],
+        f"{s['loops_caught']}/{s['loops']}",
+        s["recall"],
+        s["median_lead_over_text_detector"],
+    )
+    return f"| {name} | " + " | ".join(_cell(c) for c in cells) + " |"
+
+
+def tables(result: dict) -> str:
+    """The markdown tables of docs/EVALUATION.md ("Verdicts"), from the results."""
+    head = (
+        "| {} | healthy tokens | false alarms | per 1k healthy tokens | loops caught | recall | "
+        "median lead over the 4-gram detector |\n|---|---|---|---|---|---|---|"
+    )
+    detectors = result["detectors"]
+    out = [head.format("detector (test split)")]
+    out += [_row(f"{name} ({', '.join(d['signals']) or 'rule'})", d["test"]["all"]) for name, d in detectors.items()]
+    out.append("\n" + head.format("detector (tune split)"))
+    out += [_row(name, d["tune"]) for name, d in detectors.items()]
+    for axis in ("traffic", "length"):
+        for name in ("text detector (4-gram share, the old rule)", "served (calibrated selection)"):
+            out.append("\n" + head.format(f"{axis}: {name}"))
+            out += [_row(group, s) for group, s in detectors[name]["test"][axis].items()]
+    out.append("\n" + head.format("served detector acting at block_at (test)"))
+    out += [_row(level, s) for level, s in result["risk"]["test"]["block_at"].items()]
+    out.append("\n| risk bin (test) | generations | mean predicted | observed sinking |\n|---|---|---|---|")
+    out += [
+        f"| {b['risk']} | {b['generations']} | {b['mean_predicted']} | {b['observed_sinking']} |"
+        for b in result["risk"]["test"]["reliability"]
+    ]
+    return "\n".join(out)

@@ -1,0 +1,83 @@
+"""The periodicity signal: loops (verbatim or near, short or long period) score high; healthy structure
+that repeats only its scaffolding (code lines, bullets, table rows) or repeats a stretch once (a reused
+phrase, URL or formula) does not."""
+
+import math
+
+import numpy as np
+
+from monitors.text import PERIODICITY_WINDOW, PeriodicityTracker, periodicity_trajectory, text_sink_onset
+
+# Token ids standing for words: scaffolding (punctuation, keywords) is reused, content words are fresh.
+NEWLINE, INDENT, DASH, PIPE, QUOTE, COLON, COMMA, EQUALS = 1, 2, 3, 4, 5, 6, 7, 8
+fresh = iter(range(1000, 100000))
+
+
+def words(n: int) -> list[int]:
+    return [next(fresh) for _ in range(n)]
+
+
+def test_a_verbatim_loop_reaches_one_whatever_its_period():
+    for period in (1, 3, 17, 50):
+        unit = words(period)
+        trajectory = periodicity_trajectory(words(20) + unit * (3 + PERIODICITY_WINDOW // period))
+        assert trajectory[-1] == 1.0, period
+
+
+def test_a_near_loop_with_a_counter_stays_close_to_one():
+    sentence = words(9)
+    counters = words(20)
+    ids = [token for i in range(12) for token in (counters[i], *sentence)]
+    assert periodicity_trajectory(ids)[-1] >= 0.85
+
+
+def test_fresh_text_scores_nothing():
+    assert periodicity_trajectory(words(300)).max() == 0.0
+
+
+def test_code_lines_bullets_and_table_rows_score_no_more_than_their_scaffolding():
+    code = [t for _ in range(20) for t in (INDENT, next(fresh), EQUALS, next(fresh), next(fresh), NEWLINE)]
+    bullets = [t for _ in range(20) for t in (DASH, *words(4), NEWLINE)]
+    table = [t for _ in range(20) for t in (PIPE, next(fresh), PIPE, next(fresh), PIPE, next(fresh), PIPE, NEWLINE)]
+    for ids, scaffolding, period in ((code, 3, 6), (bullets, 2, 6), (table, 5, 8)):
+        # At most the scaffolding tokens of the rows the window overlaps.
+        bound = scaffolding * math.ceil(PERIODICITY_WINDOW / period) / PERIODICITY_WINDOW
+        assert periodicity_trajectory(ids).max() <= bound < 0.7
+
+
+def test_a_stretch_used_twice_is_not_a_loop_however_long():
+    for gap in (0, 20):
+        stretch = words(40)  # a URL, a formula, a sentence restated once
+        ids = words(30) + stretch + words(gap) + stretch + words(40)
+        assert periodicity_trajectory(ids).max() == 0.0
+
+
+def test_a_third_occurrence_makes_it_a_loop():
+    unit = words(12)
+    trajectory = periodicity_trajectory(words(10) + unit * 2 + words(6))
+    assert trajectory.max() == 0
+    trajectory = periodicity_trajectory(words(10) + unit * 3 + unit[:6])
+    assert trajectory[-1] == 1.0
+
+
+def test_healthy_structure_that_the_4gram_text_detector_calls_a_loop():
+    # A key/value listing: every line closes repeated 4-grams (the old rule fires), but only the
+    # scaffolding recurs one period later.
+    ids = [t for _ in range(30) for t in (INDENT, QUOTE, COLON, QUOTE, next(fresh), QUOTE, COMMA, NEWLINE)]
+    assert text_sink_onset(ids) is not None
+    assert periodicity_trajectory(ids).max() < 0.9
+
+
+def test_the_stretch_starts_at_the_loops_second_occurrence():
+    prefix, unit = words(15), words(7)
+    tracker = PeriodicityTracker()
+    for token in prefix + unit * 6:
+        tracker.push(token)
+    # the three-way match starts at the third occurrence; the loop began repeating one period earlier
+    assert tracker.stretch_start == len(prefix) + len(unit)
+
+
+def test_values_are_shares_of_the_window():
+    values = periodicity_trajectory(words(5) * 40)
+    assert np.all((values >= 0) & (values <= 1))
+    assert np.all(np.diff(values) >= 0) and values[-1] == 1.0
