@@ -10,7 +10,7 @@ and the panels.
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import openai
@@ -60,7 +60,7 @@ def rank_stack(tmp_path_factory) -> Iterator[RankStack]:
     workdir = tmp_path_factory.mktemp("rank")
     rules = workdir / "sinkwatch.rules.yml"
     rules.write_text(_shortened_rules())
-    settings = replace(Settings(), port=free_port(), max_batch=8, calibration=str(_forced_calibration(workdir)))
+    settings = Settings().replace(port=free_port(), max_batch=8, calibration=str(_forced_calibration(workdir)))
     server: RunningServer
     with start_gateway(settings) as server:
         server.wait_ready()
