@@ -3,9 +3,10 @@ measure how the novel PR behaves in loops and on held-out healthy traffic.
 
 A corpus is a folder under ``~/.cache/sinkwatch/eval/`` with ``manifest.jsonl`` (one generation a line:
 ``key``, ``split``, ``prompt_set``, ``output_ids``; other fields are ignored) and ``arrays/<key>.npz``
-(``states`` ``[tokens, layers, d]`` at every layer, ``entropy``). A generation is a loop when the online
-text detector fires on it (:func:`monitors.text.text_sink_onset`), healthy otherwise; prompt sets named in
-``stress_sets`` (sink-inducing sampling) are kept out of the healthy fit either way.
+(``states`` ``[tokens, layers, d]`` at every layer, ``entropy``). A generation loops when the online text
+detector fires on it (:func:`monitors.text.text_sink_onset`); which generations count as healthy is the
+caller's choice (``sinkwatch eval rank``: human-written text, and the rest unless it loops or comes from a
+sink-inducing prompt set).
 
 Replays the cached teacher-forced states (no model needed) through the served feature extractor: once
 with one band per captured layer to read each layer's per-token recurrence, once with the calibrated
@@ -13,7 +14,7 @@ bands and levels to read ``<band>.pr_novel`` and the plain ``<band>.pr``.
 """
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,9 +135,12 @@ def levels_from_states(
 
 
 def corpus_tracks(
-    items: Sequence[CorpusItem], calibration: Calibration, levels: dict[int, float], stress_sets: Sequence[str]
+    items: Sequence[CorpusItem],
+    calibration: Calibration,
+    levels: dict[int, float],
+    is_healthy: Callable[[CorpusItem], bool],
 ) -> list[CorpusTracks]:
-    """Every generation's per-band plain and novel PR."""
+    """Every generation's per-band plain and novel PR, and whether it counts as healthy."""
     tracks = []
     names = [f"{b.name}.{metric}" for b in calibration.bands for metric in ("pr", NOVEL_PR)]
     for item in items:
@@ -144,7 +148,7 @@ def corpus_tracks(
         extractor = FeatureExtractor(calibration.bands, calibration.window, recurrence_levels=levels)
         rows = replay(states, entropy, item.output_ids, extractor)
         values = {name: rows.get(name, np.full(len(item.output_ids), np.nan)) for name in names}
-        tracks.append(CorpusTracks(item, not item.loops and item.prompt_set not in stress_sets, values))
+        tracks.append(CorpusTracks(item, is_healthy(item), values))
     return tracks
 
 

@@ -21,7 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from gateway.engine.provision import DEFAULT_MODEL, cache_root, served_name
-from lab.eval.rank_corpus import band_lows, corpus_tracks, fit_floors, fit_levels, levels_from_states, read_items
+from lab.eval.rank_corpus import (
+    CorpusItem,
+    band_lows,
+    corpus_tracks,
+    fit_floors,
+    fit_levels,
+    levels_from_states,
+    read_items,
+)
 from lab.eval.rank_stress import WINDOW, context_windows, long_text, run_stressors, window_end
 from lab.eval.rank_subjects import GEMMA, load_subject
 from monitors.bands import captured_layers
@@ -39,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--human-sets", default="human", help="prompt sets healthy even when their text repeats")
     parser.add_argument("--quantile", type=float, default=0.5, help="recurrence level: quantile of healthy traffic")
     parser.add_argument("--persistence", type=int, default=4, help="tokens the tracked novel PR must stay low")
+    parser.add_argument("--fpr", type=float, default=0.05, help="share of healthy generations the floors may fire on")
     parser.add_argument("--constraints", default="0,25,50", help="numbers of stacked constraints (0 included)")
     parser.add_argument("--temperatures", default="0,1.8,2.5")
     parser.add_argument("--max-tokens", type=int, default=12)
@@ -58,11 +67,9 @@ def corpus_study(args: argparse.Namespace, calibration: Calibration) -> dict:
     items = read_items(args.corpus)
     healthy_tune = [i for i in items if i.split == "tune" and _healthy(i, stress, human)]
     levels = fit_levels(healthy_tune, calibration, args.quantile)
-    tracks = corpus_tracks(items, calibration, levels, stress)
-    for track in tracks:
-        track.healthy = _healthy(track.item, stress, human)
+    tracks = corpus_tracks(items, calibration, levels, lambda item: _healthy(item, stress, human))
     bands = [b.name for b in calibration.bands]
-    span, fpr = calibration.ewma_span, calibration.target_fpr
+    span, fpr = calibration.ewma_span, args.fpr
     floors = fit_floors([t for t in tracks if t.item.split == "tune"], bands, span, args.persistence, fpr)
     plain_floors = fit_rank_floors(
         [_plain_lows(t, bands, span, args.persistence) for t in tracks if t.healthy and t.item.split == "tune"], fpr
@@ -93,7 +100,8 @@ def corpus_study(args: argparse.Namespace, calibration: Calibration) -> dict:
     return {"levels": levels, "floors": floors, "plain_floors": plain_floors, "groups": rates, "tracks": tracks}
 
 
-def _healthy(item, stress: Sequence[str], human: Sequence[str]) -> bool:
+def _healthy(item: CorpusItem, stress: Sequence[str], human: Sequence[str]) -> bool:
+    """Human-written text always; other generations unless they loop or come from a sink-inducing set."""
     return item.prompt_set in human or (item.prompt_set not in stress and not item.loops)
 
 
@@ -130,7 +138,9 @@ def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floo
         )
     ends = {id(m): window_end(bands, m, levels) for m in measured + [w for w, _ in context]}
     if floors is None:
-        floors = fit_rank_floors([{b: v for b, v in ends[id(m)][0].items() if np.isfinite(v)} for m in baseline], 0.05)
+        floors = fit_rank_floors(
+            [{b: v for b, v in ends[id(m)][0].items() if np.isfinite(v)} for m in baseline], args.fpr
+        )
     rows = []
     for stressor in ("constraints", "temperature", "precision", "context"):
         group = measured if stressor != "context" else [w for w, _ in context]

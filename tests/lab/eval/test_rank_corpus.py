@@ -41,7 +41,7 @@ def test_loops_have_no_novel_pr_and_floors_come_from_healthy_generations(tmp_pat
     assert [item.loops for item in items] == [False] * 6 + [True]
     levels = fit_levels([i for i in items if not i.loops], calibration, 0.5)
     assert set(levels) == {1, 2}
-    tracks = corpus_tracks(items, calibration, levels, stress_sets=("induce",))
+    tracks = corpus_tracks(items, calibration, levels, lambda item: not item.loops)
     loop = next(t for t in tracks if t.item.key == "loop-0")
     assert not loop.healthy
     assert not np.isfinite(loop.values["late.pr_novel"]).any()
