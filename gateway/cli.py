@@ -55,6 +55,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "rescue": "lab.eval.rescue_eval",
             "label": "lab.eval.labelling",
             "verdicts": "lab.eval.verdicts_eval",
+            "rank": "lab.eval.rank_eval",
         },
     ),
 }

@@ -2,7 +2,7 @@
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -24,8 +24,10 @@ __all__ = [
     "fit_threshold",
     "load_calibration",
     "persistent_extreme",
+    "rank_overlay_path",
     "shipped_calibration_path",
     "tracked",
+    "with_rank_overlay",
 ]
 
 Direction = Literal["low", "high"]
@@ -96,6 +98,7 @@ class Calibration:
     probe: LinearProbe | None = None
     expected_lead_tokens: float | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    recurrence_levels: dict[int, float] = field(default_factory=dict)
     risk: RiskModel | None = None
 
     def mean_state_arrays(self) -> dict[int, np.ndarray]:
@@ -104,7 +107,12 @@ class Calibration:
 
     def extractor_options(self) -> dict[str, Any]:
         """Keyword arguments of :class:`monitors.features.FeatureExtractor` that come from calibration."""
-        return {"mean_states": self.mean_state_arrays(), "outlier_dims": self.outlier_dims, "probe": self.probe}
+        return {
+            "mean_states": self.mean_state_arrays(),
+            "outlier_dims": self.outlier_dims,
+            "probe": self.probe,
+            "recurrence_levels": self.recurrence_levels,
+        }
 
     def to_json(self) -> str:
         """Serialise to the JSON stored on disk (one signal or band per line where that keeps it readable)."""
@@ -112,6 +120,7 @@ class Calibration:
         data["bands"] = {b.name: list(b.layers) for b in self.bands}
         data["mean_states"] = {str(k): v for k, v in self.mean_states.items()}
         data["outlier_dims"] = {str(k): v for k, v in self.outlier_dims.items()}
+        data["recurrence_levels"] = {str(k): v for k, v in self.recurrence_levels.items()}
         data["probe"] = self.probe.to_dict() if self.probe else None
         return json.dumps(data, indent=1)
 
@@ -123,6 +132,7 @@ class Calibration:
         data["signals"] = tuple(SignalThreshold(**s) for s in data["signals"])
         data["mean_states"] = {int(k): v for k, v in data.get("mean_states", {}).items()}
         data["outlier_dims"] = {int(k): v for k, v in data.get("outlier_dims", {}).items()}
+        data["recurrence_levels"] = {int(k): float(v) for k, v in data.get("recurrence_levels", {}).items()}
         data["probe"] = LinearProbe.from_dict(data["probe"]) if data.get("probe") else None
         risk = data.get("risk")
         data["risk"] = RiskModel(tuple(risk["scores"]), tuple(risk["probabilities"])) if risk else None
@@ -146,7 +156,28 @@ def load_calibration(model_or_path: str | Path) -> Calibration:
         path = shipped_calibration_path(str(model_or_path))
     if not path.is_file():
         raise FileNotFoundError(f"no calibration for {model_or_path!s}; run `sinkwatch calibrate` for it")
-    return Calibration.from_json(path.read_text())
+    calibration = Calibration.from_json(path.read_text())
+    overlay = rank_overlay_path(path)
+    return with_rank_overlay(calibration, json.loads(overlay.read_text())) if overlay.is_file() else calibration
+
+
+def rank_overlay_path(calibration_path: Path) -> Path:
+    """Where the rank-exhaustion overlay of a calibration file lives: ``<name>.rank.json`` beside it."""
+    return calibration_path.with_suffix(".rank.json")
+
+
+def with_rank_overlay(calibration: Calibration, overlay: dict[str, Any]) -> Calibration:
+    """The calibration with its rank-exhaustion part (``sinkwatch eval rank``'s overlay) in place of its own:
+    recurrence levels, floors and ``rank`` signals. Kept in a file of its own so that refitting the sink
+    detector and refitting rank exhaustion never rewrite each other's results."""
+    sink_signals = tuple(s for s in calibration.signals if s.family != "rank")
+    return replace(
+        calibration,
+        signals=sink_signals + tuple(SignalThreshold(**s) for s in overlay["signals"]),
+        rank_floors=dict(overlay["rank_floors"]),
+        recurrence_levels={int(k): float(v) for k, v in overlay["recurrence_levels"].items()},
+        notes={**calibration.notes, "rank_exhaustion": overlay.get("notes", {})},
+    )
 
 
 def persistent_extreme(trajectory: np.ndarray, direction: Direction, persistence: int) -> float:

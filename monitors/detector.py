@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from monitors.calibration import CUSUM_SLACK, Calibration, SignalThreshold
 from monitors.features import StepFeatures
+from monitors.rank_exhaustion import NOVEL_PR
 from monitors.risk import SCORE_CLIP
 from monitors.text import PeriodicityTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
@@ -65,9 +66,12 @@ def usable_values(features: StepFeatures, window: int) -> dict[str, float]:
 
 
 def with_rank_margins(values: dict[str, float], floors: dict[str, float]) -> dict[str, float]:
-    """``values`` plus ``<band>.rank_margin = <band>.pr - floor`` for every band with a calibrated floor."""
+    """``values`` plus ``<band>.rank_margin = <band>.pr_novel - floor`` for every band with a calibrated floor
+    and a novel PR this token (see :mod:`monitors.rank_exhaustion`)."""
     margins = {
-        f"{band}.rank_margin": values[f"{band}.pr"] - floor for band, floor in floors.items() if f"{band}.pr" in values
+        f"{band}.rank_margin": values[f"{band}.{NOVEL_PR}"] - floor
+        for band, floor in floors.items()
+        if f"{band}.{NOVEL_PR}" in values
     }
     return {**values, **margins}
 
@@ -185,7 +189,7 @@ class _RunningStats:
             if band and band != "text":
                 entry = bands.setdefault(band, {})
                 entry[f"{metric}_mean"] = round(mean, 4)
-                if metric in ("pr", "rank_margin"):
+                if metric in ("pr", NOVEL_PR, "rank_margin"):
                     entry[f"{metric}_min"] = round(self._min[name], 4)
             else:
                 overall[f"{name.replace('.', '_')}_mean"] = round(mean, 4)

@@ -15,11 +15,15 @@ Features (``<band>.`` prefix = mean over the band's layers):
 - ``<band>.drift``: cosine of the state with the model's mean state (needs calibrated mean states);
 - ``<band>.recurrence``: the largest cosine between the state and any earlier state of the window but the
   previous one: how closely the trajectory revisits where it has been (loops revisit);
+- ``<band>.pr_novel``: participation ratio of the window's states that do not recur (needs calibrated
+  recurrence levels; absent while too few states are novel): rank exhaustion apart from loops, see
+  :mod:`monitors.rank_exhaustion`;
 - ``path``: inference work, the residual stream's path length across the captured layers
   ``Σ‖h[l_{i+1}] − h[l_i]‖`` relative to the norm of the last captured state;
 - ``probe``: the score of a calibrated linear probe on a few captured layers (when one is given).
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +31,7 @@ import numpy as np
 
 from monitors.bands import LayerBand, captured_layers
 from monitors.probe import LinearProbe
+from monitors.rank_exhaustion import NOVEL_PR, novel_participation_ratios
 from monitors.spectral import centred_grams, effective_ranks, participation_ratios, unit_grams
 
 __all__ = ["FeatureExtractor", "StepFeatures"]
@@ -71,6 +76,7 @@ class FeatureExtractor:
         *,
         outlier_dims: Mapping[int, Sequence[int]] | None = None,
         probe: LinearProbe | None = None,
+        recurrence_levels: Mapping[int, float] | None = None,
     ) -> None:
         if window < 2:
             raise ValueError("window must hold at least 2 tokens")
@@ -87,6 +93,7 @@ class FeatureExtractor:
         self._mean_dirs = self._mean_directions(mean_states)
         self._outliers = self._outlier_index(outlier_dims or {})
         self._probe = self._probe_arrays(probe)
+        self._recurrence_levels = self._levels(recurrence_levels or {})
         self._ring: np.ndarray | None = None
         self._gram = np.zeros((len(self.layers), window, window))
         self._outlier_ring = np.zeros((len(self.layers), window, self._outliers[0].shape[1]))
@@ -110,6 +117,12 @@ class FeatureExtractor:
             return None
         w, mean, bias = probe.arrays()
         return [self._row_of_layer[layer] for layer in probe.layers], w, mean, float(bias)
+
+    def _levels(self, recurrence_levels: Mapping[int, float]) -> np.ndarray | None:
+        """Per captured layer, the calibrated recurrence level; None unless every captured layer has one."""
+        if any(layer not in recurrence_levels for layer in self.layers):
+            return None
+        return np.array([float(recurrence_levels[layer]) for layer in self.layers])
 
     def _mean_directions(self, mean_states: Mapping[int, np.ndarray] | None) -> np.ndarray | None:
         if not mean_states or any(layer not in mean_states for layer in self.layers):
@@ -192,6 +205,10 @@ class FeatureExtractor:
         flat = grams.reshape(rows * layers, window, window)
         unit = unit_grams(flat)
         per_layer = {"pr": participation_ratios(unit, n), "pr_raw": participation_ratios(flat, n)}
+        if self._recurrence_levels is not None:
+            ages = np.repeat((slots[:, None] - np.arange(window)) % window, layers, axis=0)
+            levels = np.tile(self._recurrence_levels, rows)
+            per_layer[NOVEL_PR] = novel_participation_ratios(unit, n, ages, levels)[0]
         unit = unit.reshape(grams.shape)
         if outlier_grams is not None:  # the batch's copy of the outlier Gram matrices becomes the clipped one
             clipped = unit_grams(np.subtract(grams, outlier_grams, out=outlier_grams).reshape(flat.shape))
@@ -232,6 +249,8 @@ class FeatureExtractor:
                 values.update(zip(names, row_values, strict=True))
             else:
                 values.update((name, v) for name, v, need in zip(names, row_values, needs, strict=True) if count > need)
+            if self._recurrence_levels is not None:  # the novel PR is NaN (absent) while too few states are novel
+                values = {name: v for name, v in values.items() if not math.isnan(v)}
             results.append(StepFeatures(count - 1, int(token_ids[row]), int(filled[row]), values))
         return results
 

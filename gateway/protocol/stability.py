@@ -26,6 +26,8 @@ class BandReport(BaseModel):
     pr_mean: float | None = None
     pr_min: float | None = None
     pr_raw_mean: float | None = None
+    pr_novel_mean: float | None = None
+    pr_novel_min: float | None = None
     eff_rank_mean: float | None = None
     rank_margin_mean: float | None = None
     rank_margin_min: float | None = None

@@ -25,7 +25,7 @@ from monitors.detector import StabilityDetector, usable_values
 from monitors.features import FeatureExtractor
 from monitors.text import text_sink_onset
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["add_arguments", "constraints", "run"]
 
 
 def constraints() -> list[str]:

@@ -1,9 +1,11 @@
 """What every hostile-client test watches: ``/healthz`` answering quickly throughout, and resources that
 return to their baseline once the attack is over."""
 
-import threading
+import multiprocessing
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event
 from types import TracebackType
 
 import httpx
@@ -12,39 +14,33 @@ HEALTH_DEADLINE = 0.1  # seconds: /healthz answers within this throughout an att
 
 
 class HealthWatch:
-    """Polls ``GET /healthz`` on a thread while the ``with`` block runs; records every latency and failure."""
+    """Polls ``GET /healthz`` from a process of its own while the ``with`` block runs, and records every latency
+    and failure. Its own process: a poller thread beside the attack would time the test's own GIL and
+    scheduling (an attack loop in Python holds the interpreter) rather than the gateway."""
 
     def __init__(self, root: str, interval: float = 0.05) -> None:
         self._url = f"{root}/healthz"
         self._interval = interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
+        context = multiprocessing.get_context("spawn")
+        self._stop = context.Event()
+        self._results, sender = context.Pipe(duplex=False)
+        self._process = context.Process(target=_poll, args=(self._url, interval, self._stop, sender), daemon=True)
         self.latencies: list[float] = []
         self.failures: list[str] = []
 
-    def _poll(self) -> None:
-        with httpx.Client(timeout=5) as client:
-            while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    status = client.get(self._url).status_code
-                except httpx.HTTPError as error:
-                    self.failures.append(f"{type(error).__name__}: {error}")
-                else:
-                    if status != 200:
-                        self.failures.append(f"status {status}")
-                self.latencies.append(time.perf_counter() - started)
-                self._stop.wait(self._interval)
-
     def __enter__(self) -> "HealthWatch":
-        self._thread.start()
+        self._process.start()
+        started = self._results.recv()  # the poller is up and has answered once: the watch covers the block
+        assert started == "polling", started
         return self
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         self._stop.set()
-        self._thread.join(timeout=10)
+        if self._results.poll(30):
+            self.latencies, self.failures = self._results.recv()
+        self._process.join(timeout=10)
 
     @property
     def worst(self) -> float:
@@ -68,3 +64,24 @@ def settles_to(read: Callable[[], float], baseline: float, slack: float, timeout
         time.sleep(0.5)
         value = read()
     return value
+
+
+def _poll(url: str, interval: float, stop: Event, results: Connection) -> None:
+    """The poller process: ``GET url`` every ``interval`` seconds until ``stop``; sends (latencies, failures)."""
+    latencies: list[float] = []
+    failures: list[str] = []
+    with httpx.Client(timeout=5) as client:
+        client.get(url)
+        results.send("polling")
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                status = client.get(url).status_code
+            except httpx.HTTPError as error:
+                failures.append(f"{type(error).__name__}: {error}")
+            else:
+                if status != 200:
+                    failures.append(f"status {status}")
+            latencies.append(time.perf_counter() - started)
+            stop.wait(interval)
+    results.send((latencies, failures))

@@ -75,7 +75,7 @@ def test_too_few_agreeing_sink_signals_only_warn():
 def test_the_summary_reports_band_means_and_rank_margins():
     calibration = _calibration(SignalThreshold("entropy", "low", 0.5, "sink"))
     detector = StabilityDetector(calibration)
-    _feed(detector, [{"entropy": 1.0, "late.pr": 10.0}, {"entropy": 3.0, "late.pr": 12.0}])
+    _feed(detector, [{"entropy": 1.0, "late.pr_novel": 10.0}, {"entropy": 3.0, "late.pr_novel": 12.0}])
     summary = detector.summary()
     assert summary["entropy_mean"] == pytest.approx(2.0)
     assert summary["bands"]["late"]["rank_margin_min"] == pytest.approx(

@@ -1,0 +1,211 @@
+"""``sinkwatch eval rank``: rank exhaustion apart from loops — fit it, test it on loops and healthy traffic,
+and drive it with stressors on the embedded model and Gemma 3 270M.
+
+1. Corpus (no model): recurrence levels and floors fitted on the healthy tune generations of a cached
+   corpus; fire rates of the novel-PR floors and of plain-PR floors (fitted the same way) on held-out
+   healthy generations, on text-visible loops and on the induced loops. Writes the calibration overlay
+   (``monitors/calibrations/<model>.rank.json``) that :func:`monitors.calibration.load_calibration` merges.
+2. Stressors (:mod:`lab.eval.rank_stress`), per model: the novel PR's margin to the floor per band and the
+   scored task's accuracy per level. Gemma has no corpus: its levels and floors are fitted on its own
+   unstressed answers (no constraints, greedy, float32).
+
+Generated answers and states are cached under ``~/.cache/sinkwatch/eval/rank/`` (never committed).
+"""
+
+import argparse
+import json
+import pickle
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gateway.engine.provision import DEFAULT_MODEL, cache_root, served_name
+from lab.eval.rank_corpus import (
+    CorpusItem,
+    band_lows,
+    corpus_tracks,
+    fit_floors,
+    fit_levels,
+    levels_from_states,
+    read_items,
+)
+from lab.eval.rank_stress import WINDOW, context_windows, long_text, run_stressors, window_end
+from lab.eval.rank_subjects import GEMMA, load_subject
+from monitors.bands import captured_layers
+from monitors.calibration import Calibration, load_calibration, shipped_calibration_path
+from monitors.rank_exhaustion import fit_rank_floors, rank_overlay
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sinkwatch eval rank``."""
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--corpus", default="production-v1", help="cached corpus under ~/.cache/sinkwatch/eval")
+    parser.add_argument("--stress-sets", default="induce,enumeration", help="prompt sets kept out of healthy")
+    parser.add_argument("--human-sets", default="human", help="prompt sets healthy even when their text repeats")
+    parser.add_argument("--quantile", type=float, default=0.5, help="recurrence level: quantile of healthy traffic")
+    parser.add_argument("--persistence", type=int, default=4, help="tokens the tracked novel PR must stay low")
+    parser.add_argument("--fpr", type=float, default=0.05, help="share of healthy generations the floors may fire on")
+    parser.add_argument("--constraints", default="0,25,50", help="numbers of stacked constraints (0 included)")
+    parser.add_argument("--temperatures", default="0,1.8,2.5")
+    parser.add_argument("--max-tokens", type=int, default=12)
+    parser.add_argument("--per-task", type=int, default=3, help="scored items per task (at most 10)")
+    parser.add_argument("--context", type=int, default=2048, help="longest prefill (tokens) for the context stressor")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (more thrash on a shared CPU)")
+    parser.add_argument("--models", default=f"{DEFAULT_MODEL},{GEMMA}", help="models the stressors run on")
+    parser.add_argument("--overlay", type=Path, default=None, help="where to write the rank calibration overlay")
+    parser.add_argument("--results", type=Path, default=Path("docs/evaluation/rank.json"))
+    parser.add_argument("--figures", type=Path, default=Path("docs/figures"))
+
+
+def corpus_study(args: argparse.Namespace, calibration: Calibration) -> dict:
+    """Fit levels and floors on the corpus; fire rates per group for novel-PR and plain-PR floors."""
+    stress = tuple(args.stress_sets.split(","))
+    human = tuple(args.human_sets.split(","))
+    items = read_items(args.corpus)
+    healthy_tune = [i for i in items if i.split == "tune" and _healthy(i, stress, human)]
+    levels = fit_levels(healthy_tune, calibration, args.quantile)
+    tracks = corpus_tracks(items, calibration, levels, lambda item: _healthy(item, stress, human))
+    bands = [b.name for b in calibration.bands]
+    span, fpr = calibration.ewma_span, args.fpr
+    floors = fit_floors([t for t in tracks if t.item.split == "tune"], bands, span, args.persistence, fpr)
+    plain_floors = fit_rank_floors(
+        [_plain_lows(t, bands, span, args.persistence) for t in tracks if t.healthy and t.item.split == "tune"], fpr
+    )
+    groups = {
+        "healthy_tune": lambda t: t.healthy and t.item.split == "tune",
+        "healthy_test": lambda t: t.healthy and t.item.split != "tune",
+        "induced_loops": lambda t: t.item.prompt_set in stress and t.item.loops,
+        "induced_no_loop": lambda t: t.item.prompt_set in stress and not t.item.loops,
+        "visible_loops_other": lambda t: not t.healthy and t.item.prompt_set not in stress,
+    }
+    rates = {}
+    for name, member in groups.items():
+        group = [t for t in tracks if member(t)]
+        novel = [_fires(band_lows(t, bands, span, args.persistence), floors) for t in group]
+        plain = [_fires(_plain_lows(t, bands, span, args.persistence), plain_floors) for t in group]
+        undefined = [
+            np.mean(~np.isfinite(t.values[f"{bands[-1]}.pr_novel"][np.isfinite(t.values[f"{bands[-1]}.pr"])]))
+            for t in group
+            if np.isfinite(t.values[f"{bands[-1]}.pr"]).any()
+        ]
+        rates[name] = {
+            "generations": len(group),
+            "novel_pr_fire_rate": float(np.mean(novel)) if group else float("nan"),
+            "plain_pr_fire_rate": float(np.mean(plain)) if group else float("nan"),
+            "undefined_window_share": float(np.mean(undefined)) if undefined else float("nan"),
+        }
+    return {"levels": levels, "floors": floors, "plain_floors": plain_floors, "groups": rates, "tracks": tracks}
+
+
+def _healthy(item: CorpusItem, stress: Sequence[str], human: Sequence[str]) -> bool:
+    """Human-written text always; other generations unless they loop or come from a sink-inducing set."""
+    return item.prompt_set in human or (item.prompt_set not in stress and not item.loops)
+
+
+def _plain_lows(track, bands: Sequence[str], span: int, persistence: int) -> dict[str, float]:
+    """:func:`band_lows` of the plain PR (the old rank-floor definition), for comparison."""
+    renamed = type(track)(track.item, track.healthy, {f"{b}.pr_novel": track.values[f"{b}.pr"] for b in bands})
+    return band_lows(renamed, bands, span, persistence)
+
+
+def _fires(lows: dict[str, float], floors: dict[str, float]) -> bool:
+    return any(band in lows and lows[band] < floor for band, floor in floors.items())
+
+
+def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floors: dict | None) -> dict:
+    """Stressors on one model: per stressor and level, margins per band and accuracy."""
+    cache = cache_root() / "eval" / "rank" / f"{served_name(model)}-m{args.max_tokens}.pkl"
+    subject = load_subject(model)
+    if cache.is_file():
+        measured, context = pickle.loads(cache.read_bytes())
+    else:
+        constraint_levels = [int(x) for x in args.constraints.split(",")]
+        temperatures = [float(x) for x in args.temperatures.split(",")]
+        measured = run_stressors(subject, constraint_levels, temperatures, args.max_tokens, args.per_task)
+        length = min(args.context, subject.max_context)
+        context = context_windows(subject, long_text(Path("docs")), length)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(pickle.dumps((measured, context)))
+    bands = subject.bands
+    baseline = [m for m in measured if m.stressor == "constraints" and m.level == 0]
+    if levels is None:  # no corpus for this model: its own unstressed answers set the levels and floors
+        stored = captured_layers(bands)
+        levels = levels_from_states(
+            ((m.tail, np.zeros(len(m.tail)), m.ids) for m in baseline), bands, WINDOW, args.quantile, stored
+        )
+    ends = {id(m): window_end(bands, m, levels) for m in measured + [w for w, _ in context]}
+    if floors is None:
+        floors = fit_rank_floors(
+            [{b: v for b, v in ends[id(m)][0].items() if np.isfinite(v)} for m in baseline], args.fpr
+        )
+    rows = []
+    for stressor in ("constraints", "temperature", "precision", "context"):
+        group = measured if stressor != "context" else [w for w, _ in context]
+        for level in sorted({m.level for m in group if m.stressor == stressor}):
+            at = [m for m in group if m.stressor == stressor and m.level == level]
+            row = {"stressor": stressor, "level": level, "items": len(at)}
+            if stressor == "context":
+                row["nll"] = next(nll for w, nll in context if w.level == level)
+            else:
+                row["accuracy"] = float(np.mean([m.correct for m in at]))
+            for band in bands:
+                novel = np.array([ends[id(m)][0][band.name] for m in at])
+                plain = np.array([ends[id(m)][1][band.name] for m in at])
+                defined = novel[np.isfinite(novel)]
+                row[band.name] = {
+                    "novel_pr": float(np.median(defined)) if len(defined) else None,
+                    "margin": float(np.median(defined) - floors[band.name])
+                    if len(defined) and band.name in floors
+                    else None,
+                    "below_floor": float(np.mean(defined < floors.get(band.name, -np.inf))) if len(defined) else None,
+                    "undefined": float(np.mean(~np.isfinite(novel))),
+                    "plain_pr": float(np.nanmedian(plain)),
+                }
+            rows.append(row)
+    return {
+        "model": subject.name,
+        "bands": {b.name: list(b.layers) for b in bands},
+        "levels": levels,
+        "floors": floors,
+        "rows": rows,
+    }
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Corpus study, overlay, stressors, figures, results."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    calibration = load_calibration(served_name(args.model))
+    corpus = corpus_study(args, calibration)
+    overlay = args.overlay or shipped_calibration_path(served_name(args.model)).with_suffix(".rank.json")
+    overlay.write_text(
+        json.dumps(
+            rank_overlay(
+                corpus["levels"],
+                corpus["floors"],
+                args.persistence,
+                {"corpus": args.corpus, "recurrence_quantile": args.quantile},
+            ),
+            indent=1,
+        )
+    )
+    result = {"corpus": {k: v for k, v in corpus.items() if k != "tracks"}, "stress": []}
+    for model in filter(None, args.models.split(",")):
+        own = model == args.model
+        result["stress"].append(
+            stress_study(args, model, corpus["levels"] if own else None, corpus["floors"] if own else None)
+        )
+        print(f"stressors done on {model}", flush=True)
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(result, indent=1, default=str))
+    from lab.eval.rank_plots import plot_corpus, plot_stress
+
+    plot_corpus(corpus["tracks"], corpus["floors"], calibration.bands, args.figures)
+    for study in result["stress"]:
+        plot_stress(study, args.figures)
+    print(json.dumps(result["corpus"], indent=1, default=str))
+    return result

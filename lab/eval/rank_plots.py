@@ -1,0 +1,69 @@
+"""Figures of ``sinkwatch eval rank``: novel PR against plain PR on the corpus, margins and quality under stress."""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lab.eval.rank_corpus import CorpusTracks
+from monitors.bands import LayerBand
+
+__all__ = ["plot_corpus", "plot_stress"]
+
+_STRESSORS = (
+    ("constraints", "system-prompt constraints", "accuracy"),
+    ("temperature", "sampling temperature", "accuracy"),
+    ("precision", "bits (32 float, 16 bfloat, 8 int8 dynamic)", "accuracy"),
+    ("context", "position in the context (tokens)", "nll"),
+)
+
+
+def plot_corpus(tracks: Sequence[CorpusTracks], floors: dict, bands: Sequence[LayerBand], folder: Path) -> None:
+    """Per band: the per-generation lowest plain PR against the lowest novel PR, healthy against loops."""
+    from lab.plotting import pyplot, save
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(bands), figsize=(4 * len(bands), 3.8), squeeze=False)
+    for axis, band in zip(axes[0], bands, strict=True):
+        for healthy, colour, label in ((True, "tab:blue", "healthy"), (False, "tab:red", "loops, induced or visible")):
+            group = [t for t in tracks if t.healthy == healthy]
+            plain = [
+                np.nanmin(t.values[f"{band.name}.pr"]) if np.isfinite(t.values[f"{band.name}.pr"]).any() else np.nan
+                for t in group
+            ]
+            novel = [_low(t.values[f"{band.name}.pr_novel"]) for t in group]
+            axis.scatter(plain, novel, s=10, c=colour, alpha=0.6, label=label)
+        axis.axhline(floors.get(band.name, np.nan), color="black", lw=0.8, ls="--", label="novel-PR floor")
+        axis.set_title(f"{band.name} band")
+        axis.set_xlabel("lowest plain PR of the generation")
+        axis.set_ylabel("lowest novel PR (all-recurrent windows: 0)")
+    axes[0][0].legend(fontsize=7)
+    save(fig, folder / "rank_novel_vs_plain.png")
+
+
+def _low(values: np.ndarray) -> float:
+    """Lowest defined value; 0 when the novel PR was never defined (every window recurred)."""
+    return float(np.nanmin(values)) if np.isfinite(values).any() else 0.0
+
+
+def plot_stress(study: dict, folder: Path) -> None:
+    """Per stressor: each band's margin to the floor (left axis) and the task's quality (right axis)."""
+    from lab.plotting import pyplot, save
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(_STRESSORS), figsize=(4.2 * len(_STRESSORS), 3.6), squeeze=False)
+    for axis, (stressor, xlabel, quality) in zip(axes[0], _STRESSORS, strict=True):
+        rows = [r for r in study["rows"] if r["stressor"] == stressor]
+        xs = [r["level"] for r in rows]
+        for band in study["bands"]:
+            margins = [r[band]["margin"] if r[band]["margin"] is not None else np.nan for r in rows]
+            axis.plot(xs, margins, marker="o", label=f"{band} margin")
+        axis.axhline(0.0, color="black", lw=0.8, ls="--")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel("median novel-PR margin to the floor")
+        twin = axis.twinx()
+        twin.plot(xs, [r[quality] for r in rows], color="grey", marker="s", ls=":", label=quality)
+        twin.set_ylabel("task accuracy" if quality == "accuracy" else "next-token loss (nats)")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(study["model"])
+    save(fig, folder / f"rank_stress_{study['model'].lower().replace('.', '-')}.png")

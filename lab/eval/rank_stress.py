@@ -1,0 +1,132 @@
+"""What drives the novel PR down: four stressors on one model, each with the scored task's accuracy.
+
+- ``constraints``: the first ``n`` system-prompt constraints (the exchange-rate list, extended to 50);
+- ``precision``: the same model in float32, bfloat16 and int8 (dynamic quantization of its Linear layers);
+- ``temperature``: sampling from greedy to far past the usual range;
+- ``context``: one long human-written text (the repository's docs) prefilled up to the model's context limit;
+  its quality is the next-token loss at each position.
+
+For the first three, every scored item is answered, then the prompt-plus-answer is teacher-forced once and
+the served extractor replays the last window of prompt states followed by the answer's: what the detector
+would see at the answer's end. Reported per level: each band's novel PR and its margin to the floor
+(median over items, and the share of items below the floor), the share of undefined windows, accuracy.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lab.eval.rank_corpus import replay
+from lab.eval.rank_subjects import Subject, load_subject
+from lab.eval.rank_tasks import scored_items, stacked_constraints
+from monitors.bands import LayerBand, captured_layers
+from monitors.features import FeatureExtractor
+from monitors.rank_exhaustion import NOVEL_PR
+
+__all__ = ["WINDOW", "Measured", "context_windows", "long_text", "measure_items", "run_stressors", "window_end"]
+
+WINDOW = 32
+PLAIN_SYSTEM = "You are a helpful assistant. Answer briefly."
+
+
+@dataclass
+class Measured:
+    """One answered item: its task, correctness, and the states of its last window of prompt plus its answer
+    (at the captured layers) with their token ids."""
+
+    stressor: str
+    level: float
+    task: str
+    correct: bool
+    tail: np.ndarray
+    ids: list[int]
+
+
+def measure_items(
+    subject: Subject, stressor: str, level: float, system: str, temperature: float, max_tokens: int, per_task: int
+) -> list[Measured]:
+    """Answer every scored item under ``system`` at ``temperature``; keep the states the detector would see."""
+    layers = captured_layers(subject.bands)
+    out = []
+    for seed, item in enumerate(scored_items(per_task)):
+        prompt = subject.prompt_ids(system, item.question)
+        answer = subject.answer(prompt, max_tokens, temperature, seed)
+        ids = prompt + answer
+        states, _ = subject.states(ids, layers)
+        tail = states[-(WINDOW + len(answer)) :]
+        text = subject.tokenizer.decode(answer, skip_special_tokens=True)
+        out.append(Measured(stressor, level, item.task, item.correct(text), tail, ids[-len(tail) :]))
+    return out
+
+
+def window_end(bands: Sequence[LayerBand], measured: Measured, levels: dict) -> tuple[dict, dict]:
+    """Per band, the novel and plain PR of the last window of a measured tail (NaN when undefined)."""
+    tail = measured.tail
+    extractor = FeatureExtractor(bands, WINDOW, recurrence_levels=levels)
+    rows = replay(tail, np.zeros(len(tail)), measured.ids, extractor, captured_layers(tuple(bands)))
+    last = len(tail) - 1
+    novel = {b.name: float(rows.get(f"{b.name}.{NOVEL_PR}", np.full(len(tail), np.nan))[last]) for b in bands}
+    plain = {b.name: float(rows[f"{b.name}.pr"][last]) for b in bands}
+    return novel, plain
+
+
+def _int8(subject: Subject) -> Subject:
+    """The subject with its Linear layers dynamically quantized to int8."""
+    model = torch.ao.quantization.quantize_dynamic(subject.model, {torch.nn.Linear}, dtype=torch.qint8)
+    return Subject(subject.name, model, subject.tokenizer, subject.chat, subject.bands, subject.max_context)
+
+
+def run_stressors(
+    subject: Subject,
+    constraint_levels: Sequence[int],
+    temperatures: Sequence[float],
+    max_tokens: int,
+    per_task: int,
+    progress: Callable[[str], None] = print,
+) -> list[Measured]:
+    """Every stressor but context, on ``subject`` (loaded in float32); constraint level 0 must be among
+    ``constraint_levels``: it is also temperature 0 and float32."""
+    rules = stacked_constraints()
+    results = []
+    for n in constraint_levels:
+        system = " ".join(rules[:n]) if n else PLAIN_SYSTEM
+        results += measure_items(subject, "constraints", n, system, 0.0, max_tokens, per_task)
+        progress(f"constraints {n}")
+    unstressed = [m for m in results if m.stressor == "constraints" and m.level == 0]  # greedy, float32
+    for temperature in temperatures:
+        if temperature == 0:
+            results += [_relabel(m, "temperature", 0.0) for m in unstressed]
+            continue
+        results += measure_items(subject, "temperature", temperature, PLAIN_SYSTEM, temperature, max_tokens, per_task)
+        progress(f"temperature {temperature}")
+    results += [_relabel(m, "precision", 32) for m in unstressed]
+    for bits, make in ((16, lambda: load_subject(subject.name, torch.bfloat16)), (8, lambda: _int8(subject))):
+        results += measure_items(make(), "precision", bits, PLAIN_SYSTEM, 0.0, max_tokens, per_task)
+        progress(f"precision {bits}")
+    return results
+
+
+def _relabel(measured: Measured, stressor: str, level: float) -> Measured:
+    return Measured(stressor, level, measured.task, measured.correct, measured.tail, measured.ids)
+
+
+def long_text(folder: Path) -> str:
+    """Human-written prose for the context stressor: the repository's docs, concatenated."""
+    return "\n\n".join(path.read_text() for path in sorted(folder.glob("*.md")))
+
+
+def context_windows(subject: Subject, text: str, length: int, points: int = 16) -> list[tuple[Measured, float]]:
+    """Windows ending at ``points`` positions of one prefill of ``length`` tokens of ``text`` (as
+    :class:`Measured` with ``level`` = the position), each with the mean next-token loss of the 256
+    positions before it."""
+    ids = subject.tokenizer(text)["input_ids"][:length]
+    states, nll = subject.states(ids, captured_layers(subject.bands))
+    out = []
+    for end in np.linspace(WINDOW * 8, len(ids) - 1, points).astype(int):
+        start = end + 1 - WINDOW * 2  # a window's worth of history before the window itself
+        window = Measured("context", int(end), "text", True, states[start : end + 1], ids[start : end + 1])
+        out.append((window, float(np.nanmean(nll[end - 256 : end]))))
+    return out
