@@ -17,7 +17,7 @@ import orjson
 
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt
 from gateway.relay.seam import ChoiceToken, Fragment, RelayCall, RelayItem, RelayStart, Trailer, WholeAnswer
-from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
+from gateway.upstream.event_stream import check_event_stream, completion_body, event_batches
 from gateway.upstream.pool import UpstreamPool
 
 if TYPE_CHECKING:  # the reader brings torch and a model
@@ -180,12 +180,7 @@ def _split(event: dict) -> list[Fragment | Trailer]:
 
 async def _whole(response, readings: dict[int, _Reading], limit: int) -> WholeAnswer:
     data = await response.read_all(limit)
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise malformed(response, "a body that is not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise malformed(response, "JSON that is not a completion")
+    body = completion_body(response, data)
     tokens: dict[int, list[ChoiceToken]] = {}
     for position, choice in enumerate(body["choices"]):
         index = choice.get("index", position) if isinstance(choice, dict) else position

@@ -27,7 +27,7 @@ from gateway.relay.seam import (
     delta_kind,
     message_kinds,
 )
-from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
+from gateway.upstream.event_stream import check_event_stream, completion_body, event_batches
 from gateway.upstream.pool import UpstreamPool
 from monitors.vllm_plugin.wire import RequestTag, choice_request_id
 
@@ -159,12 +159,7 @@ def _only_token_ids(choice: dict) -> bool:
 
 async def _whole(response, choices: _Choices, client_ids: bool, limit: int) -> WholeAnswer:
     data = await response.read_all(limit)
-    try:
-        body = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise malformed(response, "a body that is not JSON") from None
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
-        raise malformed(response, "JSON that is not a completion")
+    body = completion_body(response, data)
     if not client_ids:
         body.pop("prompt_token_ids", None)
     tokens: dict[int, list[ChoiceToken]] = {}

@@ -35,7 +35,7 @@ from gateway.request_metrics import GateOutcome
 from gateway.telemetry.spans import end_attempt_span, start_attempt_span
 from monitors.verdict import Verdict, VerdictLevel
 
-__all__ = ["GateController"]
+__all__ = ["Attempt", "GateController"]
 
 
 @dataclass

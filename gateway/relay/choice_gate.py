@@ -10,37 +10,13 @@ for by the detector, outside a repetitive stretch). When a collapse verdict fire
 from collections import Counter
 from dataclasses import dataclass, field
 
+from gateway.gate.controller import Attempt
 from gateway.gate.holdback import HoldBack, stable_prefix, token_ids
 from gateway.gate.monitor import RequestMonitor
-from gateway.protocol.stability import GateAttemptReport
 from gateway.relay.seam import ChoiceToken, Fragment
-from monitors.verdict import Verdict, VerdictLevel
+from monitors.verdict import Verdict
 
-__all__ = ["ChoiceAttempt", "ChoiceGate"]
-
-
-@dataclass
-class ChoiceAttempt:
-    """One attempt at a choice: the upstream's first answer, or a resample from the choice's start."""
-
-    strategy: str | None
-    verdict: VerdictLevel = VerdictLevel.OK
-    fired_at: int | None = None
-    rollback_to: int | None = None
-    generated: int = 0
-    kept: int = 0
-    error: str | None = None
-
-    def report(self) -> GateAttemptReport:
-        return GateAttemptReport(
-            strategy=self.strategy,
-            verdict=self.verdict.value,
-            fired_at_token=self.fired_at,
-            rollback_to_token=self.rollback_to,
-            tokens_generated=self.generated,
-            tokens_kept=self.kept,
-            error=self.error,
-        )
+__all__ = ["ChoiceGate"]
 
 
 @dataclass
@@ -60,7 +36,7 @@ class ChoiceGate:
     monitor: RequestMonitor | None
     gated: bool
     lag: int | None
-    attempt: ChoiceAttempt
+    attempt: Attempt
     covered: Counter = field(default_factory=Counter)
     fired: Verdict | None = None
     leaked: int = 0

@@ -14,9 +14,10 @@ import orjson
 from fastapi.responses import Response, StreamingResponse
 
 from gateway.errors import OpenAIError, error_event
-from gateway.relay.respond import DONE, verdict_headers
+from gateway.relay.respond import verdict_headers
 from gateway.relay.seam import RelayCall
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
+from gateway.serving.sse_framing import DONE
 from gateway.telemetry.request_scope import current_scope
 from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
 from gateway.upstream.pool import UpstreamPool, UpstreamResponse

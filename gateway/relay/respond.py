@@ -7,18 +7,15 @@ from collections.abc import AsyncIterator
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from gateway.errors import EngineFailure, OpenAIError, error_event
 from gateway.relay.session import RelaySession
+from gateway.serving.respond import ACTION_HEADER, VERDICT_HEADER, SessionStream
+from gateway.serving.sse_framing import DONE
 
-__all__ = ["ACTION_HEADER", "DONE", "VERDICT_HEADER", "relay_stream", "relay_whole", "verdict_headers"]
+__all__ = ["relay_stream", "relay_whole", "verdict_headers"]
 
 log = logging.getLogger(__name__)
-
-VERDICT_HEADER = "x-sinkwatch-verdict"
-ACTION_HEADER = "x-sinkwatch-action"
-DONE = b"data: [DONE]\n\n"
 
 
 def verdict_headers(report: dict | None) -> dict[str, str]:
@@ -29,20 +26,6 @@ def verdict_headers(report: dict | None) -> dict[str, str]:
     if isinstance(report.get("gate"), dict):
         headers[ACTION_HEADER] = str(report["gate"]["action"])
     return headers
-
-
-class _RelayStream(StreamingResponse):
-    """A streaming response that always closes its session, even if the body never started."""
-
-    def __init__(self, session: RelaySession, content: AsyncIterator[bytes], headers: dict[str, str]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"cache-control": "no-cache", **headers})
-        self._session = session
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self._session.aclose()
 
 
 def relay_stream(session: RelaySession, endpoint: str) -> StreamingResponse:
@@ -60,7 +43,7 @@ def relay_stream(session: RelaySession, endpoint: str) -> StreamingResponse:
         yield DONE
 
     marking = session.report() if session.unmonitored is not None else None
-    return _RelayStream(session, events(), verdict_headers(marking.model_dump() if marking else None))
+    return SessionStream(session, events(), verdict_headers(marking.model_dump() if marking else None))
 
 
 async def relay_whole(session: RelaySession, http: Request) -> Response:

@@ -16,10 +16,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from gateway.errors import ContentBlocked, EngineFailure, OpenAIError
+from gateway.gate.controller import Attempt
 from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import GateConfig, Policy
 from gateway.protocol.stability import GateReport, StabilityReport, worst_of
-from gateway.relay.choice_gate import ChoiceAttempt, ChoiceGate
+from gateway.relay.choice_gate import ChoiceGate
 from gateway.relay.resample import resample_body
 from gateway.relay.seam import (
     ChoiceToken,
@@ -48,7 +49,7 @@ class _Choice:
     """Every attempt at one choice, and what the gate did with them."""
 
     gate: ChoiceGate
-    attempts: list[ChoiceAttempt] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
     detected: Verdict | None = None
     withheld: int = 0
     discarded: int = 0
@@ -357,7 +358,7 @@ class RelaySession:
         gated = self.policy.acts and monitor is not None
         holds_whole = not self.call.stream or self.policy is Policy.RESCUE
         lag = None if holds_whole else self._config.holdback_tokens
-        return ChoiceGate(monitor, gated, lag, ChoiceAttempt(strategy))
+        return ChoiceGate(monitor, gated, lag, Attempt(strategy))
 
     def _reports(self, for_metrics: bool = False) -> dict[int, StabilityReport]:
         """Each monitored choice's report (none when nothing was monitored, nor under ``observe`` unless for

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Protocol
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -15,7 +16,7 @@ from gateway.serving.session import GenerationSession, Piece
 from gateway.serving.shapes import ChoiceResult, ResponseShape
 from gateway.serving.sse_framing import DONE, sse_data
 
-__all__ = ["ACTION_HEADER", "VERDICT_HEADER", "streaming_response", "whole_response"]
+__all__ = ["ACTION_HEADER", "VERDICT_HEADER", "SessionStream", "streaming_response", "whole_response"]
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,19 @@ ACTION_HEADER = "x-sinkwatch-action"
 CLIENT_CLOSED_REQUEST = 499
 
 
-class _SessionStream(StreamingResponse):
-    """A streaming response that always closes its session, even if the body never started."""
+class Closable(Protocol):
+    """A request's session: whatever must end with its response."""
 
-    def __init__(self, session: GenerationSession, content: AsyncIterator[bytes]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    async def aclose(self) -> None: ...
+
+
+class SessionStream(StreamingResponse):
+    """Server-sent events that always close their session, even if the body never started."""
+
+    def __init__(self, session: Closable, content: AsyncIterator[bytes], headers: dict[str, str] | None = None) -> None:
+        super().__init__(
+            content, media_type="text/event-stream", headers={"cache-control": "no-cache", **(headers or {})}
+        )
         self._session = session
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -130,4 +139,4 @@ def streaming_response(
             yield sse_data(shape.usage(session.usage, session.report()))
         yield DONE
 
-    return _SessionStream(session, events())
+    return SessionStream(session, events())

@@ -16,7 +16,7 @@ from gateway.errors import UpstreamError
 from gateway.upstream.http import Deadline
 from gateway.upstream.pool import UpstreamResponse
 
-__all__ = ["DONE", "EventSplitter", "check_event_stream", "event_batches", "malformed"]
+__all__ = ["DONE", "EventSplitter", "check_event_stream", "completion_body", "event_batches", "malformed"]
 
 DONE = b"[DONE]"
 MAX_EVENT_BYTES = 1 << 20
@@ -75,6 +75,17 @@ def malformed(response: UpstreamResponse, what: str) -> UpstreamError:
     error = UpstreamError(f"the upstream sent {what}", code="upstream_malformed")
     response.fail("malformed", error)
     return error
+
+
+def completion_body(response: UpstreamResponse, data: bytes) -> dict:
+    """A whole (non-streamed) answer's JSON object with its ``choices``; a counted 502 when it is not one."""
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise malformed(response, "a body that is not JSON") from None
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+        raise malformed(response, "JSON that is not a completion")
+    return body
 
 
 def check_event_stream(response: UpstreamResponse) -> None:
