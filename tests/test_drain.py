@@ -143,7 +143,8 @@ def test_every_worker_ends_its_streams_at_the_shutdown_timeout(slow_upstream):
 
 @pytest.mark.model
 def test_the_embedded_models_stream_and_whole_answer_end_with_errors_at_the_shutdown_timeout():
-    long = {"model": "SmolLM2-135M-Instruct", "max_tokens": 2000, "temperature": 0}
+    # a negative frequency penalty makes greedy decoding loop to max_tokens: minutes, whatever the model says
+    long = {"model": "SmolLM2-135M-Instruct", "max_tokens": 2000, "temperature": 0, "frequency_penalty": -2}
     prompt = [{"role": "user", "content": "Write the numbers from one to one hundred in words."}]
     with gateway_process("--shutdown-timeout", "1", timeout=180) as server:
         client = _client(server)
