@@ -82,21 +82,23 @@ def test_streamed_usage_counts_every_choice_once_per_prompt(client):
     assert sorted(c.choices[0].index for c in chunks if c.choices and c.choices[0].finish_reason) == [0, 1]
 
 
+# Two sampled choices under block, driven toward repetition (a negative frequency penalty loops SmolLM2).
+MIXED_BLOCK = {
+    "model": MODEL,
+    "messages": STORY,
+    "max_tokens": 48,
+    "temperature": 1.0,
+    "frequency_penalty": -1.0,
+    "n": 2,
+    "extra_body": BLOCK,
+}
+
+
 def _mixed_block(client, **options):
     """A seeded n=2 request under ``block`` in which one choice loops (a negative frequency penalty drives
     SmolLM2 into repetition) and the other does not; a few seeds are tried, as sampling decides which."""
     for seed in range(6):
-        response = client.chat.completions.create(
-            model=MODEL,
-            messages=STORY,
-            max_tokens=48,
-            temperature=1.0,
-            frequency_penalty=-1.0,
-            seed=seed,
-            n=2,
-            extra_body=BLOCK,
-            **options,
-        )
+        response = client.chat.completions.create(**MIXED_BLOCK, seed=seed, **options)
         reasons = [choice.finish_reason for choice in response.choices]
         if sorted(reasons) == ["content_filter", "length"]:
             return seed, response
@@ -117,20 +119,7 @@ def test_under_block_only_the_looping_choice_is_blocked(client):
     # streamed, each choice has its own hold-back: the clean one streams the whole answer's text, and the
     # blocked one streams its answer up to the cut, plus only what its report counts as leaked (released
     # before the verdict moved the cut back; zero while the hold-back covers the detector)
-    chunks = list(
-        client.chat.completions.create(
-            model=MODEL,
-            messages=STORY,
-            max_tokens=48,
-            temperature=1.0,
-            frequency_penalty=-1.0,
-            seed=seed,
-            n=2,
-            extra_body=BLOCK,
-            stream=True,
-            logprobs=True,
-        )
-    )
+    chunks = list(client.chat.completions.create(**MIXED_BLOCK, seed=seed, stream=True, logprobs=True))
     texts, tokens, gates = defaultdict(str), defaultdict(int), {}
     for chunk in chunks:
         for choice in chunk.choices:

@@ -38,8 +38,24 @@ def attempt_of(request: GenerationRequest) -> int:
     return int(number) if number.isdigit() else 0
 
 
+class ScriptedServing:
+    """What every scripted backend serves: :data:`MODEL`, ready at once, nothing to start or close."""
+
+    name = "scripted"
+    ready = True
+
+    def model_names(self) -> list[str]:
+        return [MODEL]
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
 @dataclass
-class ScriptedBackend:
+class ScriptedBackend(ScriptedServing):
     """Yields ``lengths[k]`` tokens for attempt k of a request (ids ``100 * k + i`` unless ``ids`` gives them),
     each with an ``entropy`` feature (``entropy(k, i)``, 3.0 by default) and no window statistics.
 
@@ -53,17 +69,6 @@ class ScriptedBackend:
     requests: list[GenerationRequest] = field(default_factory=list)
     closed: int = 0
     produced: int = 0
-    name: str = "scripted"
-    ready: bool = True
-
-    def model_names(self) -> list[str]:
-        return [MODEL]
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
     def generate(self, request: GenerationRequest):
         self.requests.append(request)

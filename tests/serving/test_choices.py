@@ -13,7 +13,7 @@ from gateway.config import Settings
 from gateway.errors import Overloaded
 from gateway.generation import GenerationRequest
 from tests.conftest import RunningServer, free_port, metric
-from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend, loop_after, token_text
+from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend, ScriptedServing, loop_after, token_text
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "seed": 5}
 
@@ -48,22 +48,11 @@ class ChoiceBackend(ScriptedBackend):
 
 
 @dataclass
-class OneLoopingChoice:
+class OneLoopingChoice(ScriptedServing):
     """Choice 1 falls into a loop at token 10 on its first attempt (its rescues do not); the others never do."""
 
     calm: ScriptedBackend
     looping: ScriptedBackend
-    name: str = "scripted"
-    ready: bool = True
-
-    def model_names(self) -> list[str]:
-        return [MODEL]
-
-    async def start(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
 
     def generate(self, request: GenerationRequest):
         choice = request.request_id.partition("-rescue")[0]
