@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from gateway.errors import OpenAIError
@@ -165,3 +166,15 @@ CALIBRATION = Calibration(
     ),
     rank_floors={},
 )
+
+
+async def failing_after_three_tokens(events):
+    """``events`` (a started generation) until its third token, then an error no layer expected; the
+    generation is closed either way."""
+    async with aclosing(events):
+        count = 0
+        async for event in events:
+            yield event
+            count += 1
+            if count == 4:  # the start event and three tokens
+                raise RuntimeError("the device fell over")

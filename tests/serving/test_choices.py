@@ -2,7 +2,6 @@
 closed however the request ends."""
 
 import json
-from contextlib import aclosing
 from dataclasses import dataclass
 
 import httpx
@@ -13,7 +12,15 @@ from gateway.config import Settings
 from gateway.errors import Overloaded
 from gateway.generation import GenerationRequest
 from tests.conftest import RunningServer, free_port, metric
-from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend, ScriptedServing, loop_after, token_text
+from tests.gate.scripted import (
+    CALIBRATION,
+    MODEL,
+    ScriptedBackend,
+    ScriptedServing,
+    failing_after_three_tokens,
+    loop_after,
+    token_text,
+)
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "seed": 5}
 
@@ -29,22 +36,12 @@ class ChoiceBackend(ScriptedBackend):
         if request.request_id.endswith(f"-{self.refuse}"):
             return self._refused()
         events = super().generate(request)
-        return self._fail_after(events) if request.request_id.endswith(f"-{self.fail}") else events
+        return failing_after_three_tokens(events) if request.request_id.endswith(f"-{self.fail}") else events
 
     @staticmethod
     async def _refused():
         raise Overloaded("the engine queue is full")
         yield  # an async generator, like every backend's
-
-    @staticmethod
-    async def _fail_after(events):
-        async with aclosing(events):
-            count = 0
-            async for event in events:
-                yield event
-                count += 1
-                if count == 4:  # the start event and three tokens
-                    raise RuntimeError("the device fell over")
 
 
 @dataclass

@@ -12,7 +12,7 @@ from gateway.app import create_app
 from gateway.config import Settings
 from gateway.generation import GenerationRequest
 from tests.conftest import RunningServer, free_port, metric
-from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend
+from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend, failing_after_three_tokens
 
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "stream": True}
 
@@ -22,15 +22,7 @@ class FailingBackend(ScriptedBackend):
     """Three tokens, then an error no layer expected."""
 
     def generate(self, request: GenerationRequest):
-        return self._fail_after(super().generate(request))
-
-    async def _fail_after(self, events):
-        count = 0
-        async for event in events:
-            yield event
-            count += 1
-            if count == 4:  # the start event and three tokens
-                raise RuntimeError("the device fell over")
+        return failing_after_three_tokens(super().generate(request))
 
 
 @pytest.fixture
