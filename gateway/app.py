@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -17,12 +18,14 @@ from gateway.config import Settings
 from gateway.drain import Drain
 from gateway.generation import Backend
 from gateway.metrics_port import serve_metrics_apart
+from gateway.recording.recorder import TrafficRecorder
 from gateway.security.reload import KeyReloader, admission_for
+from gateway.serving.calibration_reload import CalibrationReloader, calibration_digest
 from gateway.serving.serving_context import ServingContext
 from gateway.telemetry import tracing
 from gateway.workers.exposition import WorkerExpositions, serve_exposition
 from gateway.workers.worker_context import WorkerContext
-from monitors.calibration import Calibration
+from monitors.calibration import Calibration, shipped_calibration_path
 
 __all__ = ["create_app"]
 
@@ -41,9 +44,18 @@ def create_app(
     checks) before it takes connections. API keys and rate limits are reloaded on SIGHUP and when the keys
     file changes, from the settings ``reload_settings`` returns (by default the same settings: only the
     keys file is read again)."""
-    if calibration is None:
+    calibration_file = (
+        Path(settings.calibration) if settings.calibration else shipped_calibration_path(settings.served_name())
+    )
+    resolved = calibration is None
+    if resolved:
         calibration = resolve_calibration(settings)
     backend = backend or build_backend(settings, calibration)
+    recorder = (
+        TrafficRecorder(Path(settings.record_dir), settings.record_max_bytes, settings.record_text)
+        if settings.record_dir
+        else None
+    )
     shared = worker.buckets if worker else None
     admission = admission_for(settings, shared)
     reloader = KeyReloader(admission, settings, reload_settings or (lambda: settings), shared)
@@ -52,7 +64,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.BUILD_INFO.info({"version": __version__, "backend": backend.name})
         metrics.watch_event_loop(asyncio.get_running_loop())
-        starting = asyncio.create_task(_start(backend, calibration))
+        starting = asyncio.create_task(_start(backend, serving))
         if worker is not None:
             await starting  # a worker takes connections once it knows its upstreams; its siblings serve meanwhile
         stop_metrics = await _serve_metrics(settings, worker)
@@ -65,6 +77,8 @@ def create_app(
             await backend.close()
             stop_metrics()
             tracing.flush()
+            if recorder is not None:
+                await asyncio.to_thread(recorder.close)
 
     # FastAPI's own OpenTelemetry hooks cost a provider lookup per request; metrics are Prometheus here.
     telemetry = {"tracing": False, "metrics": False, "logs": False}
@@ -74,7 +88,11 @@ def create_app(
         docs = dict.fromkeys(docs)
     app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry, **docs)
     drain = Drain()
-    app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()), drain=drain)
+    digest = calibration_digest(calibration_file) if resolved and calibration is not None else ""
+    serving = ServingContext(settings, backend, calibration, int(time.time()), drain, recorder, digest)
+    app.state.serving = serving
+    if calibration is not None:
+        reloader.on_sighup.append(CalibrationReloader(serving, calibration_file).reload)
     app.state.worker_expositions = (
         WorkerExpositions(worker.exposition_paths(), restarts=worker.restarts) if worker else None
     )
@@ -95,11 +113,11 @@ async def _serve_metrics(settings: Settings, worker: WorkerContext | None) -> Ca
     return server.close
 
 
-async def _start(backend: Backend, calibration: Calibration | None) -> None:
+async def _start(backend: Backend, serving: ServingContext) -> None:
     try:
         await backend.start()
     except Exception:
         log.exception("backend %s failed to start", backend.name)
         raise
     for model in backend.model_names():
-        metrics.model_ready(model, backend.name, calibration)
+        metrics.model_ready(model, backend.name, serving.calibration, serving.calibration_digest)

@@ -100,7 +100,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     calibrate_parser = commands.add_parser("calibrate", help="set detector thresholds from normal prompts")
     if "calibrate" in wanted:
         calibrate = importlib.import_module(CALIBRATE_COMMAND)
-        calibrate.add_arguments(calibrate_parser)
+        calibrate.add_command_arguments(calibrate_parser)
         calibrate_parser.set_defaults(handler=calibrate.run)
 
     for group, (help_text, members) in COMMAND_GROUPS.items():

@@ -25,6 +25,8 @@ __all__ = [
     "PARTICIPATION_RATIO",
     "RANK_MARGIN",
     "RATE_LIMITED",
+    "RECORDED_GENERATIONS",
+    "RECORDING_FAILURES",
     "REQUESTS",
     "REQUEST_DURATION",
     "RESCUES",
@@ -41,6 +43,7 @@ __all__ = [
     "UPSTREAM_UP",
     "VERDICTS",
     "VLLM_STATS",
+    "calibration_in_force",
     "endpoint_label",
     "model_ready",
     "watch_event_loop",
@@ -102,6 +105,16 @@ ENGINE_WAITING = Gauge("sinkwatch_engine_waiting_requests", "Embedded engine: re
 ENGINE_ACTIVE = Gauge("sinkwatch_engine_active_requests", "Embedded engine: requests in the decoding batch")
 MODEL_READY = Gauge("sinkwatch_model_ready", "1 once the backend can serve the model", ["model", "backend"])
 CALIBRATION = Info("sinkwatch_calibration", "The calibration behind a model's verdicts (date, size)", ["model"])
+RECORDED_GENERATIONS = Counter(
+    "sinkwatch_recorded_generations_total",
+    "Monitored generations under observe written to the traffic recording (--record-dir)",
+    ["model"],
+)
+RECORDING_FAILURES = Counter(
+    "sinkwatch_recording_failures_total",
+    "Generations the traffic recording dropped, by reason (queue_full, write_error)",
+    ["reason"],
+)
 CALIBRATION_TARGET_FPR = Gauge(
     "sinkwatch_calibration_target_false_positive_ratio",
     "Share of normal generations the calibration lets fire a verdict; alert thresholds are multiples of it",
@@ -217,7 +230,7 @@ for _reason in UNMONITORED_REASONS:  # series exist from the start, for rate()
     UNMONITORED.labels(_reason)
 
 
-def model_ready(model: str, backend: str, calibration: Calibration | None) -> None:
+def model_ready(model: str, backend: str, calibration: Calibration | None, digest: str = "") -> None:
     """Mark ``model`` ready, export its calibration, and create its closed label sets at zero.
 
     A counter series that first appears at 1 hides that first increment from ``rate()``; alert ratios
@@ -231,8 +244,16 @@ def model_ready(model: str, backend: str, calibration: Calibration | None) -> No
     for outcome in ("success", "fallback_block"):
         RESCUES.labels(model, outcome)
     if calibration is not None:
-        CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
-        CALIBRATION.labels(model).info({"created": calibration.created, "generations": str(calibration.n_generations)})
+        calibration_in_force(model, calibration, digest)
+
+
+def calibration_in_force(model: str, calibration: Calibration, digest: str) -> None:
+    """Export the calibration behind ``model``'s verdicts (at start and after each reload): its date, size and
+    the sha256 of its file (empty when it did not come from a file)."""
+    CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
+    CALIBRATION.labels(model).info(
+        {"created": calibration.created, "generations": str(calibration.n_generations), "sha256": digest}
+    )
 
 
 def endpoint_label(path: str) -> str:

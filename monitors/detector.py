@@ -93,6 +93,7 @@ class StabilityDetector:
         self._fired_level = VerdictLevel.OK
         self._stats = _RunningStats()
         self.verdict = Verdict(VerdictLevel.OK, token_index=-1)
+        self.values: dict[str, float] = {}  # the last token's signals, as the thresholds saw them
 
     def prime(self, token_ids: list[int]) -> None:
         """Seed the text history with tokens already accepted (a rescue continues after them)."""
@@ -109,6 +110,7 @@ class StabilityDetector:
         values = with_rank_margins(usable_values(features, self.calibration.window), self.calibration.rank_floors)
         values[PERIODICITY_SIGNAL] = self._periodicity.push(features.token_id)
         self._stats.add(values)
+        self.values = values
         crossing, persistent = [], []
         for state in self._signals:
             value = values.get(state.spec.name)

@@ -3,6 +3,7 @@
 from dataclasses import replace
 
 from gateway.protocol.stability import BandReport, StabilityReason, StabilityReport
+from gateway.recording.shadow import ShadowRecording
 from monitors.calibration import Calibration
 from monitors.detector import StabilityDetector
 from monitors.features import StepFeatures
@@ -14,8 +15,9 @@ __all__ = ["RequestMonitor", "shifted"]
 class RequestMonitor:
     """One per generation attempt: feed it each token's features; ask it for the verdict and the report."""
 
-    def __init__(self, calibration: Calibration) -> None:
+    def __init__(self, calibration: Calibration, recording: ShadowRecording | None = None) -> None:
         self.calibration = calibration
+        self.recording = recording
         self._detector = StabilityDetector(calibration)
         self._offset = 0
         self.tokens = 0
@@ -30,7 +32,14 @@ class RequestMonitor:
         """Update the detector with one token."""
         self.tokens += 1
         self._detector.update(features)
+        if self.recording is not None:
+            self.recording.trace.add(self._detector.values)
         return self.verdict
+
+    def finish(self, finish_reason: str, token_ids: list[int]) -> None:
+        """The generation ended well: write its record when it is being recorded (shadow mode)."""
+        if self.recording is not None:
+            self.recording.finish(finish_reason, token_ids)
 
     @property
     def verdict(self) -> Verdict:
