@@ -101,7 +101,7 @@ def read_recording(directory: Path, model: str | None = None) -> tuple[list[Reco
         for number, line in enumerate(segment.read_text(errors="replace").splitlines()):
             try:
                 record = json.loads(line)
-                generation = _generation(record, f"{segment.name}:{number}")
+                generation = _generation(record, f"{segment.name}:{number:09d}")
             except (ValueError, KeyError, TypeError):
                 left_out["unreadable"] += 1  # a line cut short by a full disk or a kill
                 continue

@@ -15,8 +15,12 @@ chosen on labelled data); what the traffic sets is where each one alarms, for th
   unit); every threshold is set with cross-fitting (:func:`lab.eval.thresholds.combine`), so the rate holds
   on generations the fit has not seen.
 - **Out of sample.** The recording is split by time: the fit uses the earlier generations, the later
-  ``--held-out`` share is judged by the fitted thresholds; the held-out alarm rate (and how many of the
-  held-out visible loops the detector catches) is printed and stored in the calibration's ``notes``.
+  ``--held-out`` share is judged by the fitted thresholds; the held-out alarm rate of the sink signals per
+  1,000 tokens of generations that do not visibly loop, the share of those below a rank floor, and how many
+  held-out visible loops the sink signals catch are printed and stored in the calibration's ``notes``.
+  With few recorded tokens the alarm rate cannot be set finer than one alarm in the whole fit part: a
+  threshold then sits at the highest healthy value seen, and later traffic passes it about once per
+  fit-part generation per signal (see docs/EVALUATION.md, "Calibrating from traffic").
 - **Rank floors.** :func:`monitors.rank_exhaustion.fit_rank_floors` on each kept generation's lowest tracked
   novel PR per band (computed with the recording's recurrence levels), at ``--rank-fpr`` per generation.
 """
@@ -130,7 +134,8 @@ def fit_from_traffic(
     signals = sink_signals + rank_signals
     _with_rank_margins([*kept, *held], floors)
     held_loops = np.array([is_visible_loop(g, base) for g in held], dtype=bool)
-    held_fired = firing(signals, held, base.ewma_span, base.persistence) >= 0
+    held_sink = firing(sink_signals, held, base.ewma_span, base.persistence) >= 0
+    held_rank = firing(rank_signals, held, base.ewma_span, base.persistence) >= 0
     held_healthy = ~held_loops
     report = {
         "source": "recorded traffic (sinkwatch calibrate --from-traffic)",
@@ -143,10 +148,11 @@ def fit_from_traffic(
         "held_out_generations": len(held),
         "held_out_tokens": int(sum(g.length for g, ok in zip(held, held_healthy, strict=True) if ok)),
         "held_out_rate": (
-            round(alarm_rate(held_fired, held, held_healthy, per_1k_tokens=True), 4) if held_healthy.any() else None
+            round(alarm_rate(held_sink, held, held_healthy, per_1k_tokens=True), 4) if held_healthy.any() else None
         ),
+        "held_out_rank_share": round(float(held_rank[held_healthy].mean()), 4) if held_healthy.any() else None,
         "held_out_visible_loops": int(held_loops.sum()),
-        "held_out_loops_caught": int((held_fired & held_loops).sum()),
+        "held_out_loops_caught": int((held_sink & held_loops).sum()),
         "split": f"by time: the latest {options.held_out:.0%} held out",
         "loop_filter": f"{PERIODICITY_SIGNAL} held past the base calibration's level",
         "rank_fpr_per_generation": options.rank_fpr,
