@@ -41,6 +41,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "proxy": "lab.bench.proxy_bench",
             "vllm": "lab.bench.vllm_bench",
             "relay": "lab.bench.relay_bench",
+            "recording": "lab.bench.recording_bench",
         },
     ),
     "eval": (
@@ -57,6 +58,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "verdicts": "lab.eval.verdicts_eval",
             "rank": "lab.eval.rank_eval",
             "record": "lab.eval.record_traffic",
+            "traffic": "lab.eval.traffic_eval",
         },
     ),
 }

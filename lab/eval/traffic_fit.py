@@ -39,7 +39,15 @@ from monitors.calibration import Calibration, SignalThreshold
 from monitors.detector import PERIODICITY_SIGNAL
 from monitors.rank_exhaustion import fit_rank_floors, rank_overlay
 
-__all__ = ["TrafficFit", "TrafficFitOptions", "check_setup", "firing", "fit_from_traffic"]
+__all__ = [
+    "TrafficFit",
+    "TrafficFitOptions",
+    "check_setup",
+    "firing",
+    "fit_from_traffic",
+    "fit_split",
+    "is_visible_loop",
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class TrafficFitOptions:
     target_fpr: float = 0.05  # false alarms per 1,000 tokens of kept traffic
     rank_fpr: float = 0.05  # healthy generations below a rank floor (the shipped floors' rate)
     held_out: float = 0.3  # the latest share of the recording, judged but never fitted on
+    drop_loops: bool = True  # leave visible loops out of the fit (off only to measure what it buys)
 
 
 @dataclass
@@ -115,9 +124,19 @@ def fit_from_traffic(
     """Fit on the earlier generations, check on the later ones (see the module's description)."""
     if not generations:
         raise ValueError("no recorded generations to calibrate on")
-    check_setup(base, generations[0].setup)
     fit_part, held = by_time(generations, options.held_out)
-    kept = [g for g in fit_part if not is_visible_loop(g, base)]
+    return fit_split(fit_part, held, base, options)
+
+
+def fit_split(
+    fit_part: Sequence[RecordedGeneration],
+    held: Sequence[RecordedGeneration],
+    base: Calibration,
+    options: TrafficFitOptions,
+) -> TrafficFit:
+    """Fit on ``fit_part``, check on ``held`` (the later traffic)."""
+    check_setup(base, fit_part[0].setup)
+    kept = [g for g in fit_part if not (options.drop_loops and is_visible_loop(g, base))]
     available = set().union(*(g.trajectories for g in kept)) if kept else set()
     specs = [_refit_spec(s, kept) for s in base.signals if s.family == "sink" and s.name in available]
     if not specs:
@@ -140,7 +159,7 @@ def fit_from_traffic(
     report = {
         "source": "recorded traffic (sinkwatch calibrate --from-traffic)",
         "target_unit": "false alarms per 1,000 tokens",
-        "recorded_under": generations[0].setup.get("calibration"),
+        "recorded_under": fit_part[0].setup.get("calibration"),
         "fit_generations": len(fit_part),
         "fit_visible_loops_dropped": len(fit_part) - len(kept),
         "fit_tokens": int(sum(g.length for g in kept)),
@@ -154,12 +173,12 @@ def fit_from_traffic(
         "held_out_visible_loops": int(held_loops.sum()),
         "held_out_loops_caught": int((held_sink & held_loops).sum()),
         "split": f"by time: the latest {options.held_out:.0%} held out",
-        "loop_filter": f"{PERIODICITY_SIGNAL} held past the base calibration's level",
+        "loop_filter": f"{PERIODICITY_SIGNAL} held past the base calibration's level" if options.drop_loops else "off",
         "rank_fpr_per_generation": options.rank_fpr,
     }
     calibration = replace(
         base,
-        model=generations[0].model,
+        model=fit_part[0].model,
         target_fpr=options.target_fpr,
         signals=tuple(signals),
         rank_floors=floors,
