@@ -30,7 +30,7 @@ class TrafficRequest:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch eval record``."""
-    parser.add_argument("--base-url", required=True, help="the gateway's API, e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the gateway's API")
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--split", default="tune", help="prompt split sent (the other one stays held out)")
     parser.add_argument("--samples", type=int, default=2, help="sampled answers per ordinary prompt")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gateway.engine.provision import cache_root
 from lab.eval.corpus import PRODUCTION_CORPUS
 from lab.eval.dataset import Generation, build_generations, labelled_entries
 from lab.eval.signals import Reference, Sampling
@@ -28,7 +29,12 @@ from lab.eval.traffic_fit import TrafficFitOptions, firing, fit_split, is_visibl
 from lab.eval.verdicts_eval import breakdown, firing_of
 from monitors.calibration import Calibration, load_calibration
 
-__all__ = ["INDUCING", "add_arguments", "clean_traffic", "run"]
+__all__ = ["INDUCING", "TRAFFIC_CALIBRATION", "TRAFFIC_RECORDING", "add_arguments", "clean_traffic", "run"]
+
+# The recording of the production-like tune prompts through the embedded gateway (docs/EVALUATION.md,
+# "Calibrating from traffic"), and the calibration fitted on it.
+TRAFFIC_RECORDING = cache_root() / "traffic" / "smollm2-tune"
+TRAFFIC_CALIBRATION = Path("docs/evaluation/smollm2-135m-instruct.traffic.json")
 
 # Sampling a client sets that pushes the model toward a loop (the corpus's inducers).
 INDUCING = {
@@ -40,8 +46,10 @@ INDUCING = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch eval traffic``."""
-    parser.add_argument("--recording", type=Path, required=True, help="the recording the calibration was fitted on")
-    parser.add_argument("--calibration", type=Path, required=True, help="the calibration fitted on it")
+    parser.add_argument(
+        "--recording", type=Path, default=TRAFFIC_RECORDING, help="the recording the calibration was fitted on"
+    )
+    parser.add_argument("--calibration", type=Path, default=TRAFFIC_CALIBRATION, help="the calibration fitted on it")
     parser.add_argument(
         "--base", default="SmolLM2-135M-Instruct", help="the calibration the recording was made with (compared with)"
     )
