@@ -1,6 +1,7 @@
 """The bounded, rotating directory that recorded generations are written to, off the event loop.
 
-Records go through a bounded queue to one writer thread, which appends them as JSON lines to the current
+Records go through a bounded queue to one writer thread, which builds them (their extremes and
+serialisation cost O(signals × tokens), kept off the event loop) and appends them as JSON lines to the current
 segment, ``traffic-<pid>-<start time>-<n>.jsonl`` (the process id keeps processes sharing the directory
 apart). A segment is closed once it passes a tenth of ``max_bytes``; then the oldest segments of the
 directory are deleted until it holds at most ``max_bytes``. Recording never holds up or fails a request: a
@@ -14,6 +15,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +50,11 @@ class TrafficRecorder:
         self._thread = threading.Thread(target=self._run, name="sinkwatch-recorder", daemon=True)
         self._thread.start()
 
-    def submit(self, record: dict[str, Any]) -> None:
-        """Queue a record for writing; never blocks (a full queue drops it, counted)."""
+    def submit(self, build: Callable[[], dict[str, Any]]) -> None:
+        """Queue a record (``build`` makes it, on the writer's thread) for writing; never blocks (a full queue
+        drops it, counted)."""
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait(build)
         except queue.Full:
             metrics.RECORDING_FAILURES.labels("queue_full").inc()
 
@@ -61,9 +64,9 @@ class TrafficRecorder:
         self._thread.join()
 
     def _run(self) -> None:
-        while (record := self._queue.get()) is not _STOP:
+        while (build := self._queue.get()) is not _STOP:
             try:
-                self._write(record)
+                self._write(build())
             except (OSError, TypeError, ValueError) as problem:
                 log.error("traffic recording: dropped a record, cannot write to %s: %s", self.directory, problem)
                 metrics.RECORDING_FAILURES.labels("write_error").inc()

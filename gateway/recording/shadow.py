@@ -1,6 +1,8 @@
 """A monitored generation being recorded: its trace, and the recorder its record goes to when it finishes."""
 
+import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from gateway.recording.recorder import TrafficRecorder
@@ -24,4 +26,4 @@ class ShadowRecording:
             return
         self.finished = True
         kept = list(token_ids) if self.recorder.record_text else None
-        self.recorder.submit(generation_record(self.trace, self.context, finish_reason, kept))
+        self.recorder.submit(partial(generation_record, self.trace, self.context, finish_reason, kept, time.time()))

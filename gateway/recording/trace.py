@@ -10,7 +10,6 @@ tracked statistics (EWMA, CUSUM) are recomputed from the raw values at fit time.
 """
 
 import math
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,11 +72,13 @@ def generation_record(
     context: dict[str, Any],
     finish_reason: str,
     token_ids: list[int] | None,
+    finished_at: float,
 ) -> dict[str, Any]:
-    """The JSON record of a finished generation (``context``: model, backend, endpoint, sampling, setup)."""
+    """The JSON record of a generation that finished at ``finished_at`` (epoch seconds; ``context``: model,
+    backend, endpoint, sampling, setup)."""
     record = {
         "version": RECORD_VERSION,
-        "time": round(time.time(), 3),
+        "time": round(finished_at, 3),
         **context,
         "tokens": trace.tokens,
         "finish_reason": finish_reason,

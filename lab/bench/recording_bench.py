@@ -1,10 +1,10 @@
 """What shadow recording costs (``sinkwatch bench recording``): per token, per generation, and on disk.
 
 Runs the monitors as ``sinkwatch bench monitors`` does (synthetic residual states through the feature
-extractor with the shipped calibration, and the detector), once without and once with a
-:class:`gateway.recording.trace.SignalTrace` taking each token's signals, and times, per generation of
-``--tokens`` tokens: the monitor step with and without the trace (the per-token cost on the request's path),
-building the record and serialising it (done once per generation, the serialising on the writer's thread),
+extractor with the shipped calibration, and the detector) with a :class:`gateway.recording.trace.SignalTrace`
+taking each token's signals, and times, per generation of ``--tokens`` tokens: the monitor step and the
+trace's share of it (the per-token cost on the request's path),
+building the record and serialising it (once per generation, both on the recorder's writer thread),
 and the bytes of the JSON line. ``--recording DIR`` also reports the bytes per generation and per token of a
 real recording.
 """
@@ -35,21 +35,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, help="write the results as JSON here")
 
 
-def _generation(calibration: Calibration, tokens: int, seed: int, recorded: bool) -> tuple[float, SignalTrace]:
-    """Seconds per token of the monitor step (extractor, detector, trace when ``recorded``), and the trace."""
+def _generation(calibration: Calibration, tokens: int, seed: int) -> tuple[float, float, SignalTrace]:
+    """Median seconds per token of the monitor step (extractor and detector) and of the trace taking the
+    detector's signals (the cost recording adds on the request's path), and the trace."""
     extractor = FeatureExtractor(calibration.bands, calibration.window, **calibration.extractor_options())
     detector = StabilityDetector(calibration)
     trace = SignalTrace()
     width = len(next(iter(calibration.mean_states.values())))
     states = np.random.default_rng(seed).standard_normal((64, len(extractor.layers), width))
-    durations = []
+    steps, adds = [], []
     for t in range(tokens):
         started = time.perf_counter()
         detector.update(extractor.push(states[t % 64], 1.5, t % 1000))
-        if recorded:
-            trace.add(detector.values)
-        durations.append(time.perf_counter() - started)
-    return statistics.median(durations), trace
+        stepped = time.perf_counter()
+        trace.add(detector.values)
+        adds.append(time.perf_counter() - stepped)
+        steps.append(stepped - started)
+    return statistics.median(steps), statistics.median(adds), trace
 
 
 def _record_cost(trace: SignalTrace, calibration: Calibration) -> tuple[float, float, int]:
@@ -61,7 +63,7 @@ def _record_cost(trace: SignalTrace, calibration: Calibration) -> tuple[float, f
         **calibration_setup(calibration, "0" * 64),
     }
     started = time.perf_counter()
-    record = generation_record(trace, context, "length", None)
+    record = generation_record(trace, context, "length", None, time.time())
     built = time.perf_counter()
     line = json.dumps(record, separators=(",", ":"), allow_nan=False)
     return built - started, time.perf_counter() - built, len(line) + 1
@@ -84,22 +86,24 @@ def run(args: argparse.Namespace) -> dict:
     calibration = load_calibration(served_name(args.model))
     results = {}
     for tokens in (int(x) for x in args.tokens.split(",")):
-        plain = [_generation(calibration, tokens, seed, False)[0] for seed in range(args.repeats)]
-        timed = [_generation(calibration, tokens, seed, True) for seed in range(args.repeats)]
-        costs = [_record_cost(trace, calibration) for _, trace in timed]
-        step_plain = 1e3 * statistics.median(plain)
-        step_recorded = 1e3 * statistics.median(t for t, _ in timed)
+        timed = [_generation(calibration, tokens, seed) for seed in range(args.repeats)]
+        costs = [_record_cost(trace, calibration) for _, _, trace in timed]
+        step = 1e3 * statistics.median(t[0] for t in timed)
+        add = 1e6 * statistics.median(t[1] for t in timed)
         results[str(tokens)] = {
-            "monitor_step_ms": round(step_plain, 4),
-            "monitor_step_recorded_ms": round(step_recorded, 4),
+            "monitor_step_ms": round(step, 4),
+            "trace_add_us": round(add, 2),
+            "trace_share_of_step": round(add / 1e3 / step, 4),
             "record_build_ms": round(1e3 * statistics.median(c[0] for c in costs), 3),
             "record_serialise_ms": round(1e3 * statistics.median(c[1] for c in costs), 3),
             "record_bytes": costs[0][2],
+            "signals": len(timed[0][2].values),
         }
         print(
-            f"{tokens:>5} tokens: monitor step {step_plain:.3f} ms, with the trace {step_recorded:.3f} ms per token; "
-            f"record built in {results[str(tokens)]['record_build_ms']} ms, serialised in "
-            f"{results[str(tokens)]['record_serialise_ms']} ms (writer thread), {costs[0][2]} bytes"
+            f"{tokens:>5} tokens: monitor step {step:.3f} ms per token, the trace adds {add:.1f} us "
+            f"({100 * add / 1e3 / step:.1f} %); record built in {results[str(tokens)]['record_build_ms']} ms, "
+            f"serialised in {results[str(tokens)]['record_serialise_ms']} ms (both on the writer thread), "
+            f"{costs[0][2]} bytes"
         )
     summary = {"per_generation_length": results}
     if args.recording is not None:

@@ -3,6 +3,7 @@ and a write that fails is logged and counted, never raised."""
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from gateway import metrics
@@ -10,8 +11,9 @@ from gateway.recording.recorder import SEGMENT_SHARE, TrafficRecorder, segments
 from gateway.recording.trace import SignalTrace
 
 
-def _record(number: int, size: int) -> dict:
-    return {"model": "m", "number": number, "signals": {"x": [0.5] * size}}
+def _record(number: int, size: int) -> Callable[[], dict]:
+    """What a finished generation submits: the builder of its record."""
+    return lambda: {"model": "m", "number": number, "signals": {"x": [0.5] * size}}
 
 
 def _failures(reason: str) -> float:
@@ -44,19 +46,23 @@ def test_a_write_error_is_counted_and_the_caller_never_sees_it(tmp_path: Path):
     assert _failures("write_error") == before + 2
 
 
-def test_records_are_written_by_the_recorders_own_thread(tmp_path: Path, monkeypatch):
-    writers = []
+def test_records_are_built_and_written_by_the_recorders_own_thread(tmp_path: Path, monkeypatch):
+    threads = []
     recorder = TrafficRecorder(tmp_path, 100_000)
     original = recorder._write
 
     def spy(record: dict) -> None:
-        writers.append(threading.current_thread().name)
+        threads.append(("write", threading.current_thread().name))
         original(record)
 
+    def build() -> dict:
+        threads.append(("build", threading.current_thread().name))
+        return {"model": "m"}
+
     monkeypatch.setattr(recorder, "_write", spy)
-    recorder.submit(_record(0, 1))
+    recorder.submit(build)
     recorder.close()
-    assert writers == ["sinkwatch-recorder"]
+    assert threads == [("build", "sinkwatch-recorder"), ("write", "sinkwatch-recorder")]
 
 
 def test_a_trace_aligns_signals_that_start_late_and_leaves_out_derived_ones():

@@ -3,6 +3,7 @@ visible loops are dropped before fitting, thresholds follow the traffic, and the
 judged by them (its alarm rate and the loops caught in the report)."""
 
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,7 @@ def _record(directory: Path, base, count: int, loop_every: int = 0, recurrence_m
         trace = SignalTrace()
         for values in _signals(rng, bool(loop_every) and number % loop_every == loop_every - 1, recurrence_mean):
             trace.add(values)
-        recorder.submit(generation_record(trace, context, "length", None))
+        recorder.submit(partial(generation_record, trace, context, "length", None, float(number)))
     recorder.close()
 
 
