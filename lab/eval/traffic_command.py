@@ -38,6 +38,13 @@ def run_from_traffic(args: argparse.Namespace) -> Calibration:
         f"{report['held_out_rate']} false alarms per 1,000 tokens on {report['held_out_tokens']} tokens not "
         f"visibly looping; {report['held_out_loops_caught']}/{report['held_out_visible_loops']} visible loops caught"
     )
+    finest = 1000.0 / max(report["fit_tokens"], 1)
+    if args.target_fpr < finest:
+        print(
+            f"calibrate: note: {report['fit_tokens']} fitted tokens cannot resolve {args.target_fpr} alarms per 1,000 "
+            f"(one alarm is {finest:.3f}): the thresholds sit at the highest healthy values seen, and later traffic "
+            "passes them more often than the target; record more (docs/EVALUATION.md, Calibrating from traffic)"
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(fitted.calibration.to_json())
     print(f"calibrate: wrote {args.output}")
