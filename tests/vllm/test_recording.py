@@ -28,8 +28,13 @@ def test_observed_traffic_through_vllm_is_recorded_and_calibrates(vllm_server: V
         server.wait_ready(timeout=60)
         client = openai.OpenAI(base_url=f"{server.base_url}/v1", api_key="x", max_retries=0, timeout=300)
         for prompt in PROMPTS:
-            client.chat.completions.create(
-                model=MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=48, n=2, temperature=0.8
+            client.chat.completions.create(  # vLLM's ignore_eos: every answer is 48 tokens, past the window
+                model=MODEL,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=48,
+                n=2,
+                temperature=0.8,
+                extra_body={"ignore_eos": True},
             )
         wait_for(
             lambda: sum(v for _, v in samples(server.base_url, "sinkwatch_recorded_generations_total")) >= 6,
@@ -39,7 +44,7 @@ def test_observed_traffic_through_vllm_is_recorded_and_calibrates(vllm_server: V
     assert len(records) == 2 * len(PROMPTS)
     for record in records:
         assert record["backend"] == "vllm" and record["sampling"]["temperature"] == 0.8
-        assert record["tokens"] > 0 and record["finish_reason"] in ("stop", "length")
+        assert record["tokens"] == 48 and record["finish_reason"] == "length"
         assert {"entropy", "text.periodicity", "middle.recurrence", "late.pr"} <= set(record["signals"])
     output = tmp_path / "traffic.json"
     done = subprocess.run(
