@@ -70,6 +70,11 @@ class GateReport(BaseModel):
         0, description="tokens the detector disowned after they had been streamed (0 unless hold-back is too short)"
     )
     attempts: list[GateAttemptReport] = Field(default_factory=list)
+    note: str | None = Field(
+        None,
+        description="why the gate did less than the policy asks, e.g. a rescue that fell back to block",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class StabilityReport(BaseModel):
