@@ -50,7 +50,7 @@ class ChoiceGate:
         """A generated token of the choice; the monitor sees it when it has features."""
         if self.fired is not None:
             return
-        self._holdback.add("", token.token.token_id)
+        self._holdback.add(token.token.text, token.token.token_id)
         self.attempt.generated += 1
         self.covered[token.kind] += 1
         features = token.token.features

@@ -5,7 +5,8 @@ its choice's hold-back releases the tokens it carries. Each choice's finish chun
 the stream, where it gets its own report (``choices[i].stability`` when there are several choices); the
 top-level ``stability`` (:func:`~gateway.protocol.stability.worst_of` the choices' reports) rides on the
 last chunk before ``[DONE]``: the usage chunk when the client asked for usage, else the last finish
-chunk. A choice that collapses under ``block`` ends with ``finish_reason: "content_filter"``; under
+chunk. A choice that collapses under ``block`` ends with ``finish_reason: "content_filter"``, cut at the
+detector's stable point, streamed or whole (:mod:`gateway.relay.whole_cut`); under
 ``rescue`` it is held whole and resampled from its start (:mod:`gateway.relay.resample`) within the
 gate's attempts and token budget, then blocked if that fails.
 """
@@ -32,6 +33,7 @@ from gateway.relay.seam import (
     Trailer,
     WholeAnswer,
 )
+from gateway.relay.whole_cut import cut_choice
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
 from gateway.telemetry.request_scope import current_scope
 from monitors.verdict import Verdict
@@ -299,9 +301,10 @@ class RelaySession:
         for position, raw in enumerate(choices):
             index = raw.get("index", position) if isinstance(raw, dict) else position
             choice = self._choice(index)
-            for token in answer.tokens.get(index, []):
+            tokens = answer.tokens.get(index, [])
+            for token in tokens:
                 choice.gate.add_token(token)
-            choices[position] = await self._settle_whole(index, choice, raw)
+            choices[position] = await self._settle_whole(index, choice, raw, _texts(tokens))
         reports = self._reports()
         self._finish_reasons = tuple(str(raw.get("finish_reason")) for raw in choices if isinstance(raw, dict))
         for position, raw in enumerate(choices):
@@ -310,28 +313,33 @@ class RelaySession:
         top = self.report(reports)
         return {**body, "stability": top.model_dump(mode="json")} if top is not None else body
 
-    async def _settle_whole(self, index: int, choice: _Choice, raw: dict) -> dict:
-        """A whole choice as the client gets it: as sent, resampled, or blocked."""
+    async def _settle_whole(self, index: int, choice: _Choice, raw: dict, texts: list[str]) -> dict:
+        """A whole choice as the client gets it: as sent, resampled, or blocked (cut at the stable point of
+        its last collapsed attempt, whose tokens' ``texts`` say where that is in the message)."""
+        collapsed = choice.gate
         if choice.gate.fired is not None:
             choice.note(choice.gate)
         while choice.gate.fired is not None and self._rescuable(choice):
+            collapsed = choice.gate
             try:
                 answer = await self._resample_whole(self._resample_call(choice))
             except OpenAIError as refused:
                 choice.gate.attempt.error = refused.message
                 break
-            for token in answer.tokens.get(0, []):
+            tokens = answer.tokens.get(0, [])
+            for token in tokens:
                 choice.gate.add_token(token)
             choice.note(choice.gate)
-            raw = {**(answer.body.get("choices") or [{}])[0], "index": index}
-        if choice.gate.fired is not None or choice.gate.attempt.error is not None:
-            choice.withheld += choice.gate.attempt.generated
-            blocked = self._blocked_fragment(index).choice
-            empty = {"message": {"role": "assistant", "content": ""}} if self.chat else {"text": ""}
-            return {"index": index, **empty, "logprobs": None, "finish_reason": blocked["finish_reason"]}
-        choice.gate.finish()
-        choice.note(choice.gate)
-        return raw
+            raw, texts = {**(answer.body.get("choices") or [{}])[0], "index": index}, _texts(tokens)
+        if choice.gate.fired is None and choice.gate.attempt.error is None:
+            choice.gate.finish()
+            choice.note(choice.gate)
+            return raw
+        collapsed = choice.gate if choice.gate.fired is not None else collapsed
+        kept = collapsed.attempt.kept = collapsed.attempt.rollback_to or 0
+        choice.withheld += collapsed.attempt.generated - kept
+        self._blocked_fragment(index)
+        return cut_choice(raw, texts, kept)
 
     async def _resample_whole(self, call: RelayCall) -> WholeAnswer:
         items = self._backend.relay(call)
@@ -485,6 +493,10 @@ class RelaySession:
             scope.verdict = gate.verdict
             scope.reasons = tuple(reason.signal for reason in top.reasons) if top is not None else ()
             scope.gate_action, scope.gate_outcome = gate.action, top.gate.outcome if top and top.gate else None
+
+
+def _texts(tokens: list[ChoiceToken]) -> list[str]:
+    return [token.token.text for token in tokens]
 
 
 def _chunk(fragment: Fragment) -> dict:

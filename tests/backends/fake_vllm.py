@@ -189,9 +189,12 @@ class FakeVLLM:
         for index, tokens in enumerate(choices):
             text = "".join(t for _, t, _ in tokens)
             kinds = {kind for _, _, kind in tokens}
-            choice: dict = {"index": index, "finish_reason": "length", "logprobs": None}
+            choice: dict = {"index": index, "finish_reason": "length", "logprobs": _whole_logprobs(body, tokens)}
             if chat:
                 message: dict = {"role": "assistant", "content": None if kinds == {"tool_calls"} else text}
+                if "reasoning" in kinds:
+                    message["reasoning_content"] = "".join(t for _, t, kind in tokens if kind == "reasoning")
+                    message["content"] = "".join(t for _, t, kind in tokens if kind == "content")
                 if "tool_calls" in kinds:
                     message["tool_calls"] = [
                         {"id": "call-0", "type": "function", "function": {"name": "f", "arguments": text}}
@@ -218,6 +221,17 @@ class FakeVLLM:
         for sock in self._sockets.values():
             sock.close()
         self._context.term()
+
+
+def _whole_logprobs(body: dict, tokens: list[tuple]) -> dict | None:
+    """A whole choice's log-probabilities as vLLM gives them, one entry per token (chat or completions form)."""
+    if "messages" in body:
+        if body.get("logprobs") is not True:
+            return None
+        return {"content": [{"token": text, "logprob": -0.5, "top_logprobs": []} for _, text, _ in tokens]}
+    if not isinstance(body.get("logprobs"), int):
+        return None
+    return {"tokens": [text for _, text, _ in tokens], "token_logprobs": [-0.5] * len(tokens)}
 
 
 def _delta(kind: str, text: str, i: int) -> dict:

@@ -147,6 +147,47 @@ def test_block_holds_back_every_kind_of_delta_so_nothing_of_the_loop_leaks(fake,
     assert set(report["covered"]) <= {"content", "tool_calls", "reasoning"} and kind in report["covered"]
 
 
+def _fields(message: dict) -> tuple[str, str, str]:
+    """A message's or the sum of the deltas' (reasoning, content, tool-call arguments)."""
+    arguments = "".join(call["function"].get("arguments") or "" for call in message.get("tool_calls") or [])
+    return message.get("reasoning_content") or "", message.get("content") or "", arguments
+
+
+@pytest.mark.parametrize("kind", ["content", "tool_calls", "reasoning"])
+def test_a_blocked_whole_answer_is_cut_where_the_stream_is(fake, relay_server, kind):
+    upstream, _ = fake
+    upstream.config.kind, upstream.config.loop_from, upstream.config.loop_requests = kind, LOOP_FROM, 2
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "tools": TOOLS}
+    chunks = _stream(relay_server, body, **{"x-sinkwatch-policy": "block"})
+    deltas = [_fields(c["choices"][0]["delta"]) for c in chunks if c["choices"]]
+    streamed = tuple("".join(parts) for parts in zip(*deltas, strict=True))
+    whole = httpx.post(
+        f"{relay_server.base_url}/v1/chat/completions", json=body, headers={"x-sinkwatch-policy": "block"}, timeout=30
+    ).json()
+    choice, gate = whole["choices"][0], whole["stability"]["gate"]
+    assert _fields(choice["message"]) == streamed and any(streamed)  # the stable prefix, as streamed
+    assert (choice["finish_reason"], choice["logprobs"]) == ("content_filter", None)
+    assert upstream.bodies[-1]["logprobs"] is True  # asked to spell the tokens, not passed on
+    attempt = gate["attempts"][0]
+    assert (
+        attempt["tokens_kept"]
+        == attempt["rollback_to_token"]
+        == chunks[-1]["stability"]["gate"]["attempts"][0]["rollback_to_token"]
+    )
+    assert gate["tokens_withheld"] == attempt["tokens_generated"] - attempt["tokens_kept"] > 0
+
+
+def test_a_blocked_whole_answer_keeps_the_logprobs_of_what_it_kept(fake, relay_server):
+    upstream, _ = fake
+    upstream.config.loop_from = LOOP_FROM
+    answer = client_of(relay_server).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=40, logprobs=True, extra_body={"sinkwatch": {"policy": "block"}}
+    )
+    kept = answer.model_extra["stability"]["gate"]["attempts"][0]["tokens_kept"]
+    assert answer.choices[0].message.content == "".join(f" t{i}" for i in range(kept))
+    assert [entry.token for entry in answer.choices[0].logprobs.content] == [f" t{i}" for i in range(kept)]
+
+
 def test_rescue_resamples_a_collapsed_choice_from_its_start_and_says_so(fake, relay_server):
     upstream, _ = fake
     upstream.config.kind, upstream.config.loop_from = "tool_calls", LOOP_FROM

@@ -161,6 +161,30 @@ def test_the_responses_api(real_vllm_gateway):
     assert final.response.model_extra["stability"]["tokens_monitored"] == final.response.usage.output_tokens > 0
 
 
+def test_the_responses_api_under_block_cuts_a_forced_loop_and_leaks_none_of_it(real_vllm_gateway, vllm_server):
+    options = {
+        "model": MODEL,
+        "input": "Name three colours.",
+        "max_output_tokens": LOOP["max_tokens"],
+        "temperature": 0.0,
+    }
+    loop = {"frequency_penalty": LOOP["frequency_penalty"]}
+    direct = _client(vllm_server).responses.create(**options, include=["message.output_text.logprobs"], extra_body=loop)
+    tokens = [entry.token for entry in direct.output[-1].content[0].logprobs]
+    block = {**loop, "sinkwatch": {"policy": "block"}}
+    events = list(_client(real_vllm_gateway).responses.create(**options, extra_body=block, stream=True))
+    final = events[-1]
+    assert final.type == "response.incomplete" and final.response.incomplete_details.reason == "content_filter"
+    report = final.response.model_extra["stability"]
+    assert (report["verdict"], report["gate"]["action"], report["gate"]["tokens_leaked"]) == ("sink", "block", 0)
+    sent = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    cut = report["gate"]["attempts"][0]["rollback_to_token"]
+    assert sent == "".join(tokens[:cut]) and len(sent) < len(direct.output_text)  # exactly what came before the cut
+    assert final.response.output_text == sent
+    whole = _client(real_vllm_gateway).responses.create(**options, extra_body=block)
+    assert (whole.status, whole.output_text) == ("incomplete", sent)
+
+
 @pytest.mark.parametrize(
     "shape",
     [
