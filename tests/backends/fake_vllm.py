@@ -41,6 +41,7 @@ class FakeVLLMConfig:
     loop_choices: tuple[int, ...] = (0,)  # the choices that loop (with several), and only the first attempt
     loop_requests: int = 1  # how many requests loop (later ones, e.g. rescues, do not)
     held: int = 0  # the first tokens come as vLLM sends tokens its parser holds back: an empty delta
+    loop_text: bool = False  # the loop's text repeats too (for a reader, which reads the text, not the features)
 
 
 @dataclass
@@ -137,7 +138,8 @@ class FakeVLLM:
             token = 1000 + i % 3 if in_loop else self.token_id(i) + 100 * index
             entropy = 0.05 if in_loop else 1.0 + i / 10
             kind = config.kind if config.kind != "reasoning" else ("reasoning" if i < count // 2 else "content")
-            tokens.append((token, f" t{i}", kind))
+            shown = config.loop_from + (i - config.loop_from) % 3 if in_loop and config.loop_text else i
+            tokens.append((token, f" t{shown}", kind))
             if tag is not None and config.features != "none":
                 published = tag.for_engine_request(f"{index}_{tag.request_id}") if tag.choices > 1 else tag
                 features = extractor.push(states[i], entropy, token)
