@@ -40,6 +40,7 @@ from gateway.relay.plain import marked_event, record_report, sse_event
 from gateway.relay.respond import verdict_headers
 from gateway.relay.seam import ChoiceToken, FeatureSource, Fragment, RelayCall, TokenKind
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
+from gateway.telemetry.spans import end_attempt_span, start_attempt_span
 from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool, UpstreamResponse
 
@@ -104,6 +105,7 @@ class ResponsesGate:
         self._output = _Output()
         self._snapshot: dict = {}
         self._sequence = 0
+        self._span = start_attempt_span(1, None)
         self.blocked = False
 
     async def feed(self, event: dict) -> list[dict]:
@@ -196,7 +198,11 @@ class ResponsesGate:
         )
 
     def close(self) -> None:
+        """Stop collecting features; end the attempt's span."""
         self._features.close()
+        if self._span is not None:
+            end_attempt_span(self._span, self._gate.attempt.report().model_dump())
+            self._span = None
 
 
 async def relay_gated_responses(

@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.errors import ContentBlocked, EngineFailure, OpenAIError
 from gateway.gate.controller import Attempt
@@ -36,6 +37,7 @@ from gateway.relay.seam import (
 from gateway.relay.whole_cut import cut_choice
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
 from gateway.telemetry.request_scope import current_scope
+from gateway.telemetry.spans import end_attempt_span, start_attempt_span
 from monitors.verdict import Verdict
 
 __all__ = ["RelaySession", "unmonitored_report"]
@@ -52,6 +54,7 @@ class _Choice:
 
     gate: ChoiceGate
     attempts: list[Attempt] = field(default_factory=list)
+    span: Any = None  # the current attempt's span (None when not traced)
     detected: Verdict | None = None
     withheld: int = 0
     discarded: int = 0
@@ -63,6 +66,12 @@ class _Choice:
         verdict = gate.monitor.verdict if gate.monitor is not None and gate.monitor.tokens else None
         if verdict is not None and (self.detected is None or verdict.level.severity > self.detected.level.severity):
             self.detected = verdict
+
+    def end_span(self) -> None:
+        """End the current attempt's span with the attempt's report."""
+        if self.span is not None:
+            end_attempt_span(self.span, self.gate.attempt.report().model_dump())
+            self.span = None
 
 
 class RelaySession:
@@ -212,7 +221,7 @@ class RelaySession:
     async def _rescue_stream(self, index: int, choice: _Choice, finishes: dict[int, Fragment]) -> AsyncIterator:
         """Resample a collapsed choice from its start until an attempt holds or the gate gives up."""
         while True:
-            call = self._resample_call(choice)
+            call = self._resample_call(index, choice)
             items = self._backend.relay(call)
             try:
                 await anext(items)
@@ -227,14 +236,16 @@ class RelaySession:
             if choice.gate.fired is None or index in finishes:
                 return
 
-    def _resample_call(self, choice: _Choice) -> RelayCall:
+    def _resample_call(self, index: int, choice: _Choice) -> RelayCall:
         """The next attempt at a collapsed choice (a fresh gate for it), from the choice's start."""
         failed = choice.gate
         choice.discarded += failed.attempt.generated
+        choice.end_span()
         number = len(choice.attempts)
         body = resample_body(self.call.body, self._config.rescue_strategy, failed.token_ids, number)
         choice.gate = self._new_gate(self._config.rescue_strategy)
         choice.attempts.append(choice.gate.attempt)
+        choice.span = self._attempt_span(number + 1, index)
         return RelayCall(self.call.path, body, self.call.model, f"{self.call.request_id}-rescue{number}")
 
     def _rescuable(self, choice: _Choice) -> bool:
@@ -322,7 +333,7 @@ class RelaySession:
         while choice.gate.fired is not None and self._rescuable(choice):
             collapsed = choice.gate
             try:
-                answer = await self._resample_whole(self._resample_call(choice))
+                answer = await self._resample_whole(self._resample_call(index, choice))
             except OpenAIError as refused:
                 choice.gate.attempt.error = refused.message
                 break
@@ -359,7 +370,15 @@ class RelaySession:
         if choice is None:
             gate = self._new_gate(None)
             choice = self._choices[index] = _Choice(gate, [gate.attempt])
+            choice.span = self._attempt_span(1, index)
         return choice
+
+    def _attempt_span(self, number: int, index: int) -> Any:
+        """The span of a monitored choice's attempt (its index named when there are several choices)."""
+        if self.unmonitored is not None:
+            return None
+        strategy = self._config.rescue_strategy if number > 1 else None
+        return start_attempt_span(number, strategy, index if self.call.choices > 1 else None)
 
     def _new_gate(self, strategy: str | None) -> ChoiceGate:
         monitor = self._new_monitor() if self.unmonitored is None else None
@@ -465,6 +484,8 @@ class RelaySession:
         if self._ended:
             return
         self._ended = True
+        for choice in self._choices.values():
+            choice.end_span()
         outcome = outcome_of(error)
         usage = self._usage or {}
         if outcome == "ok":
