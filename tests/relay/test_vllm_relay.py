@@ -319,4 +319,6 @@ def test_rescue_resamples_only_the_choice_that_collapsed(fake, relay_server):
         if c["choices"] and "stability" in c["choices"][0]
     }
     assert reports[1]["gate"]["outcome"] == "rescued" and reports[0]["gate"]["outcome"] is None
+    top = chunks[-1]["stability"]  # both choices end ok: the summary is the one that was rescued
+    assert (top["choice"], top["verdict"], top["gate"]["outcome"]) == (1, "ok", "rescued")
     assert "n" not in upstream.bodies[-1]
