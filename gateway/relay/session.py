@@ -242,8 +242,9 @@ class RelaySession:
         choice.discarded += failed.attempt.generated
         choice.end_span()
         number = len(choice.attempts)
-        body = resample_body(self.call.body, self._config.rescue_strategy, failed.token_ids, number)
+        body, neutralised = resample_body(self.call.body, self._config.rescue_strategy, failed.token_ids, number)
         choice.gate = self._new_gate(self._config.rescue_strategy)
+        choice.gate.attempt.neutralised = neutralised
         choice.attempts.append(choice.gate.attempt)
         choice.span = self._attempt_span(number + 1, index)
         return RelayCall(self.call.path, body, self.call.model, f"{self.call.request_id}-rescue{number}")

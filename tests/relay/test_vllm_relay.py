@@ -204,6 +204,18 @@ def test_rescue_resamples_a_collapsed_choice_from_its_start_and_says_so(fake, re
     assert resample["temperature"] >= 0.7 and resample["presence_penalty"] > 0
 
 
+def test_a_resample_takes_out_the_clients_inducers_of_repetition_and_says_so(fake, relay_server):
+    upstream, _ = fake
+    upstream.config.loop_from = LOOP_FROM
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "frequency_penalty": -2.0, "temperature": 0.0}
+    answer = httpx.post(
+        f"{relay_server.base_url}/v1/chat/completions", json=body, headers={"x-sinkwatch-policy": "rescue"}, timeout=30
+    ).json()
+    attempts = answer["stability"]["gate"]["attempts"]
+    assert [attempt["neutralised"] for attempt in attempts] == [[], ["frequency_penalty"]]
+    assert upstream.bodies[0]["frequency_penalty"] == -2.0 and upstream.bodies[1]["frequency_penalty"] == 0.0
+
+
 def test_a_rescued_stream_sends_only_the_resampled_choice(fake, relay_server):
     upstream, _ = fake
     upstream.config.loop_from = LOOP_FROM
