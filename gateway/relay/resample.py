@@ -13,7 +13,7 @@ from dataclasses import replace
 from gateway.gate.rescue import STRATEGIES, neutralise
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt
 
-__all__ = ["resample_body"]
+__all__ = ["continuable", "continuation_body", "resample_body"]
 
 
 def _number(body: dict, name: str, default: float) -> float:
@@ -56,3 +56,40 @@ def resample_body(body: dict, strategy: str, failed_ids: list[int], attempt: int
     if isinstance(changed.prompt, ChatPrompt) and changed.prompt != prompt:
         out["messages"] = list(changed.prompt.messages)
     return out, neutralised
+
+
+# What makes an answer a structure a continuation cannot resume: tools, a JSON format, vLLM's guided output.
+_STRUCTURED = (
+    "tools",
+    "functions",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
+
+
+def continuable(body: dict) -> bool:
+    """Whether the answer to ``body`` is plain text (chat or a text prompt), which a continuation can resume."""
+    response_format = body.get("response_format")
+    if any(body.get(name) for name in _STRUCTURED) or (
+        isinstance(response_format, dict) and response_format.get("type") not in (None, "text")
+    ):
+        return False
+    return isinstance(body.get("messages"), list) or isinstance(body.get("prompt"), str)
+
+
+def continuation_body(body: dict, accepted: str, accepted_tokens: int) -> dict:
+    """``body`` (a resample's) continuing the ``accepted`` text: a chat ends with it as a partial assistant
+    message (``continue_final_message``), a text prompt ends with it; the token limit shrinks by it."""
+    out = dict(body)
+    for name in ("max_tokens", "max_completion_tokens"):
+        if isinstance(out.get(name), int) and not isinstance(out.get(name), bool):
+            out[name] = max(out[name] - accepted_tokens, 1)
+    if isinstance(body.get("messages"), list):
+        out["messages"] = [*body["messages"], {"role": "assistant", "content": accepted}]
+        out.update(continue_final_message=True, add_generation_prompt=False)
+    else:
+        out["prompt"] = body["prompt"] + accepted
+    return out

@@ -23,7 +23,7 @@ from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import GateConfig, Policy
 from gateway.protocol.stability import GateReport, StabilityReport, worst_of
 from gateway.relay.choice_gate import ChoiceGate
-from gateway.relay.resample import resample_body
+from gateway.relay.resample import continuable, continuation_body, resample_body
 from gateway.relay.seam import (
     ChoiceToken,
     Fragment,
@@ -55,6 +55,7 @@ class _Choice:
     gate: ChoiceGate
     attempts: list[Attempt] = field(default_factory=list)
     span: Any = None  # the current attempt's span (None when not traced)
+    accepted_text: str = ""  # continued rescues: the content accepted before the current attempt
     detected: Verdict | None = None
     withheld: int = 0
     discarded: int = 0
@@ -111,6 +112,9 @@ class RelaySession:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         self._envelope: dict = {"id": call.request_id, "object": kind, "model": call.model}
         self._finish_reasons: tuple[str, ...] = ()
+        # Under rescue a plain streamed answer is continued from its stable point (what is stable streams under
+        # the hold-back); anything else is held whole and resampled from its start.
+        self._continues = policy is Policy.RESCUE and call.stream and backend.continues and continuable(call.body)
         self._scope = current_scope()  # what the access line and the trace say of this request
         if self._scope is not None:
             self._scope.served("chat" if self.chat else "completions", call.model)
@@ -208,7 +212,7 @@ class RelaySession:
         choice.note(choice.gate)
         choice.leaked += choice.gate.leaked
         if self._rescuable(choice):
-            return []
+            return choice.gate.cut() if choice.gate.lag is not None else []  # continued: the stable part goes out
         return self._block(index, finishes)
 
     def _block(self, index: int, finishes: dict[int, Fragment]) -> list[Fragment]:
@@ -239,11 +243,16 @@ class RelaySession:
     def _resample_call(self, index: int, choice: _Choice) -> RelayCall:
         """The next attempt at a collapsed choice (a fresh gate for it), from the choice's start."""
         failed = choice.gate
-        choice.discarded += failed.attempt.generated
+        continued = failed.lag is not None  # streamed under the hold-back: resumed from its stable point
+        accepted = failed.token_ids[: failed.attempt.rollback_to] if continued else []
+        choice.discarded += failed.attempt.generated - (failed.attempt.kept if continued else 0)
         choice.end_span()
         number = len(choice.attempts)
         body, neutralised = resample_body(self.call.body, self._config.rescue_strategy, failed.token_ids, number)
-        choice.gate = self._new_gate(self._config.rescue_strategy)
+        if continued:
+            choice.accepted_text += failed.sent_text
+            body = continuation_body(body, choice.accepted_text, len(accepted))
+        choice.gate = self._new_gate(self._config.rescue_strategy, accepted)
         choice.gate.attempt.neutralised = neutralised
         choice.attempts.append(choice.gate.attempt)
         choice.span = self._attempt_span(number + 1, index)
@@ -254,8 +263,10 @@ class RelaySession:
         config = self._config
         rescues_done = len(choice.attempts) - 1
         lost = choice.discarded + choice.gate.attempt.generated
+        continues = choice.gate.lag is None or set(choice.gate.covered) <= {"content"}
         return (
             self.policy is Policy.RESCUE
+            and continues  # a streamed choice that is not plain content cannot be resumed, nor resent
             and rescues_done < config.rescue_attempts
             and lost <= config.rescue_token_budget
             and choice.gate.attempt.error is None
@@ -381,12 +392,16 @@ class RelaySession:
         strategy = self._config.rescue_strategy if number > 1 else None
         return start_attempt_span(number, strategy, index if self.call.choices > 1 else None)
 
-    def _new_gate(self, strategy: str | None) -> ChoiceGate:
+    def _new_gate(self, strategy: str | None, prefix: list[int] | None = None) -> ChoiceGate:
+        """The gate of a choice's next attempt; ``prefix``: the accepted tokens it continues after."""
+        prefix = prefix or []
         monitor = self._new_monitor() if self.unmonitored is None else None
+        if monitor is not None and prefix:
+            monitor.prime(prefix)
         gated = self.policy.acts and monitor is not None
-        holds_whole = not self.call.stream or self.policy is Policy.RESCUE
+        holds_whole = not self.call.stream or (self.policy is Policy.RESCUE and not self._continues)
         lag = None if holds_whole else self._config.holdback_tokens
-        return ChoiceGate(monitor, gated, lag, Attempt(strategy))
+        return ChoiceGate(monitor, gated, lag, Attempt(strategy, offset=len(prefix)), prefix)
 
     def _reports(self, for_metrics: bool = False) -> dict[int, StabilityReport]:
         """Each monitored choice's report (none when nothing was monitored, nor under ``observe`` unless for

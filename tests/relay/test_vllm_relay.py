@@ -216,15 +216,42 @@ def test_a_resample_takes_out_the_clients_inducers_of_repetition_and_says_so(fak
     assert upstream.bodies[0]["frequency_penalty"] == -2.0 and upstream.bodies[1]["frequency_penalty"] == 0.0
 
 
-def test_a_rescued_stream_sends_only_the_resampled_choice(fake, relay_server):
+def test_a_rescued_stream_of_text_is_continued_from_its_stable_point(fake, relay_server):
     upstream, _ = fake
     upstream.config.loop_from = LOOP_FROM
-    chunks = _stream(
-        relay_server, {"model": MODEL, "messages": MESSAGES, "max_tokens": 40}, **{"x-sinkwatch-policy": "rescue"}
-    )
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "frequency_penalty": -2.0}
+    chunks = _stream(relay_server, body, **{"x-sinkwatch-policy": "rescue"})
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    assert text == "".join(f" t{i}" for i in range(40))
-    assert chunks[-1]["stability"]["gate"]["outcome"] == "rescued"
+    gate = chunks[-1]["stability"]["gate"]
+    first, second = gate["attempts"]
+    cut = first["rollback_to_token"]
+    accepted = "".join(f" t{i}" for i in range(cut))
+    # what was stable streamed under the hold-back, then the continuation's own tokens (the fake's t0, t1, ...)
+    assert text == accepted + "".join(f" t{i}" for i in range(40 - cut))
+    assert 0 < cut <= LOOP_FROM and first["tokens_kept"] == cut and second["tokens_generated"] == 40 - cut
+    assert (gate["outcome"], gate["holdback_tokens"], gate["tokens_leaked"]) == ("rescued", 3, 0)
+    assert gate["tokens_discarded"] == first["tokens_generated"] - cut
+    continuation = upstream.bodies[-1]
+    assert continuation["messages"] == [*MESSAGES, {"role": "assistant", "content": accepted}]
+    assert (continuation["continue_final_message"], continuation["add_generation_prompt"]) == (True, False)
+    assert continuation["max_tokens"] == 40 - cut and continuation["frequency_penalty"] == 0.0
+    assert second["neutralised"] == ["frequency_penalty"]
+
+
+def test_a_streamed_tool_call_under_rescue_is_held_whole_and_resampled_from_its_start(fake, relay_server):
+    upstream, _ = fake
+    upstream.config.kind, upstream.config.loop_from = "tool_calls", LOOP_FROM
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "tools": TOOLS}
+    chunks = _stream(relay_server, body, **{"x-sinkwatch-policy": "rescue"})
+    arguments = "".join(
+        call["function"].get("arguments") or ""
+        for c in chunks
+        if c["choices"]
+        for call in c["choices"][0]["delta"].get("tool_calls") or []
+    )
+    assert arguments == "".join(f" t{i}" for i in range(40))  # the resample's alone: nothing sent twice
+    assert chunks[-1]["stability"]["gate"]["holdback_tokens"] is None
+    assert "continue_final_message" not in upstream.bodies[-1]
 
 
 def test_upstream_client_errors_pass_through_unchanged(fake, relay_server):
@@ -324,12 +351,14 @@ def test_rescue_resamples_only_the_choice_that_collapsed(fake, relay_server):
     for chunk in chunks:
         for choice in chunk["choices"]:
             texts[choice["index"]] += choice["delta"].get("content") or ""
-    assert texts[1] == "".join(f" t{i}" for i in range(40))  # the resample's own tokens (ids 1000+i)
     reports = {
         c["choices"][0]["index"]: c["choices"][0]["stability"]
         for c in chunks
         if c["choices"] and "stability" in c["choices"][0]
     }
+    cut = reports[1]["gate"]["attempts"][0]["rollback_to_token"]  # its stable part, then the continuation
+    assert texts[1] == "".join(f" t{i}" for i in range(cut)) + "".join(f" t{i}" for i in range(40 - cut))
+    assert texts[0] == "".join(f" t{i}" for i in range(40))
     assert reports[1]["gate"]["outcome"] == "rescued" and reports[0]["gate"]["outcome"] is None
     top = chunks[-1]["stability"]  # both choices end ok: the summary is the one that was rescued
     assert (top["choice"], top["verdict"], top["gate"]["outcome"]) == (1, "ok", "rescued")
