@@ -210,3 +210,20 @@ def test_a_forced_loop_is_a_sink_and_block_leaks_none_of_it(real_vllm_gateway, v
     if "tools" not in shape:  # the text is the tokens' own: exactly those before the cut went out
         cut = report["gate"]["attempts"][0]["rollback_to_token"]
         assert sent == "".join(entry.token for entry in direct["logprobs"][:cut])
+    whole = _ask(real_vllm_gateway, False, **shape, extra_body={"sinkwatch": {"policy": "block"}})["choices"][0]
+    kept = whole["text"] + whole["arguments"]  # a whole answer is cut at the same stable point
+    assert whole["finish_reason"] == "content_filter" and full.startswith(kept) and len(kept) < len(full)
+    if "tools" not in shape:
+        assert kept == sent and whole["logprobs"] == []
+
+
+def test_a_rescued_stream_continues_from_its_stable_point(real_vllm_gateway, vllm_server):
+    direct = _ask(vllm_server, True, **LOOP, messages=QUESTION, logprobs=True)["choices"][0]
+    rescued = _ask(real_vllm_gateway, True, **LOOP, messages=QUESTION, extra_body={"sinkwatch": {"policy": "rescue"}})
+    choice, gate = rescued["choices"][0], rescued["stability"]["gate"]
+    first, second = gate["attempts"][:2]
+    cut = first["rollback_to_token"]
+    stable = "".join(entry.token for entry in direct["logprobs"][:cut])
+    assert choice["text"].startswith(stable) and len(choice["text"]) > len(stable)  # stable part, then more
+    assert (second["strategy"], second["neutralised"], gate["tokens_leaked"]) == ("combined", ["frequency_penalty"], 0)
+    assert gate["outcome"] in ("rescued", "rescue_failed")
