@@ -210,9 +210,12 @@ def test_a_forced_loop_is_a_sink_and_block_leaks_none_of_it(real_vllm_gateway, v
     if "tools" not in shape:  # the text is the tokens' own: exactly those before the cut went out
         cut = report["gate"]["attempts"][0]["rollback_to_token"]
         assert sent == "".join(entry.token for entry in direct["logprobs"][:cut])
+    # A whole answer is cut at the same stable point (vLLM's whole answer to the looping tool call is its
+    # raw text as content: the parser cannot parse the unfinished call).
     whole = _ask(real_vllm_gateway, False, **shape, extra_body={"sinkwatch": {"policy": "block"}})["choices"][0]
-    kept = whole["text"] + whole["arguments"]  # a whole answer is cut at the same stable point
-    assert whole["finish_reason"] == "content_filter" and full.startswith(kept) and len(kept) < len(full)
+    uncut = _ask(vllm_server, False, **shape)["choices"][0]
+    kept, full = whole["text"] + whole["arguments"], uncut["text"] + uncut["arguments"]
+    assert whole["finish_reason"] == "content_filter" and full.startswith(kept) and 0 < len(kept) < len(full)
     if "tools" not in shape:
         assert kept == sent and whole["logprobs"] == []
 
