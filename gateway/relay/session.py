@@ -6,9 +6,10 @@ the stream, where it gets its own report (``choices[i].stability`` when there ar
 top-level ``stability`` (:func:`~gateway.protocol.stability.worst_of` the choices' reports) rides on the
 last chunk before ``[DONE]``: the usage chunk when the client asked for usage, else the last finish
 chunk. A choice that collapses under ``block`` ends with ``finish_reason: "content_filter"``, cut at the
-detector's stable point, streamed or whole (:mod:`gateway.relay.whole_cut`); under
-``rescue`` it is held whole and resampled from its start (:mod:`gateway.relay.resample`) within the
-gate's attempts and token budget, then blocked if that fails.
+detector's stable point, streamed or whole (:mod:`gateway.relay.whole_cut`). Under ``rescue`` a plain
+streamed answer is continued from its stable point (what is stable streams under the hold-back; the
+backend must continue a partial answer), anything else is held whole and resampled from its start
+(:mod:`gateway.relay.resample`), within the gate's attempts and token budget, then blocked if that fails.
 """
 
 import asyncio
@@ -223,7 +224,7 @@ class RelaySession:
         return kept
 
     async def _rescue_stream(self, index: int, choice: _Choice, finishes: dict[int, Fragment]) -> AsyncIterator:
-        """Resample a collapsed choice from its start until an attempt holds or the gate gives up."""
+        """Continue or resample a collapsed choice until an attempt holds or the gate gives up."""
         while True:
             call = self._resample_call(index, choice)
             items = self._backend.relay(call)
@@ -241,7 +242,8 @@ class RelaySession:
                 return
 
     def _resample_call(self, index: int, choice: _Choice) -> RelayCall:
-        """The next attempt at a collapsed choice (a fresh gate for it), from the choice's start."""
+        """The next attempt at a collapsed choice (a fresh gate for it): from its stable point when it was
+        streamed under the hold-back (plain content), else from its start."""
         failed = choice.gate
         continued = failed.lag is not None  # streamed under the hold-back: resumed from its stable point
         accepted = failed.token_ids[: failed.attempt.rollback_to] if continued else []
