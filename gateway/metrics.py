@@ -230,7 +230,8 @@ def model_ready(model: str, backend: str, calibration: Calibration | None) -> No
     (sink share, rescue failures) must see every event, so their series exist from the start.
     """
     MODEL_READY.labels(model, backend).set(1)
-    MODEL_CALIBRATED.labels(model).set(calibration is not None and calibration.calibrated)
+    if calibration is not None:  # monitored: by its own calibration, or uncalibrated
+        MODEL_CALIBRATED.labels(model).set(calibration.calibrated)
     for level in (*(level.value for level in VerdictLevel), UNCALIBRATED):
         VERDICTS.labels(model, level)
     for outcome in ("success", "failed"):

@@ -41,9 +41,8 @@ def build_backend(settings: Settings, calibration: Calibration | None) -> Backen
         capture=settings.capture,
         window=calibration.window if calibration else EngineConfig.window,
     )
-    extractor_options = calibration.extractor_options() if calibration else None
     if settings.backend == "openai":
-        return openai_backend(settings, bands, engine.window, extractor_options)
+        return openai_backend(settings, bands, engine.window, calibration)
     if settings.backend == "vllm":
         return vllm_backend(settings, calibration, bands)
     from gateway.backends.embedded import EmbeddedBackend  # torch and the model: only for this backend

@@ -34,7 +34,7 @@ from gateway.relay.seam import (
 )
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
 from gateway.telemetry.request_scope import current_scope
-from monitors.verdict import Verdict
+from monitors.verdict import UNCALIBRATED, Verdict
 
 __all__ = ["RelaySession", "unmonitored_report"]
 
@@ -355,7 +355,7 @@ class RelaySession:
 
     def _new_gate(self, strategy: str | None) -> ChoiceGate:
         monitor = self._new_monitor() if self.unmonitored is None else None
-        gated = self.policy.acts and monitor is not None
+        gated = self.policy.acts and monitor is not None and monitor.judges
         holds_whole = not self.call.stream or self.policy is Policy.RESCUE
         lag = None if holds_whole else self._config.holdback_tokens
         return ChoiceGate(monitor, gated, lag, Attempt(strategy))
@@ -387,8 +387,10 @@ class RelaySession:
             outcome = "rescue_failed" if self.policy is Policy.RESCUE else "blocked"
         elif rescued:
             outcome = "rescued"
+        refused = self.policy.acts and not monitor.judges  # an uncalibrated model: nothing to act on
         report.gate = GateReport(
-            action=action,
+            action="none" if refused else action,
+            reason=UNCALIBRATED if refused else None,
             outcome=outcome,
             detected=choice.detected.level.value if choice.detected else "ok",
             holdback_tokens=choice.gate.lag if choice.gate.gated else 0,
@@ -436,7 +438,7 @@ class RelaySession:
         return GateOutcome(
             policy=self.policy.value,
             action=top.gate.action,
-            verdict=top.gate.detected,
+            verdict=top.gate.detected if top.verdict != UNCALIBRATED else UNCALIBRATED,
             fired=bool(choice.detected and choice.detected.fired),
             rescue=rescue,
             rescue_attempts=tuple(

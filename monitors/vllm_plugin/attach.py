@@ -7,7 +7,8 @@ from typing import Any
 from vllm.distributed.parallel_state import get_pp_group, get_tp_group
 from vllm.model_executor.models.interfaces import supports_eagle3
 
-from monitors.bands import captured_layers, parse_bands
+from monitors.bands import captured_layers, default_bands, parse_bands
+from monitors.model_profile import ModelProfile, uncalibrated
 from monitors.vllm_plugin.publisher import FeaturePublisher
 from monitors.vllm_plugin.settings import PluginSettings
 from monitors.vllm_plugin.tap import RunnerTap, resolve_calibration
@@ -44,13 +45,19 @@ def attach_tap(runner: Any, settings: PluginSettings) -> RunnerTap | None:
         log.warning("sinkwatch: not monitoring this engine: %s", problem)
         return None
     served = runner.model_config.served_model_name
-    calibration = resolve_calibration(settings.calibration, [served] if isinstance(served, str) else list(served))
+    names = [served] if isinstance(served, str) else list(served)
+    num_layers = runner.model_config.hf_text_config.num_hidden_layers
+    calibration = resolve_calibration(settings.calibration, names)
     if calibration is None:
-        log.warning("sinkwatch: no calibration for %s; set SINKWATCH_CALIBRATION. Not monitoring.", served)
-        return None
+        # The model's own thirds; outlier dimensions and mean states need a pass of the model, not taken here.
+        calibration = uncalibrated(names[0], ModelProfile(default_bands(num_layers), {}, {}))
+        log.warning(
+            "sinkwatch: no calibration for %s; monitoring it uncalibrated (verdicts 'uncalibrated'). "
+            "Set SINKWATCH_CALIBRATION to judge it.",
+            names[0],
+        )
     bands = parse_bands(settings.bands) if settings.bands else calibration.bands
     layers = captured_layers(bands)
-    num_layers = runner.model_config.hf_text_config.num_hidden_layers
     if layers[0] < 0 or layers[-1] >= num_layers:
         log.warning("sinkwatch: layers %s outside the model's %d layers; not monitoring", layers, num_layers)
         return None
