@@ -7,8 +7,7 @@ from typing import Any
 from vllm.distributed.parallel_state import get_pp_group, get_tp_group
 from vllm.model_executor.models.interfaces import supports_eagle3
 
-from monitors.bands import captured_layers, default_bands, parse_bands
-from monitors.model_profile import ModelProfile, uncalibrated
+from monitors.bands import captured_layers, parse_bands
 from monitors.vllm_plugin.publisher import FeaturePublisher
 from monitors.vllm_plugin.settings import PluginSettings
 from monitors.vllm_plugin.tap import RunnerTap, resolve_calibration
@@ -47,10 +46,12 @@ def attach_tap(runner: Any, settings: PluginSettings) -> RunnerTap | None:
     served = runner.model_config.served_model_name
     names = [served] if isinstance(served, str) else list(served)
     num_layers = runner.model_config.hf_text_config.num_hidden_layers
-    calibration = resolve_calibration(settings.calibration, names)
-    if calibration is None:
-        # The model's own thirds; outlier dimensions and mean states need a pass of the model, not taken here.
-        calibration = uncalibrated(names[0], ModelProfile(default_bands(num_layers), {}, {}))
+    try:
+        calibration = resolve_calibration(settings.calibration, names, num_layers)
+    except FileNotFoundError as missing:  # a wrong SINKWATCH_CALIBRATION: never another model's thresholds
+        log.error("sinkwatch: %s. Not monitoring.", missing)
+        return None
+    if not calibration.calibrated:
         log.warning(
             "sinkwatch: no calibration for %s; monitoring it uncalibrated (verdicts 'uncalibrated'). "
             "Set SINKWATCH_CALIBRATION to judge it.",
