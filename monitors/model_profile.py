@@ -103,7 +103,7 @@ def profile_model(model: Any, tokenizer: Any, text: str = NEUTRAL_TEXT) -> Model
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     capture = ResidualCapture(decoder_layers, layers, all_positions=True)
     with torch.inference_mode(), capture.attached():
-        model(input_ids=ids)
+        model.model(input_ids=ids)  # the decoder stack only: no logits over the vocabulary (Gemma's is 262k wide)
         states = capture.take()[0, 1:].double().numpy()  # [tokens, layers, d]
     return derive_profile({layer: states[:, i] for i, layer in enumerate(layers)}, len(decoder_layers))
 
