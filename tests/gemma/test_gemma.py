@@ -4,6 +4,7 @@ template as vLLM refuses it and served with ``--chat-template``. Marker ``gemma`
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import openai
@@ -86,6 +87,20 @@ def test_a_stream_ends_with_the_uncalibrated_report_and_block_does_not_act(gemma
     assert stability["signals"]["text.periodicity"]["max"] > 0.5  # the counting loop is in the raw signal
     assert sum(len(c.choices[0].text) for c in chunks if c.choices) > 0
     assert metric(gemma.base_url, "sinkwatch_model_calibrated", model=GEMMA) == 0
+
+
+def test_concurrent_greedy_requests_answer_as_they_do_alone(gemma):
+    """Gemma's cache (sliding-window layers beside global ones) joins the engine's running batch correctly."""
+    prompts = [PROMPT, "Water boils at a temperature of", "The first rule of the garden is"]
+    client = _client(gemma)
+
+    def answer(prompt: str) -> str:
+        return client.completions.create(model=GEMMA, prompt=prompt, max_tokens=24, temperature=0).choices[0].text
+
+    alone = [answer(prompt) for prompt in prompts]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        together = list(pool.map(answer, prompts))
+    assert together == alone
 
 
 def test_chat_on_a_base_model_without_a_template_is_refused_as_vllm_refuses_it(gemma):
