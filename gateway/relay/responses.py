@@ -3,8 +3,9 @@
 vLLM's Responses API does not name the tokens of its events, but the plugin publishes every generated
 token's features, and the answer's ``usage.output_tokens`` says how many there were: once the answer (or
 its final stream event, ``response.completed``) arrives, the reporter takes that many features in order
-and runs them through a monitor. The gate only annotates here: nothing is held back or blocked on this
-endpoint (the report's ``gate.action`` says ``annotate``, or ``pass`` under another policy).
+and runs them through a monitor. This is the reporter of the policies that do not act (annotate,
+observe): nothing is held back (the report's ``gate.action`` says ``annotate``, or ``pass``); under block
+and rescue :mod:`gateway.relay.responses_gate` holds the events back instead.
 """
 
 from gateway.gate.monitor import RequestMonitor
@@ -12,6 +13,7 @@ from gateway.gate.policy import Policy
 from gateway.protocol.stability import GateReport
 from gateway.relay.seam import FeatureSource
 from gateway.request_metrics import GateOutcome
+from monitors.verdict import UNCALIBRATED
 
 __all__ = ["ResponsesReporter"]
 
@@ -39,11 +41,17 @@ class ResponsesReporter:
         report.covered = {"output": self._monitor.tokens}
         verdict = self._monitor.verdict.level.value if self._monitor.tokens else "ok"
         action = "annotate" if self._policy is Policy.ANNOTATE else "pass"
-        report.gate = GateReport(action=action, detected=verdict, holdback_tokens=0)
+        refused = self._policy.acts and not self._monitor.judges  # block or rescue on an uncalibrated model
+        report.gate = GateReport(
+            action="none" if refused else action,
+            reason=UNCALIBRATED if refused else None,
+            detected=verdict,
+            holdback_tokens=0,
+        )
         self._outcome = GateOutcome(
             policy=self._policy.value,
-            action=action,
-            verdict=verdict,
+            action="none" if refused else action,
+            verdict=verdict if self._monitor.judges else UNCALIBRATED,
             fired=self._monitor.tokens > 0 and self._monitor.verdict.fired,
             rescue=None,
             rescue_attempts=(),
