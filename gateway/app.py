@@ -44,9 +44,8 @@ def create_app(
     checks) before it takes connections. API keys and rate limits are reloaded on SIGHUP and when the keys
     file changes, from the settings ``reload_settings`` returns (by default the same settings: only the
     keys file is read again)."""
-    calibration_file = (
-        Path(settings.calibration) if settings.calibration else shipped_calibration_path(settings.served_name())
-    )
+    named = settings.calibration or settings.served_name()  # a file, or a model whose shipped file it is
+    calibration_file = Path(named) if Path(named).is_file() else shipped_calibration_path(named)
     resolved = calibration is None
     if resolved:
         calibration = resolve_calibration(settings)
@@ -64,7 +63,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.BUILD_INFO.info({"version": __version__, "backend": backend.name})
         metrics.watch_event_loop(asyncio.get_running_loop())
-        starting = asyncio.create_task(_start(backend, serving))
+        starting = asyncio.create_task(_start(app.state.serving))
         if worker is not None:
             await starting  # a worker takes connections once it knows its upstreams; its siblings serve meanwhile
         stop_metrics = await _serve_metrics(settings, worker)
@@ -88,10 +87,10 @@ def create_app(
         docs = dict.fromkeys(docs)
     app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry, **docs)
     drain = Drain()
-    digest = calibration_digest(calibration_file) if resolved and calibration is not None else ""
+    digest = calibration_digest(calibration_file) if resolved and calibration_file.is_file() else ""
     serving = ServingContext(settings, backend, calibration, int(time.time()), drain, recorder, digest)
     app.state.serving = serving
-    if calibration is not None:
+    if calibration is not None and calibration_file.is_file():
         reloader.on_sighup.append(CalibrationReloader(serving, calibration_file).reload)
     app.state.worker_expositions = (
         WorkerExpositions(worker.exposition_paths(), restarts=worker.restarts) if worker else None
@@ -113,11 +112,27 @@ async def _serve_metrics(settings: Settings, worker: WorkerContext | None) -> Ca
     return server.close
 
 
-async def _start(backend: Backend, serving: ServingContext) -> None:
+async def _start(ctx: ServingContext) -> None:
+    backend = ctx.backend
     try:
         await backend.start()
     except Exception:
         log.exception("backend %s failed to start", backend.name)
         raise
+    # A backend that derives an uncalibrated model's profile, or finds its upstream serves another model than
+    # the calibration's, says which calibration its monitors use.
+    derived = getattr(backend, "calibration", ctx.calibration)
+    if derived is not ctx.calibration:
+        ctx.use_calibration(derived, "")  # not the file's: the digest would name another calibration
     for model in backend.model_names():
-        metrics.model_ready(model, backend.name, serving.calibration, serving.calibration_digest)
+        metrics.model_ready(model, backend.name, ctx.calibration, ctx.calibration_digest)
+        log.info("model %s ready on %s: %s", model, backend.name, _judged_by(ctx.calibration))
+
+
+def _judged_by(calibration: Calibration | None) -> str:
+    """How the readiness line says what judges a model's generations."""
+    if calibration is None:
+        return "unmonitored (no capture)"
+    if not calibration.calibrated:
+        return "UNCALIBRATED (monitored, verdict 'uncalibrated', block and rescue do not act)"
+    return f"calibration {calibration.model}@{calibration.created}"

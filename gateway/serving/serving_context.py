@@ -50,7 +50,8 @@ RECORDED_SAMPLING = (
 
 @dataclass
 class ServingContext:
-    """Shared state of the running gateway (read-only but for the calibration, which a reload replaces)."""
+    """Shared state of the running gateway (read-only but for ``calibration``: settled once the backend started,
+    an uncalibrated model's profile needs the model; replaced by a reload on SIGHUP)."""
 
     settings: Settings
     backend: Backend
@@ -60,7 +61,7 @@ class ServingContext:
     recorder: TrafficRecorder | None = None
     calibration_digest: str = ""
 
-    def use_calibration(self, calibration: Calibration, digest: str) -> None:
+    def use_calibration(self, calibration: Calibration | None, digest: str) -> None:
         """Judge new requests with ``calibration`` (requests under way keep the monitors they have)."""
         self.calibration, self.calibration_digest = calibration, digest
         self.__dict__.pop("gate_config", None)
@@ -76,7 +77,8 @@ class ServingContext:
         """The gate settings, with the automatic hold-back taken from the calibration."""
         config = self.settings.gate_config()
         if config.holdback_tokens < 0:
-            config = replace(config, holdback_tokens=required_lag(self.calibration) if self.calibration else 0)
+            judges = self.calibration is not None and self.calibration.calibrated
+            config = replace(config, holdback_tokens=required_lag(self.calibration) if judges else 0)
         return config
 
     def check_model(self, name: str) -> None:
