@@ -79,7 +79,11 @@ class RequestTag:
 def monitor_profile(calibration: Calibration, bands: Iterable[LayerBand]) -> str:
     """Names everything that shapes the features: the model, the calibration's extractor reference (mean states,
     outlier dimensions, probe, recurrence levels; not its thresholds, so a calibration refitted on traffic
-    agrees with the one the features were computed with), bands and window. Both sides must agree."""
+    agrees with the one the features were computed with), bands and window. Both sides must agree. An
+    uncalibrated model's is ``<model>@uncalibrated``: each side derives its reference from the model itself
+    (:func:`profile_accepts`)."""
+    if not calibration.calibrated:
+        return f"{calibration.model}@{calibration.created}|{format_bands(bands)}|w{calibration.window}"
     reference = json.dumps(
         {
             "mean_states": {str(k): v for k, v in calibration.mean_states.items()},
