@@ -19,6 +19,7 @@ __all__ = [
     "Direction",
     "Family",
     "SignalThreshold",
+    "TargetUnit",
     "cusum",
     "ewma",
     "fit_threshold",
@@ -33,6 +34,9 @@ __all__ = [
 Direction = Literal["low", "high"]
 Family = Literal["sink", "rank"]
 Method = Literal["ewma", "cusum"]
+# What ``Calibration.target_fpr`` counts: the share of healthy generations the collapse verdict may fire on,
+# or its false alarms per 1,000 healthy tokens (the rate that holds as answers grow).
+TargetUnit = Literal["generations", "per_1k_tokens"]
 
 # CUSUM reference value, in standard deviations of the signal on normal traffic: the classic choice that
 # makes the statistic most sensitive to a sustained shift of one standard deviation.
@@ -80,7 +84,8 @@ class SignalThreshold:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Thresholds for one model, set on normal traffic for a target false-positive rate per generation."""
+    """Thresholds for one model, set on normal traffic for a target false-alarm rate of the collapse verdict,
+    counted in ``target_unit`` (files written before the unit existed count generations)."""
 
     model: str
     window: int
@@ -100,6 +105,7 @@ class Calibration:
     notes: dict[str, Any] = field(default_factory=dict)
     recurrence_levels: dict[int, float] = field(default_factory=dict)
     risk: RiskModel | None = None
+    target_unit: TargetUnit = "generations"
 
     def mean_state_arrays(self) -> dict[int, np.ndarray]:
         """The model's mean residual state per captured layer, as arrays."""

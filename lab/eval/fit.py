@@ -89,6 +89,7 @@ def fit_calibration(
         persistence=options.persistence,
         min_agreeing=1,
         target_fpr=options.target_fpr,
+        target_unit="per_1k_tokens" if options.per_1k_tokens else "generations",
         signals=tuple(selection.signals),
         rank_floors=floors,
         mean_states={layer: [round(float(x), 5) for x in reference.mean_states[layer]] for layer in layers},
