@@ -101,7 +101,7 @@ def fit_calibration(
         notes={
             "tune_fpr": round(selection.fpr, 4),
             "tune_sinks_caught": f"{selection.caught}/{selection.sinks}",
-            "selection": "greedy forward selection on the tune split (lab/eval/thresholds.py)",
+            "selection": "greedy forward selection judged out of fold over tune prompts (lab/eval/thresholds.py)",
         },
     )
     # The risk model learns from scores each tune generation gets from thresholds set without its prompt: on
