@@ -123,7 +123,7 @@ class PrefillProbe:
     def from_dict(cls, data: Mapping) -> "PrefillProbe":
         """Inverse of :meth:`to_dict`; a file written for other sampling features is refused."""
         if tuple(data["sampling_features"]) != SAMPLING_FEATURES:
-            raise ValueError(f"prefill_probe: sampling features {data['sampling_features']} are not {SAMPLING_FEATURES}")
+            raise ValueError(f"prefill_probe: sampling features {data['sampling_features']} != {SAMPLING_FEATURES}")
         return cls(
             prompt=LinearProbe.from_dict(data["prompt"]),
             prompt_weight=float(data["prompt_weight"]),
@@ -170,7 +170,13 @@ def _prompt_probe(states: np.ndarray, labels: np.ndarray, layers: Sequence[int],
 
 
 def out_of_fold_prompt_scores(
-    states: np.ndarray, labels: np.ndarray, fit_rows: np.ndarray, groups: Sequence[str], layers: Sequence[int], l2: float, folds: int
+    states: np.ndarray,
+    labels: np.ndarray,
+    fit_rows: np.ndarray,
+    groups: Sequence[str],
+    layers: Sequence[int],
+    l2: float,
+    folds: int,
 ) -> np.ndarray:
     """Every item's prompt score from a probe fitted (on ``fit_rows`` only) without its group."""
     fold = grouped_folds(groups, folds)

@@ -27,7 +27,9 @@ from lab.eval.verdicts_eval import group_stats
 from monitors.bands import captured_layers
 from monitors.calibration import Calibration, shipped_calibration_path
 from monitors.detector import StabilityDetector
+from monitors.features import FeatureExtractor
 from monitors.prefill import PrefillProbe, RequestSampling, fit_logistic, fit_prefill_probe, grouped_folds
+from monitors.probe import LinearProbe
 
 __all__ = ["add_arguments", "auroc", "bootstrap_auroc", "request_sampling", "run"]
 
@@ -238,9 +240,10 @@ def _stats(replays: Sequence[_Replay], firing: dict[str, int | None]) -> dict:
     return group_stats([r.item.generation for r in replays], firing)
 
 
-def _choose(replays: Sequence[_Replay], options: Sequence[float], rule: str, allowed: float) -> float:
-    """The boldest option whose tune false alarms stay within ``allowed`` (ties: the best median lead)."""
-    best, best_key = None, None
+def _choose(replays: Sequence[_Replay], options: Sequence[float], rule: str, allowed: int) -> float:
+    """Among ``options`` (the most conservative first), the one that catches the most tune loops, then warns
+    earliest, with tune false alarms within ``allowed``; the first when none keeps within it."""
+    best, best_key = options[0], None
     for option in options:
         stats = _stats(replays, {r.item.generation.entry.key: getattr(r, rule)(option) for r in replays})
         if stats["false_alarms"] > allowed:
@@ -248,23 +251,28 @@ def _choose(replays: Sequence[_Replay], options: Sequence[float], rule: str, all
         key = (stats["loops_caught"], stats["median_lead_over_text_detector"] or -1e9)
         if best_key is None or key > best_key:
             best, best_key = option, key
-    return options[-1] if best is None else best
+    return best
 
 
-def _detector_results(calibration: Calibration, tune: list[_Replay], test: list[_Replay], target: float) -> dict:
-    """The detector alone, with the prior, and with a prefill alarm: tune (levels chosen there) and test."""
+def _detector_results(tune: list[_Replay], test: list[_Replay], target: float) -> dict:
+    """The detector alone, with the prior, and with a prefill alarm: tune (levels chosen there) and test.
+
+    The levels are chosen at the same tune false alarms as the detector alone (or the target's, if higher).
+    """
     tune_tokens = sum(r.item.generation.length for r in tune if r.item.generation.healthy)
-    allowed = int(target * tune_tokens / 1000)
+    alone = _stats(tune, {r.item.generation.entry.key: r.fired_at for r in tune})["false_alarms"]
+    allowed = max(int(target * tune_tokens / 1000), alone)
     strength = _choose(tune, PRIOR_STRENGTHS, "with_prior", allowed)
-    level = _choose(tune, tuple(reversed(ALARM_LEVELS)) + (1.01,), "with_alarm", allowed)
+    level = _choose(tune, (1.01, *reversed(ALARM_LEVELS)), "with_alarm", allowed)
     rules = {
         "detector alone": lambda r: r.fired_at,
         f"detector + prior (λ={strength}, chosen on tune)": lambda r: r.with_prior(strength),
         f"detector + prefill alarm (risk ≥ {level}, chosen on tune)": lambda r: r.with_alarm(level),
     }
     rules |= {f"detector + prior (λ={s})": (lambda r, s=s: r.with_prior(s)) for s in PRIOR_STRENGTHS[1:]}
+    rules |= {f"detector + prefill alarm (risk ≥ {v})": (lambda r, v=v: r.with_alarm(v)) for v in ALARM_LEVELS}
     rules |= {f"prefill alarm alone (risk ≥ {v})": (lambda r, v=v: 0 if r.risk >= v else None) for v in ALARM_LEVELS}
-    out = {"allowed_tune_false_alarms": allowed, "chosen_strength": strength, "chosen_alarm_level": level}
+    out: dict = {"allowed_tune_false_alarms": allowed, "chosen_strength": strength, "chosen_alarm_level": level}
     for name, rule in rules.items():
         out[name] = {
             split: _stats(replays, {r.item.generation.entry.key: rule(r) for r in replays})
@@ -273,13 +281,30 @@ def _detector_results(calibration: Calibration, tune: list[_Replay], test: list[
     return out
 
 
-def _cost_microseconds(probe: PrefillProbe, states: np.ndarray, rounds: int = 2000) -> float:
-    """Time of one prefill risk (prompt score and combination) on this machine, in microseconds."""
+def _cost_microseconds(calibration: Calibration, probe: PrefillProbe, states: np.ndarray, rounds: int = 300) -> dict:
+    """What the prefill risk adds to a request's first token on this machine, in microseconds: the extractor's
+    first push with and without the prompt probe, and the combination with the sampling prior."""
+
+    def first_push(prefill: LinearProbe | None) -> float:
+        extractors = [
+            FeatureExtractor(calibration.bands, calibration.window, prefill_probe=prefill) for _ in range(rounds)
+        ]
+        start = time.perf_counter()
+        for extractor in extractors:
+            extractor.push(states, 1.0, 0)
+        return 1e6 * (time.perf_counter() - start) / rounds
+
+    without, with_probe = first_push(None), first_push(probe.prompt)
     sampling = RequestSampling()
     start = time.perf_counter()
     for _ in range(rounds):
-        probe.risk(probe.prompt_score(states), sampling)
-    return round(1e6 * (time.perf_counter() - start) / rounds, 1)
+        probe.risk(0.0, sampling)
+    combine = 1e6 * (time.perf_counter() - start) / rounds
+    return {
+        "first_push_without": round(without, 1),
+        "first_push_with_prompt_probe": round(with_probe, 1),
+        "combination": round(combine, 1),
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -304,15 +329,16 @@ def run(args: argparse.Namespace) -> dict:
             "tune_out_of_fold": _auroc_table(tune, tune_scores, args.bootstrap),
         },
         "detector": _detector_results(
-            calibration,
             _replays(calibration, tune, [s["combined"] for s in tune_scores]),
             _replays(calibration, test, [s["combined"] for s in test_scores]),
             args.target_fpr,
         ),
-        "cost_microseconds_per_request": _cost_microseconds(parts.probe, test[0].states),
+        "cost_microseconds": _cost_microseconds(calibration, parts.probe, test[0].states),
         "roc": {
-            part: {"scores": [s[part] for i, s in zip(test, test_scores, strict=True) if i.generated],
-                   "loops": [i.loop for i in test if i.generated]}
+            part: {
+                "scores": [s[part] for i, s in zip(test, test_scores, strict=True) if i.generated],
+                "loops": [i.loop for i in test if i.generated],
+            }
             for part in ("prompt", "sampling", "combined")
         },
     }
@@ -338,7 +364,8 @@ def _cell(value: object) -> str:
 def tables(result: dict) -> str:
     """The markdown tables of docs/EVALUATION.md ("Prefill risk")."""
     out = [
-        "| generations (test) | loops | healthy | prompt AUROC [95% CI] | sampling AUROC [95% CI] | combined AUROC [95% CI] |",
+        "| generations (test) | loops | healthy | prompt AUROC [95% CI] | sampling AUROC [95% CI] | "
+        "combined AUROC [95% CI] |",
         "|---|---|---|---|---|---|",
     ]
     for name, entry in result["auroc"]["test"].items():

@@ -78,7 +78,7 @@ def _prompts(rng: np.random.Generator, n: int, direction: np.ndarray) -> tuple[n
 
 def test_out_of_fold_scores_never_see_their_own_prompt():
     rng = np.random.default_rng(1)
-    states = rng.standard_normal((40, 2, 32))  # pure noise, more dimensions than prompts: in-sample the probe fits it, out of fold it cannot
+    states = rng.standard_normal((40, 2, 32))  # noise, more dimensions than prompts
     labels = (rng.random(40) < 0.5).astype(float)
     groups = [f"p{i}" for i in range(40)]
     rows = np.ones(40, dtype=bool)
