@@ -34,7 +34,7 @@ from monitors.probe import LinearProbe
 __all__ = ["add_arguments", "auroc", "bootstrap_auroc", "request_sampling", "run"]
 
 PRIOR_STRENGTHS = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)  # λ, in standard deviations
-ALARM_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.99)
+ALARM_LEVELS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.825, 0.85, 0.875, 0.9, 0.95, 0.99)
 FOLDS = 5
 
 
