@@ -85,12 +85,21 @@ class RequestSampling:
 
 @dataclass(frozen=True)
 class PrefillProbe:
-    """``risk = sigmoid(bias + prompt_weight · prompt.score(states) + sampling_weights · sampling features)``."""
+    """``risk = sigmoid(bias + prompt_weight · prompt.score(states) + sampling_weights · sampling features)``.
+
+    ``alarm_level``: the risk at which the detector's verdict fires before the first token (chosen on tune
+    at the detector's own false alarms); None: the risk is reported and exported, never acted on.
+    """
 
     prompt: LinearProbe
     prompt_weight: float
     sampling_weights: tuple[float, ...]
     bias: float
+    alarm_level: float | None = None
+
+    def alarms(self, risk: float) -> bool:
+        """Whether a request of this prefill risk fires the verdict before its first token."""
+        return self.alarm_level is not None and risk >= self.alarm_level
 
     def prompt_score(self, states: np.ndarray) -> float:
         """The prompt part from the last prompt position's states ``[len(prompt.layers), d]``."""
@@ -117,6 +126,7 @@ class PrefillProbe:
             "sampling_features": list(SAMPLING_FEATURES),
             "sampling_weights": [round(w, 6) for w in self.sampling_weights],
             "bias": round(self.bias, 6),
+            "alarm_level": self.alarm_level,
         }
 
     @classmethod
@@ -129,6 +139,7 @@ class PrefillProbe:
             prompt_weight=float(data["prompt_weight"]),
             sampling_weights=tuple(float(w) for w in data["sampling_weights"]),
             bias=float(data["bias"]),
+            alarm_level=data.get("alarm_level"),
         )
 
 

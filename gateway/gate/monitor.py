@@ -54,6 +54,7 @@ class RequestMonitor:
         prompt_score = features.values.get(PREFILL_FEATURE)
         if self.tokens == 1 and probe is not None and prompt_score is not None and self._sampling is not None:
             self.prefill_risk = round(probe.risk(prompt_score, self._sampling), 4)
+            self._detector.note_prefill_risk(self.prefill_risk)
         self._detector.update(features)
         return self.verdict
 

@@ -5,9 +5,11 @@ Everything is fitted on the tune split of the production-like corpus and measure
 by prompt). AUROCs carry a 95% bootstrap interval that resamples test prompts (a prompt and all its
 generations together). The detector is the shipped calibration's sink detector, replayed token by token;
 with a prior, a request whose prefill risk is ``r`` fires once its score (the largest held margin past a
-threshold, in normal-traffic standard deviations) reaches ``-λ·r`` instead of 0. ``λ`` and the alarm level
-are chosen on tune (with out-of-fold prefill risks) as the boldest that keep tune's false alarms within
-the target; the test split says what they are worth.
+threshold, in normal-traffic standard deviations) reaches ``-λ·r`` instead of 0; with an alarm, a request
+whose prefill risk reaches the alarm level fires at its first token. ``λ`` and the alarm level are chosen on
+tune (with out-of-fold prefill risks) as those that catch the most loops, then earliest, at the detector's
+own tune false alarms; the test split says what they are worth. The chosen alarm level (None when no level
+keeps to that) is written into the calibration with ``--output``.
 """
 
 import argparse
@@ -225,7 +227,8 @@ class _Replay:
         return min(candidates) if candidates else None
 
     def with_alarm(self, level: float) -> int | None:
-        """The firing token when a prefill risk of at least ``level`` fires before the first token."""
+        """The firing token when a prefill risk of at least ``level`` fires before the first token (what
+        ``StabilityDetector.note_prefill_risk`` does with the calibration's ``alarm_level``)."""
         return 0 if self.risk >= level else self.fired_at
 
 
@@ -319,21 +322,24 @@ def run(args: argparse.Namespace) -> dict:
     parts = _Parts(tune, layers, args.l2)
     tune_scores = _out_of_fold(tune, layers, args.l2)
     test_scores = [parts.scores(i) for i in test]
+    detector = _detector_results(
+        _replays(calibration, tune, [s["combined"] for s in tune_scores]),
+        _replays(calibration, test, [s["combined"] for s in test_scores]),
+        args.target_fpr,
+    )
+    level = detector["chosen_alarm_level"]
+    probe = replace(parts.probe, alarm_level=level if level <= 1 else None)
     result = {
         "corpus": args.corpus,
         "calibration": str(path),
         "layers": layers,
-        "prefill_probe": parts.probe.to_dict() | {"prompt": {"layers": layers, "l2": args.l2}},
+        "prefill_probe": probe.to_dict() | {"prompt": {"layers": layers, "l2": args.l2}},
         "auroc": {
             "test": _auroc_table(test, test_scores, args.bootstrap),
             "tune_out_of_fold": _auroc_table(tune, tune_scores, args.bootstrap),
         },
-        "detector": _detector_results(
-            _replays(calibration, tune, [s["combined"] for s in tune_scores]),
-            _replays(calibration, test, [s["combined"] for s in test_scores]),
-            args.target_fpr,
-        ),
-        "cost_microseconds": _cost_microseconds(calibration, parts.probe, test[0].states),
+        "detector": detector,
+        "cost_microseconds": _cost_microseconds(calibration, probe, test[0].states),
         "roc": {
             part: {
                 "scores": [s[part] for i, s in zip(test, test_scores, strict=True) if i.generated],
@@ -352,7 +358,7 @@ def run(args: argparse.Namespace) -> dict:
     print(f"prefill: wrote {args.results}")
     if args.output:
         fitted = Calibration.from_json(args.output.read_text()) if args.output.is_file() else calibration
-        args.output.write_text(replace(fitted, prefill_probe=parts.probe).to_json() + "\n")
+        args.output.write_text(replace(fitted, prefill_probe=probe).to_json() + "\n")
         print(f"prefill: wrote the prefill probe into {args.output}")
     return result
 

@@ -9,7 +9,8 @@ import pytest
 
 from monitors.bands import LayerBand
 from monitors.calibration import Calibration, load_calibration, shipped_calibration_path
-from monitors.features import FeatureExtractor
+from monitors.detector import PREFILL_SIGNAL, StabilityDetector
+from monitors.features import FeatureExtractor, StepFeatures
 from monitors.prefill import (
     PREFILL_FEATURE,
     SAMPLING_FEATURES,
@@ -21,6 +22,7 @@ from monitors.prefill import (
     out_of_fold_prompt_scores,
 )
 from monitors.probe import LinearProbe
+from monitors.verdict import VerdictLevel
 
 
 def test_sampling_features_measure_how_far_each_inducer_is_pushed():
@@ -148,3 +150,30 @@ def test_the_calibration_field_is_optional_and_round_trips():
     assert FeatureExtractor(without.bands, **without.extractor_options())._prefill is None
     with_probe = replace(shipped, prefill_probe=_probe())
     assert Calibration.from_json(with_probe.to_json()).prefill_probe == _probe()
+
+
+def _detector_with_alarm(level: float | None) -> StabilityDetector:
+    shipped = load_calibration(shipped_calibration_path("SmolLM2-135M-Instruct"))
+    return StabilityDetector(replace(shipped, prefill_probe=replace(_probe(), alarm_level=level)))
+
+
+def test_a_prefill_risk_at_the_alarm_level_fires_the_verdict_from_the_first_token():
+    detector = _detector_with_alarm(0.8)
+    detector.note_prefill_risk(0.85)
+    verdict = detector.update(StepFeatures(0, 11, 1, {"entropy": 2.0}))
+    assert verdict.level is VerdictLevel.SINK and verdict.fired
+    assert [(r.signal, r.value, r.threshold, r.since_token) for r in verdict.reasons] == [
+        (PREFILL_SIGNAL, 0.85, 0.8, 0)
+    ]
+    assert (verdict.onset_token, verdict.last_stable_token) == (0, None)
+    later = detector.update(StepFeatures(1, 12, 2, {"entropy": 2.0}))
+    assert later.level is VerdictLevel.SINK and later.last_stable_token is None
+
+
+@pytest.mark.parametrize(("level", "risk"), [(0.8, 0.79), (None, 0.99)])
+def test_below_the_alarm_level_or_without_one_the_prefill_risk_changes_nothing(level, risk):
+    detector = _detector_with_alarm(level)
+    detector.note_prefill_risk(risk)
+    verdict = detector.update(StepFeatures(0, 11, 1, {"entropy": 2.0}))
+    assert verdict.level is VerdictLevel.OK and verdict.reasons == ()
+    assert verdict.last_stable_token == 0
