@@ -78,3 +78,25 @@ def test_a_calibration_without_a_prefill_probe_serves_without_the_field(tmp_path
         assert stability["tokens_monitored"] == answer.usage.completion_tokens
         assert "prefill_risk" not in stability
         assert metric(server.base_url, "sinkwatch_prefill_risk_count", model=MODEL) == before
+
+
+def test_a_request_at_the_alarm_level_is_blocked_before_its_first_token(client, calibration):
+    level = calibration.prefill_probe.alarm_level
+    assert level is not None, "the shipped calibration acts on the prefill risk"
+    answer = client.chat.completions.create(
+        model=MODEL,
+        messages=MESSAGES,
+        max_tokens=64,
+        temperature=0,
+        frequency_penalty=-2.0,
+        presence_penalty=-2.0,
+        extra_body={"repetition_penalty": 0.5, "sinkwatch": {"policy": "block"}},
+    )
+    stability = answer.model_extra["stability"]
+    assert stability["prefill_risk"] >= level
+    assert stability["verdict"] == "sink"
+    assert {"signal": "prefill.risk", "since_token": 0}.items() <= stability["reasons"][-1].items()
+    assert stability["last_stable_token"] is None
+    assert (stability["gate"]["action"], stability["gate"]["outcome"]) == ("block", "blocked")
+    assert answer.choices[0].finish_reason == "content_filter"
+    assert not answer.choices[0].message.content
