@@ -22,7 +22,7 @@ from tests.conftest import MODEL, metric, start_gateway
 MESSAGES = [{"role": "user", "content": "Name three things people do on a rainy weekend."}]
 
 
-def _prompt_states(loaded_model, layers: tuple[int, ...]) -> torch.Tensor:
+def prompt_states(loaded_model, layers: tuple[int, ...]) -> torch.Tensor:
     """The residual stream at the prompt's last position at ``layers``, computed directly."""
     tokenizer = loaded_model.tokenizer
     text = tokenizer.apply_chat_template(MESSAGES, add_generation_prompt=True, tokenize=False)
@@ -36,7 +36,7 @@ def _prompt_states(loaded_model, layers: tuple[int, ...]) -> torch.Tensor:
 def test_the_report_carries_the_prefill_risk_and_the_histogram_counts_it(client, gateway, calibration, loaded_model):
     probe = calibration.prefill_probe
     assert probe is not None, "the shipped calibration has a prefill probe"
-    score = probe.prompt_score(_prompt_states(loaded_model, captured_layers(calibration.bands)))
+    score = probe.prompt_score(prompt_states(loaded_model, captured_layers(calibration.bands)))
     before = metric(gateway.base_url, "sinkwatch_prefill_risk_count", model=MODEL)
     before_sum = metric(gateway.base_url, "sinkwatch_prefill_risk_sum", model=MODEL)
     plain = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8, temperature=0)
