@@ -16,6 +16,7 @@ from prometheus_client import Counter
 
 from gateway import metrics
 from gateway.errors import OpenAIError
+from monitors.verdict import UNCALIBRATED
 
 __all__ = ["GateOutcome", "RequestSeries", "outcome_of"]
 
@@ -120,7 +121,7 @@ class RequestSeries:
                 metrics.PARTICIPATION_RATIO.labels(model, band).observe(stats["pr_mean"])
             if "rank_margin_min" in stats:
                 metrics.RANK_MARGIN.labels(model, band).observe(stats["rank_margin_min"])
-        reason = gate.verdict if gate.fired else "none"
+        reason = gate.verdict if gate.fired or gate.verdict == UNCALIBRATED else "none"
         metrics.GATE_ACTIONS.labels(model, gate.policy, gate.action, reason).inc()
         _count(metrics.RESCUE_ATTEMPTS, model, gate.rescue_attempts)
         if gate.rescue is not None:

@@ -102,6 +102,9 @@ class Calibration:
     recurrence_levels: dict[int, float] = field(default_factory=dict)
     risk: RiskModel | None = None
     prefill_probe: PrefillProbe | None = None
+    # False for a model served without a calibration (monitors.model_profile.uncalibrated): features from
+    # the model's own profile, no thresholds, no verdicts.
+    calibrated: bool = True
 
     def mean_state_arrays(self) -> dict[int, np.ndarray]:
         """The model's mean residual state per captured layer, as arrays."""

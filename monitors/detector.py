@@ -179,13 +179,20 @@ class StabilityDetector:
         """Per-band and global statistics of the generation so far, for the stability report."""
         return self._stats.summary()
 
+    def signals(self) -> dict[str, dict[str, float]]:
+        """Every feature seen so far: latest value, minimum and maximum (the raw signals of an uncalibrated
+        model's report, which no threshold judges)."""
+        return self._stats.extremes()
+
 
 class _RunningStats:
-    """Means and minima of the features over a generation (rank margins included)."""
+    """Means, minima, maxima and latest values of the features over a generation (rank margins included)."""
 
     def __init__(self) -> None:
         self._sum: dict[str, float] = {}
         self._min: dict[str, float] = {}
+        self._max: dict[str, float] = {}
+        self._latest: dict[str, float] = {}
         self._count: dict[str, int] = {}
 
     def add(self, values: dict[str, float]) -> None:
@@ -193,6 +200,15 @@ class _RunningStats:
             self._sum[name] = self._sum.get(name, 0.0) + value
             self._count[name] = self._count.get(name, 0) + 1
             self._min[name] = min(self._min.get(name, value), value)
+            self._max[name] = max(self._max.get(name, value), value)
+            self._latest[name] = value
+
+    def extremes(self) -> dict[str, dict[str, float]]:
+        """Per feature: its latest value and its extremes over the generation."""
+        return {
+            name: {"latest": round(latest, 4), "min": round(self._min[name], 4), "max": round(self._max[name], 4)}
+            for name, latest in sorted(self._latest.items())
+        }
 
     def summary(self) -> dict:
         bands: dict[str, dict[str, float]] = {}

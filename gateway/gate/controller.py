@@ -33,7 +33,7 @@ from gateway.generation import (
 from gateway.protocol.stability import GateAttemptReport, GateReport, StabilityReport
 from gateway.request_metrics import GateOutcome
 from gateway.telemetry.spans import end_attempt_span, start_attempt_span
-from monitors.verdict import Verdict, VerdictLevel
+from monitors.verdict import UNCALIBRATED, Verdict, VerdictLevel
 
 __all__ = ["Attempt", "GateController"]
 
@@ -147,7 +147,7 @@ class GateController:
             if len(self.result.attempts) == 1:  # the client's own request: its prompt and sampling
                 self.monitor.expect_prefill(prefill_sampling(self._request.sampling))
                 self._first_monitor = self.monitor
-        gated = self.policy.acts and self.monitor is not None
+        gated = self.policy.acts and self.monitor is not None and self.monitor.judges
         finish: FinishEvent | None = None
         fired = False
         try:
@@ -290,11 +290,17 @@ class GateController:
         if self._events is not None:
             await self._events.aclose()
 
+    @property
+    def refused(self) -> bool:
+        """Block or rescue asked for on a model without a calibration: the gate does not act (on nothing)."""
+        return self.policy.acts and self.monitor is not None and not self.monitor.judges
+
     def report(self) -> GateReport:
         """The gate's section of the stability report."""
         result = self.result
         return GateReport(
-            action=result.action,
+            action="none" if self.refused else result.action,
+            reason=UNCALIBRATED if self.refused else None,
             outcome=result.outcome,
             detected=self.detected.level.value if self.detected else "ok",
             block_at=self.config.block_at or None,
@@ -332,10 +338,11 @@ class GateController:
         rescue = None
         if self.policy is Policy.RESCUE and result.outcome is not None:
             rescue = "success" if result.outcome == "rescued" else "fallback_block"
+        verdict = detected.level.value if detected else "ok"
         return GateOutcome(
             policy=self.policy.value,
-            action=result.action,
-            verdict=detected.level.value if detected else "ok",
+            action="none" if self.refused else result.action,
+            verdict=verdict if self.monitor.judges else UNCALIBRATED,
             fired=bool(detected and detected.fired),
             rescue=rescue,
             rescue_attempts=tuple(

@@ -3,12 +3,12 @@
 from dataclasses import replace
 
 from gateway.generation import SamplingParams
-from gateway.protocol.stability import BandReport, StabilityReason, StabilityReport
+from gateway.protocol.stability import BandReport, SignalValues, StabilityReason, StabilityReport
 from monitors.calibration import Calibration
 from monitors.detector import StabilityDetector
 from monitors.features import StepFeatures
 from monitors.prefill import PREFILL_FEATURE, RequestSampling
-from monitors.verdict import Verdict
+from monitors.verdict import UNCALIBRATED, Verdict
 
 __all__ = ["RequestMonitor", "prefill_sampling", "shifted"]
 
@@ -59,18 +59,34 @@ class RequestMonitor:
         return self.verdict
 
     @property
+    def judges(self) -> bool:
+        """False for a model without a calibration: its verdict is always ``ok`` and means nothing."""
+        return self.calibration.calibrated
+
+    @property
     def verdict(self) -> Verdict:
         """The detector's verdict, indexed in the completion."""
         return shifted(self._detector.verdict, self._offset)
 
     def report(self) -> StabilityReport:
-        """The ``stability`` object for this attempt (the gate adds its own section)."""
+        """The ``stability`` object for this attempt (the gate adds its own section); an uncalibrated model's
+        says ``uncalibrated`` and carries the raw signals instead of reasons."""
         verdict = self.verdict
         summary = self._detector.summary()
-        bands = {
-            band.name: BandReport(layers=list(band.layers), **summary["bands"].get(band.name, {}))
-            for band in self.calibration.bands
-        }
+        layers = {band.name: list(band.layers) for band in self.calibration.bands}
+        if not self.judges:  # bands named by the features alone: an uncalibrated vLLM upstream's own thirds
+            layers |= {name: [] for name in summary["bands"] if name not in layers}
+        bands = {name: BandReport(layers=layers[name], **summary["bands"].get(name, {})) for name in layers}
+        if not self.judges:
+            return StabilityReport(
+                verdict=UNCALIBRATED,
+                reason=UNCALIBRATED,
+                tokens_monitored=self.tokens,
+                entropy_mean=summary.get("entropy_mean"),
+                repetition_mean=summary.get("text_periodicity_mean"),
+                bands=bands,
+                signals={name: SignalValues(**values) for name, values in self._detector.signals().items()},
+            )
         return StabilityReport(
             verdict=verdict.level.value,
             reasons=[StabilityReason(**r.to_dict()) for r in verdict.reasons],

@@ -40,7 +40,7 @@ from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
 from gateway.telemetry.request_scope import current_scope
 from gateway.telemetry.spans import end_attempt_span, start_attempt_span
 from monitors.prefill import RequestSampling
-from monitors.verdict import Verdict
+from monitors.verdict import UNCALIBRATED, Verdict
 
 __all__ = ["RelaySession", "unmonitored_report"]
 
@@ -409,7 +409,7 @@ class RelaySession:
         monitor = self._new_monitor() if self.unmonitored is None else None
         if monitor is not None and prefix:
             monitor.prime(prefix)
-        gated = self.policy.acts and monitor is not None
+        gated = self.policy.acts and monitor is not None and monitor.judges
         holds_whole = not self.call.stream or (self.policy is Policy.RESCUE and not self._continues)
         lag = None if holds_whole else self._config.holdback_tokens
         return ChoiceGate(monitor, gated, lag, Attempt(strategy, offset=len(prefix)), prefix)
@@ -442,8 +442,10 @@ class RelaySession:
             outcome = "rescue_failed" if self.policy is Policy.RESCUE else "blocked"
         elif rescued:
             outcome = "rescued"
+        refused = self.policy.acts and not monitor.judges  # an uncalibrated model: nothing to act on
         report.gate = GateReport(
-            action=action,
+            action="none" if refused else action,
+            reason=UNCALIBRATED if refused else None,
             outcome=outcome,
             detected=choice.detected.level.value if choice.detected else "ok",
             holdback_tokens=choice.gate.lag if choice.gate.gated else 0,
@@ -491,7 +493,7 @@ class RelaySession:
         return GateOutcome(
             policy=self.policy.value,
             action=top.gate.action,
-            verdict=top.gate.detected,
+            verdict=top.gate.detected if top.verdict != UNCALIBRATED else UNCALIBRATED,
             fired=bool(choice.detected and choice.detected.fired),
             rescue=rescue,
             rescue_attempts=tuple(

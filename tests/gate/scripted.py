@@ -95,10 +95,12 @@ class ScriptedBackend(ScriptedServing):
 
 class ScriptedMonitor:
     """Vouches for every token until ``fire_at`` (index in its attempt), then fires ``sink`` with the
-    stable point ``last_stable`` (also in its attempt); never fires when ``fire_at`` is None."""
+    stable point ``last_stable`` (also in its attempt); never fires when ``fire_at`` is None. ``judges``
+    False: a model without a calibration (the gate must not act on it)."""
 
-    def __init__(self, fire_at: int | None, last_stable: int | None = None) -> None:
+    def __init__(self, fire_at: int | None, last_stable: int | None = None, judges: bool = True) -> None:
         self.fire_at, self.last_stable = fire_at, last_stable
+        self.judges = judges
         self.primed: list[int] = []
         self.tokens = 0
         self.sampling: RequestSampling | None = None

@@ -37,6 +37,16 @@ def test_block_keeps_the_stable_prefix_and_never_sends_the_rest():
     assert backend.closed == 1 and backend.produced == 21
 
 
+@pytest.mark.parametrize("policy", [Policy.BLOCK, Policy.RESCUE])
+def test_block_and_rescue_refuse_to_act_on_a_monitor_that_does_not_judge(policy):
+    backend = ScriptedBackend([40])
+    gate = controller(backend, policy, [ScriptedMonitor(fire_at=20, last_stable=15, judges=False)], holdback_tokens=8)
+    assert "".join(run(gate, backend)) == _texts(0, range(40))
+    report = gate.report()
+    assert (report.action, report.reason, report.outcome) == ("none", "uncalibrated", None)
+    assert gate.result.finish_reason == "length" and len(gate.result.attempts) == 1
+
+
 def test_a_stable_point_behind_what_was_sent_is_counted_as_leaked_never_taken_back():
     backend = ScriptedBackend([40])
     # fires on token 20 with a stable point at 5: with hold-back 8, tokens 0..11 were already sent

@@ -14,6 +14,8 @@ from tests.gate.scripted import REQUEST, ScriptedBackend, ScriptedMonitor, contr
 class RiskMonitor(ScriptedMonitor):
     """Risk ``step * i`` at token i; fires ``sink`` from ``fire_at`` on (never when None)."""
 
+    judges = True
+
     def __init__(self, fire_at: int | None = None, step: float = 0.05) -> None:
         super().__init__(fire_at)
         self.step = step
