@@ -23,6 +23,7 @@ __all__ = [
     "HTTP_REFUSED",
     "IN_FLIGHT",
     "PARTICIPATION_RATIO",
+    "PREFILL_RISK",
     "RANK_MARGIN",
     "RATE_LIMITED",
     "REQUESTS",
@@ -135,6 +136,13 @@ RANK_MARGIN = Histogram(
 STABILITY_RISK = Histogram(
     "sinkwatch_stability_risk",
     "Calibrated probability that a monitored request's generation was sinking (its highest stability.risk)",
+    ["model"],
+    buckets=RISK_BUCKETS,
+)
+
+PREFILL_RISK = Histogram(
+    "sinkwatch_prefill_risk",
+    "Probability, before the first token, that a monitored request's answer loops (its stability.prefill_risk)",
     ["model"],
     buckets=RISK_BUCKETS,
 )
