@@ -2,7 +2,8 @@
 measure how the novel PR behaves in loops and on held-out healthy traffic.
 
 A corpus is a folder under ``~/.cache/sinkwatch/eval/`` with ``manifest.jsonl`` (one generation a line:
-``key``, ``split``, ``prompt_set``, ``output_ids``; other fields are ignored) and ``arrays/<key>.npz``
+``key``, ``split``, ``prompt_set``, ``output_ids``, optionally ``prompt_id`` and ``kind``; other fields are
+ignored) and ``arrays/<key>.npz``
 (``states`` ``[tokens, layers, d]`` at every layer, ``entropy``). A generation loops when the online text
 detector fires on it (:func:`monitors.text.text_sink_onset`); which generations count as healthy is the
 caller's choice (``sinkwatch eval rank``: human-written text, and the rest unless it loops or comes from a
@@ -24,7 +25,7 @@ from lab.eval.corpus import corpus_dir
 from monitors.bands import LayerBand
 from monitors.calibration import Calibration, ewma, persistent_extreme
 from monitors.features import FeatureExtractor
-from monitors.rank_exhaustion import NOVEL_PR, fit_rank_floors, fit_recurrence_levels
+from monitors.rank_exhaustion import NOVEL_PR, fit_recurrence_levels
 from monitors.text import text_sink_onset
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "CorpusTracks",
     "band_lows",
     "corpus_tracks",
-    "fit_floors",
     "fit_levels",
     "levels_from_states",
     "read_items",
@@ -42,13 +42,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CorpusItem:
-    """One cached generation: where its arrays are, its split and prompt set, and whether its text loops."""
+    """One cached generation: where its arrays are, its split, prompt set, prompt and traffic type (``kind``),
+    and whether its text loops."""
 
     key: str
     split: str
     prompt_set: str
     output_ids: tuple[int, ...]
     arrays: Path
+    prompt: str
+    kind: str
 
     @property
     def loops(self) -> bool:
@@ -62,14 +65,19 @@ class CorpusItem:
 
 
 def read_items(corpus: str) -> list[CorpusItem]:
-    """Every generation of a cached corpus that has arrays and tokens."""
+    """Every generation of a cached corpus that has arrays and tokens (prompt: ``prompt_id``, else the key
+    before its ``@``; traffic type: ``kind``, else the prompt set)."""
     root = corpus_dir(corpus)
     items = []
     for line in (root / "manifest.jsonl").read_text().splitlines():
         row = json.loads(line)
         path = root / "arrays" / f"{row['key']}.npz"
         if row.get("output_ids") and path.is_file():
-            items.append(CorpusItem(row["key"], row["split"], row["prompt_set"], tuple(row["output_ids"]), path))
+            prompt = row.get("prompt_id") or row["key"].split("@")[0]
+            kind = row.get("kind") or row["prompt_set"]
+            items.append(
+                CorpusItem(row["key"], row["split"], row["prompt_set"], tuple(row["output_ids"]), path, prompt, kind)
+            )
     return items
 
 
@@ -164,9 +172,3 @@ def band_lows(track: CorpusTracks, bands: Sequence[str], span: int, persistence:
         if np.isfinite(low):
             lows[band] = low
     return lows
-
-
-def fit_floors(tracks: Sequence[CorpusTracks], bands: Sequence[str], span: int, persistence: int, fpr: float) -> dict:
-    """Floors from the healthy generations among ``tracks`` (see :func:`monitors.rank_exhaustion.fit_rank_floors`)."""
-    healthy = [band_lows(t, bands, span, persistence) for t in tracks if t.healthy]
-    return fit_rank_floors(healthy, fpr)

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from lab.eval.rank_corpus import band_lows, corpus_tracks, fit_floors, fit_levels, read_items
+from lab.eval.rank_corpus import band_lows, corpus_tracks, fit_levels, read_items
 from monitors.bands import LayerBand
 from monitors.calibration import load_calibration
+from monitors.rank_exhaustion import fit_rank_floors
 
 LAYERS, WIDTH, TOKENS = 3, 48, 80
 BANDS = (LayerBand("late", (1, 2)),)
@@ -47,6 +48,6 @@ def test_loops_have_no_novel_pr_and_floors_come_from_healthy_generations(tmp_pat
     assert not np.isfinite(loop.values["late.pr_novel"]).any()
     assert np.nanmin(loop.values["late.pr"]) < 4.0
     assert band_lows(loop, ["late"], 8, 4) == {}
-    floors = fit_floors(tracks, ["late"], 8, 4, 0.05)
     healthy_lows = [band_lows(t, ["late"], 8, 4)["late"] for t in tracks if t.healthy]
+    floors = fit_rank_floors([{"late": low} for low in healthy_lows], 0.05)
     assert min(healthy_lows) <= floors["late"] <= max(healthy_lows)
