@@ -1,15 +1,20 @@
 """``sinkwatch eval rank``: rank exhaustion apart from loops — fit it, test it on loops and healthy traffic,
 and drive it with stressors on the embedded model and Gemma 3 270M.
 
-1. Corpus (no model): recurrence levels and floors fitted on the healthy tune generations of a cached
-   corpus; fire rates of the novel-PR floors and of plain-PR floors (fitted the same way) on held-out
-   healthy generations, on text-visible loops and on the induced loops. Writes the calibration overlay
-   (``monitors/calibrations/<model>.rank.json``) that :func:`monitors.calibration.load_calibration` merges.
+1. Corpora (no model): the production corpus and the extra healthy traffic (``rank-healthy-v1``: ordinary,
+   bland and production prompts, sampled and greedy; ``sinkwatch eval corpus --corpus rank-healthy-v1``).
+   Recurrence levels are fitted on the healthy tune generations; persistence and the floors' fit rate are
+   chosen by cross-validation over the tune prompts (:mod:`lab.eval.rank_floors`), the floors fitted on the
+   whole tune split, and their false-alarm rate read on the held-out test split (overall with a Wilson
+   interval, per traffic type and length), on text-visible loops and on induced loops, beside plain-PR
+   floors fitted the same way. Writes the calibration overlay (``monitors/calibrations/<model>.rank.json``)
+   that :func:`monitors.calibration.load_calibration` merges.
 2. Stressors (:mod:`lab.eval.rank_stress`), per model: the novel PR's margin to the floor per band and the
-   scored task's accuracy per level. Gemma has no corpus: its levels and floors are fitted on its own
-   unstressed answers (no constraints, greedy, float32).
+   scored task's accuracy per level, with 95 % intervals. Gemma has no corpus: its levels and floors are
+   fitted on its own unstressed answers (no constraints, greedy, float32).
 
-Generated answers and states are cached under ``~/.cache/sinkwatch/eval/rank/`` (never committed).
+Generated answers and states are cached per stressor and level under ``~/.cache/sinkwatch/eval/rank/``
+(never committed).
 """
 
 import argparse
