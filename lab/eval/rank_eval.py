@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-task", type=int, default=10, help="scored items per task (at most 10; 3 tasks)")
     parser.add_argument("--context", type=int, default=0, help="longest prefill (tokens; 0: the model's limit)")
     parser.add_argument("--context-points", type=int, default=16, help="windows read along the long prefill")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report only the stress levels already measured (cached)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more thrash on a shared CPU)")
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},{GEMMA}", help="models the stressors run on")
     parser.add_argument("--overlay", type=Path, default=None, help="where to write the rank calibration overlay")
@@ -152,9 +155,10 @@ def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floo
         "temperature": [float(x) for x in args.temperatures.split(",")],
         "precision": [int(x) for x in args.precisions.split(",")],
     }
-    measured = run_stressors(subject, stress_levels, args.max_tokens, args.per_task, cache)
+    measured = run_stressors(subject, stress_levels, args.max_tokens, args.per_task, cache, args.cached_only)
     length = min(args.context or subject.max_context, subject.max_context)
-    context = context_windows(subject, long_text(Path("docs")), length, cache, args.context_points)
+    text = long_text(Path("docs"))
+    context = context_windows(subject, text, length, cache, args.context_points, args.cached_only)
     bands = subject.bands
     baseline = [m for m in measured if m.stressor == "constraints" and m.level == 0]
     if levels is None:  # no corpus for this model: its own unstressed answers set the levels and floors

@@ -58,6 +58,9 @@ def plot_stress(study: dict, folder: Path) -> None:
     fig, axes = plt.subplots(1, len(_STRESSORS), figsize=(4.2 * len(_STRESSORS), 3.6), squeeze=False)
     for axis, (stressor, xlabel, quality) in zip(axes[0], _STRESSORS, strict=True):
         rows = [r for r in study["rows"] if r["stressor"] == stressor]
+        if not rows:
+            axis.set_title(f"{stressor}: not measured")
+            continue
         xs = np.array([r["level"] for r in rows], dtype=float)
         for band in study["bands"]:
             margins = np.array([_or_nan(r[band]["margin"]) for r in rows])

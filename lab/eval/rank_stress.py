@@ -86,12 +86,13 @@ def run_stressors(
     max_tokens: int,
     per_task: int,
     cache: Path,
+    cached_only: bool = False,
     progress: Callable[[str], None] = print,
 ) -> list[Measured]:
     """Every stressor but context on ``subject`` (loaded in float32), one cached file per stressor and level
-    under ``cache`` (an interrupted run resumes). ``levels``: per stressor (``constraints``, ``temperature``,
-    ``precision`` in bits: 32, 16 or 8); the unstressed answers (no constraint, greedy, float32) are measured
-    once and serve as level 0 / 0 / 32."""
+    under ``cache`` (an interrupted run resumes; with ``cached_only`` the levels not cached yet are left out).
+    ``levels``: per stressor (``constraints``, ``temperature``, ``precision`` in bits: 32, 16 or 8); the
+    unstressed answers (no constraint, greedy, float32) are measured once and serve as level 0 / 0 / 32."""
     rules = stacked_constraints()
     variants: dict[float, Callable[[], Subject]] = {
         32: lambda: subject,
@@ -103,6 +104,8 @@ def run_stressors(
         path = cache / f"{stressor}-{level:g}.pkl"
         if path.is_file():
             return pickle.loads(path.read_bytes())
+        if cached_only:
+            return []
         if (stressor, level) in (("temperature", 0), ("precision", 32)):
             measured = [_relabel(m, stressor, level) for m in measure("constraints", 0)]
         else:
@@ -128,14 +131,16 @@ def long_text(folder: Path) -> str:
 
 
 def context_windows(
-    subject: Subject, text: str, length: int, cache: Path, points: int = 16
+    subject: Subject, text: str, length: int, cache: Path, points: int = 16, cached_only: bool = False
 ) -> list[tuple[Measured, float]]:
     """Windows ending at ``points`` positions of one prefill of ``length`` tokens of ``text`` (as
     :class:`Measured` with ``level`` = the position), each with the mean next-token loss of the 256
-    positions before it; cached under ``cache``."""
+    positions before it; cached under ``cache`` (with ``cached_only``, none unless cached)."""
     path = cache / f"context-{length}-{points}.pkl"
     if path.is_file():
         return pickle.loads(path.read_bytes())
+    if cached_only:
+        return []
     ids = subject.tokenizer(text)["input_ids"][:length]
     states, nll = subject.states(ids, captured_layers(subject.bands))
     out = []
