@@ -14,6 +14,7 @@ with one band per captured layer to read each layer's per-token recurrence, once
 bands and levels to read ``<band>.pr_novel`` and the plain ``<band>.pr``.
 """
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -147,15 +148,28 @@ def corpus_tracks(
     calibration: Calibration,
     levels: dict[int, float],
     is_healthy: Callable[[CorpusItem], bool],
+    cache: Path | None = None,
 ) -> list[CorpusTracks]:
-    """Every generation's per-band plain and novel PR, and whether it counts as healthy."""
+    """Every generation's per-band plain and novel PR, and whether it counts as healthy; with ``cache``, each
+    generation's replay is kept there under a digest of the bands, window and levels (a rerun with the same
+    levels replays only new generations)."""
     tracks = []
     names = [f"{b.name}.{metric}" for b in calibration.bands for metric in ("pr", NOVEL_PR)]
+    setting = json.dumps([[b.name, list(b.layers)] for b in calibration.bands] + [calibration.window, levels])
+    folder = cache / hashlib.sha256(setting.encode()).hexdigest()[:16] if cache else None
     for item in items:
-        states, entropy = item.load()
-        extractor = FeatureExtractor(calibration.bands, calibration.window, recurrence_levels=levels)
-        rows = replay(states, entropy, item.output_ids, extractor)
-        values = {name: rows.get(name, np.full(len(item.output_ids), np.nan)) for name in names}
+        path = folder / item.arrays.parent.parent.name / f"{item.key}.npz" if folder else None
+        if path and path.is_file():
+            with np.load(path) as kept:
+                values = {name: kept[name] for name in names}
+        else:
+            states, entropy = item.load()
+            extractor = FeatureExtractor(calibration.bands, calibration.window, recurrence_levels=levels)
+            rows = replay(states, entropy, item.output_ids, extractor)
+            values = {name: rows.get(name, np.full(len(item.output_ids), np.nan)) for name in names}
+            if path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(path, **values)
         tracks.append(CorpusTracks(item, is_healthy(item), values))
     return tracks
 

@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stress-sets", default="induce,enumeration", help="prompt sets kept out of healthy")
     parser.add_argument("--human-sets", default="human", help="prompt sets healthy even when their text repeats")
     parser.add_argument("--quantile", type=float, default=0.5, help="recurrence level: quantile of healthy traffic")
+    parser.add_argument("--levels-from", type=Path, help="recurrence levels from this overlay instead of refitting")
     parser.add_argument("--persistences", default="1,2,4,8,16", help="persistences cross-validation chooses from")
     parser.add_argument("--fit-rates", default="0.05,0.04,0.03,0.02,0.01", help="rates the floors may be fitted at")
     parser.add_argument("--fpr", type=float, default=0.05, help="target share of healthy generations that fire")
@@ -81,9 +82,13 @@ def corpus_study(args: argparse.Namespace, calibration: Calibration) -> dict:
     stress = tuple(args.stress_sets.split(","))
     human = tuple(args.human_sets.split(","))
     items = [item for corpus in args.corpus.split(",") for item in read_items(corpus)]
-    healthy_tune = [i for i in items if i.split == "tune" and _healthy(i, stress, human)]
-    levels = fit_levels(healthy_tune, calibration, args.quantile)
-    tracks = corpus_tracks(items, calibration, levels, lambda item: _healthy(item, stress, human))
+    if args.levels_from:
+        levels = {int(k): float(v) for k, v in json.loads(args.levels_from.read_text())["recurrence_levels"].items()}
+    else:
+        healthy_tune = [i for i in items if i.split == "tune" and _healthy(i, stress, human)]
+        levels = fit_levels(healthy_tune, calibration, args.quantile)
+    replays = cache_root() / "eval" / "rank" / "tracks"
+    tracks = corpus_tracks(items, calibration, levels, lambda item: _healthy(item, stress, human), replays)
     bands = [b.name for b in calibration.bands]
     span = calibration.ewma_span
     persistences = [int(x) for x in args.persistences.split(",")]

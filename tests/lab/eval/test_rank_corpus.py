@@ -55,26 +55,33 @@ def test_loops_have_no_novel_pr_and_floors_come_from_healthy_generations(tmp_pat
     assert min(healthy_lows) <= floors["late"] <= max(healthy_lows)
 
 
-def test_the_corpus_study_chooses_persistence_by_prompt_folds_and_reads_the_rate_on_the_test_split(tmp_path):
+def test_the_corpus_study_chooses_persistence_by_prompt_folds_and_reads_the_rate_on_the_test_split(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("SINKWATCH_CACHE_DIR", str(tmp_path / "cache"))
     rng = np.random.default_rng(1)
     for i in range(16):
         ids = [int(x) for x in rng.integers(100, 5000, TOKENS)]
         split = "tune" if i < 10 else "test"
-        _write(tmp_path, f"p{i}@t0.7", split, "production", ids, rng.standard_normal((TOKENS, LAYERS, WIDTH)))
+        states = rng.standard_normal((TOKENS, LAYERS, WIDTH))
+        _write(tmp_path / "corpus", f"p{i}@t0.7", split, "production", ids, states)
     cycle = rng.standard_normal((4, LAYERS, WIDTH))
     loop = np.stack([cycle[t % 4] + 0.01 * rng.standard_normal((LAYERS, WIDTH)) for t in range(TOKENS)])
-    _write(tmp_path, "loop-0@greedy", "test", "induce", [11, 12, 13, 14] * (TOKENS // 4), loop)
+    _write(tmp_path / "corpus", "loop-0@greedy", "test", "induce", [11, 12, 13, 14] * (TOKENS // 4), loop)
     calibration = replace(load_calibration("SmolLM2-135M-Instruct"), bands=BANDS, window=32)
     args = Namespace(
-        corpus=str(tmp_path),
+        corpus=str(tmp_path / "corpus"),
         stress_sets="induce",
         human_sets="human",
         quantile=0.5,
         persistences="2,4",
         fit_rates="0.05,0.0",
         fpr=0.05,
+        levels_from=None,
     )
     study = corpus_study(args, calibration)
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 17  # every replay kept: a rerun replays nothing
+    assert corpus_study(args, calibration)["floors"] == study["floors"]
     assert len(study["cross_validation"]) == 4
     assert all(row["generations"] == 10 for row in study["cross_validation"])
     chosen = next(
