@@ -104,15 +104,17 @@ def run_stressors(
         path = cache / f"{stressor}-{level:g}.pkl"
         if path.is_file():
             return pickle.loads(path.read_bytes())
-        if cached_only:
-            return []
         if (stressor, level) in (("temperature", 0), ("precision", 32)):
             measured = [_relabel(m, stressor, level) for m in measure("constraints", 0)]
+        elif cached_only:
+            return []
         else:
             system = " ".join(rules[: int(level)]) if stressor == "constraints" and level else PLAIN_SYSTEM
             temperature = level if stressor == "temperature" else 0.0
             model = variants[level]() if stressor == "precision" else subject
             measured = measure_items(model, stressor, level, system, temperature, max_tokens, per_task)
+        if not measured:
+            return []
         cache.mkdir(parents=True, exist_ok=True)
         path.write_bytes(pickle.dumps(measured))
         progress(f"{subject.name}: {stressor} {level:g}")

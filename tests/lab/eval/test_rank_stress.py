@@ -13,8 +13,11 @@ def test_cached_levels_are_read_back_and_missing_ones_left_out_when_cached_only(
     unstressed = [Measured("constraints", 0, "facts", True, np.zeros((40, 6, 8)), list(range(40)))]
     (tmp_path / "constraints-0.pkl").write_bytes(pickle.dumps(unstressed))
     levels = {"constraints": [0, 50], "temperature": [0, 1.8], "precision": [32, 8]}
-    measured = run_stressors(None, levels, 12, 10, tmp_path, cached_only=True)
-    assert [(m.stressor, m.level) for m in measured] == [("constraints", 0)]
+    nothing_loaded = SimpleNamespace(name="unused")
+    measured = run_stressors(nothing_loaded, levels, 12, 10, tmp_path, cached_only=True, progress=str)
+    assert [(m.stressor, m.level) for m in measured] == [("constraints", 0), ("temperature", 0), ("precision", 32)]
+    assert run_stressors(nothing_loaded, levels, 12, 10, tmp_path / "empty", cached_only=True) == []
+    assert not (tmp_path / "empty").exists()
     assert context_windows(None, "text", 8192, tmp_path, cached_only=True) == []
 
 
