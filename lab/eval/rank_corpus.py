@@ -69,6 +69,8 @@ def read_items(corpus: str) -> list[CorpusItem]:
     """Every generation of a cached corpus that has arrays and tokens (prompt: ``prompt_id``, else the key
     before its ``@``; traffic type: ``kind``, else the prompt set)."""
     root = corpus_dir(corpus)
+    if not (root / "manifest.jsonl").is_file():
+        raise FileNotFoundError(f"corpus {corpus} is not built: sinkwatch eval corpus --corpus {corpus}")
     items = []
     for line in (root / "manifest.jsonl").read_text().splitlines():
         row = json.loads(line)
