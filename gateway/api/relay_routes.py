@@ -3,7 +3,8 @@ JSON and checked only where the gateway acts on it (model, stream, the ``sinkwat
 header); the rest is the upstream's to accept or refuse (its 4xx pass through as sent).
 
 Chat and text completions are relayed and monitored (:mod:`gateway.relay.session`); ``/v1/responses`` is
-monitored on the ``vllm`` backend (:mod:`gateway.relay.responses`); ``/v1/embeddings`` and, on the ``openai``
+monitored on the ``vllm`` backend (:mod:`gateway.relay.responses`; under block and rescue, held back and
+cut by :mod:`gateway.relay.responses_gate`); ``/v1/embeddings`` and, on the ``openai``
 backend, ``/v1/responses`` have no monitored path and are relayed marked unmonitored;
 ``/v1/models`` lists the upstreams' own model cards. The embedded backend serves
 :mod:`gateway.api.openai_routes` instead, whose strict models refuse what its engine cannot do.
@@ -19,6 +20,7 @@ from gateway.proxy.checks import ParsedRequest, parsed_request
 from gateway.relay.plain import Marking, Reporter, relay_marked
 from gateway.relay.respond import relay_stream, relay_whole
 from gateway.relay.responses import ResponsesReporter
+from gateway.relay.responses_gate import ResponsesGate, relay_gated_responses
 from gateway.relay.seam import RelayCall
 from gateway.relay.session import RelaySession, unmonitored_report
 from gateway.request_metrics import RequestSeries
@@ -79,6 +81,14 @@ async def _answer(http: Request, endpoint: str, path: str, prefix: str) -> Respo
     call = RelayCall(path, parsed.request, model, new_request_id(prefix))
     tap = ctx.backend.feature_tap(call) if endpoint == "responses" else None
     monitor = ctx.monitor_factory()() if tap is not None and tap.features is not None else None
+    series = RequestSeries.of(model, endpoint, ctx.backend.name)
+    scope = current_scope()
+    if scope is not None:
+        scope.served(endpoint, model)
+        scope.policy = policy.value
+    if monitor is not None and policy.acts:
+        gate = ResponsesGate(tap.features, monitor, policy, ctx.gate_config)
+        return await relay_gated_responses(ctx.backend.pool, tap.call, gate, series, received_at)
     if monitor is not None:
         reporter: Reporter = ResponsesReporter(tap.features, monitor, policy)
         call = tap.call
@@ -87,11 +97,6 @@ async def _answer(http: Request, endpoint: str, path: str, prefix: str) -> Respo
             tap.features.close()
         reason = (tap.unmonitored or "uncalibrated") if tap is not None else "endpoint"
         reporter = Marking(unmonitored_report(reason, policy).model_dump(mode="json"))
-    series = RequestSeries.of(model, endpoint, ctx.backend.name)
-    scope = current_scope()
-    if scope is not None:
-        scope.served(endpoint, model)
-        scope.policy = policy.value
     return await relay_marked(ctx.backend.pool, call, reporter, series, received_at, endpoint)
 
 

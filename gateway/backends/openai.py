@@ -104,6 +104,7 @@ class OpenAIBackend:
     """Generations from OpenAI-compatible upstreams, read by the local reader when there is one."""
 
     name = "openai"
+    continues = False  # the reader reads each relayed call from the prompt: a continuation would skip the prefix
 
     def __init__(self, pool: UpstreamPool, reader: "Reader | None" = None, continuation: str = "none") -> None:
         self.pool = pool

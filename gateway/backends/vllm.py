@@ -36,6 +36,7 @@ class VLLMBackend:
     """Generations from vLLM upstreams, with features from the engine plugin when a receiver is given."""
 
     name = "vllm"
+    continues = True  # vLLM continues a partial assistant message (continue_final_message)
 
     def __init__(self, pool: UpstreamPool, receiver: StatsReceiver | None) -> None:
         self.pool = pool

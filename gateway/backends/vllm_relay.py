@@ -4,7 +4,9 @@ What monitoring adds to the body: ``return_token_ids`` (each chunk names the tok
 again from the answer unless the client asked for them) and ``vllm_xargs`` with the gateway's request id,
 the statistics receiver's address and the number of choices (the plugin publishes each choice's features
 under its own id). Each choice's tokens are matched to their features by position, as for a generation.
-A chunk's tokens are of the kind of its delta: content, reasoning or tool-call arguments.
+A chunk's tokens are of the kind of its delta: content, reasoning or tool-call arguments. A whole answer
+under block or rescue is asked with log-probabilities (removed again unless the client asked for them):
+they give each token's text, by which a blocked choice is cut at its stable point.
 """
 
 from collections.abc import AsyncIterator
@@ -106,6 +108,10 @@ async def relay_to_vllm(
     body = dict(call.body)
     client_ids = body.get("return_token_ids") is True
     body["return_token_ids"] = True
+    client_logprobs = _asks_logprobs(body)
+    texts = call.gated and not call.stream and call.monitor
+    if texts and not client_logprobs:
+        body["logprobs"] = True if "messages" in body else 0
     streams: dict[int, FeatureStream] = {}
     unmonitored = "uncalibrated" if receiver is None else None
     if receiver is not None and call.monitor:
@@ -118,7 +124,8 @@ async def relay_to_vllm(
                 raise await response.error()
             yield RelayStart(unmonitored)
             if not call.stream:
-                yield await _whole(response, choices, client_ids, pool.config.max_response_bytes)
+                answer = await _whole(response, choices, client_ids, pool.config.max_response_bytes)
+                yield _with_texts(answer, client_logprobs) if texts else answer
                 return
             check_event_stream(response)
             async for batch in event_batches(response):
@@ -129,6 +136,40 @@ async def relay_to_vllm(
                 yield item
     finally:
         choices.close()
+
+
+def _asks_logprobs(body: dict) -> bool:
+    """Whether a body asks for log-probabilities (chat: ``logprobs: true``; completions: a number)."""
+    logprobs = body.get("logprobs")
+    return logprobs is True if "messages" in body else isinstance(logprobs, int) and not isinstance(logprobs, bool)
+
+
+def _token_texts(logprobs: object) -> list[str]:
+    """Each generated token's text, from a choice's log-probabilities (chat or completions form)."""
+    if not isinstance(logprobs, dict):
+        return []
+    if isinstance(logprobs.get("content"), list):
+        return [entry.get("token", "") if isinstance(entry, dict) else "" for entry in logprobs["content"]]
+    tokens = logprobs.get("tokens")
+    return [token if isinstance(token, str) else "" for token in tokens] if isinstance(tokens, list) else []
+
+
+def _with_texts(answer: WholeAnswer, client_logprobs: bool) -> WholeAnswer:
+    """A gated whole answer's tokens with their texts (a blocked answer is cut by them), from the
+    log-probabilities asked for that purpose (removed again unless the client asked for them)."""
+    tokens: dict[int, list[ChoiceToken]] = {}
+    for position, choice in enumerate(answer.body["choices"]):
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index", position)
+        texts = _token_texts(choice.get("logprobs"))
+        listed = answer.tokens.get(index, [])
+        if len(texts) == len(listed):
+            listed = [replace(t, token=replace(t.token, text=text)) for t, text in zip(listed, texts, strict=True)]
+        tokens[index] = listed
+        if not client_logprobs:
+            choice["logprobs"] = None
+    return WholeAnswer(answer.body, tokens)
 
 
 async def _stream_items(event: dict, choices: _Choices, client_ids: bool) -> list[RelayItem]:

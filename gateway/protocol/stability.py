@@ -70,6 +70,11 @@ class GateReport(BaseModel):
         0, description="tokens the detector disowned after they had been streamed (0 unless hold-back is too short)"
     )
     attempts: list[GateAttemptReport] = Field(default_factory=list)
+    note: str | None = Field(
+        None,
+        description="why the gate did less than the policy asks, e.g. a rescue that fell back to block",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class StabilityReport(BaseModel):
@@ -109,19 +114,39 @@ class StabilityReport(BaseModel):
     )
 
 
-def _severity(report: StabilityReport) -> int:
-    """How bad a report's verdict is; verdicts that judge nothing (unmonitored, uncalibrated) rank lowest."""
+def _level(verdict: str) -> int:
+    """How bad a verdict is; verdicts that judge nothing (unmonitored, uncalibrated) rank lowest."""
     try:
-        return VerdictLevel(report.verdict).severity
+        return VerdictLevel(verdict).severity
     except ValueError:
         return -1
 
 
+# What the gate did to a choice, worst first: blocked (after rescue or not), then rescued.
+_GATE_OUTCOMES = {"rescue_failed": 2, "blocked": 2, "rescued": 1}
+
+
+def _severity(report: StabilityReport) -> tuple[int, int, int]:
+    """How bad a choice went: the worst verdict any of its attempts reached (a rescued choice's final verdict
+    may be ok), then what the gate did to it, then its final verdict."""
+    gate = report.gate
+    detected = _level(gate.detected) if gate is not None else -1
+    outcome = _GATE_OUTCOMES.get(gate.outcome or "", 0) if gate is not None else 0
+    return max(detected, _level(report.verdict)), outcome, _level(report.verdict)
+
+
 def worst_of(reports: Sequence[StabilityReport]) -> StabilityReport:
     """The top-level ``stability`` of an answer with several choices (each carries its own report): a copy of
-    the worst choice's report (the earliest onset among equals), with ``choice`` set to its index."""
+    the worst choice's report, with ``choice`` set to its index. The worst is the choice whose attempts
+    reached the worst verdict (``gate.detected``, so a rescued or blocked choice outranks one that stayed
+    ok), then the one the gate blocked, then rescued, then the worst final verdict, the earliest onset."""
     index = min(
         range(len(reports)),
-        key=lambda i: (-_severity(reports[i]), reports[i].onset_token is None, reports[i].onset_token or 0, i),
+        key=lambda i: (
+            tuple(-rank for rank in _severity(reports[i])),
+            reports[i].onset_token is None,
+            reports[i].onset_token or 0,
+            i,
+        ),
     )
     return reports[index].model_copy(update={"choice": index})

@@ -30,27 +30,34 @@ class ChoiceGate:
     """One attempt of one choice: feed it tokens and fragments in the upstream's order, take what may go out.
 
     ``lag`` is the hold-back in tokens: 0 releases at once (nothing can act), None holds the whole choice
-    (a whole answer, or a stream under ``rescue``, whose choices are resampled from their start).
+    (a whole answer, or a stream under ``rescue`` whose choices are resampled from their start).
+    ``prefix``: the accepted tokens a continuation resumes after (released already; positions count from
+    the start of the choice, as the primed monitor's verdicts do).
     """
 
     monitor: RequestMonitor | None
     gated: bool
     lag: int | None
     attempt: Attempt
+    prefix: list[int] = field(default_factory=list)
     covered: Counter = field(default_factory=Counter)
     fired: Verdict | None = None
     leaked: int = 0
+    sent_text: str = ""  # the content of the fragments released so far
     _holdback: HoldBack = field(init=False)
     _held: list[_Held] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._holdback = HoldBack(self.lag if self.gated else 0)
+        for token_id in self.prefix:
+            self._holdback.add("", token_id)
+        self._holdback.release_upto(len(self.prefix))
 
     def add_token(self, token: ChoiceToken) -> None:
         """A generated token of the choice; the monitor sees it when it has features."""
         if self.fired is not None:
             return
-        self._holdback.add("", token.token.token_id)
+        self._holdback.add(token.token.text, token.token.token_id)
         self.attempt.generated += 1
         self.covered[token.kind] += 1
         features = token.token.features
@@ -93,6 +100,7 @@ class ChoiceGate:
         while ready < len(self._held) and self._held[ready].tokens_before <= released_tokens:
             ready += 1
         out, self._held = [held.fragment for held in self._held[:ready]], self._held[ready:]
+        self.sent_text += "".join(_content(fragment.choice) for fragment in out)
         return out
 
     def _fire(self, verdict: Verdict) -> None:
@@ -100,9 +108,9 @@ class ChoiceGate:
         self.fired = verdict
         attempt = self.attempt
         attempt.fired_at = verdict.token_index
-        cut, self.leaked = self._holdback.cut_for(verdict, floor=0)
+        cut, self.leaked = self._holdback.cut_for(verdict, floor=len(self.prefix))
         attempt.rollback_to = cut
-        attempt.kept = self._holdback.released
+        attempt.kept = self._holdback.released - len(self.prefix)
         self._note_verdict()
 
     def cut(self) -> list[Fragment]:
@@ -112,7 +120,7 @@ class ChoiceGate:
             self._held = []
             return []
         self._holdback.release_upto(self.attempt.rollback_to)
-        self.attempt.kept = self._holdback.released
+        self.attempt.kept = self._holdback.released - len(self.prefix)
         out = self._take(self._holdback.released)
         self._held = []
         return out
@@ -133,4 +141,12 @@ class ChoiceGate:
 
     @property
     def token_ids(self) -> list[int]:
+        """The choice's token ids so far: the prefix, then this attempt's."""
         return token_ids(self._holdback.slots)
+
+
+def _content(choice: dict) -> str:
+    """The content a chunk's choice carries (chat delta or completion text)."""
+    delta = choice.get("delta")
+    text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+    return text if isinstance(text, str) else ""

@@ -22,7 +22,7 @@ from gateway.telemetry.request_scope import current_scope
 from gateway.upstream.event_stream import check_event_stream, event_batches, malformed
 from gateway.upstream.pool import UpstreamPool, UpstreamResponse
 
-__all__ = ["Marking", "Reporter", "marked_event", "relay_marked"]
+__all__ = ["Marking", "Reporter", "marked_event", "record_report", "relay_marked", "sse_event"]
 
 
 class Reporter(Protocol):
@@ -89,7 +89,7 @@ async def relay_marked(
                 answer = _json_object(response, body)
             report = await reporter.report(answer)
             reporter.close()
-            _record(series, reporter, report)
+            record_report(series, reporter, report)
             series.end(received_at, "ok")
             marked = orjson.dumps(marked_event(answer, report))
             return Response(marked, media_type="application/json", headers=verdict_headers(report))
@@ -103,7 +103,7 @@ async def relay_marked(
     return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache", **upfront})
 
 
-def _record(series: RequestSeries, reporter: Reporter, report: dict | None) -> None:
+def record_report(series: RequestSeries, reporter: Reporter, report: dict | None) -> None:
     """The verdict in the metrics, and on the access line and the span."""
     outcome = reporter.outcome()
     if outcome is not None:
@@ -139,7 +139,7 @@ async def _marked_stream(
         if held is not None:
             report = await reporter.report(held[1])
             yield sse_event(held[0], marked_event(held[1], report))
-            _record(series, reporter, report)
+            record_report(series, reporter, report)
         if until_done:
             yield DONE
         outcome = "ok"

@@ -3,13 +3,17 @@
 A relayed choice may be a partial structure (tool-call arguments, a JSON-schema answer) that no
 continuation request can resume, so a rescue resamples the whole choice: the client's body with ``n: 1``
 and the configured rescue strategy's changes (temperature and seed, penalties, a bias against the loop's
-tokens, or the constraint in the system message), applied by the same strategies the embedded gate uses.
+tokens, or the constraint in the system message), applied by the same strategies the embedded gate uses,
+after the client's own inducers of repetition are taken out (a negative frequency or presence penalty, a
+repetition penalty below 1, a positive bias on the loop's tokens).
 """
 
-from gateway.gate.rescue import STRATEGIES
+from dataclasses import replace
+
+from gateway.gate.rescue import STRATEGIES, neutralise
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt
 
-__all__ = ["resample_body"]
+__all__ = ["continuable", "continuation_body", "resample_body"]
 
 
 def _number(body: dict, name: str, default: float) -> float:
@@ -32,12 +36,15 @@ def _sampling(body: dict) -> SamplingParams:
     )
 
 
-def resample_body(body: dict, strategy: str, failed_ids: list[int], attempt: int) -> dict:
-    """The client's ``body`` for resampling one choice (``attempt`` 1, 2, ...) with ``strategy``'s changes."""
+def resample_body(body: dict, strategy: str, failed_ids: list[int], attempt: int) -> tuple[dict, tuple[str, ...]]:
+    """The client's ``body`` for resampling one choice (``attempt`` 1, 2, ...) with ``strategy``'s changes, and
+    the client's sampling parameters taken out first because they push toward repetition (as the embedded
+    gate does: :func:`~gateway.gate.rescue.neutralise`)."""
     messages = body.get("messages")
     prompt = ChatPrompt(tuple(messages)) if isinstance(messages, list) else TextPrompt(text="")
     original = GenerationRequest("resample", str(body.get("model")), prompt, _sampling(body))
-    changed = STRATEGIES[strategy](original, failed_ids, attempt)
+    sampling, neutralised = neutralise(original.sampling, failed_ids)
+    changed = STRATEGIES[strategy](replace(original, sampling=sampling), failed_ids, attempt)
     sampling, before = changed.sampling, original.sampling
     out = {key: value for key, value in body.items() if key != "n"}
     out["temperature"] = sampling.temperature  # stated even when unchanged: the upstream's default may differ
@@ -48,4 +55,41 @@ def resample_body(body: dict, strategy: str, failed_ids: list[int], attempt: int
         out["logit_bias"] = {str(token): bias for token, bias in sampling.logit_bias.items()}
     if isinstance(changed.prompt, ChatPrompt) and changed.prompt != prompt:
         out["messages"] = list(changed.prompt.messages)
+    return out, neutralised
+
+
+# What makes an answer a structure a continuation cannot resume: tools, a JSON format, vLLM's guided output.
+_STRUCTURED = (
+    "tools",
+    "functions",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+)
+
+
+def continuable(body: dict) -> bool:
+    """Whether the answer to ``body`` is plain text (chat or a text prompt), which a continuation can resume."""
+    response_format = body.get("response_format")
+    if any(body.get(name) for name in _STRUCTURED) or (
+        isinstance(response_format, dict) and response_format.get("type") not in (None, "text")
+    ):
+        return False
+    return isinstance(body.get("messages"), list) or isinstance(body.get("prompt"), str)
+
+
+def continuation_body(body: dict, accepted: str, accepted_tokens: int) -> dict:
+    """``body`` (a resample's) continuing the ``accepted`` text: a chat ends with it as a partial assistant
+    message (``continue_final_message``), a text prompt ends with it; the token limit shrinks by it."""
+    out = dict(body)
+    for name in ("max_tokens", "max_completion_tokens"):
+        if isinstance(out.get(name), int) and not isinstance(out.get(name), bool):
+            out[name] = max(out[name] - accepted_tokens, 1)
+    if isinstance(body.get("messages"), list):
+        out["messages"] = [*body["messages"], {"role": "assistant", "content": accepted}]
+        out.update(continue_final_message=True, add_generation_prompt=False)
+    else:
+        out["prompt"] = body["prompt"] + accepted
     return out

@@ -3,8 +3,9 @@
 vLLM's Responses API does not name the tokens of its events, but the plugin publishes every generated
 token's features, and the answer's ``usage.output_tokens`` says how many there were: once the answer (or
 its final stream event, ``response.completed``) arrives, the reporter takes that many features in order
-and runs them through a monitor. The gate only annotates here: nothing is held back or blocked on this
-endpoint (the report's ``gate.action`` says ``annotate``, or ``pass`` under another policy).
+and runs them through a monitor. This is the reporter of the policies that do not act (annotate,
+observe): nothing is held back (the report's ``gate.action`` says ``annotate``, or ``pass``); under block
+and rescue :mod:`gateway.relay.responses_gate` holds the events back instead.
 """
 
 from gateway.gate.monitor import RequestMonitor

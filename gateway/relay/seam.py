@@ -126,6 +126,7 @@ class RelayBackend(Protocol):
 
     name: str
     pool: UpstreamPool
+    continues: bool  # a partial chat answer can be continued (``continue_final_message``): rescue resumes it
 
     @property
     def ready(self) -> bool:

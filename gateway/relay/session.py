@@ -5,15 +5,18 @@ its choice's hold-back releases the tokens it carries. Each choice's finish chun
 the stream, where it gets its own report (``choices[i].stability`` when there are several choices); the
 top-level ``stability`` (:func:`~gateway.protocol.stability.worst_of` the choices' reports) rides on the
 last chunk before ``[DONE]``: the usage chunk when the client asked for usage, else the last finish
-chunk. A choice that collapses under ``block`` ends with ``finish_reason: "content_filter"``; under
-``rescue`` it is held whole and resampled from its start (:mod:`gateway.relay.resample`) within the
-gate's attempts and token budget, then blocked if that fails.
+chunk. A choice that collapses under ``block`` ends with ``finish_reason: "content_filter"``, cut at the
+detector's stable point, streamed or whole (:mod:`gateway.relay.whole_cut`). Under ``rescue`` a plain
+streamed answer is continued from its stable point (what is stable streams under the hold-back; the
+backend must continue a partial answer), anything else is held whole and resampled from its start
+(:mod:`gateway.relay.resample`), within the gate's attempts and token budget, then blocked if that fails.
 """
 
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.errors import ContentBlocked, EngineFailure, OpenAIError
 from gateway.gate.controller import Attempt
@@ -21,7 +24,7 @@ from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import GateConfig, Policy
 from gateway.protocol.stability import GateReport, StabilityReport, worst_of
 from gateway.relay.choice_gate import ChoiceGate
-from gateway.relay.resample import resample_body
+from gateway.relay.resample import continuable, continuation_body, resample_body
 from gateway.relay.seam import (
     ChoiceToken,
     Fragment,
@@ -32,8 +35,10 @@ from gateway.relay.seam import (
     Trailer,
     WholeAnswer,
 )
+from gateway.relay.whole_cut import cut_choice
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
 from gateway.telemetry.request_scope import current_scope
+from gateway.telemetry.spans import end_attempt_span, start_attempt_span
 from monitors.verdict import Verdict
 
 __all__ = ["RelaySession", "unmonitored_report"]
@@ -50,6 +55,8 @@ class _Choice:
 
     gate: ChoiceGate
     attempts: list[Attempt] = field(default_factory=list)
+    span: Any = None  # the current attempt's span (None when not traced)
+    accepted_text: str = ""  # continued rescues: the content accepted before the current attempt
     detected: Verdict | None = None
     withheld: int = 0
     discarded: int = 0
@@ -61,6 +68,12 @@ class _Choice:
         verdict = gate.monitor.verdict if gate.monitor is not None and gate.monitor.tokens else None
         if verdict is not None and (self.detected is None or verdict.level.severity > self.detected.level.severity):
             self.detected = verdict
+
+    def end_span(self) -> None:
+        """End the current attempt's span with the attempt's report."""
+        if self.span is not None:
+            end_attempt_span(self.span, self.gate.attempt.report().model_dump())
+            self.span = None
 
 
 class RelaySession:
@@ -100,6 +113,9 @@ class RelaySession:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         self._envelope: dict = {"id": call.request_id, "object": kind, "model": call.model}
         self._finish_reasons: tuple[str, ...] = ()
+        # Under rescue a plain streamed answer is continued from its stable point (what is stable streams under
+        # the hold-back); anything else is held whole and resampled from its start.
+        self._continues = policy is Policy.RESCUE and call.stream and backend.continues and continuable(call.body)
         self._scope = current_scope()  # what the access line and the trace say of this request
         if self._scope is not None:
             self._scope.served("chat" if self.chat else "completions", call.model)
@@ -197,7 +213,7 @@ class RelaySession:
         choice.note(choice.gate)
         choice.leaked += choice.gate.leaked
         if self._rescuable(choice):
-            return []
+            return choice.gate.cut() if choice.gate.lag is not None else []  # continued: the stable part goes out
         return self._block(index, finishes)
 
     def _block(self, index: int, finishes: dict[int, Fragment]) -> list[Fragment]:
@@ -208,9 +224,9 @@ class RelaySession:
         return kept
 
     async def _rescue_stream(self, index: int, choice: _Choice, finishes: dict[int, Fragment]) -> AsyncIterator:
-        """Resample a collapsed choice from its start until an attempt holds or the gate gives up."""
+        """Continue or resample a collapsed choice until an attempt holds or the gate gives up."""
         while True:
-            call = self._resample_call(choice)
+            call = self._resample_call(index, choice)
             items = self._backend.relay(call)
             try:
                 await anext(items)
@@ -225,14 +241,23 @@ class RelaySession:
             if choice.gate.fired is None or index in finishes:
                 return
 
-    def _resample_call(self, choice: _Choice) -> RelayCall:
-        """The next attempt at a collapsed choice (a fresh gate for it), from the choice's start."""
+    def _resample_call(self, index: int, choice: _Choice) -> RelayCall:
+        """The next attempt at a collapsed choice (a fresh gate for it): from its stable point when it was
+        streamed under the hold-back (plain content), else from its start."""
         failed = choice.gate
-        choice.discarded += failed.attempt.generated
+        continued = failed.lag is not None  # streamed under the hold-back: resumed from its stable point
+        accepted = failed.token_ids[: failed.attempt.rollback_to] if continued else []
+        choice.discarded += failed.attempt.generated - (failed.attempt.kept if continued else 0)
+        choice.end_span()
         number = len(choice.attempts)
-        body = resample_body(self.call.body, self._config.rescue_strategy, failed.token_ids, number)
-        choice.gate = self._new_gate(self._config.rescue_strategy)
+        body, neutralised = resample_body(self.call.body, self._config.rescue_strategy, failed.token_ids, number)
+        if continued:
+            choice.accepted_text += failed.sent_text
+            body = continuation_body(body, choice.accepted_text, len(accepted))
+        choice.gate = self._new_gate(self._config.rescue_strategy, accepted)
+        choice.gate.attempt.neutralised = neutralised
         choice.attempts.append(choice.gate.attempt)
+        choice.span = self._attempt_span(number + 1, index)
         return RelayCall(self.call.path, body, self.call.model, f"{self.call.request_id}-rescue{number}")
 
     def _rescuable(self, choice: _Choice) -> bool:
@@ -240,8 +265,10 @@ class RelaySession:
         config = self._config
         rescues_done = len(choice.attempts) - 1
         lost = choice.discarded + choice.gate.attempt.generated
+        continues = choice.gate.lag is None or set(choice.gate.covered) <= {"content"}
         return (
             self.policy is Policy.RESCUE
+            and continues  # a streamed choice that is not plain content cannot be resumed, nor resent
             and rescues_done < config.rescue_attempts
             and lost <= config.rescue_token_budget
             and choice.gate.attempt.error is None
@@ -299,9 +326,10 @@ class RelaySession:
         for position, raw in enumerate(choices):
             index = raw.get("index", position) if isinstance(raw, dict) else position
             choice = self._choice(index)
-            for token in answer.tokens.get(index, []):
+            tokens = answer.tokens.get(index, [])
+            for token in tokens:
                 choice.gate.add_token(token)
-            choices[position] = await self._settle_whole(index, choice, raw)
+            choices[position] = await self._settle_whole(index, choice, raw, _texts(tokens))
         reports = self._reports()
         self._finish_reasons = tuple(str(raw.get("finish_reason")) for raw in choices if isinstance(raw, dict))
         for position, raw in enumerate(choices):
@@ -310,28 +338,33 @@ class RelaySession:
         top = self.report(reports)
         return {**body, "stability": top.model_dump(mode="json")} if top is not None else body
 
-    async def _settle_whole(self, index: int, choice: _Choice, raw: dict) -> dict:
-        """A whole choice as the client gets it: as sent, resampled, or blocked."""
+    async def _settle_whole(self, index: int, choice: _Choice, raw: dict, texts: list[str]) -> dict:
+        """A whole choice as the client gets it: as sent, resampled, or blocked (cut at the stable point of
+        its last collapsed attempt, whose tokens' ``texts`` say where that is in the message)."""
+        collapsed = choice.gate
         if choice.gate.fired is not None:
             choice.note(choice.gate)
         while choice.gate.fired is not None and self._rescuable(choice):
+            collapsed = choice.gate
             try:
-                answer = await self._resample_whole(self._resample_call(choice))
+                answer = await self._resample_whole(self._resample_call(index, choice))
             except OpenAIError as refused:
                 choice.gate.attempt.error = refused.message
                 break
-            for token in answer.tokens.get(0, []):
+            tokens = answer.tokens.get(0, [])
+            for token in tokens:
                 choice.gate.add_token(token)
             choice.note(choice.gate)
-            raw = {**(answer.body.get("choices") or [{}])[0], "index": index}
-        if choice.gate.fired is not None or choice.gate.attempt.error is not None:
-            choice.withheld += choice.gate.attempt.generated
-            blocked = self._blocked_fragment(index).choice
-            empty = {"message": {"role": "assistant", "content": ""}} if self.chat else {"text": ""}
-            return {"index": index, **empty, "logprobs": None, "finish_reason": blocked["finish_reason"]}
-        choice.gate.finish()
-        choice.note(choice.gate)
-        return raw
+            raw, texts = {**(answer.body.get("choices") or [{}])[0], "index": index}, _texts(tokens)
+        if choice.gate.fired is None and choice.gate.attempt.error is None:
+            choice.gate.finish()
+            choice.note(choice.gate)
+            return raw
+        collapsed = choice.gate if choice.gate.fired is not None else collapsed
+        kept = collapsed.attempt.kept = collapsed.attempt.rollback_to or 0
+        choice.withheld += collapsed.attempt.generated - kept
+        self._blocked_fragment(index)
+        return cut_choice(raw, texts, kept)
 
     async def _resample_whole(self, call: RelayCall) -> WholeAnswer:
         items = self._backend.relay(call)
@@ -351,14 +384,26 @@ class RelaySession:
         if choice is None:
             gate = self._new_gate(None)
             choice = self._choices[index] = _Choice(gate, [gate.attempt])
+            choice.span = self._attempt_span(1, index)
         return choice
 
-    def _new_gate(self, strategy: str | None) -> ChoiceGate:
+    def _attempt_span(self, number: int, index: int) -> Any:
+        """The span of a monitored choice's attempt (its index named when there are several choices)."""
+        if self.unmonitored is not None:
+            return None
+        strategy = self._config.rescue_strategy if number > 1 else None
+        return start_attempt_span(number, strategy, index if self.call.choices > 1 else None)
+
+    def _new_gate(self, strategy: str | None, prefix: list[int] | None = None) -> ChoiceGate:
+        """The gate of a choice's next attempt; ``prefix``: the accepted tokens it continues after."""
+        prefix = prefix or []
         monitor = self._new_monitor() if self.unmonitored is None else None
+        if monitor is not None and prefix:
+            monitor.prime(prefix)
         gated = self.policy.acts and monitor is not None
-        holds_whole = not self.call.stream or self.policy is Policy.RESCUE
+        holds_whole = not self.call.stream or (self.policy is Policy.RESCUE and not self._continues)
         lag = None if holds_whole else self._config.holdback_tokens
-        return ChoiceGate(monitor, gated, lag, Attempt(strategy))
+        return ChoiceGate(monitor, gated, lag, Attempt(strategy, offset=len(prefix)), prefix)
 
     def _reports(self, for_metrics: bool = False) -> dict[int, StabilityReport]:
         """Each monitored choice's report (none when nothing was monitored, nor under ``observe`` unless for
@@ -457,6 +502,8 @@ class RelaySession:
         if self._ended:
             return
         self._ended = True
+        for choice in self._choices.values():
+            choice.end_span()
         outcome = outcome_of(error)
         usage = self._usage or {}
         if outcome == "ok":
@@ -485,6 +532,10 @@ class RelaySession:
             scope.verdict = gate.verdict
             scope.reasons = tuple(reason.signal for reason in top.reasons) if top is not None else ()
             scope.gate_action, scope.gate_outcome = gate.action, top.gate.outcome if top and top.gate else None
+
+
+def _texts(tokens: list[ChoiceToken]) -> list[str]:
+    return [token.token.text for token in tokens]
 
 
 def _chunk(fragment: Fragment) -> dict:

@@ -46,13 +46,16 @@ def end_upstream_span(span: Any, status: int | None, error: str | None) -> None:
     span.end()
 
 
-def start_attempt_span(number: int, strategy: str | None) -> Any:
-    """The span of a gate attempt (1: the first generation, then each rescue), or None when not traced."""
+def start_attempt_span(number: int, strategy: str | None, choice: int | None = None) -> Any:
+    """The span of a gate attempt (1: the first generation, then each rescue; of one ``choice`` of a relayed
+    answer), or None when not traced."""
     scope = current_scope()
     tracing = active()
     if tracing is None or scope is None or scope.span is None:
         return None
     attributes = {"sinkwatch.attempt.number": number, "sinkwatch.attempt.strategy": strategy or "original"}
+    if choice is not None:
+        attributes["sinkwatch.attempt.choice"] = choice
     return tracing.start("sinkwatch.gate.attempt", "INTERNAL", scope.span, attributes)
 
 

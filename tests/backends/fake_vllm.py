@@ -41,6 +41,7 @@ class FakeVLLMConfig:
     loop_choices: tuple[int, ...] = (0,)  # the choices that loop (with several), and only the first attempt
     loop_requests: int = 1  # how many requests loop (later ones, e.g. rescues, do not)
     held: int = 0  # the first tokens come as vLLM sends tokens its parser holds back: an empty delta
+    loop_text: bool = False  # the loop's text repeats too (for a reader, which reads the text, not the features)
 
 
 @dataclass
@@ -82,18 +83,28 @@ class FakeVLLM:
         return JSONResponse({"object": "list", "data": data, "model": MODEL, "usage": usage})
 
     async def responses(self, request: Request) -> JSONResponse | StreamingResponse:
+        """The Responses API as vLLM serves it: one output item per kind of token, an event per token (its
+        features pushed first, as the plugin does), ``response.completed`` with the whole response."""
         body = await request.json()
         self.bodies.append(body)
-        response = {"id": "resp-fake", "object": "response", "status": "completed", "model": MODEL, "output_text": "hi"}
+        config = self.config
+        tag = RequestTag.from_extra_args(body.get("vllm_xargs"))
+        limit = min(int(body.get("max_output_tokens") or config.tokens), config.tokens)
+        features: list[tuple[str, bytes]] = []
+        tokens = self._choice(body, tag, limit, 0, len(self.bodies) <= config.loop_requests, features)
+        events = _response_events(tokens)
         if not body.get("stream"):
-            return JSONResponse(response)
-        events = [
-            {"type": "response.created", "response": {**response, "status": "in_progress"}},
-            {"type": "response.output_text.delta", "delta": "hi"},
-            {"type": "response.completed", "response": response},
-        ]
-        frames = "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
-        return StreamingResponse(iter([frames]), media_type="text/event-stream")
+            for sink, message in features:
+                self._push(sink, message)
+            return JSONResponse(events[-1]["response"])
+        return StreamingResponse(self._response_stream(events, features), media_type="text/event-stream")
+
+    async def _response_stream(self, events: list[dict], features: list[tuple[str, bytes]]):
+        for number, event in enumerate(events):
+            if event["type"].endswith(".delta") and features:
+                self._push(*features.pop(0))
+            yield f"event: {event['type']}\ndata: {json.dumps({**event, 'sequence_number': number})}\n\n"
+            await asyncio.sleep(0.001)
 
     async def generate(self, request: Request) -> JSONResponse | StreamingResponse:
         body = await request.json()
@@ -111,8 +122,11 @@ class FakeVLLM:
             return StreamingResponse(self._events(body, choices), media_type="text/event-stream")
         return JSONResponse(self._whole(body, choices))
 
-    def _choice(self, body: dict, tag: RequestTag | None, count: int, index: int, looping: bool) -> list[tuple]:
-        """The choice's tokens as (id, text, kind), its features pushed (or scheduled) as the plugin would."""
+    def _choice(
+        self, body: dict, tag: RequestTag | None, count: int, index: int, looping: bool, later: list | None = None
+    ) -> list[tuple]:
+        """The choice's tokens as (id, text, kind), its features pushed (or scheduled) as the plugin would;
+        with ``later``, each token's (sink, message) is put there for the caller to push with its event."""
         calibration, config = self.calibration, self.config
         extractor = FeatureExtractor(calibration.bands, calibration.window, **calibration.extractor_options())
         states = np.random.default_rng(count + index).normal(size=(count, len(extractor.layers), WIDTH))
@@ -124,12 +138,15 @@ class FakeVLLM:
             token = 1000 + i % 3 if in_loop else self.token_id(i) + 100 * index
             entropy = 0.05 if in_loop else 1.0 + i / 10
             kind = config.kind if config.kind != "reasoning" else ("reasoning" if i < count // 2 else "content")
-            tokens.append((token, f" t{i}", kind))
+            shown = config.loop_from + (i - config.loop_from) % 3 if in_loop and config.loop_text else i
+            tokens.append((token, f" t{shown}", kind))
             if tag is not None and config.features != "none":
                 published = tag.for_engine_request(f"{index}_{tag.request_id}") if tag.choices > 1 else tag
                 features = extractor.push(states[i], entropy, token)
                 message = encode_batch(profile, [(published.request_id, features)])
-                if config.features == "before":
+                if later is not None:
+                    later.append((tag.sink, message))
+                elif config.features == "before":
                     self._push(tag.sink, message)
                 else:
                     asyncio.get_running_loop().call_later(config.delay + i * 0.002, self._push, tag.sink, message)
@@ -174,9 +191,12 @@ class FakeVLLM:
         for index, tokens in enumerate(choices):
             text = "".join(t for _, t, _ in tokens)
             kinds = {kind for _, _, kind in tokens}
-            choice: dict = {"index": index, "finish_reason": "length", "logprobs": None}
+            choice: dict = {"index": index, "finish_reason": "length", "logprobs": _whole_logprobs(body, tokens)}
             if chat:
                 message: dict = {"role": "assistant", "content": None if kinds == {"tool_calls"} else text}
+                if "reasoning" in kinds:
+                    message["reasoning_content"] = "".join(t for _, t, kind in tokens if kind == "reasoning")
+                    message["content"] = "".join(t for _, t, kind in tokens if kind == "content")
                 if "tool_calls" in kinds:
                     message["tool_calls"] = [
                         {"id": "call-0", "type": "function", "function": {"name": "f", "arguments": text}}
@@ -205,6 +225,17 @@ class FakeVLLM:
         self._context.term()
 
 
+def _whole_logprobs(body: dict, tokens: list[tuple]) -> dict | None:
+    """A whole choice's log-probabilities as vLLM gives them, one entry per token (chat or completions form)."""
+    if "messages" in body:
+        if body.get("logprobs") is not True:
+            return None
+        return {"content": [{"token": text, "logprob": -0.5, "top_logprobs": []} for _, text, _ in tokens]}
+    if not isinstance(body.get("logprobs"), int):
+        return None
+    return {"tokens": [text for _, text, _ in tokens], "token_logprobs": [-0.5] * len(tokens)}
+
+
 def _delta(kind: str, text: str, i: int) -> dict:
     if kind == "tool_calls":
         call = {"index": 0, "function": {"arguments": text}}
@@ -214,6 +245,44 @@ def _delta(kind: str, text: str, i: int) -> dict:
     if kind == "reasoning":
         return {"reasoning_content": text}
     return {"content": text}
+
+
+_RESPONSE_ITEMS = {
+    "content": ("message", "response.output_text.delta", "output_text"),
+    "reasoning": ("reasoning", "response.reasoning_text.delta", "reasoning_text"),
+    "tool_calls": ("function_call", "response.function_call_arguments.delta", None),
+}
+
+
+def _response_events(tokens: list[tuple]) -> list[dict]:
+    """A Responses stream of ``tokens`` (id, text, kind): an output item per run of one kind, a delta per token."""
+    response = {"id": "resp-fake", "object": "response", "model": MODEL, "status": "in_progress", "output": []}
+    events: list[dict] = [{"type": "response.created", "response": response}]
+    items: list[dict] = []
+    for _, text, kind in tokens:
+        item_type, delta_type, part_type = _RESPONSE_ITEMS[kind]
+        if not items or items[-1]["type"] != item_type:
+            if items:
+                items[-1]["status"] = "completed"
+                events.append({"type": "response.output_item.done", "output_index": len(items) - 1, "item": items[-1]})
+            item: dict = {"id": f"item-{len(items)}", "type": item_type, "status": "in_progress"}
+            item.update({"content": []} if part_type else {"name": "f", "arguments": "", "call_id": "call-0"})
+            items.append(item)
+            events.append({"type": "response.output_item.added", "output_index": len(items) - 1, "item": dict(item)})
+            if part_type:
+                part = {"type": part_type, "text": ""}
+                events.append({"type": "response.content_part.added", "output_index": len(items) - 1, "part": part})
+                item["content"] = [dict(part)]
+        events.append({"type": delta_type, "output_index": len(items) - 1, "content_index": 0, "delta": text})
+        if part_type:
+            items[-1]["content"][0]["text"] += text
+        else:
+            items[-1]["arguments"] += text
+    items[-1]["status"] = "completed"
+    events.append({"type": "response.output_item.done", "output_index": len(items) - 1, "item": items[-1]})
+    usage = {"input_tokens": 5, "output_tokens": len(tokens), "total_tokens": len(tokens) + 5}
+    done = {**response, "status": "completed", "output": items, "usage": usage}
+    return [*events, {"type": "response.completed", "response": done}]
 
 
 def _sse(event: dict) -> str:

@@ -81,6 +81,32 @@ def test_tool_call_arguments_are_read(upstream, reader_gateway, stream):
     assert set(report["covered"]) == {"tool_calls"} and report["tokens_monitored"] > 0
 
 
+@pytest.fixture
+def looping(upstream) -> Iterator[FakeVLLM]:
+    """The fake answering 60 tokens of content whose text loops from the ninth on."""
+    fake, _ = upstream
+    config = fake.config
+    config.kind, config.tokens, config.loop_from, config.loop_text, config.loop_requests = "content", 60, 8, True, 10**6
+    yield fake
+    config.tokens, config.loop_from, config.loop_text, config.loop_requests = 12, None, False, 1
+
+
+def test_a_blocked_whole_answer_is_cut_where_the_stream_is(looping, reader_gateway):
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 60, "sinkwatch": {"policy": "block"}}
+    chunks = _stream(reader_gateway, body)
+    streamed = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert chunks[-1]["stability"]["gate"]["action"] == "block"
+    whole = httpx.post(f"{reader_gateway.base_url}/v1/chat/completions", json=body, timeout=60).json()
+    choice, attempt = whole["choices"][0], whole["stability"]["gate"]["attempts"][0]
+    assert choice["finish_reason"] == "content_filter"
+    # Cut at the same stable point; a stream sends an upstream chunk only once the reader has read all of
+    # it, so it may stop a few chunks earlier than the whole answer, which is cut within the text.
+    content = choice["message"]["content"]
+    assert content.startswith(streamed) and streamed.startswith(" t0")
+    assert content.count(" t8 t9 t10") <= 1 < "".join(f" t{8 + i % 3}" for i in range(52)).count(" t8 t9 t10")
+    assert attempt["tokens_kept"] == attempt["rollback_to_token"] < attempt["tokens_generated"]
+
+
 def test_each_choice_is_read_with_its_own_report(upstream, reader_gateway):
     fake, _ = upstream
     fake.config.kind = "content"

@@ -147,6 +147,47 @@ def test_block_holds_back_every_kind_of_delta_so_nothing_of_the_loop_leaks(fake,
     assert set(report["covered"]) <= {"content", "tool_calls", "reasoning"} and kind in report["covered"]
 
 
+def _fields(message: dict) -> tuple[str, str, str]:
+    """A message's or the sum of the deltas' (reasoning, content, tool-call arguments)."""
+    arguments = "".join(call["function"].get("arguments") or "" for call in message.get("tool_calls") or [])
+    return message.get("reasoning_content") or "", message.get("content") or "", arguments
+
+
+@pytest.mark.parametrize("kind", ["content", "tool_calls", "reasoning"])
+def test_a_blocked_whole_answer_is_cut_where_the_stream_is(fake, relay_server, kind):
+    upstream, _ = fake
+    upstream.config.kind, upstream.config.loop_from, upstream.config.loop_requests = kind, LOOP_FROM, 2
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "tools": TOOLS}
+    chunks = _stream(relay_server, body, **{"x-sinkwatch-policy": "block"})
+    deltas = [_fields(c["choices"][0]["delta"]) for c in chunks if c["choices"]]
+    streamed = tuple("".join(parts) for parts in zip(*deltas, strict=True))
+    whole = httpx.post(
+        f"{relay_server.base_url}/v1/chat/completions", json=body, headers={"x-sinkwatch-policy": "block"}, timeout=30
+    ).json()
+    choice, gate = whole["choices"][0], whole["stability"]["gate"]
+    assert _fields(choice["message"]) == streamed and any(streamed)  # the stable prefix, as streamed
+    assert (choice["finish_reason"], choice["logprobs"]) == ("content_filter", None)
+    assert upstream.bodies[-1]["logprobs"] is True  # asked to spell the tokens, not passed on
+    attempt = gate["attempts"][0]
+    assert (
+        attempt["tokens_kept"]
+        == attempt["rollback_to_token"]
+        == chunks[-1]["stability"]["gate"]["attempts"][0]["rollback_to_token"]
+    )
+    assert gate["tokens_withheld"] == attempt["tokens_generated"] - attempt["tokens_kept"] > 0
+
+
+def test_a_blocked_whole_answer_keeps_the_logprobs_of_what_it_kept(fake, relay_server):
+    upstream, _ = fake
+    upstream.config.loop_from = LOOP_FROM
+    answer = client_of(relay_server).chat.completions.create(
+        model=MODEL, messages=MESSAGES, max_tokens=40, logprobs=True, extra_body={"sinkwatch": {"policy": "block"}}
+    )
+    kept = answer.model_extra["stability"]["gate"]["attempts"][0]["tokens_kept"]
+    assert answer.choices[0].message.content == "".join(f" t{i}" for i in range(kept))
+    assert [entry.token for entry in answer.choices[0].logprobs.content] == [f" t{i}" for i in range(kept)]
+
+
 def test_rescue_resamples_a_collapsed_choice_from_its_start_and_says_so(fake, relay_server):
     upstream, _ = fake
     upstream.config.kind, upstream.config.loop_from = "tool_calls", LOOP_FROM
@@ -163,15 +204,54 @@ def test_rescue_resamples_a_collapsed_choice_from_its_start_and_says_so(fake, re
     assert resample["temperature"] >= 0.7 and resample["presence_penalty"] > 0
 
 
-def test_a_rescued_stream_sends_only_the_resampled_choice(fake, relay_server):
+def test_a_resample_takes_out_the_clients_inducers_of_repetition_and_says_so(fake, relay_server):
     upstream, _ = fake
     upstream.config.loop_from = LOOP_FROM
-    chunks = _stream(
-        relay_server, {"model": MODEL, "messages": MESSAGES, "max_tokens": 40}, **{"x-sinkwatch-policy": "rescue"}
-    )
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "frequency_penalty": -2.0, "temperature": 0.0}
+    answer = httpx.post(
+        f"{relay_server.base_url}/v1/chat/completions", json=body, headers={"x-sinkwatch-policy": "rescue"}, timeout=30
+    ).json()
+    attempts = answer["stability"]["gate"]["attempts"]
+    assert [attempt["neutralised"] for attempt in attempts] == [[], ["frequency_penalty"]]
+    assert upstream.bodies[0]["frequency_penalty"] == -2.0 and upstream.bodies[1]["frequency_penalty"] == 0.0
+
+
+def test_a_rescued_stream_of_text_is_continued_from_its_stable_point(fake, relay_server):
+    upstream, _ = fake
+    upstream.config.loop_from = LOOP_FROM
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "frequency_penalty": -2.0}
+    chunks = _stream(relay_server, body, **{"x-sinkwatch-policy": "rescue"})
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
-    assert text == "".join(f" t{i}" for i in range(40))
-    assert chunks[-1]["stability"]["gate"]["outcome"] == "rescued"
+    gate = chunks[-1]["stability"]["gate"]
+    first, second = gate["attempts"]
+    cut = first["rollback_to_token"]
+    accepted = "".join(f" t{i}" for i in range(cut))
+    # what was stable streamed under the hold-back, then the continuation's own tokens (the fake's t0, t1, ...)
+    assert text == accepted + "".join(f" t{i}" for i in range(40 - cut))
+    assert 0 < cut <= LOOP_FROM and first["tokens_kept"] == cut and second["tokens_generated"] == 40 - cut
+    assert (gate["outcome"], gate["holdback_tokens"], gate["tokens_leaked"]) == ("rescued", 3, 0)
+    assert gate["tokens_discarded"] == first["tokens_generated"] - cut
+    continuation = upstream.bodies[-1]
+    assert continuation["messages"] == [*MESSAGES, {"role": "assistant", "content": accepted}]
+    assert (continuation["continue_final_message"], continuation["add_generation_prompt"]) == (True, False)
+    assert continuation["max_tokens"] == 40 - cut and continuation["frequency_penalty"] == 0.0
+    assert second["neutralised"] == ["frequency_penalty"]
+
+
+def test_a_streamed_tool_call_under_rescue_is_held_whole_and_resampled_from_its_start(fake, relay_server):
+    upstream, _ = fake
+    upstream.config.kind, upstream.config.loop_from = "tool_calls", LOOP_FROM
+    body = {"model": MODEL, "messages": MESSAGES, "max_tokens": 40, "tools": TOOLS}
+    chunks = _stream(relay_server, body, **{"x-sinkwatch-policy": "rescue"})
+    arguments = "".join(
+        call["function"].get("arguments") or ""
+        for c in chunks
+        if c["choices"]
+        for call in c["choices"][0]["delta"].get("tool_calls") or []
+    )
+    assert arguments == "".join(f" t{i}" for i in range(40))  # the resample's alone: nothing sent twice
+    assert chunks[-1]["stability"]["gate"]["holdback_tokens"] is None
+    assert "continue_final_message" not in upstream.bodies[-1]
 
 
 def test_upstream_client_errors_pass_through_unchanged(fake, relay_server):
@@ -216,7 +296,7 @@ def test_responses_are_relayed_with_the_report_on_the_response(fake, relay_serve
         raw = response.read().decode()
     assert upstream.bodies[-1]["top_k"] == 3 and "sinkwatch_request_id" in upstream.bodies[-1]["vllm_xargs"]
     if stream:
-        assert raw.count("event: ") == 3 and "[DONE]" not in raw
+        assert raw.count("event: ") == 40 + 5 and "[DONE]" not in raw  # every event relayed: a delta per token
         final = json.loads(raw.strip().split("\n")[-1].removeprefix("data: "))
         assert final["type"] == "response.completed"
         report = final["response"]["stability"]
@@ -271,11 +351,15 @@ def test_rescue_resamples_only_the_choice_that_collapsed(fake, relay_server):
     for chunk in chunks:
         for choice in chunk["choices"]:
             texts[choice["index"]] += choice["delta"].get("content") or ""
-    assert texts[1] == "".join(f" t{i}" for i in range(40))  # the resample's own tokens (ids 1000+i)
     reports = {
         c["choices"][0]["index"]: c["choices"][0]["stability"]
         for c in chunks
         if c["choices"] and "stability" in c["choices"][0]
     }
+    cut = reports[1]["gate"]["attempts"][0]["rollback_to_token"]  # its stable part, then the continuation
+    assert texts[1] == "".join(f" t{i}" for i in range(cut)) + "".join(f" t{i}" for i in range(40 - cut))
+    assert texts[0] == "".join(f" t{i}" for i in range(40))
     assert reports[1]["gate"]["outcome"] == "rescued" and reports[0]["gate"]["outcome"] is None
+    top = chunks[-1]["stability"]  # both choices end ok: the summary is the one that was rescued
+    assert (top["choice"], top["verdict"], top["gate"]["outcome"]) == (1, "ok", "rescued")
     assert "n" not in upstream.bodies[-1]

@@ -161,6 +161,30 @@ def test_the_responses_api(real_vllm_gateway):
     assert final.response.model_extra["stability"]["tokens_monitored"] == final.response.usage.output_tokens > 0
 
 
+def test_the_responses_api_under_block_cuts_a_forced_loop_and_leaks_none_of_it(real_vllm_gateway, vllm_server):
+    options = {
+        "model": MODEL,
+        "input": "Name three colours.",
+        "max_output_tokens": LOOP["max_tokens"],
+        "temperature": 0.0,
+    }
+    loop = {"frequency_penalty": LOOP["frequency_penalty"]}
+    direct = _client(vllm_server).responses.create(**options, include=["message.output_text.logprobs"], extra_body=loop)
+    tokens = [entry.token for entry in direct.output[-1].content[0].logprobs]
+    block = {**loop, "sinkwatch": {"policy": "block"}}
+    events = list(_client(real_vllm_gateway).responses.create(**options, extra_body=block, stream=True))
+    final = events[-1]
+    assert final.type == "response.incomplete" and final.response.incomplete_details.reason == "content_filter"
+    report = final.response.model_extra["stability"]
+    assert (report["verdict"], report["gate"]["action"], report["gate"]["tokens_leaked"]) == ("sink", "block", 0)
+    sent = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    cut = report["gate"]["attempts"][0]["rollback_to_token"]
+    assert sent == "".join(tokens[:cut]) and len(sent) < len(direct.output_text)  # exactly what came before the cut
+    assert final.response.output_text == sent
+    whole = _client(real_vllm_gateway).responses.create(**options, extra_body=block)
+    assert (whole.status, whole.output_text) == ("incomplete", sent)
+
+
 @pytest.mark.parametrize(
     "shape",
     [
@@ -186,3 +210,23 @@ def test_a_forced_loop_is_a_sink_and_block_leaks_none_of_it(real_vllm_gateway, v
     if "tools" not in shape:  # the text is the tokens' own: exactly those before the cut went out
         cut = report["gate"]["attempts"][0]["rollback_to_token"]
         assert sent == "".join(entry.token for entry in direct["logprobs"][:cut])
+    # A whole answer is cut at the same stable point (vLLM's whole answer to the looping tool call is its
+    # raw text as content: the parser cannot parse the unfinished call).
+    whole = _ask(real_vllm_gateway, False, **shape, extra_body={"sinkwatch": {"policy": "block"}})["choices"][0]
+    uncut = _ask(vllm_server, False, **shape)["choices"][0]
+    kept, full = whole["text"] + whole["arguments"], uncut["text"] + uncut["arguments"]
+    assert whole["finish_reason"] == "content_filter" and full.startswith(kept) and 0 < len(kept) < len(full)
+    if "tools" not in shape:
+        assert kept == sent and whole["logprobs"] == []
+
+
+def test_a_rescued_stream_continues_from_its_stable_point(real_vllm_gateway, vllm_server):
+    direct = _ask(vllm_server, True, **LOOP, messages=QUESTION, logprobs=True)["choices"][0]
+    rescued = _ask(real_vllm_gateway, True, **LOOP, messages=QUESTION, extra_body={"sinkwatch": {"policy": "rescue"}})
+    choice, gate = rescued["choices"][0], rescued["stability"]["gate"]
+    first, second = gate["attempts"][:2]
+    cut = first["rollback_to_token"]
+    stable = "".join(entry.token for entry in direct["logprobs"][:cut])
+    assert choice["text"].startswith(stable) and len(choice["text"]) > len(stable)  # stable part, then more
+    assert (second["strategy"], second["neutralised"], gate["tokens_leaked"]) == ("combined", ["frequency_penalty"], 0)
+    assert gate["outcome"] in ("rescued", "rescue_failed")
