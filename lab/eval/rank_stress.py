@@ -70,7 +70,7 @@ def window_end(bands: Sequence[LayerBand], measured: Measured, levels: dict) -> 
     rows = replay(tail, np.zeros(len(tail)), measured.ids, extractor, captured_layers(tuple(bands)))
     last = len(tail) - 1
     novel = {b.name: float(rows.get(f"{b.name}.{NOVEL_PR}", np.full(len(tail), np.nan))[last]) for b in bands}
-    plain = {b.name: float(rows[f"{b.name}.pr"][last]) for b in bands}
+    plain = {b.name: float(rows.get(f"{b.name}.pr", np.full(len(tail), np.nan))[last]) for b in bands}
     return novel, plain
 
 
