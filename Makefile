@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm bench-relay test-load test-hostile test-newest
+.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm bench-relay test-load test-hostile test-newest test-gemma
 # From Debian, installed together: Prometheus, promtool, Alertmanager and amtool, which the rule tests and the
 # live observability tests run; nginx, the reference proxy of `sinkwatch bench proxy` and of its test.
 PROMETHEUS_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool
@@ -85,6 +85,12 @@ test-newest:
 	$(NEWEST_VENV)/bin/pip install --quiet --upgrade --upgrade-strategy eager -e '.[dev]'
 	$(NEWEST_VENV)/bin/pip list --format=freeze | grep -iE '^(uvicorn|httptools|httpx|fastapi|starlette|pydantic|prometheus)'
 	$(NEWEST_VENV)/bin/pytest -m 'not load and not hostile and not model' $(NEWEST_TESTS)
+
+## test-gemma: Gemma 3 270M end to end on the embedded engine: fetch, serve, uncalibrated reports (marker `gemma`;
+## the first run downloads and converts it, about 2 min)
+test-gemma: setup
+	$(BIN)/sinkwatch fetch --model gemma-3-270m
+	$(BIN)/pytest -m gemma tests/gemma
 
 ## test-hostile: every hostile-client attack against real gateway processes on loopback (marker `hostile`)
 test-hostile: setup

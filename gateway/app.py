@@ -52,7 +52,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.BUILD_INFO.info({"version": __version__, "backend": backend.name})
         metrics.watch_event_loop(asyncio.get_running_loop())
-        starting = asyncio.create_task(_start(backend, calibration))
+        starting = asyncio.create_task(_start(app.state.serving))
         if worker is not None:
             await starting  # a worker takes connections once it knows its upstreams; its siblings serve meanwhile
         stop_metrics = await _serve_metrics(settings, worker)
@@ -95,11 +95,25 @@ async def _serve_metrics(settings: Settings, worker: WorkerContext | None) -> Ca
     return server.close
 
 
-async def _start(backend: Backend, calibration: Calibration | None) -> None:
+async def _start(ctx: ServingContext) -> None:
+    backend = ctx.backend
     try:
         await backend.start()
     except Exception:
         log.exception("backend %s failed to start", backend.name)
         raise
+    # A backend that derives an uncalibrated model's profile, or finds its upstream serves another model than
+    # the calibration's, says which calibration its monitors use.
+    ctx.calibration = getattr(backend, "calibration", ctx.calibration)
     for model in backend.model_names():
-        metrics.model_ready(model, backend.name, calibration)
+        metrics.model_ready(model, backend.name, ctx.calibration)
+        log.info("model %s ready on %s: %s", model, backend.name, _judged_by(ctx.calibration))
+
+
+def _judged_by(calibration: Calibration | None) -> str:
+    """How the readiness line says what judges a model's generations."""
+    if calibration is None:
+        return "unmonitored (no capture)"
+    if not calibration.calibrated:
+        return "UNCALIBRATED (monitored, verdict 'uncalibrated', block and rescue do not act)"
+    return f"calibration {calibration.model}@{calibration.created}"

@@ -56,6 +56,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "label": "lab.eval.labelling",
             "verdicts": "lab.eval.verdicts_eval",
             "rank": "lab.eval.rank_eval",
+            "prefill": "lab.eval.prefill_eval",
         },
     ),
 }

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     backend: str = _setting("embedded", "where tokens come from", ("embedded", "openai", "vllm"))
     model: str = _setting("SmolLM2-135M-Instruct", "packaged model name, .gguf file or transformers folder")
     served_model_name: str = _setting("", "name clients use for the model (default: derived from --model)")
+    chat_template: str = _setting(
+        "", "embedded engine: Jinja chat template file, for a model whose tokenizer has none (as vLLM's flag)"
+    )
     max_batch: int = _setting(8, "embedded engine: requests decoded together", ge=1)
     max_queue: int = _setting(64, "embedded engine: requests waiting for a slot before 429", ge=0)
     max_model_len: int = _setting(2048, "embedded engine: prompt plus completion tokens", ge=1)
@@ -231,6 +234,13 @@ class Settings(BaseSettings):
         choices = _choices(info.field_name)
         if choices and value not in choices:
             raise ValueError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _readable_template(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"chat template file {value} does not exist")
         return value
 
     @model_validator(mode="after")

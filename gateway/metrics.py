@@ -9,7 +9,7 @@ import asyncio
 from prometheus_client import Counter, Gauge, Histogram, Info, disable_created_metrics
 
 from monitors.calibration import Calibration
-from monitors.verdict import VerdictLevel
+from monitors.verdict import UNCALIBRATED, VerdictLevel
 
 __all__ = [
     "AUTH_FAILURES",
@@ -23,6 +23,7 @@ __all__ = [
     "HTTP_REFUSED",
     "IN_FLIGHT",
     "PARTICIPATION_RATIO",
+    "PREFILL_RISK",
     "RANK_MARGIN",
     "RATE_LIMITED",
     "REQUESTS",
@@ -101,6 +102,12 @@ IN_FLIGHT = Gauge("sinkwatch_requests_in_flight", "Requests being served now", [
 ENGINE_WAITING = Gauge("sinkwatch_engine_waiting_requests", "Embedded engine: requests waiting for a batch slot")
 ENGINE_ACTIVE = Gauge("sinkwatch_engine_active_requests", "Embedded engine: requests in the decoding batch")
 MODEL_READY = Gauge("sinkwatch_model_ready", "1 once the backend can serve the model", ["model", "backend"])
+MODEL_CALIBRATED = Gauge(
+    "sinkwatch_model_calibrated",
+    "1 when a served model's verdicts come from its own calibration; 0 when it is served uncalibrated (monitored, "
+    "never judged: verdict 'uncalibrated', block and rescue do not act)",
+    ["model"],
+)
 CALIBRATION = Info("sinkwatch_calibration", "The calibration behind a model's verdicts (date, size)", ["model"])
 CALIBRATION_TARGET_FPR = Gauge(
     "sinkwatch_calibration_target_false_positive_ratio",
@@ -129,6 +136,13 @@ RANK_MARGIN = Histogram(
 STABILITY_RISK = Histogram(
     "sinkwatch_stability_risk",
     "Calibrated probability that a monitored request's generation was sinking (its highest stability.risk)",
+    ["model"],
+    buckets=RISK_BUCKETS,
+)
+
+PREFILL_RISK = Histogram(
+    "sinkwatch_prefill_risk",
+    "Probability, before the first token, that a monitored request's answer loops (its stability.prefill_risk)",
     ["model"],
     buckets=RISK_BUCKETS,
 )
@@ -224,13 +238,15 @@ def model_ready(model: str, backend: str, calibration: Calibration | None) -> No
     (sink share, rescue failures) must see every event, so their series exist from the start.
     """
     MODEL_READY.labels(model, backend).set(1)
-    for level in VerdictLevel:
-        VERDICTS.labels(model, level.value)
+    if calibration is not None:  # monitored: by its own calibration, or uncalibrated
+        MODEL_CALIBRATED.labels(model).set(calibration.calibrated)
+    for level in (*(level.value for level in VerdictLevel), UNCALIBRATED):
+        VERDICTS.labels(model, level)
     for outcome in ("success", "failed"):
         RESCUE_ATTEMPTS.labels(model, outcome)
     for outcome in ("success", "fallback_block"):
         RESCUES.labels(model, outcome)
-    if calibration is not None:
+    if calibration is not None and calibration.calibrated:
         CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
         CALIBRATION.labels(model).info({"created": calibration.created, "generations": str(calibration.n_generations)})
 

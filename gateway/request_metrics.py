@@ -16,6 +16,7 @@ from prometheus_client import Counter
 
 from gateway import metrics
 from gateway.errors import OpenAIError
+from monitors.verdict import UNCALIBRATED
 
 __all__ = ["GateOutcome", "RequestSeries", "outcome_of"]
 
@@ -46,6 +47,7 @@ class GateOutcome:
     discarded_tokens: int
     band_stats: dict[str, dict[str, float]]
     risk: float | None = None
+    prefill_risk: float | None = None
 
 
 class RequestSeries:
@@ -112,12 +114,14 @@ class RequestSeries:
         metrics.VERDICTS.labels(model, gate.verdict).inc()
         if gate.risk is not None:
             metrics.STABILITY_RISK.labels(model).observe(gate.risk)
+        if gate.prefill_risk is not None:
+            metrics.PREFILL_RISK.labels(model).observe(gate.prefill_risk)
         for band, stats in gate.band_stats.items():
             if "pr_mean" in stats:
                 metrics.PARTICIPATION_RATIO.labels(model, band).observe(stats["pr_mean"])
             if "rank_margin_min" in stats:
                 metrics.RANK_MARGIN.labels(model, band).observe(stats["rank_margin_min"])
-        reason = gate.verdict if gate.fired else "none"
+        reason = gate.verdict if gate.fired or gate.verdict == UNCALIBRATED else "none"
         metrics.GATE_ACTIONS.labels(model, gate.policy, gate.action, reason).inc()
         _count(metrics.RESCUE_ATTEMPTS, model, gate.rescue_attempts)
         if gate.rescue is not None:

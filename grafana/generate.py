@@ -287,6 +287,16 @@ VERDICTS = Row(
             unit="percentunit",
         ),
         Panel(
+            "Prefill risk",
+            "Per monitored request, the probability computed before its first token, from the prompt and the "
+            "request's sampling, that the answer loops (stability.prefill_risk): median and p90.",
+            (
+                Query(_quantile(0.5, "sinkwatch_prefill_risk"), "p50"),
+                Query(_quantile(0.9, "sinkwatch_prefill_risk"), "p90"),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
             "Gate actions",
             "What the gate did per request (pass, annotate, block, rescue) and the verdict behind it.",
             (
@@ -326,7 +336,8 @@ VERDICTS = Row(
         Panel(
             "Unmonitored requests",
             "Requests relayed without monitoring (marked stability.verdict unmonitored), by reason: capacity "
-            "(the reader is full), endpoint (no monitored path), uncalibrated.",
+            "(the reader is full), endpoint (no monitored path), uncalibrated (nothing captures: --no-capture, or "
+            "no reader).",
             (Query(f"sum by (reason) (rate(sinkwatch_unmonitored_requests_total{RATE}))", "{{reason}}"),),
             unit="reqps",
             stacked=True,
@@ -423,6 +434,14 @@ MODEL_STATE = Row(
             "Ready",
             "1 once the backend can serve the model.",
             (Query(f"max by (backend) (sinkwatch_model_ready{{{M}}})", "{{backend}}"),),
+            unit="none",
+            kind="stat",
+        ),
+        Panel(
+            "Calibrated",
+            "1 when the model's verdicts come from its own calibration; 0 when it is served uncalibrated (monitored, "
+            "verdict uncalibrated, block and rescue do not act): run sinkwatch calibrate for it.",
+            (Query(f"min(sinkwatch_model_calibrated{{{M}}})"),),
             unit="none",
             kind="stat",
         ),

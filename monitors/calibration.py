@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from monitors.bands import LayerBand
+from monitors.prefill import PrefillProbe
 from monitors.probe import LinearProbe
 from monitors.risk import RiskModel
 
@@ -100,6 +101,10 @@ class Calibration:
     notes: dict[str, Any] = field(default_factory=dict)
     recurrence_levels: dict[int, float] = field(default_factory=dict)
     risk: RiskModel | None = None
+    prefill_probe: PrefillProbe | None = None
+    # False for a model served without a calibration (monitors.model_profile.uncalibrated): features from
+    # the model's own profile, no thresholds, no verdicts.
+    calibrated: bool = True
 
     def mean_state_arrays(self) -> dict[int, np.ndarray]:
         """The model's mean residual state per captured layer, as arrays."""
@@ -112,6 +117,7 @@ class Calibration:
             "outlier_dims": self.outlier_dims,
             "probe": self.probe,
             "recurrence_levels": self.recurrence_levels,
+            "prefill_probe": self.prefill_probe.prompt if self.prefill_probe else None,
         }
 
     def to_json(self) -> str:
@@ -122,6 +128,10 @@ class Calibration:
         data["outlier_dims"] = {str(k): v for k, v in self.outlier_dims.items()}
         data["recurrence_levels"] = {str(k): v for k, v in self.recurrence_levels.items()}
         data["probe"] = self.probe.to_dict() if self.probe else None
+        if self.prefill_probe is None:
+            del data["prefill_probe"]
+        else:
+            data["prefill_probe"] = self.prefill_probe.to_dict()
         return json.dumps(data, indent=1)
 
     @classmethod
@@ -136,6 +146,8 @@ class Calibration:
         data["probe"] = LinearProbe.from_dict(data["probe"]) if data.get("probe") else None
         risk = data.get("risk")
         data["risk"] = RiskModel(tuple(risk["scores"]), tuple(risk["probabilities"])) if risk else None
+        prefill = data.get("prefill_probe")
+        data["prefill_probe"] = PrefillProbe.from_dict(prefill) if prefill else None
         return cls(**data)
 
 

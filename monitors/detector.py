@@ -5,6 +5,9 @@ Every signal has its own calibrated alarm level (see :mod:`monitors.calibration`
 ``min_agreeing`` sink signals do, and ``warn`` while some signal is past its level but not yet for
 ``persistence`` tokens (or too few agree).
 
+With a prefill probe whose alarm level the request's prefill risk reaches (:mod:`monitors.prefill`), the
+verdict is ``sink`` from the first token, with the reason ``prefill.risk`` and no stable token.
+
 Beside the verdict it keeps a score: the largest margin (in normal-traffic standard deviations) by which
 any signal has held past its level for its persistence, maximised over the generation so far; with the
 calibration's risk model that is ``stability.risk`` (:mod:`monitors.risk`).
@@ -20,9 +23,10 @@ from monitors.risk import SCORE_CLIP
 from monitors.text import PeriodicityTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
 
-__all__ = ["PERIODICITY_SIGNAL", "StabilityDetector", "usable_values"]
+__all__ = ["PERIODICITY_SIGNAL", "PREFILL_SIGNAL", "StabilityDetector", "usable_values"]
 
 PERIODICITY_SIGNAL = "text.periodicity"
+PREFILL_SIGNAL = "prefill.risk"
 
 
 @dataclass
@@ -92,7 +96,14 @@ class StabilityDetector:
         self._last_stable: int | None = None
         self._fired_level = VerdictLevel.OK
         self._stats = _RunningStats()
+        self._prefill_alarm: Reason | None = None
         self.verdict = Verdict(VerdictLevel.OK, token_index=-1)
+
+    def note_prefill_risk(self, risk: float) -> None:
+        """Before the first token: a prefill risk at the calibration's alarm level fires the verdict from it."""
+        probe = self.calibration.prefill_probe
+        if probe is not None and probe.alarms(risk):
+            self._prefill_alarm = Reason(PREFILL_SIGNAL, risk, float(probe.alarm_level), "high", 0)
 
     def prime(self, token_ids: list[int]) -> None:
         """Seed the text history with tokens already accepted (a rescue continues after them)."""
@@ -120,12 +131,15 @@ class StabilityDetector:
                     persistent.append(state)
             self.score = max(self.score, state.held_margin)
         level = self._level(crossing, persistent)
+        alarm = self._prefill_alarm
+        if alarm is not None:
+            level = max(level, VerdictLevel.SINK, key=lambda v: v.severity)
         fired = self._fired_level is not VerdictLevel.OK
         if persistent and self._onset is None:
             self._onset = min(s.since for s in persistent)
         elif not persistent and not fired:
-            self._onset = None
-        if not crossing and not fired:
+            self._onset = None if alarm is None else alarm.since_token
+        if not crossing and not fired and alarm is None:
             self._last_stable = features.index
         if level.severity >= 2 and level.severity > self._fired_level.severity:
             if not fired:
@@ -133,7 +147,7 @@ class StabilityDetector:
             self._fired_level = level
         reasons = tuple(
             Reason(s.spec.name, s.statistic, s.spec.threshold, s.spec.direction, s.since) for s in persistent
-        )
+        ) + ((alarm,) if alarm is not None else ())
         self.verdict = Verdict(
             level=max(level, self._fired_level, key=lambda v: v.severity),
             token_index=features.index,
@@ -165,13 +179,20 @@ class StabilityDetector:
         """Per-band and global statistics of the generation so far, for the stability report."""
         return self._stats.summary()
 
+    def signals(self) -> dict[str, dict[str, float]]:
+        """Every feature seen so far: latest value, minimum and maximum (the raw signals of an uncalibrated
+        model's report, which no threshold judges)."""
+        return self._stats.extremes()
+
 
 class _RunningStats:
-    """Means and minima of the features over a generation (rank margins included)."""
+    """Means, minima, maxima and latest values of the features over a generation (rank margins included)."""
 
     def __init__(self) -> None:
         self._sum: dict[str, float] = {}
         self._min: dict[str, float] = {}
+        self._max: dict[str, float] = {}
+        self._latest: dict[str, float] = {}
         self._count: dict[str, int] = {}
 
     def add(self, values: dict[str, float]) -> None:
@@ -179,6 +200,15 @@ class _RunningStats:
             self._sum[name] = self._sum.get(name, 0.0) + value
             self._count[name] = self._count.get(name, 0) + 1
             self._min[name] = min(self._min.get(name, value), value)
+            self._max[name] = max(self._max.get(name, value), value)
+            self._latest[name] = value
+
+    def extremes(self) -> dict[str, dict[str, float]]:
+        """Per feature: its latest value and its extremes over the generation."""
+        return {
+            name: {"latest": round(latest, 4), "min": round(self._min[name], 4), "max": round(self._max[name], 4)}
+            for name, latest in sorted(self._latest.items())
+        }
 
     def summary(self) -> dict:
         bands: dict[str, dict[str, float]] = {}

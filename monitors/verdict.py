@@ -3,7 +3,11 @@
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-__all__ = ["Reason", "Verdict", "VerdictLevel"]
+__all__ = ["UNCALIBRATED", "Reason", "Verdict", "VerdictLevel"]
+
+# What the report and the metrics say instead of a level for a model served without a calibration: its
+# monitors run, nothing judges them (``monitors.model_profile.uncalibrated``).
+UNCALIBRATED = "uncalibrated"
 
 
 class VerdictLevel(StrEnum):

@@ -143,6 +143,14 @@ def test_several_workers_only_for_a_backend_without_a_model():
             load_settings(None, environ=environ)
 
 
+def test_a_chat_template_file_must_exist_and_the_error_names_its_source(tmp_path):
+    with pytest.raises(ValueError, match=f"chat_template: .*does not exist.*{ENV_PREFIX}CHAT_TEMPLATE"):
+        load_settings(None, environ={f"{ENV_PREFIX}CHAT_TEMPLATE": str(tmp_path / "absent.jinja")})
+    template = tmp_path / "chat.jinja"
+    template.write_text("{{ messages[0]['content'] }}")
+    assert _parse(["--chat-template", str(template)]).chat_template == str(template)
+
+
 def test_secrets_are_secret_strings_masked_in_repr():
     settings = Settings(api_keys="a:sk-in-settings", upstream_api_key="sk-upstream")
     assert "sk-in-settings" not in repr(settings) and "sk-upstream" not in repr(settings)

@@ -86,7 +86,7 @@ async def _answer(http: Request, endpoint: str, path: str, prefix: str) -> Respo
     if scope is not None:
         scope.served(endpoint, model)
         scope.policy = policy.value
-    if monitor is not None and policy.acts:
+    if monitor is not None and policy.acts and monitor.judges:  # an uncalibrated model is only annotated
         gate = ResponsesGate(tap.features, monitor, policy, ctx.gate_config)
         return await relay_gated_responses(ctx.backend.pool, tap.call, gate, series, received_at)
     if monitor is not None:

@@ -11,7 +11,8 @@ from gateway.engine.loader import load_model
 from gateway.engine.provision import provision
 from gateway.errors import UnsupportedParameter
 from gateway.generation import GenerationEvent, GenerationRequest, StartEvent
-from monitors.bands import LayerBand
+from monitors.bands import LayerBand, default_bands, format_bands
+from monitors.calibration import Calibration
 
 __all__ = ["EmbeddedBackend"]
 
@@ -19,7 +20,12 @@ log = logging.getLogger(__name__)
 
 
 class EmbeddedBackend:
-    """Runs ``model`` in this process; ``ready`` once the weights are loaded and the engine runs."""
+    """Runs ``model`` in this process; ``ready`` once the weights are loaded and the engine runs.
+
+    ``calibration``: what the monitors judge with; without one (and with capture on) the model's own profile is
+    derived once it is loaded (:mod:`monitors.model_profile`) and the monitors run uncalibrated. Read
+    :attr:`calibration` after :meth:`start` for the one in use.
+    """
 
     name = "embedded"
 
@@ -29,13 +35,15 @@ class EmbeddedBackend:
         served_name: str,
         config: EngineConfig,
         bands: tuple[LayerBand, ...] | None,
-        extractor_options: dict | None = None,
+        calibration: Calibration | None = None,
+        chat_template: str | None = None,
     ) -> None:
         self._model = model
         self._served_name = served_name
         self._config = config
         self._bands = bands
-        self._extractor_options = extractor_options
+        self.calibration = calibration
+        self._chat_template = chat_template
         self.engine: EmbeddedEngine | None = None
         self.intake: RequestIntake | None = None
 
@@ -54,11 +62,21 @@ class EmbeddedBackend:
         log.info("embedded engine ready: %s (%d layers)", self._served_name, self.engine.loaded.num_layers)
 
     def _build_engine(self) -> EmbeddedEngine:
-        from monitors.bands import default_bands
+        from monitors.model_profile import profile_model, uncalibrated
 
-        loaded = load_model(provision(self._model), self._served_name)
-        bands = self._bands or default_bands(loaded.num_layers)
-        return EmbeddedEngine(loaded, self._config, bands, self._extractor_options)
+        loaded = load_model(provision(self._model), self._served_name, self._chat_template)
+        if self.calibration is None and self._config.capture:
+            self.calibration = uncalibrated(self._served_name, profile_model(loaded.model, loaded.tokenizer))
+            log.warning(
+                "%s has no calibration: serving it uncalibrated (monitors on its own bands %s, verdicts "
+                "'uncalibrated', block and rescue do not act); run `sinkwatch calibrate` for it",
+                self._served_name,
+                format_bands(self.calibration.bands),
+            )
+        calibration = self.calibration
+        bands = self._bands or (calibration.bands if calibration else default_bands(loaded.num_layers))
+        options = calibration.extractor_options() if calibration else None
+        return EmbeddedEngine(loaded, self._config, bands, options)
 
     async def close(self) -> None:
         if self.intake is not None:

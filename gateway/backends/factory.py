@@ -2,6 +2,7 @@
 it is the one asked for)."""
 
 import logging
+from pathlib import Path
 
 from gateway.backends.openai import openai_backend
 from gateway.backends.vllm import vllm_backend
@@ -17,13 +18,14 @@ log = logging.getLogger(__name__)
 
 
 def resolve_calibration(settings: Settings) -> Calibration | None:
-    """The configured calibration file, else the one shipped for the served model, else none."""
+    """The configured calibration file, else the one shipped for the served model, else none (the backend
+    then serves the model uncalibrated: no other model's thresholds ever judge it)."""
     try:
         return load_calibration(settings.calibration or settings.served_name())
     except FileNotFoundError as missing:
         if settings.calibration:
             raise
-        log.warning("%s: serving without stability verdicts", missing)
+        log.warning("%s: serving it uncalibrated", missing)
         return None
 
 
@@ -39,11 +41,11 @@ def build_backend(settings: Settings, calibration: Calibration | None) -> Backen
         capture=settings.capture,
         window=calibration.window if calibration else EngineConfig.window,
     )
-    extractor_options = calibration.extractor_options() if calibration else None
     if settings.backend == "openai":
-        return openai_backend(settings, bands, engine.window, extractor_options)
+        return openai_backend(settings, bands, engine.window, calibration)
     if settings.backend == "vllm":
         return vllm_backend(settings, calibration, bands)
     from gateway.backends.embedded import EmbeddedBackend  # torch and the model: only for this backend
 
-    return EmbeddedBackend(settings.model, settings.served_name(), engine, bands, extractor_options)
+    chat_template = Path(settings.chat_template).read_text() if settings.chat_template else None
+    return EmbeddedBackend(settings.model, settings.served_name(), engine, bands, calibration, chat_template)

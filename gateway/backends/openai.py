@@ -36,6 +36,7 @@ from gateway.relay.seam import FeatureTap, RelayCall, RelayItem
 from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool
 from monitors.bands import LayerBand
+from monitors.calibration import Calibration
 
 __all__ = ["OpenAIBackend", "chunk_choice", "finish_event", "openai_backend", "upstream_request"]
 
@@ -123,6 +124,11 @@ class OpenAIBackend:
     def model_names(self) -> list[str]:
         return self.pool.model_names()
 
+    @property
+    def calibration(self) -> Calibration | None:
+        """What the reader's monitors judge with (None without a reader: nothing is monitored)."""
+        return self.reader.calibration if self.reader is not None else None
+
     async def start(self) -> None:
         await self.pool.start()
         if self.reader is not None:
@@ -182,14 +188,15 @@ class OpenAIBackend:
 
 
 def openai_backend(
-    settings: Settings, bands: tuple[LayerBand, ...] | None, window: int, extractor_options: dict | None
+    settings: Settings, bands: tuple[LayerBand, ...] | None, window: int, calibration: Calibration | None
 ) -> OpenAIBackend:
     """The ``openai`` backend the settings describe (with a reader of ``--model`` when ``--reader``)."""
     reader = None
     if settings.reader:
         from gateway.backends.reader import Reader
 
+        options = calibration.extractor_options() if calibration else None
         reader = Reader(
-            settings.model, settings.served_name(), bands, window, extractor_options, settings.reader_max_streams
+            settings.model, settings.served_name(), bands, window, options, settings.reader_max_streams, calibration
         )
     return OpenAIBackend(UpstreamPool.from_settings(settings), reader, settings.upstream_continuation)

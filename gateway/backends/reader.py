@@ -33,9 +33,11 @@ from gateway.engine.loader import LoadedModel, load_model
 from gateway.engine.provision import provision
 from gateway.generation import GenerationRequest, TextPrompt, TokenEvent
 from monitors.bands import LayerBand, captured_layers, default_bands
+from monitors.calibration import Calibration
 from monitors.capture import ResidualCapture
 from monitors.entropy import next_token_entropies
 from monitors.features import FeatureExtractor
+from monitors.model_profile import profile_model, uncalibrated
 
 __all__ = ["Reader", "ReadingSession"]
 
@@ -53,10 +55,14 @@ class Reader:
         window: int,
         extractor_options: dict[str, Any] | None = None,
         max_streams: int = 4,
+        calibration: Calibration | None = None,
     ) -> None:
         self._model = model
         self._served_name = served_name
         self._bands = bands
+        # What the monitors judge the read text with; without one, the reader model's own profile, derived
+        # once it is loaded, and the requests are monitored uncalibrated.
+        self.calibration = calibration
         self.window = window
         self._extractor_options = dict(extractor_options or {})
         self.max_streams = max_streams
@@ -78,7 +84,11 @@ class Reader:
 
     def _load(self) -> LoadedModel:
         loaded = load_model(provision(self._model), self._served_name)
-        self.bands = self._bands or default_bands(loaded.num_layers)
+        if self.calibration is None:
+            self.calibration = uncalibrated(self._served_name, profile_model(loaded.model, loaded.tokenizer))
+            self._extractor_options = self._extractor_options or self.calibration.extractor_options()
+            log.warning("reader %s has no calibration: the read requests are monitored uncalibrated", self._served_name)
+        self.bands = self._bands or self.calibration.bands or default_bands(loaded.num_layers)
         self.capture = ResidualCapture(loaded.decoder_layers, captured_layers(self.bands), all_positions=True)
         return loaded
 

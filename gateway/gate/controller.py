@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from gateway.errors import ContentBlocked, EngineFailure, OpenAIError
 from gateway.gate.holdback import HoldBack, Slot, stable_prefix, token_ids
-from gateway.gate.monitor import RequestMonitor
+from gateway.gate.monitor import RequestMonitor, prefill_sampling
 from gateway.gate.policy import GateConfig, Policy
 from gateway.gate.rescue import STRATEGIES, neutralise
 from gateway.generation import (
@@ -33,7 +33,7 @@ from gateway.generation import (
 from gateway.protocol.stability import GateAttemptReport, GateReport, StabilityReport
 from gateway.request_metrics import GateOutcome
 from gateway.telemetry.spans import end_attempt_span, start_attempt_span
-from monitors.verdict import Verdict, VerdictLevel
+from monitors.verdict import UNCALIBRATED, Verdict, VerdictLevel
 
 __all__ = ["Attempt", "GateController"]
 
@@ -105,6 +105,7 @@ class GateController:
         self._buffer = HoldBack(self.holdback)
         self.result = GateResult(action="annotate" if policy is Policy.ANNOTATE else "pass")
         self.monitor: RequestMonitor | None = None
+        self._first_monitor: RequestMonitor | None = None
         self.detected: Verdict | None = None
         self.peak_risk: float | None = None
         self._events: AsyncIterator[GenerationEvent] | None = None
@@ -143,7 +144,10 @@ class GateController:
         self.monitor = self._new_monitor()
         if self.monitor is not None:
             self.monitor.prime(token_ids(self._buffer.slots))
-        gated = self.policy.acts and self.monitor is not None
+            if len(self.result.attempts) == 1:  # the client's own request: its prompt and sampling
+                self.monitor.expect_prefill(prefill_sampling(self._request.sampling))
+                self._first_monitor = self.monitor
+        gated = self.policy.acts and self.monitor is not None and self.monitor.judges
         finish: FinishEvent | None = None
         fired = False
         try:
@@ -286,11 +290,17 @@ class GateController:
         if self._events is not None:
             await self._events.aclose()
 
+    @property
+    def refused(self) -> bool:
+        """Block or rescue asked for on a model without a calibration: the gate does not act (on nothing)."""
+        return self.policy.acts and self.monitor is not None and not self.monitor.judges
+
     def report(self) -> GateReport:
         """The gate's section of the stability report."""
         result = self.result
         return GateReport(
-            action=result.action,
+            action="none" if self.refused else result.action,
+            reason=UNCALIBRATED if self.refused else None,
             outcome=result.outcome,
             detected=self.detected.level.value if self.detected else "ok",
             block_at=self.config.block_at or None,
@@ -310,8 +320,14 @@ class GateController:
             return None
         report = self.monitor.report()
         report.policy = self.policy.value
+        report.prefill_risk = self.prefill_risk
         report.gate = self.report()
         return report
+
+    @property
+    def prefill_risk(self) -> float | None:
+        """The request's prefill risk (its first attempt's: the client's prompt and sampling)."""
+        return self._first_monitor.prefill_risk if self._first_monitor is not None else None
 
     def outcome(self) -> GateOutcome | None:
         """What the monitors and the gate concluded, for the metrics; None when the request is not monitored."""
@@ -322,10 +338,11 @@ class GateController:
         rescue = None
         if self.policy is Policy.RESCUE and result.outcome is not None:
             rescue = "success" if result.outcome == "rescued" else "fallback_block"
+        verdict = detected.level.value if detected else "ok"
         return GateOutcome(
             policy=self.policy.value,
-            action=result.action,
-            verdict=detected.level.value if detected else "ok",
+            action="none" if self.refused else result.action,
+            verdict=verdict if self.monitor.judges else UNCALIBRATED,
             fired=bool(detected and detected.fired),
             rescue=rescue,
             rescue_attempts=tuple(
@@ -336,4 +353,5 @@ class GateController:
             discarded_tokens=result.discarded_tokens,
             band_stats=self.monitor.band_stats(),
             risk=self.peak_risk,
+            prefill_risk=self.prefill_risk,
         )

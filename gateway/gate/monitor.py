@@ -2,13 +2,27 @@
 
 from dataclasses import replace
 
-from gateway.protocol.stability import BandReport, StabilityReason, StabilityReport
+from gateway.generation import SamplingParams
+from gateway.protocol.stability import BandReport, SignalValues, StabilityReason, StabilityReport
 from monitors.calibration import Calibration
 from monitors.detector import StabilityDetector
 from monitors.features import StepFeatures
-from monitors.verdict import Verdict
+from monitors.prefill import PREFILL_FEATURE, RequestSampling
+from monitors.verdict import UNCALIBRATED, Verdict
 
-__all__ = ["RequestMonitor", "shifted"]
+__all__ = ["RequestMonitor", "prefill_sampling", "shifted"]
+
+
+def prefill_sampling(params: SamplingParams) -> RequestSampling:
+    """What the prefill risk's prior reads of a generation request's sampling."""
+    return RequestSampling(
+        temperature=params.temperature,
+        repetition_penalty=params.repetition_penalty,
+        frequency_penalty=params.frequency_penalty,
+        presence_penalty=params.presence_penalty,
+        max_logit_bias=max(params.logit_bias.values(), default=0.0),
+        max_tokens=params.max_tokens or RequestSampling.max_tokens,
+    )
 
 
 class RequestMonitor:
@@ -18,7 +32,14 @@ class RequestMonitor:
         self.calibration = calibration
         self._detector = StabilityDetector(calibration)
         self._offset = 0
+        self._sampling: RequestSampling | None = None
         self.tokens = 0
+        self.prefill_risk: float | None = None
+
+    def expect_prefill(self, sampling: RequestSampling) -> None:
+        """Compute the prefill risk from the first token's features (the prompt's last position) and the
+        request's ``sampling``, when the calibration has a prefill probe."""
+        self._sampling = sampling
 
     def prime(self, token_ids: list[int]) -> None:
         """Continue after an accepted prefix (a rescue): the detector's text history starts with it, and
@@ -29,8 +50,18 @@ class RequestMonitor:
     def observe(self, features: StepFeatures) -> Verdict:
         """Update the detector with one token."""
         self.tokens += 1
+        probe = self.calibration.prefill_probe
+        prompt_score = features.values.get(PREFILL_FEATURE)
+        if self.tokens == 1 and probe is not None and prompt_score is not None and self._sampling is not None:
+            self.prefill_risk = round(probe.risk(prompt_score, self._sampling), 4)
+            self._detector.note_prefill_risk(self.prefill_risk)
         self._detector.update(features)
         return self.verdict
+
+    @property
+    def judges(self) -> bool:
+        """False for a model without a calibration: its verdict is always ``ok`` and means nothing."""
+        return self.calibration.calibrated
 
     @property
     def verdict(self) -> Verdict:
@@ -38,13 +69,24 @@ class RequestMonitor:
         return shifted(self._detector.verdict, self._offset)
 
     def report(self) -> StabilityReport:
-        """The ``stability`` object for this attempt (the gate adds its own section)."""
+        """The ``stability`` object for this attempt (the gate adds its own section); an uncalibrated model's
+        says ``uncalibrated`` and carries the raw signals instead of reasons."""
         verdict = self.verdict
         summary = self._detector.summary()
-        bands = {
-            band.name: BandReport(layers=list(band.layers), **summary["bands"].get(band.name, {}))
-            for band in self.calibration.bands
-        }
+        layers = {band.name: list(band.layers) for band in self.calibration.bands}
+        if not self.judges:  # bands named by the features alone: an uncalibrated vLLM upstream's own thirds
+            layers |= {name: [] for name in summary["bands"] if name not in layers}
+        bands = {name: BandReport(layers=layers[name], **summary["bands"].get(name, {})) for name in layers}
+        if not self.judges:
+            return StabilityReport(
+                verdict=UNCALIBRATED,
+                reason=UNCALIBRATED,
+                tokens_monitored=self.tokens,
+                entropy_mean=summary.get("entropy_mean"),
+                repetition_mean=summary.get("text_periodicity_mean"),
+                bands=bands,
+                signals={name: SignalValues(**values) for name, values in self._detector.signals().items()},
+            )
         return StabilityReport(
             verdict=verdict.level.value,
             reasons=[StabilityReason(**r.to_dict()) for r in verdict.reasons],
@@ -54,6 +96,7 @@ class RequestMonitor:
             entropy_mean=summary.get("entropy_mean"),
             repetition_mean=summary.get("text_periodicity_mean"),
             risk=None if verdict.risk is None else round(verdict.risk, 4),
+            prefill_risk=self.prefill_risk,
             bands=bands,
             calibration=f"{self.calibration.model}@{self.calibration.created}",
         )

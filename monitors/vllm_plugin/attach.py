@@ -44,13 +44,21 @@ def attach_tap(runner: Any, settings: PluginSettings) -> RunnerTap | None:
         log.warning("sinkwatch: not monitoring this engine: %s", problem)
         return None
     served = runner.model_config.served_model_name
-    calibration = resolve_calibration(settings.calibration, [served] if isinstance(served, str) else list(served))
-    if calibration is None:
-        log.warning("sinkwatch: no calibration for %s; set SINKWATCH_CALIBRATION. Not monitoring.", served)
+    names = [served] if isinstance(served, str) else list(served)
+    num_layers = runner.model_config.hf_text_config.num_hidden_layers
+    try:
+        calibration = resolve_calibration(settings.calibration, names, num_layers)
+    except FileNotFoundError as missing:  # a wrong SINKWATCH_CALIBRATION: never another model's thresholds
+        log.error("sinkwatch: %s. Not monitoring.", missing)
         return None
+    if not calibration.calibrated:
+        log.warning(
+            "sinkwatch: no calibration for %s; monitoring it uncalibrated (verdicts 'uncalibrated'). "
+            "Set SINKWATCH_CALIBRATION to judge it.",
+            names[0],
+        )
     bands = parse_bands(settings.bands) if settings.bands else calibration.bands
     layers = captured_layers(bands)
-    num_layers = runner.model_config.hf_text_config.num_hidden_layers
     if layers[0] < 0 or layers[-1] >= num_layers:
         log.warning("sinkwatch: layers %s outside the model's %d layers; not monitoring", layers, num_layers)
         return None

@@ -22,8 +22,10 @@ from typing import Any
 
 import torch
 
+from monitors.bands import default_bands
 from monitors.calibration import Calibration, load_calibration
 from monitors.entropy import next_token_entropies
+from monitors.model_profile import ModelProfile, uncalibrated
 from monitors.vllm_plugin.publisher import FeaturePublisher
 from monitors.vllm_plugin.step import CapturedStep
 from monitors.vllm_plugin.wire import RequestTag
@@ -122,11 +124,14 @@ class RunnerTap:
                 self._ended.append(engine_id)
 
 
-def resolve_calibration(configured: str, served_names: list[str]) -> Calibration | None:
-    """``SINKWATCH_CALIBRATION`` if set, else the calibration shipped for one of the served names."""
+def resolve_calibration(configured: str, served_names: list[str], num_layers: int) -> Calibration:
+    """``SINKWATCH_CALIBRATION`` if set, else the calibration shipped for one of the served names, else the
+    first name uncalibrated on the thirds of the model's ``num_layers`` (outlier dimensions and mean states
+    would need a pass of the model, which the plugin does not make)."""
     for candidate in [configured] if configured else served_names:
         try:
             return load_calibration(candidate)
         except FileNotFoundError:
-            continue
-    return None
+            if configured:
+                raise
+    return uncalibrated(served_names[0], ModelProfile(default_bands(num_layers), {}, {}))

@@ -25,6 +25,7 @@ __all__ = [
     "decode_batch",
     "encode_batch",
     "monitor_profile",
+    "profile_accepts",
 ]
 
 REQUEST_ID_ARG = "sinkwatch_request_id"
@@ -77,6 +78,19 @@ class RequestTag:
 def monitor_profile(calibration: Calibration, bands: Iterable[LayerBand]) -> str:
     """Names everything that shapes the features: calibration, bands and window. Both sides must agree."""
     return f"{calibration.model}@{calibration.created}|{format_bands(bands)}|w{calibration.window}"
+
+
+def profile_accepts(expected: str, received: str) -> bool:
+    """Whether features computed under profile ``received`` serve a gateway expecting ``expected``: the same
+    profile, or, when the gateway has no calibration for the model (and so no bands of its own: it cannot see
+    the model's depth), the same model, uncalibrated, and window on the worker's own bands."""
+    if received == expected:
+        return True
+    expected_parts, received_parts = expected.split("|"), received.split("|")
+    if len(expected_parts) != 3 or len(received_parts) != 3:
+        return False
+    (model, bands, window), (received_model, _, received_window) = expected_parts, received_parts
+    return model.endswith("@uncalibrated") and not bands and (received_model, received_window) == (model, window)
 
 
 def encode_batch(profile: str, items: Iterable[tuple[str, StepFeatures]]) -> bytes:

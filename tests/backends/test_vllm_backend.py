@@ -20,7 +20,8 @@ from gateway.generation import (
     TokenEvent,
 )
 from monitors.calibration import Calibration
-from monitors.vllm_plugin.wire import REQUEST_ID_ARG, SINK_ARG
+from monitors.model_profile import ModelProfile, uncalibrated
+from monitors.vllm_plugin.wire import REQUEST_ID_ARG, SINK_ARG, monitor_profile
 from tests.backends.fake_vllm import MODEL, FakeVLLM
 from tests.conftest import RunningServer, metric
 
@@ -32,7 +33,9 @@ def _request(request_id: str = "chatcmpl-1", **changes) -> GenerationRequest:
     return replace(request, **changes)
 
 
-async def _events(fake: tuple[FakeVLLM, RunningServer], calibration: Calibration, request: GenerationRequest, **opts):
+async def _events(
+    fake: tuple[FakeVLLM, RunningServer], calibration: Calibration | None, request: GenerationRequest, **opts
+):
     """Every event of ``request`` through a started backend in front of the fake."""
     _, upstream = fake
     settings = Settings().replace(backend="vllm", upstreams=f"{upstream.base_url}/v1", **opts)
@@ -77,20 +80,34 @@ def test_an_unmonitored_request_is_not_tagged(fake_vllm, calibration):
     assert all(t.features is None for t in _tokens(events))
 
 
-def test_without_a_calibration_requests_are_not_tagged(fake_vllm, calibration):
-    fake, upstream = fake_vllm
+def test_without_a_calibration_the_plugins_uncalibrated_features_on_its_own_bands_are_taken(fake_vllm, calibration):
+    fake, _ = fake_vllm
+    worker = uncalibrated(MODEL, ModelProfile(calibration.bands, {}, {}))
+    fake.config.profile = monitor_profile(worker, worker.bands)  # the plugin's: the model's thirds, no thresholds
+    tokens = _tokens(asyncio.run(_events(fake_vllm, None, _request())))
+    assert REQUEST_ID_ARG in fake.bodies[-1]["vllm_xargs"]
+    assert len(tokens) == 8 and all(t.features is not None for t in tokens)
 
-    async def run() -> None:
-        settings = Settings().replace(backend="vllm", upstreams=f"{upstream.base_url}/v1")
-        backend = vllm_backend(settings, None, None)
+
+def test_without_a_calibration_features_judged_by_a_calibration_are_dropped(fake_vllm):
+    # the fake publishes under the shipped calibration's profile: another judge than none
+    tokens = _tokens(asyncio.run(_events(fake_vllm, None, _request(), vllm_stats_timeout=0.5)))
+    assert all(t.features is None for t in tokens)
+
+
+def test_a_calibration_found_for_another_name_than_the_upstream_serves_is_not_used(fake_vllm, calibration):
+    _, upstream = fake_vllm
+    other = replace(calibration, model="another-model")
+
+    async def run() -> Calibration | None:
+        settings = Settings().replace(backend="vllm", upstreams=f"{upstream.base_url}/v1", model="another-model")
+        backend = vllm_backend(settings, other, None)
         await backend.start()
-        try:
-            [event async for event in backend.generate(_request())]
-        finally:
-            await backend.close()
+        await backend.close()
+        return backend.calibration
 
-    asyncio.run(run())
-    assert "vllm_xargs" not in fake.bodies[-1]
+    in_use = asyncio.run(run())
+    assert (in_use.model, in_use.calibrated, in_use.signals) == (MODEL, False, ())
 
 
 def test_features_that_arrive_after_their_token_are_waited_for(fake_vllm, calibration):

@@ -33,24 +33,28 @@ def test_served_names():
     assert served_name("/models/my-model") == "my-model"
 
 
-def test_tampered_wheel_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", list(PACKAGED_MODELS))
+def test_tampered_wheel_is_refused(tmp_path, monkeypatch, model):
     monkeypatch.setenv("SINKWATCH_CACHE_DIR", str(tmp_path))
-    packaged = PACKAGED_MODELS[DEFAULT_MODEL]
+    packaged = PACKAGED_MODELS[model]
 
     def fake_pip_download(command, **_):
         dest = Path(command[command.index("--dest") + 1])
-        with zipfile.ZipFile(dest / "fake-0.1-py3-none-any.whl", "w") as wheel:
-            wheel.writestr(packaged.member, b"not the model")
+        for part in packaged.parts:
+            with zipfile.ZipFile(
+                dest / f"{part.distribution.replace('-', '_')}-{part.version}-py3-none-any.whl", "w"
+            ) as wheel:
+                wheel.writestr(part.member, b"not the model")
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(prov.subprocess, "run", fake_pip_download)
     with pytest.raises(RuntimeError, match="does not match the pinned"):
-        provision(DEFAULT_MODEL)
+        provision(model)
     assert not list((tmp_path / "gguf").glob("*.gguf"))
 
 
 def test_local_gguf_converts_once_into_the_cache(tmp_path, monkeypatch):
-    packaged_gguf = next((prov.cache_root() / "gguf").glob("*.gguf"))
+    packaged_gguf = prov.cache_root() / "gguf" / PACKAGED_MODELS[DEFAULT_MODEL].gguf
     monkeypatch.setenv("SINKWATCH_CACHE_DIR", str(tmp_path))
     folder = provision(str(packaged_gguf))
     assert folder.parent == tmp_path / "models"

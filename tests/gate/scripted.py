@@ -20,6 +20,7 @@ from gateway.generation import (
 from monitors.bands import LayerBand
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.features import StepFeatures
+from monitors.prefill import RequestSampling
 from monitors.verdict import Verdict, VerdictLevel
 
 MODEL = "scripted-model"
@@ -94,16 +95,23 @@ class ScriptedBackend(ScriptedServing):
 
 class ScriptedMonitor:
     """Vouches for every token until ``fire_at`` (index in its attempt), then fires ``sink`` with the
-    stable point ``last_stable`` (also in its attempt); never fires when ``fire_at`` is None."""
+    stable point ``last_stable`` (also in its attempt); never fires when ``fire_at`` is None. ``judges``
+    False: a model without a calibration (the gate must not act on it)."""
 
-    def __init__(self, fire_at: int | None, last_stable: int | None = None) -> None:
+    def __init__(self, fire_at: int | None, last_stable: int | None = None, judges: bool = True) -> None:
         self.fire_at, self.last_stable = fire_at, last_stable
+        self.judges = judges
         self.primed: list[int] = []
         self.tokens = 0
+        self.sampling: RequestSampling | None = None
+        self.prefill_risk: float | None = None
         self._verdict = Verdict(VerdictLevel.OK, -1)
 
     def prime(self, token_ids: list[int]) -> None:
         self.primed = list(token_ids)
+
+    def expect_prefill(self, sampling: RequestSampling) -> None:
+        self.sampling = sampling
 
     def observe(self, features: StepFeatures) -> Verdict:
         self.tokens += 1

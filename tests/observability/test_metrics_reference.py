@@ -5,7 +5,7 @@ import pytest
 
 from gateway.gate.policy import Policy
 from grafana.generate import DASHBOARDS
-from monitors.verdict import VerdictLevel
+from monitors.verdict import UNCALIBRATED, VerdictLevel
 from tests.observability.sources import (
     METRICS_REFERENCE,
     alerting_rules,
@@ -59,7 +59,7 @@ def test_documented_buckets_are_the_declared_ones():
 
 def test_verdict_and_policy_label_values_are_the_code_s_closed_sets():
     values = _label_values()
-    assert _values(values["verdict"]) == {level.value for level in VerdictLevel}
+    assert _values(values["verdict"]) == {level.value for level in VerdictLevel} | {UNCALIBRATED}
     assert _values(values["policy"]) == {policy.value for policy in Policy}
 
 

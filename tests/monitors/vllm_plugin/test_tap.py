@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from monitors.vllm_plugin.tap import RunnerTap
+from monitors.vllm_plugin.tap import RunnerTap, resolve_calibration
 from monitors.vllm_plugin.wire import RequestTag
 
 D, VOCAB = 4, 32
@@ -136,3 +136,13 @@ def test_under_async_scheduling_token_ids_are_left_to_the_gateway():
     tap = RunnerTap(runner, publisher)
     tap.publish(tap.capture(), SimpleNamespace())  # vLLM's async output: token ids still on the device
     assert publisher.steps[0].token_ids == [-1]
+
+
+def test_the_calibration_is_the_served_names_own_else_the_model_is_monitored_uncalibrated_on_its_thirds(tmp_path):
+    shipped = resolve_calibration("", ["SmolLM2-135M-Instruct"], 30)
+    assert (shipped.model, shipped.calibrated) == ("SmolLM2-135M-Instruct", True)
+    other = resolve_calibration("", ["gemma-3-270m", "gemma"], 18)  # never SmolLM2's thresholds
+    assert (other.model, other.calibrated, other.signals) == ("gemma-3-270m", False, ())
+    assert [band.layers for band in other.bands] == [(3, 4), (8, 10), (14, 16)]
+    with pytest.raises(FileNotFoundError):
+        resolve_calibration(str(tmp_path / "absent.json"), ["SmolLM2-135M-Instruct"], 30)
