@@ -111,7 +111,14 @@ MODEL_CALIBRATED = Gauge(
 CALIBRATION = Info("sinkwatch_calibration", "The calibration behind a model's verdicts (date, size)", ["model"])
 CALIBRATION_TARGET_FPR = Gauge(
     "sinkwatch_calibration_target_false_positive_ratio",
-    "Share of normal generations the calibration lets fire a verdict; alert thresholds are multiples of it",
+    "Share of normal generations the calibration lets fire a rank-exhaustion verdict (and a sink verdict, "
+    "unless its sink target counts tokens); alert thresholds are multiples of it",
+    ["model"],
+)
+CALIBRATION_TARGET_PER_1K_TOKENS = Gauge(
+    "sinkwatch_calibration_target_false_alarms_per_1k_tokens",
+    "Sink verdicts per 1,000 healthy completion tokens the calibration allows (calibrations whose target "
+    "counts tokens); the per-token sink alert is a multiple of it",
     ["model"],
 )
 
@@ -248,6 +255,8 @@ def model_ready(model: str, backend: str, calibration: Calibration | None) -> No
         RESCUES.labels(model, outcome)
     if calibration is not None and calibration.calibrated:
         CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
+        if calibration.target_unit == "per_1k_tokens":
+            CALIBRATION_TARGET_PER_1K_TOKENS.labels(model).set(calibration.target_fpr)
         CALIBRATION.labels(model).info({"created": calibration.created, "generations": str(calibration.n_generations)})
 
 

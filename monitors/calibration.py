@@ -20,6 +20,7 @@ __all__ = [
     "Direction",
     "Family",
     "SignalThreshold",
+    "TargetUnit",
     "cusum",
     "ewma",
     "fit_threshold",
@@ -34,6 +35,9 @@ __all__ = [
 Direction = Literal["low", "high"]
 Family = Literal["sink", "rank"]
 Method = Literal["ewma", "cusum"]
+# What ``Calibration.target_fpr`` counts: the share of healthy generations the collapse verdict may fire on,
+# or its false alarms per 1,000 healthy tokens (the rate that holds as answers grow).
+TargetUnit = Literal["generations", "per_1k_tokens"]
 
 # CUSUM reference value, in standard deviations of the signal on normal traffic: the classic choice that
 # makes the statistic most sensitive to a sustained shift of one standard deviation.
@@ -81,7 +85,8 @@ class SignalThreshold:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Thresholds for one model, set on normal traffic for a target false-positive rate per generation."""
+    """Thresholds for one model, set on normal traffic for a target false-alarm rate of the collapse verdict,
+    counted in ``target_unit`` (files written before the unit existed count generations)."""
 
     model: str
     window: int
@@ -101,6 +106,7 @@ class Calibration:
     notes: dict[str, Any] = field(default_factory=dict)
     recurrence_levels: dict[int, float] = field(default_factory=dict)
     risk: RiskModel | None = None
+    target_unit: TargetUnit = "generations"
     prefill_probe: PrefillProbe | None = None
     # False for a model served without a calibration (monitors.model_profile.uncalibrated): features from
     # the model's own profile, no thresholds, no verdicts.
