@@ -59,6 +59,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "rank": "lab.eval.rank_eval",
             "record": "lab.eval.record_traffic",
             "traffic": "lab.eval.traffic_eval",
+            "prefill": "lab.eval.prefill_eval",
         },
     ),
 }

@@ -118,7 +118,7 @@ class Settings(BaseSettings):
     holdback_tokens: int = _setting(
         -1,
         "streaming under block/rescue: tokens held back behind generation "
-        "(-1: the calibration's persistence - 1, the least that keeps blocked tokens unsent)",
+        "(-1: the least that keeps blocked tokens unsent: a loop's longest period, 65 for the shipped calibration)",
         ge=-1,
     )
     block_mode: str = _setting("finish", "block by finish_reason content_filter, or by an error", ("finish", "error"))

@@ -23,6 +23,7 @@ __all__ = [
     "HTTP_REFUSED",
     "IN_FLIGHT",
     "PARTICIPATION_RATIO",
+    "PREFILL_RISK",
     "RANK_MARGIN",
     "RATE_LIMITED",
     "RECORDED_GENERATIONS",
@@ -123,7 +124,14 @@ RECORDING_FAILURES = Counter(
 )
 CALIBRATION_TARGET_FPR = Gauge(
     "sinkwatch_calibration_target_false_positive_ratio",
-    "Share of normal generations the calibration lets fire a verdict; alert thresholds are multiples of it",
+    "Share of normal generations the calibration lets fire a rank-exhaustion verdict (and a sink verdict, "
+    "unless its sink target counts tokens); alert thresholds are multiples of it",
+    ["model"],
+)
+CALIBRATION_TARGET_PER_1K_TOKENS = Gauge(
+    "sinkwatch_calibration_target_false_alarms_per_1k_tokens",
+    "Sink verdicts per 1,000 healthy completion tokens the calibration allows (calibrations whose target "
+    "counts tokens); the per-token sink alert is a multiple of it",
     ["model"],
 )
 
@@ -148,6 +156,13 @@ RANK_MARGIN = Histogram(
 STABILITY_RISK = Histogram(
     "sinkwatch_stability_risk",
     "Calibrated probability that a monitored request's generation was sinking (its highest stability.risk)",
+    ["model"],
+    buckets=RISK_BUCKETS,
+)
+
+PREFILL_RISK = Histogram(
+    "sinkwatch_prefill_risk",
+    "Probability, before the first token, that a monitored request's answer loops (its stability.prefill_risk)",
     ["model"],
     buckets=RISK_BUCKETS,
 )
@@ -256,9 +271,11 @@ def model_ready(model: str, backend: str, calibration: Calibration | None, diges
 
 
 def calibration_in_force(model: str, calibration: Calibration, digest: str) -> None:
-    """Export the calibration behind ``model``'s verdicts (at start and after each reload): its date, size and
-    the sha256 of its file (empty when it did not come from a file)."""
+    """Export the calibration behind ``model``'s verdicts (at start and after each reload): its target, date, size
+    and the sha256 of its file (empty when it did not come from a file)."""
     CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
+    if calibration.target_unit == "per_1k_tokens":
+        CALIBRATION_TARGET_PER_1K_TOKENS.labels(model).set(calibration.target_fpr)
     CALIBRATION.labels(model).info(
         {"created": calibration.created, "generations": str(calibration.n_generations), "sha256": digest}
     )

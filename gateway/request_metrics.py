@@ -47,6 +47,7 @@ class GateOutcome:
     discarded_tokens: int
     band_stats: dict[str, dict[str, float]]
     risk: float | None = None
+    prefill_risk: float | None = None
 
 
 class RequestSeries:
@@ -113,6 +114,8 @@ class RequestSeries:
         metrics.VERDICTS.labels(model, gate.verdict).inc()
         if gate.risk is not None:
             metrics.STABILITY_RISK.labels(model).observe(gate.risk)
+        if gate.prefill_risk is not None:
+            metrics.PREFILL_RISK.labels(model).observe(gate.prefill_risk)
         for band, stats in gate.band_stats.items():
             if "pr_mean" in stats:
                 metrics.PARTICIPATION_RATIO.labels(model, band).observe(stats["pr_mean"])

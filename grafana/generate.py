@@ -287,6 +287,16 @@ VERDICTS = Row(
             unit="percentunit",
         ),
         Panel(
+            "Prefill risk",
+            "Per monitored request, the probability computed before its first token, from the prompt and the "
+            "request's sampling, that the answer loops (stability.prefill_risk): median and p90.",
+            (
+                Query(_quantile(0.5, "sinkwatch_prefill_risk"), "p50"),
+                Query(_quantile(0.9, "sinkwatch_prefill_risk"), "p90"),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
             "Gate actions",
             "What the gate did per request (pass, annotate, block, rescue) and the verdict behind it.",
             (

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import numpy as np
 
 from monitors.bands import LayerBand
+from monitors.prefill import PrefillProbe
 from monitors.probe import LinearProbe
 from monitors.risk import RiskModel
 
@@ -19,6 +20,7 @@ __all__ = [
     "Direction",
     "Family",
     "SignalThreshold",
+    "TargetUnit",
     "cusum",
     "ewma",
     "fit_threshold",
@@ -33,6 +35,9 @@ __all__ = [
 Direction = Literal["low", "high"]
 Family = Literal["sink", "rank"]
 Method = Literal["ewma", "cusum"]
+# What ``Calibration.target_fpr`` counts: the share of healthy generations the collapse verdict may fire on,
+# or its false alarms per 1,000 healthy tokens (the rate that holds as answers grow).
+TargetUnit = Literal["generations", "per_1k_tokens"]
 
 # CUSUM reference value, in standard deviations of the signal on normal traffic: the classic choice that
 # makes the statistic most sensitive to a sustained shift of one standard deviation.
@@ -80,7 +85,8 @@ class SignalThreshold:
 
 @dataclass(frozen=True)
 class Calibration:
-    """Thresholds for one model, set on normal traffic for a target false-positive rate per generation."""
+    """Thresholds for one model, set on normal traffic for a target false-alarm rate of the collapse verdict,
+    counted in ``target_unit`` (files written before the unit existed count generations)."""
 
     model: str
     window: int
@@ -100,6 +106,8 @@ class Calibration:
     notes: dict[str, Any] = field(default_factory=dict)
     recurrence_levels: dict[int, float] = field(default_factory=dict)
     risk: RiskModel | None = None
+    target_unit: TargetUnit = "generations"
+    prefill_probe: PrefillProbe | None = None
     # False for a model served without a calibration (monitors.model_profile.uncalibrated): features from
     # the model's own profile, no thresholds, no verdicts.
     calibrated: bool = True
@@ -115,6 +123,7 @@ class Calibration:
             "outlier_dims": self.outlier_dims,
             "probe": self.probe,
             "recurrence_levels": self.recurrence_levels,
+            "prefill_probe": self.prefill_probe.prompt if self.prefill_probe else None,
         }
 
     def to_json(self) -> str:
@@ -125,6 +134,10 @@ class Calibration:
         data["outlier_dims"] = {str(k): v for k, v in self.outlier_dims.items()}
         data["recurrence_levels"] = {str(k): v for k, v in self.recurrence_levels.items()}
         data["probe"] = self.probe.to_dict() if self.probe else None
+        if self.prefill_probe is None:
+            del data["prefill_probe"]
+        else:
+            data["prefill_probe"] = self.prefill_probe.to_dict()
         return json.dumps(data, indent=1)
 
     @classmethod
@@ -139,6 +152,8 @@ class Calibration:
         data["probe"] = LinearProbe.from_dict(data["probe"]) if data.get("probe") else None
         risk = data.get("risk")
         data["risk"] = RiskModel(tuple(risk["scores"]), tuple(risk["probabilities"])) if risk else None
+        prefill = data.get("prefill_probe")
+        data["prefill_probe"] = PrefillProbe.from_dict(prefill) if prefill else None
         return cls(**data)
 
 

@@ -5,6 +5,9 @@ Every signal has its own calibrated alarm level (see :mod:`monitors.calibration`
 ``min_agreeing`` sink signals do, and ``warn`` while some signal is past its level but not yet for
 ``persistence`` tokens (or too few agree).
 
+With a prefill probe whose alarm level the request's prefill risk reaches (:mod:`monitors.prefill`), the
+verdict is ``sink`` from the first token, with the reason ``prefill.risk`` and no stable token.
+
 Beside the verdict it keeps a score: the largest margin (in normal-traffic standard deviations) by which
 any signal has held past its level for its persistence, maximised over the generation so far; with the
 calibration's risk model that is ``stability.risk`` (:mod:`monitors.risk`).
@@ -20,9 +23,10 @@ from monitors.risk import SCORE_CLIP
 from monitors.text import PeriodicityTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
 
-__all__ = ["PERIODICITY_SIGNAL", "StabilityDetector", "usable_values"]
+__all__ = ["PERIODICITY_SIGNAL", "PREFILL_SIGNAL", "StabilityDetector", "usable_values"]
 
 PERIODICITY_SIGNAL = "text.periodicity"
+PREFILL_SIGNAL = "prefill.risk"
 
 
 @dataclass
@@ -92,8 +96,15 @@ class StabilityDetector:
         self._last_stable: int | None = None
         self._fired_level = VerdictLevel.OK
         self._stats = _RunningStats()
+        self._prefill_alarm: Reason | None = None
         self.verdict = Verdict(VerdictLevel.OK, token_index=-1)
         self.values: dict[str, float] = {}  # the last token's signals, as the thresholds saw them
+
+    def note_prefill_risk(self, risk: float) -> None:
+        """Before the first token: a prefill risk at the calibration's alarm level fires the verdict from it."""
+        probe = self.calibration.prefill_probe
+        if probe is not None and probe.alarms(risk):
+            self._prefill_alarm = Reason(PREFILL_SIGNAL, risk, float(probe.alarm_level), "high", 0)
 
     def prime(self, token_ids: list[int]) -> None:
         """Seed the text history with tokens already accepted (a rescue continues after them)."""
@@ -122,12 +133,15 @@ class StabilityDetector:
                     persistent.append(state)
             self.score = max(self.score, state.held_margin)
         level = self._level(crossing, persistent)
+        alarm = self._prefill_alarm
+        if alarm is not None:
+            level = max(level, VerdictLevel.SINK, key=lambda v: v.severity)
         fired = self._fired_level is not VerdictLevel.OK
         if persistent and self._onset is None:
             self._onset = min(s.since for s in persistent)
         elif not persistent and not fired:
-            self._onset = None
-        if not crossing and not fired:
+            self._onset = None if alarm is None else alarm.since_token
+        if not crossing and not fired and alarm is None:
             self._last_stable = features.index
         if level.severity >= 2 and level.severity > self._fired_level.severity:
             if not fired:
@@ -135,7 +149,7 @@ class StabilityDetector:
             self._fired_level = level
         reasons = tuple(
             Reason(s.spec.name, s.statistic, s.spec.threshold, s.spec.direction, s.since) for s in persistent
-        )
+        ) + ((alarm,) if alarm is not None else ())
         self.verdict = Verdict(
             level=max(level, self._fired_level, key=lambda v: v.severity),
             token_index=features.index,

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from monitors.bands import LayerBand, captured_layers
+from monitors.prefill import PREFILL_FEATURE
 from monitors.probe import LinearProbe
 from monitors.rank_exhaustion import NOVEL_PR, novel_participation_ratios
 from monitors.spectral import centred_grams, effective_ranks, participation_ratios, unit_grams
@@ -77,6 +78,7 @@ class FeatureExtractor:
         outlier_dims: Mapping[int, Sequence[int]] | None = None,
         probe: LinearProbe | None = None,
         recurrence_levels: Mapping[int, float] | None = None,
+        prefill_probe: LinearProbe | None = None,
     ) -> None:
         if window < 2:
             raise ValueError("window must hold at least 2 tokens")
@@ -93,6 +95,7 @@ class FeatureExtractor:
         self._mean_dirs = self._mean_directions(mean_states)
         self._outliers = self._outlier_index(outlier_dims or {})
         self._probe = self._probe_arrays(probe)
+        self._prefill = self._probe_arrays(prefill_probe)
         self._recurrence_levels = self._levels(recurrence_levels or {})
         self._ring: np.ndarray | None = None
         self._gram = np.zeros((len(self.layers), window, window))
@@ -237,10 +240,13 @@ class FeatureExtractor:
         if self._probe is not None:
             probe_rows, w, mean, bias = self._probe
             probe = ((x[:, probe_rows].reshape(rows, -1) - mean) @ w + bias).tolist()
+        prefill = self._prefill_scores(x, counts)
         results = []
         for row, row_values in enumerate(table.tolist()):
             count = int(counts[row])
             values = {"entropy": float(entropies[row])}
+            if count == 1 and prefill is not None:
+                values[PREFILL_FEATURE] = prefill[row]
             if path is not None:
                 values["path"] = path[row]
             if probe is not None:
@@ -253,6 +259,14 @@ class FeatureExtractor:
                 values = {name: v for name, v in values.items() if not math.isnan(v)}
             results.append(StepFeatures(count - 1, int(token_ids[row]), int(filled[row]), values))
         return results
+
+    def _prefill_scores(self, x: np.ndarray, counts: np.ndarray) -> list[float] | None:
+        """The prefill probe's score of every row (used for first tokens only: their states are the prompt's
+        last position); None when no row is a first token or there is no prefill probe."""
+        if self._prefill is None or not (counts == 1).any():
+            return None
+        rows, w, mean, bias = self._prefill
+        return ((x[:, rows].reshape(len(x), -1) - mean) @ w + bias).tolist()
 
     def _columns(self, metrics: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
         """Names of a step table's columns (``<band>.<metric>``, effective ranks last) and the tokens each needs;

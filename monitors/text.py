@@ -11,7 +11,14 @@ from collections import deque
 
 import numpy as np
 
-__all__ = ["PERIODICITY_WINDOW", "PeriodicityTracker", "RepetitionTracker", "periodicity_trajectory", "text_sink_onset"]
+__all__ = [
+    "MAX_PERIOD",
+    "PERIODICITY_WINDOW",
+    "PeriodicityTracker",
+    "RepetitionTracker",
+    "periodicity_trajectory",
+    "text_sink_onset",
+]
 
 PERIODICITY_WINDOW = 16
 MAX_PERIOD = 64
@@ -29,7 +36,10 @@ class PeriodicityTracker:
     stays close to 1). Healthy text that repeats itself does so differently: structure repeats only its
     scaffolding (code lines, bullets, table rows: the same punctuation around new content), and a phrase,
     URL or formula used again occurs twice, not three times in a row. It also tracks where the current
-    loop began repeating (the start of its second occurrence: a rescue keeps the first).
+    loop began repeating (the start of its second occurrence: a rescue keeps the first), at the best
+    period (``stretch_start``) and at the earliest of all periods under way (``earliest_stretch_start``: the
+    best period can change as a loop builds up, and a hold-back must not release what any of them could
+    roll back).
     """
 
     def __init__(self, window: int = PERIODICITY_WINDOW, max_period: int = MAX_PERIOD) -> None:
@@ -43,6 +53,7 @@ class PeriodicityTracker:
         self._lags = np.arange(1, max_period + 1)
         self._index = -1
         self.stretch_start: int | None = None
+        self.earliest_stretch_start: int | None = None
 
     def push(self, token_id: int) -> float:
         """Add a token; return the best lag's share of recent tokens that repeat two periods back."""
@@ -64,6 +75,9 @@ class PeriodicityTracker:
         start = int(self._run_start[best])
         # The run starts at the loop's third occurrence; the loop started repeating one period earlier.
         self.stretch_start = max(start - (best + 1), 0) if self._counts[best] and start >= 0 else None
+        alive = (self._run_start >= 0) & (self._counts > 0)
+        starts = self._run_start[alive] - self._lags[alive]
+        self.earliest_stretch_start = max(int(starts.min()), 0) if len(starts) else None
         return float(self._counts[best]) / self.window
 
 

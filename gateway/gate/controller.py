@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from gateway.errors import ContentBlocked, EngineFailure, OpenAIError
 from gateway.gate.holdback import HoldBack, Slot, stable_prefix, token_ids
-from gateway.gate.monitor import RequestMonitor
+from gateway.gate.monitor import RequestMonitor, prefill_sampling
 from gateway.gate.policy import GateConfig, Policy
 from gateway.gate.rescue import STRATEGIES, neutralise
 from gateway.generation import (
@@ -105,6 +105,7 @@ class GateController:
         self._buffer = HoldBack(self.holdback)
         self.result = GateResult(action="annotate" if policy is Policy.ANNOTATE else "pass")
         self.monitor: RequestMonitor | None = None
+        self._first_monitor: RequestMonitor | None = None
         self.detected: Verdict | None = None
         self.peak_risk: float | None = None
         self._events: AsyncIterator[GenerationEvent] | None = None
@@ -143,6 +144,9 @@ class GateController:
         self.monitor = self._new_monitor()
         if self.monitor is not None:
             self.monitor.prime(token_ids(self._buffer.slots))
+            if len(self.result.attempts) == 1:  # the client's own request: its prompt and sampling
+                self.monitor.expect_prefill(prefill_sampling(self._request.sampling))
+                self._first_monitor = self.monitor
         gated = self.policy.acts and self.monitor is not None and self.monitor.judges
         finish: FinishEvent | None = None
         fired = False
@@ -316,8 +320,14 @@ class GateController:
             return None
         report = self.monitor.report()
         report.policy = self.policy.value
+        report.prefill_risk = self.prefill_risk
         report.gate = self.report()
         return report
+
+    @property
+    def prefill_risk(self) -> float | None:
+        """The request's prefill risk (its first attempt's: the client's prompt and sampling)."""
+        return self._first_monitor.prefill_risk if self._first_monitor is not None else None
 
     def outcome(self) -> GateOutcome | None:
         """What the monitors and the gate concluded, for the metrics; None when the request is not monitored."""
@@ -343,4 +353,5 @@ class GateController:
             discarded_tokens=result.discarded_tokens,
             band_stats=self.monitor.band_stats(),
             risk=self.peak_risk,
+            prefill_risk=self.prefill_risk,
         )

@@ -7,10 +7,12 @@ stable point (:func:`stable_prefix`); when a collapse verdict fires, everything 
 
 Why that is enough: the detector reports a crossing only once it has lasted its signal's
 ``persistence``, so a crossing that starts at token ``s`` is first visible at ``s + persistence - 1``;
-and when it fires it may move its stable point back to where the text began repeating, which is known
-once the first repeated n-gram closes, ``n - 1`` tokens after it began. Until then the stable point can run ahead;
-a ``lag`` of :func:`required_lag` tokens keeps those tokens unsent, and afterwards the stable point and
-the stretch hold releases themselves. Should a detector ever disown tokens later than that,
+and when it fires it moves its stable point back to where the loop began repeating: the start of its
+second occurrence (:class:`~monitors.text.PeriodicityTracker`), which is known only once the third
+occurrence begins, one period (at most ``MAX_PERIOD`` tokens) later. Until then the stable point can run
+ahead; a ``lag`` of :func:`required_lag` tokens keeps those tokens unsent, and afterwards the stable point
+and the stretch holds (a repeated n-gram's, a periodic run's) hold releases themselves. Should a detector
+ever disown tokens later than that,
 :meth:`HoldBack.cut_for` clamps the rollback to what was sent and counts the difference as *leaked*,
 so the breach is visible, never silent.
 """
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 from gateway.generation import TokenLogprobs
 from monitors.calibration import Calibration
-from monitors.text import RepetitionTracker
+from monitors.text import MAX_PERIOD, PeriodicityTracker, RepetitionTracker
 from monitors.verdict import Verdict, VerdictLevel
 
 __all__ = ["HoldBack", "Slot", "required_lag", "stable_prefix", "token_ids"]
@@ -28,9 +30,12 @@ __all__ = ["HoldBack", "Slot", "required_lag", "stable_prefix", "token_ids"]
 def required_lag(calibration: Calibration) -> int:
     """The least hold-back (tokens) under which no blocked token is ever released: a crossing is reported
     ``persistence - 1`` tokens after it began (the longest persistence of any signal), a repetitive stretch
-    ``n - 1`` tokens after (its first repeated n-gram must close)."""
+    ``n - 1`` tokens after (its first repeated n-gram must close), and a loop's rollback point (the start of
+    its second occurrence) one period after it, when the third occurrence begins: the periodic run is seen
+    at its first token, so the lag must exceed the longest period (the detector rolls back there whichever
+    signal fires)."""
     persistence = max((spec.persistence or calibration.persistence for spec in calibration.signals), default=0)
-    return max(persistence, RepetitionTracker().n) - 1
+    return max(persistence, RepetitionTracker().n, MAX_PERIOD + 2) - 1
 
 
 def stable_prefix(verdict: Verdict | None) -> int:
@@ -70,6 +75,7 @@ class HoldBack:
         self.slots: list[Slot] = []
         self.released = 0
         self._repetition = RepetitionTracker()
+        self._periodicity = PeriodicityTracker()
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -82,14 +88,14 @@ class HoldBack:
         self.slots.append(Slot(text, token_id, logprobs))
         if token_id is not None:
             self._repetition.push(token_id)
+            self._periodicity.push(token_id)
 
     def release(self, vouched: int) -> str:
         """Text of the tokens that became old enough and are vouched for; empty while holding everything."""
         if self.lag is None:
             return ""
-        end = min(len(self.slots) - self.lag, vouched)
-        stretch = self._repetition.stretch_start
-        return self.release_upto(end if stretch is None else min(end, stretch))
+        starts = (self._repetition.stretch_start, self._periodicity.earliest_stretch_start)
+        return self.release_upto(min(len(self.slots) - self.lag, vouched, *(s for s in starts if s is not None)))
 
     def release_upto(self, end: int) -> str:
         """Release every token before ``end`` (already released ones are not sent twice)."""
@@ -115,9 +121,10 @@ class HoldBack:
         if cut < self.released:
             raise ValueError(f"cannot roll back to {cut}: {self.released} tokens were already sent")
         dropped, self.slots = self.slots[cut:], self.slots[:cut]
-        self._repetition = RepetitionTracker()
+        self._repetition, self._periodicity = RepetitionTracker(), PeriodicityTracker()
         for token_id in token_ids(self.slots):
             self._repetition.push(token_id)
+            self._periodicity.push(token_id)
         return dropped
 
     def text(self, end: int | None = None) -> str:

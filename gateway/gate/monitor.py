@@ -2,14 +2,28 @@
 
 from dataclasses import replace
 
+from gateway.generation import SamplingParams
 from gateway.protocol.stability import BandReport, SignalValues, StabilityReason, StabilityReport
 from gateway.recording.shadow import ShadowRecording
 from monitors.calibration import Calibration
 from monitors.detector import StabilityDetector
 from monitors.features import StepFeatures
+from monitors.prefill import PREFILL_FEATURE, RequestSampling
 from monitors.verdict import UNCALIBRATED, Verdict
 
-__all__ = ["RequestMonitor", "shifted"]
+__all__ = ["RequestMonitor", "prefill_sampling", "shifted"]
+
+
+def prefill_sampling(params: SamplingParams) -> RequestSampling:
+    """What the prefill risk's prior reads of a generation request's sampling."""
+    return RequestSampling(
+        temperature=params.temperature,
+        repetition_penalty=params.repetition_penalty,
+        frequency_penalty=params.frequency_penalty,
+        presence_penalty=params.presence_penalty,
+        max_logit_bias=max(params.logit_bias.values(), default=0.0),
+        max_tokens=params.max_tokens or RequestSampling.max_tokens,
+    )
 
 
 class RequestMonitor:
@@ -20,7 +34,14 @@ class RequestMonitor:
         self.recording = recording
         self._detector = StabilityDetector(calibration)
         self._offset = 0
+        self._sampling: RequestSampling | None = None
         self.tokens = 0
+        self.prefill_risk: float | None = None
+
+    def expect_prefill(self, sampling: RequestSampling) -> None:
+        """Compute the prefill risk from the first token's features (the prompt's last position) and the
+        request's ``sampling``, when the calibration has a prefill probe."""
+        self._sampling = sampling
 
     def prime(self, token_ids: list[int]) -> None:
         """Continue after an accepted prefix (a rescue): the detector's text history starts with it, and
@@ -31,6 +52,11 @@ class RequestMonitor:
     def observe(self, features: StepFeatures) -> Verdict:
         """Update the detector with one token."""
         self.tokens += 1
+        probe = self.calibration.prefill_probe
+        prompt_score = features.values.get(PREFILL_FEATURE)
+        if self.tokens == 1 and probe is not None and prompt_score is not None and self._sampling is not None:
+            self.prefill_risk = round(probe.risk(prompt_score, self._sampling), 4)
+            self._detector.note_prefill_risk(self.prefill_risk)
         self._detector.update(features)
         if self.recording is not None:
             self.recording.trace.add(self._detector.values)
@@ -79,6 +105,7 @@ class RequestMonitor:
             entropy_mean=summary.get("entropy_mean"),
             repetition_mean=summary.get("text_periodicity_mean"),
             risk=None if verdict.risk is None else round(verdict.risk, 4),
+            prefill_risk=self.prefill_risk,
             bands=bands,
             calibration=f"{self.calibration.model}@{self.calibration.created}",
         )

@@ -136,6 +136,12 @@ class StabilityReport(BaseModel):
     risk: float | None = Field(
         None, description="calibrated probability that this generation is sinking (null without a risk model)"
     )
+    prefill_risk: float | None = Field(
+        None,
+        description="probability, computed before the first token from the prompt's states and the request's "
+        "sampling, that this answer loops (absent when the calibration has no prefill probe)",
+        exclude_if=lambda value: value is None,
+    )
     bands: dict[str, BandReport] = Field(default_factory=dict)
     calibration: str | None = Field(None, description="model and date of the calibration used")
     policy: str = "annotate"

@@ -39,6 +39,7 @@ from gateway.relay.whole_cut import cut_choice
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
 from gateway.telemetry.request_scope import current_scope
 from gateway.telemetry.spans import end_attempt_span, start_attempt_span
+from monitors.prefill import RequestSampling
 from monitors.verdict import UNCALIBRATED, Verdict
 
 __all__ = ["RelaySession", "unmonitored_report"]
@@ -57,11 +58,17 @@ class _Choice:
     attempts: list[Attempt] = field(default_factory=list)
     span: Any = None  # the current attempt's span (None when not traced)
     accepted_text: str = ""  # continued rescues: the content accepted before the current attempt
+    first_monitor: RequestMonitor | None = None
     detected: Verdict | None = None
     withheld: int = 0
     discarded: int = 0
     leaked: int = 0
     blocked: bool = False
+
+    @property
+    def prefill_risk(self) -> float | None:
+        """The choice's prefill risk (its first attempt's)."""
+        return self.first_monitor.prefill_risk if self.first_monitor is not None else None
 
     def note(self, gate: ChoiceGate) -> None:
         """Note the worst verdict an attempt reached."""
@@ -390,7 +397,9 @@ class RelaySession:
         choice = self._choices.get(index)
         if choice is None:
             gate = self._new_gate(None)
-            choice = self._choices[index] = _Choice(gate, [gate.attempt])
+            if gate.monitor is not None:  # the client's own request: its prompt and sampling
+                gate.monitor.expect_prefill(RequestSampling.from_body(self.call.body))
+            choice = self._choices[index] = _Choice(gate, [gate.attempt], first_monitor=gate.monitor)
             choice.span = self._attempt_span(1, index)
         return choice
 
@@ -429,6 +438,7 @@ class RelaySession:
             return None
         report = monitor.report()
         report.policy = self.policy.value
+        report.prefill_risk = choice.prefill_risk
         report.covered = dict(choice.gate.covered)
         rescued = len(choice.attempts) > 1 and not choice.blocked
         action = "block" if choice.blocked else "rescue" if rescued else "annotate"
@@ -499,6 +509,7 @@ class RelaySession:
             withheld_tokens=sum(c.withheld for c in self._choices.values()),
             discarded_tokens=sum(c.discarded for c in self._choices.values()),
             band_stats=choice.gate.monitor.band_stats() if choice.gate.monitor is not None else {},
+            prefill_risk=choice.prefill_risk,
         )
 
     async def aclose(self) -> None:

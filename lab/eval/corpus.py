@@ -33,6 +33,7 @@ __all__ = [
     "INDUCERS",
     "PRODUCTION_CONDITIONS",
     "PRODUCTION_CORPUS",
+    "RANK_HEALTHY_CORPUS",
     "Condition",
     "CorpusEntry",
     "build_corpus",
@@ -46,6 +47,7 @@ __all__ = [
 
 CORPUS_VERSION = "v1"
 PRODUCTION_CORPUS = "production-v1"
+RANK_HEALTHY_CORPUS = "rank-healthy-v1"
 HUMAN_SET = "human"
 LOGIT_LENS_STRIDE = 5
 
@@ -99,6 +101,14 @@ PRODUCTION_CONDITIONS: dict[str, tuple[Condition, ...]] = {
     "induce": INDUCERS,
     "enumeration": (Condition("greedy", 0.0),),
     "production": (Condition("t0.7", 0.7, 0.95), Condition("greedy", 0.0)),
+}
+
+# More healthy traffic for the rank-exhaustion floors (``sinkwatch eval rank``), beside the production
+# corpus's: the ordinary prompt sets sampled and greedy, and the production prompts at temperature 1.
+RANK_HEALTHY_CONDITIONS: dict[str, tuple[Condition, ...]] = {
+    "normal": (Condition("t0.7", 0.7, 0.95), Condition("greedy", 0.0)),
+    "production": (Condition("t1.0", 1.0),),
+    "bland": (Condition("t0.7", 0.7, 0.95),),
 }
 
 
@@ -178,8 +188,11 @@ def _record_arrays(loaded: LoadedModel, record: GenerationRecord, lens: bool) ->
 
 def conditions_of(name: str) -> Mapping[str, tuple[Condition, ...]]:
     """The prompt sets and conditions of a corpus: the production-like traffic for ``PRODUCTION_CORPUS``
-    (and corpora named after it), the original sets otherwise."""
-    return PRODUCTION_CONDITIONS if Path(name).name.startswith(PRODUCTION_CORPUS) else CONDITIONS
+    (and corpora named after it), the rank floors' extra healthy traffic for ``RANK_HEALTHY_CORPUS``, the
+    original sets otherwise."""
+    if Path(name).name.startswith(PRODUCTION_CORPUS):
+        return PRODUCTION_CONDITIONS
+    return RANK_HEALTHY_CONDITIONS if Path(name).name.startswith(RANK_HEALTHY_CORPUS) else CONDITIONS
 
 
 def missing_jobs(

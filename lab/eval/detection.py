@@ -10,7 +10,7 @@ from monitors.detector import StabilityDetector
 from monitors.features import StepFeatures
 from monitors.verdict import VerdictLevel
 
-__all__ = ["detect"]
+__all__ = ["detect", "step_features"]
 
 # Trajectories that are not features of the served extractor (the detector computes text repetition itself).
 _NOT_FEATURES = ("text.", "offline.", "lens.", "attn.")

@@ -89,6 +89,7 @@ def fit_calibration(
         persistence=options.persistence,
         min_agreeing=1,
         target_fpr=options.target_fpr,
+        target_unit="per_1k_tokens" if options.per_1k_tokens else "generations",
         signals=tuple(selection.signals),
         rank_floors=floors,
         mean_states={layer: [round(float(x), 5) for x in reference.mean_states[layer]] for layer in layers},
@@ -100,7 +101,7 @@ def fit_calibration(
         notes={
             "tune_fpr": round(selection.fpr, 4),
             "tune_sinks_caught": f"{selection.caught}/{selection.sinks}",
-            "selection": "greedy forward selection on the tune split (lab/eval/thresholds.py)",
+            "selection": "greedy forward selection judged out of fold over tune prompts (lab/eval/thresholds.py)",
         },
     )
     # The risk model learns from scores each tune generation gets from thresholds set without its prompt: on

@@ -2,7 +2,8 @@
 measure how the novel PR behaves in loops and on held-out healthy traffic.
 
 A corpus is a folder under ``~/.cache/sinkwatch/eval/`` with ``manifest.jsonl`` (one generation a line:
-``key``, ``split``, ``prompt_set``, ``output_ids``; other fields are ignored) and ``arrays/<key>.npz``
+``key``, ``split``, ``prompt_set``, ``output_ids``, optionally ``prompt_id`` and ``kind``; other fields are
+ignored) and ``arrays/<key>.npz``
 (``states`` ``[tokens, layers, d]`` at every layer, ``entropy``). A generation loops when the online text
 detector fires on it (:func:`monitors.text.text_sink_onset`); which generations count as healthy is the
 caller's choice (``sinkwatch eval rank``: human-written text, and the rest unless it loops or comes from a
@@ -13,6 +14,7 @@ with one band per captured layer to read each layer's per-token recurrence, once
 bands and levels to read ``<band>.pr_novel`` and the plain ``<band>.pr``.
 """
 
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from lab.eval.corpus import corpus_dir
 from monitors.bands import LayerBand
 from monitors.calibration import Calibration, ewma, persistent_extreme
 from monitors.features import FeatureExtractor
-from monitors.rank_exhaustion import NOVEL_PR, fit_rank_floors, fit_recurrence_levels
+from monitors.rank_exhaustion import NOVEL_PR, fit_recurrence_levels
 from monitors.text import text_sink_onset
 
 __all__ = [
@@ -32,7 +34,6 @@ __all__ = [
     "CorpusTracks",
     "band_lows",
     "corpus_tracks",
-    "fit_floors",
     "fit_levels",
     "levels_from_states",
     "novel_pr_lows",
@@ -43,13 +44,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CorpusItem:
-    """One cached generation: where its arrays are, its split and prompt set, and whether its text loops."""
+    """One cached generation: where its arrays are, its split, prompt set, prompt and traffic type (``kind``),
+    and whether its text loops."""
 
     key: str
     split: str
     prompt_set: str
     output_ids: tuple[int, ...]
     arrays: Path
+    prompt: str
+    kind: str
 
     @property
     def loops(self) -> bool:
@@ -63,14 +67,21 @@ class CorpusItem:
 
 
 def read_items(corpus: str) -> list[CorpusItem]:
-    """Every generation of a cached corpus that has arrays and tokens."""
+    """Every generation of a cached corpus that has arrays and tokens (prompt: ``prompt_id``, else the key
+    before its ``@``; traffic type: ``kind``, else the prompt set)."""
     root = corpus_dir(corpus)
+    if not (root / "manifest.jsonl").is_file():
+        raise FileNotFoundError(f"corpus {corpus} is not built: sinkwatch eval corpus --corpus {corpus}")
     items = []
     for line in (root / "manifest.jsonl").read_text().splitlines():
         row = json.loads(line)
         path = root / "arrays" / f"{row['key']}.npz"
         if row.get("output_ids") and path.is_file():
-            items.append(CorpusItem(row["key"], row["split"], row["prompt_set"], tuple(row["output_ids"]), path))
+            prompt = row.get("prompt_id") or row["key"].split("@")[0]
+            kind = row.get("kind") or row["prompt_set"]
+            items.append(
+                CorpusItem(row["key"], row["split"], row["prompt_set"], tuple(row["output_ids"]), path, prompt, kind)
+            )
     return items
 
 
@@ -140,15 +151,28 @@ def corpus_tracks(
     calibration: Calibration,
     levels: dict[int, float],
     is_healthy: Callable[[CorpusItem], bool],
+    cache: Path | None = None,
 ) -> list[CorpusTracks]:
-    """Every generation's per-band plain and novel PR, and whether it counts as healthy."""
+    """Every generation's per-band plain and novel PR, and whether it counts as healthy; with ``cache``, each
+    generation's replay is kept there under a digest of the bands, window and levels (a rerun with the same
+    levels replays only new generations)."""
     tracks = []
     names = [f"{b.name}.{metric}" for b in calibration.bands for metric in ("pr", NOVEL_PR)]
+    setting = json.dumps([[b.name, list(b.layers)] for b in calibration.bands] + [calibration.window, levels])
+    folder = cache / hashlib.sha256(setting.encode()).hexdigest()[:16] if cache else None
     for item in items:
-        states, entropy = item.load()
-        extractor = FeatureExtractor(calibration.bands, calibration.window, recurrence_levels=levels)
-        rows = replay(states, entropy, item.output_ids, extractor)
-        values = {name: rows.get(name, np.full(len(item.output_ids), np.nan)) for name in names}
+        path = folder / item.arrays.parent.parent.name / f"{item.key}.npz" if folder else None
+        if path and path.is_file():
+            with np.load(path) as kept:
+                values = {name: kept[name] for name in names}
+        else:
+            states, entropy = item.load()
+            extractor = FeatureExtractor(calibration.bands, calibration.window, recurrence_levels=levels)
+            rows = replay(states, entropy, item.output_ids, extractor)
+            values = {name: rows.get(name, np.full(len(item.output_ids), np.nan)) for name in names}
+            if path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                np.savez(path, **values)
         tracks.append(CorpusTracks(item, is_healthy(item), values))
     return tracks
 
@@ -172,9 +196,3 @@ def novel_pr_lows(
         if np.isfinite(low):
             lows[band] = low
     return lows
-
-
-def fit_floors(tracks: Sequence[CorpusTracks], bands: Sequence[str], span: int, persistence: int, fpr: float) -> dict:
-    """Floors from the healthy generations among ``tracks`` (see :func:`monitors.rank_exhaustion.fit_rank_floors`)."""
-    healthy = [band_lows(t, bands, span, persistence) for t in tracks if t.healthy]
-    return fit_rank_floors(healthy, fpr)

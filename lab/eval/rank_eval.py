@@ -1,20 +1,24 @@
 """``sinkwatch eval rank``: rank exhaustion apart from loops — fit it, test it on loops and healthy traffic,
 and drive it with stressors on the embedded model and Gemma 3 270M.
 
-1. Corpus (no model): recurrence levels and floors fitted on the healthy tune generations of a cached
-   corpus; fire rates of the novel-PR floors and of plain-PR floors (fitted the same way) on held-out
-   healthy generations, on text-visible loops and on the induced loops. Writes the calibration overlay
-   (``monitors/calibrations/<model>.rank.json``) that :func:`monitors.calibration.load_calibration` merges.
+1. Corpora (no model): the production corpus and the extra healthy traffic (``rank-healthy-v1``: ordinary,
+   bland and production prompts, sampled and greedy; ``sinkwatch eval corpus --corpus rank-healthy-v1``).
+   Recurrence levels are fitted on the healthy tune generations; persistence and the floors' fit rate are
+   chosen by cross-validation over the tune prompts (:mod:`lab.eval.rank_floors`), the floors fitted on the
+   whole tune split, and their false-alarm rate read on the held-out test split (overall with a Wilson
+   interval, per traffic type and length), on text-visible loops and on induced loops, beside plain-PR
+   floors fitted the same way. Writes the calibration overlay (``monitors/calibrations/<model>.rank.json``)
+   that :func:`monitors.calibration.load_calibration` merges.
 2. Stressors (:mod:`lab.eval.rank_stress`), per model: the novel PR's margin to the floor per band and the
-   scored task's accuracy per level. Gemma has no corpus: its levels and floors are fitted on its own
-   unstressed answers (no constraints, greedy, float32).
+   scored task's accuracy per level, with 95 % intervals. Gemma has no corpus: its levels and floors are
+   fitted on its own unstressed answers (no constraints, greedy, float32).
 
-Generated answers and states are cached under ``~/.cache/sinkwatch/eval/rank/`` (never committed).
+Generated answers and states are cached per stressor and level under ``~/.cache/sinkwatch/eval/rank/``
+(never committed).
 """
 
 import argparse
 import json
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,11 +29,11 @@ from lab.eval.rank_corpus import (
     CorpusItem,
     band_lows,
     corpus_tracks,
-    fit_floors,
     fit_levels,
     levels_from_states,
     read_items,
 )
+from lab.eval.rank_floors import choose, cross_validate, fires, healthy_generations, held_out, wilson
 from lab.eval.rank_stress import WINDOW, context_windows, long_text, run_stressors, window_end
 from lab.eval.rank_subjects import GEMMA, load_subject
 from monitors.bands import captured_layers
@@ -42,17 +46,28 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch eval rank``."""
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--corpus", default="production-v1", help="cached corpus under ~/.cache/sinkwatch/eval")
+    parser.add_argument(
+        "--corpus", default="production-v1,rank-healthy-v1", help="cached corpora under ~/.cache/sinkwatch/eval"
+    )
     parser.add_argument("--stress-sets", default="induce,enumeration", help="prompt sets kept out of healthy")
     parser.add_argument("--human-sets", default="human", help="prompt sets healthy even when their text repeats")
     parser.add_argument("--quantile", type=float, default=0.5, help="recurrence level: quantile of healthy traffic")
-    parser.add_argument("--persistence", type=int, default=4, help="tokens the tracked novel PR must stay low")
-    parser.add_argument("--fpr", type=float, default=0.05, help="share of healthy generations the floors may fire on")
-    parser.add_argument("--constraints", default="0,25,50", help="numbers of stacked constraints (0 included)")
-    parser.add_argument("--temperatures", default="0,1.8,2.5")
+    parser.add_argument("--levels-from", type=Path, help="recurrence levels from this overlay instead of refitting")
+    parser.add_argument("--persistences", default="1,2,4,8,16", help="persistences cross-validation chooses from")
+    parser.add_argument("--fit-rates", default="0.05,0.04,0.03,0.02,0.01", help="rates the floors may be fitted at")
+    parser.add_argument("--fpr", type=float, default=0.05, help="target share of healthy generations that fire")
+    parser.add_argument(
+        "--constraints", default="0,5,10,15,20,30,40,50", help="numbers of stacked constraints (0 included)"
+    )
+    parser.add_argument("--temperatures", default="0,0.7,1.0,1.4,1.8,2.5")
+    parser.add_argument("--precisions", default="32,16,8", help="bits: 32 float32, 16 bfloat16, 8 int8 dynamic")
     parser.add_argument("--max-tokens", type=int, default=12)
-    parser.add_argument("--per-task", type=int, default=3, help="scored items per task (at most 10)")
-    parser.add_argument("--context", type=int, default=2048, help="longest prefill (tokens) for the context stressor")
+    parser.add_argument("--per-task", type=int, default=10, help="scored items per task (at most 10; 3 tasks)")
+    parser.add_argument("--context", type=int, default=0, help="longest prefill (tokens; 0: the model's limit)")
+    parser.add_argument("--context-points", type=int, default=16, help="windows read along the long prefill")
+    parser.add_argument(
+        "--cached-only", action="store_true", help="report only the stress levels already measured (cached)"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more thrash on a shared CPU)")
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},{GEMMA}", help="models the stressors run on")
     parser.add_argument("--overlay", type=Path, default=None, help="where to write the rank calibration overlay")
@@ -61,18 +76,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def corpus_study(args: argparse.Namespace, calibration: Calibration) -> dict:
-    """Fit levels and floors on the corpus; fire rates per group for novel-PR and plain-PR floors."""
+    """Fit levels on the healthy tune generations; choose persistence and fit rate by cross-validation over
+    prompts, fit the floors, read their false-alarm rate on the held-out healthy generations (overall, per
+    traffic type and length) and their fire rates on loops, beside plain-PR floors fitted the same way."""
     stress = tuple(args.stress_sets.split(","))
     human = tuple(args.human_sets.split(","))
-    items = read_items(args.corpus)
-    healthy_tune = [i for i in items if i.split == "tune" and _healthy(i, stress, human)]
-    levels = fit_levels(healthy_tune, calibration, args.quantile)
-    tracks = corpus_tracks(items, calibration, levels, lambda item: _healthy(item, stress, human))
+    items = [item for corpus in args.corpus.split(",") for item in read_items(corpus)]
+    if args.levels_from:
+        levels = {int(k): float(v) for k, v in json.loads(args.levels_from.read_text())["recurrence_levels"].items()}
+    else:
+        healthy_tune = [i for i in items if i.split == "tune" and _healthy(i, stress, human)]
+        levels = fit_levels(healthy_tune, calibration, args.quantile)
+    replays = cache_root() / "eval" / "rank" / "tracks"
+    tracks = corpus_tracks(items, calibration, levels, lambda item: _healthy(item, stress, human), replays)
     bands = [b.name for b in calibration.bands]
-    span, fpr = calibration.ewma_span, args.fpr
-    floors = fit_floors([t for t in tracks if t.item.split == "tune"], bands, span, args.persistence, fpr)
+    span = calibration.ewma_span
+    persistences = [int(x) for x in args.persistences.split(",")]
+    tune = healthy_generations([t for t in tracks if t.item.split == "tune"], bands, span, persistences)
+    test = healthy_generations([t for t in tracks if t.item.split != "tune"], bands, span, persistences)
+    cv = cross_validate(tune, persistences, [float(x) for x in args.fit_rates.split(",")])
+    chosen = choose(cv, args.fpr)
+    persistence, fit_rate = chosen["persistence"], chosen["fit_rate"]
+    floors = fit_rank_floors([g.lows[persistence] for g in tune], fit_rate)
     plain_floors = fit_rank_floors(
-        [_plain_lows(t, bands, span, args.persistence) for t in tracks if t.healthy and t.item.split == "tune"], fpr
+        [_plain_lows(t, bands, span, persistence) for t in tracks if t.healthy and t.item.split == "tune"], fit_rate
     )
     groups = {
         "healthy_tune": lambda t: t.healthy and t.item.split == "tune",
@@ -84,8 +111,8 @@ def corpus_study(args: argparse.Namespace, calibration: Calibration) -> dict:
     rates = {}
     for name, member in groups.items():
         group = [t for t in tracks if member(t)]
-        novel = [_fires(band_lows(t, bands, span, args.persistence), floors) for t in group]
-        plain = [_fires(_plain_lows(t, bands, span, args.persistence), plain_floors) for t in group]
+        novel = [fires(band_lows(t, bands, span, persistence), floors) for t in group]
+        plain = [fires(_plain_lows(t, bands, span, persistence), plain_floors) for t in group]
         undefined = [
             np.mean(~np.isfinite(t.values[f"{bands[-1]}.pr_novel"][np.isfinite(t.values[f"{bands[-1]}.pr"])]))
             for t in group
@@ -94,10 +121,22 @@ def corpus_study(args: argparse.Namespace, calibration: Calibration) -> dict:
         rates[name] = {
             "generations": len(group),
             "novel_pr_fire_rate": float(np.mean(novel)) if group else float("nan"),
+            "novel_pr_ci95": wilson(int(np.sum(novel)), len(group)),
             "plain_pr_fire_rate": float(np.mean(plain)) if group else float("nan"),
             "undefined_window_share": float(np.mean(undefined)) if undefined else float("nan"),
         }
-    return {"levels": levels, "floors": floors, "plain_floors": plain_floors, "groups": rates, "tracks": tracks}
+    return {
+        "levels": levels,
+        "floors": floors,
+        "plain_floors": plain_floors,
+        "persistence": persistence,
+        "fit_rate": fit_rate,
+        "cross_validation": cv,
+        "held_out": held_out(test, floors, persistence),
+        "tune": held_out(tune, floors, persistence),
+        "groups": rates,
+        "tracks": tracks,
+    }
 
 
 def _healthy(item: CorpusItem, stress: Sequence[str], human: Sequence[str]) -> bool:
@@ -111,24 +150,20 @@ def _plain_lows(track, bands: Sequence[str], span: int, persistence: int) -> dic
     return band_lows(renamed, bands, span, persistence)
 
 
-def _fires(lows: dict[str, float], floors: dict[str, float]) -> bool:
-    return any(band in lows and lows[band] < floor for band, floor in floors.items())
-
-
 def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floors: dict | None) -> dict:
-    """Stressors on one model: per stressor and level, margins per band and accuracy."""
-    cache = cache_root() / "eval" / "rank" / f"{served_name(model)}-m{args.max_tokens}.pkl"
+    """Stressors on one model: per stressor and level, each band's median margin (with a bootstrap interval)
+    and share below the floor, and accuracy (with a Wilson interval) or, for context, next-token loss."""
+    cache = cache_root() / "eval" / "rank" / f"{served_name(model)}-m{args.max_tokens}-k{args.per_task}"
     subject = load_subject(model)
-    if cache.is_file():
-        measured, context = pickle.loads(cache.read_bytes())
-    else:
-        constraint_levels = [int(x) for x in args.constraints.split(",")]
-        temperatures = [float(x) for x in args.temperatures.split(",")]
-        measured = run_stressors(subject, constraint_levels, temperatures, args.max_tokens, args.per_task)
-        length = min(args.context, subject.max_context)
-        context = context_windows(subject, long_text(Path("docs")), length)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_bytes(pickle.dumps((measured, context)))
+    stress_levels = {
+        "constraints": [int(x) for x in args.constraints.split(",")],
+        "temperature": [float(x) for x in args.temperatures.split(",")],
+        "precision": [int(x) for x in args.precisions.split(",")],
+    }
+    measured = run_stressors(subject, stress_levels, args.max_tokens, args.per_task, cache, args.cached_only)
+    length = min(args.context or subject.max_context, subject.max_context)
+    text = long_text(Path("docs"))
+    context = context_windows(subject, text, length, cache, args.context_points, args.cached_only)
     bands = subject.bands
     baseline = [m for m in measured if m.stressor == "constraints" and m.level == 0]
     if levels is None:  # no corpus for this model: its own unstressed answers set the levels and floors
@@ -150,27 +185,37 @@ def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floo
             if stressor == "context":
                 row["nll"] = next(nll for w, nll in context if w.level == level)
             else:
-                row["accuracy"] = float(np.mean([m.correct for m in at]))
+                correct = int(sum(m.correct for m in at))
+                row["accuracy"] = correct / len(at)
+                row["accuracy_ci95"] = wilson(correct, len(at))
             for band in bands:
                 novel = np.array([ends[id(m)][0][band.name] for m in at])
                 plain = np.array([ends[id(m)][1][band.name] for m in at])
-                defined = novel[np.isfinite(novel)]
-                row[band.name] = {
-                    "novel_pr": float(np.median(defined)) if len(defined) else None,
-                    "margin": float(np.median(defined) - floors[band.name])
-                    if len(defined) and band.name in floors
-                    else None,
-                    "below_floor": float(np.mean(defined < floors.get(band.name, -np.inf))) if len(defined) else None,
-                    "undefined": float(np.mean(~np.isfinite(novel))),
-                    "plain_pr": float(np.nanmedian(plain)),
-                }
+                row[band.name] = _band_summary(novel, plain, floors.get(band.name))
             rows.append(row)
     return {
         "model": subject.name,
         "bands": {b.name: list(b.layers) for b in bands},
         "levels": levels,
         "floors": floors,
+        "context_tokens": length,
         "rows": rows,
+    }
+
+
+def _band_summary(novel: np.ndarray, plain: np.ndarray, floor: float | None) -> dict:
+    """One band at one level: median novel PR, its margin to ``floor`` with a bootstrap 95 % interval of the
+    median, the share of items below the floor and of undefined windows, the median plain PR."""
+    defined = novel[np.isfinite(novel)]
+    summary = {"undefined": float(np.mean(~np.isfinite(novel))), "plain_pr": float(np.nanmedian(plain))}
+    if not len(defined) or floor is None:
+        return summary | {"novel_pr": None, "margin": None, "margin_ci95": None, "below_floor": None}
+    medians = np.median(np.random.default_rng(0).choice(defined, (1000, len(defined))), axis=1)
+    return summary | {
+        "novel_pr": float(np.median(defined)),
+        "margin": float(np.median(defined) - floor),
+        "margin_ci95": [float(np.quantile(medians, 0.025) - floor), float(np.quantile(medians, 0.975) - floor)],
+        "below_floor": float(np.mean(defined < floor)),
     }
 
 
@@ -187,8 +232,8 @@ def run(args: argparse.Namespace) -> dict:
             rank_overlay(
                 corpus["levels"],
                 corpus["floors"],
-                args.persistence,
-                {"corpus": args.corpus, "recurrence_quantile": args.quantile},
+                corpus["persistence"],
+                {"corpus": args.corpus, "recurrence_quantile": args.quantile, "fit_rate": corpus["fit_rate"]},
             ),
             indent=1,
         )

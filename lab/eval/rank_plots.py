@@ -46,6 +46,10 @@ def _low(values: np.ndarray) -> float:
     return float(np.nanmin(values)) if np.isfinite(values).any() else 0.0
 
 
+def _or_nan(value: float | None) -> float:
+    return np.nan if value is None else value
+
+
 def plot_stress(study: dict, folder: Path) -> None:
     """Per stressor: each band's margin to the floor (left axis) and the task's quality (right axis)."""
     from lab.plotting import pyplot, save
@@ -54,16 +58,25 @@ def plot_stress(study: dict, folder: Path) -> None:
     fig, axes = plt.subplots(1, len(_STRESSORS), figsize=(4.2 * len(_STRESSORS), 3.6), squeeze=False)
     for axis, (stressor, xlabel, quality) in zip(axes[0], _STRESSORS, strict=True):
         rows = [r for r in study["rows"] if r["stressor"] == stressor]
-        xs = [r["level"] for r in rows]
+        if not rows:
+            axis.set_title(f"{stressor}: not measured")
+            continue
+        xs = np.array([r["level"] for r in rows], dtype=float)
         for band in study["bands"]:
-            margins = [r[band]["margin"] if r[band]["margin"] is not None else np.nan for r in rows]
-            axis.plot(xs, margins, marker="o", label=f"{band} margin")
+            margins = np.array([_or_nan(r[band]["margin"]) for r in rows])
+            intervals = np.array([r[band].get("margin_ci95") or (np.nan, np.nan) for r in rows], dtype=float)
+            line = axis.plot(xs, margins, marker="o", label=f"{band} margin")[0]
+            axis.fill_between(xs, intervals[:, 0], intervals[:, 1], color=line.get_color(), alpha=0.15)
         axis.axhline(0.0, color="black", lw=0.8, ls="--")
         axis.set_xlabel(xlabel)
-        axis.set_ylabel("median novel-PR margin to the floor")
+        axis.set_ylabel("median novel-PR margin to the floor (95 % CI)")
         twin = axis.twinx()
         twin.plot(xs, [r[quality] for r in rows], color="grey", marker="s", ls=":", label=quality)
-        twin.set_ylabel("task accuracy" if quality == "accuracy" else "next-token loss (nats)")
+        if quality == "accuracy":
+            bounds = np.array([r["accuracy_ci95"] for r in rows], dtype=float)
+            twin.fill_between(xs, bounds[:, 0], bounds[:, 1], color="grey", alpha=0.12)
+            twin.set_ylim(-0.02, 1.02)
+        twin.set_ylabel("task accuracy (95 % CI)" if quality == "accuracy" else "next-token loss (nats)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(study["model"])
     save(fig, folder / f"rank_stress_{study['model'].lower().replace('.', '-')}.png")

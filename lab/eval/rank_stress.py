@@ -3,8 +3,8 @@
 - ``constraints``: the first ``n`` system-prompt constraints (the exchange-rate list, extended to 50);
 - ``precision``: the same model in float32, bfloat16 and int8 (dynamic quantization of its Linear layers);
 - ``temperature``: sampling from greedy to far past the usual range;
-- ``context``: one long human-written text (the repository's docs) prefilled up to the model's context limit;
-  its quality is the next-token loss at each position.
+- ``context``: one long human-written text (the repository's docs) prefilled up to the model's context limit
+  in chunks over the KV cache (SDPA attention); its quality is the next-token loss at each position.
 
 For the first three, every scored item is answered, then the prompt-plus-answer is teacher-forced once and
 the served extractor replays the last window of prompt states followed by the answer's: what the detector
@@ -12,7 +12,8 @@ would see at the answer's end. Reported per level: each band's novel PR and its 
 (median over items, and the share of items below the floor), the share of undefined windows, accuracy.
 """
 
-from collections.abc import Callable, Sequence
+import pickle
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,44 +70,57 @@ def window_end(bands: Sequence[LayerBand], measured: Measured, levels: dict) -> 
     rows = replay(tail, np.zeros(len(tail)), measured.ids, extractor, captured_layers(tuple(bands)))
     last = len(tail) - 1
     novel = {b.name: float(rows.get(f"{b.name}.{NOVEL_PR}", np.full(len(tail), np.nan))[last]) for b in bands}
-    plain = {b.name: float(rows[f"{b.name}.pr"][last]) for b in bands}
+    plain = {b.name: float(rows.get(f"{b.name}.pr", np.full(len(tail), np.nan))[last]) for b in bands}
     return novel, plain
 
 
 def _int8(subject: Subject) -> Subject:
-    """The subject with its Linear layers dynamically quantized to int8."""
+    """The subject with its Linear layers dynamically quantized to int8 (a copy; the float model stays)."""
     model = torch.ao.quantization.quantize_dynamic(subject.model, {torch.nn.Linear}, dtype=torch.qint8)
     return Subject(subject.name, model, subject.tokenizer, subject.chat, subject.bands, subject.max_context)
 
 
 def run_stressors(
     subject: Subject,
-    constraint_levels: Sequence[int],
-    temperatures: Sequence[float],
+    levels: Mapping[str, Sequence[float]],
     max_tokens: int,
     per_task: int,
+    cache: Path,
+    cached_only: bool = False,
     progress: Callable[[str], None] = print,
 ) -> list[Measured]:
-    """Every stressor but context, on ``subject`` (loaded in float32); constraint level 0 must be among
-    ``constraint_levels``: it is also temperature 0 and float32."""
+    """Every stressor but context on ``subject`` (loaded in float32), one cached file per stressor and level
+    under ``cache`` (an interrupted run resumes; with ``cached_only`` the levels not cached yet are left out).
+    ``levels``: per stressor (``constraints``, ``temperature``, ``precision`` in bits: 32, 16 or 8); the
+    unstressed answers (no constraint, greedy, float32) are measured once and serve as level 0 / 0 / 32."""
     rules = stacked_constraints()
-    results = []
-    for n in constraint_levels:
-        system = " ".join(rules[:n]) if n else PLAIN_SYSTEM
-        results += measure_items(subject, "constraints", n, system, 0.0, max_tokens, per_task)
-        progress(f"constraints {n}")
-    unstressed = [m for m in results if m.stressor == "constraints" and m.level == 0]  # greedy, float32
-    for temperature in temperatures:
-        if temperature == 0:
-            results += [_relabel(m, "temperature", 0.0) for m in unstressed]
-            continue
-        results += measure_items(subject, "temperature", temperature, PLAIN_SYSTEM, temperature, max_tokens, per_task)
-        progress(f"temperature {temperature}")
-    results += [_relabel(m, "precision", 32) for m in unstressed]
-    for bits, make in ((16, lambda: load_subject(subject.name, torch.bfloat16)), (8, lambda: _int8(subject))):
-        results += measure_items(make(), "precision", bits, PLAIN_SYSTEM, 0.0, max_tokens, per_task)
-        progress(f"precision {bits}")
-    return results
+    variants: dict[float, Callable[[], Subject]] = {
+        32: lambda: subject,
+        16: lambda: load_subject(subject.name, torch.bfloat16),
+        8: lambda: _int8(subject),
+    }
+
+    def measure(stressor: str, level: float) -> list[Measured]:
+        path = cache / f"{stressor}-{level:g}.pkl"
+        if path.is_file():
+            return pickle.loads(path.read_bytes())
+        if (stressor, level) in (("temperature", 0), ("precision", 32)):
+            measured = [_relabel(m, stressor, level) for m in measure("constraints", 0)]
+        elif cached_only:
+            return []
+        else:
+            system = " ".join(rules[: int(level)]) if stressor == "constraints" and level else PLAIN_SYSTEM
+            temperature = level if stressor == "temperature" else 0.0
+            model = variants[level]() if stressor == "precision" else subject
+            measured = measure_items(model, stressor, level, system, temperature, max_tokens, per_task)
+        if not measured:
+            return []
+        cache.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(pickle.dumps(measured))
+        progress(f"{subject.name}: {stressor} {level:g}")
+        return measured
+
+    return [m for stressor, values in levels.items() for level in values for m in measure(stressor, level)]
 
 
 def _relabel(measured: Measured, stressor: str, level: float) -> Measured:
@@ -118,10 +132,17 @@ def long_text(folder: Path) -> str:
     return "\n\n".join(path.read_text() for path in sorted(folder.glob("*.md")))
 
 
-def context_windows(subject: Subject, text: str, length: int, points: int = 16) -> list[tuple[Measured, float]]:
+def context_windows(
+    subject: Subject, text: str, length: int, cache: Path, points: int = 16, cached_only: bool = False
+) -> list[tuple[Measured, float]]:
     """Windows ending at ``points`` positions of one prefill of ``length`` tokens of ``text`` (as
     :class:`Measured` with ``level`` = the position), each with the mean next-token loss of the 256
-    positions before it."""
+    positions before it; cached under ``cache`` (with ``cached_only``, none unless cached)."""
+    path = cache / f"context-{length}-{points}.pkl"
+    if path.is_file():
+        return pickle.loads(path.read_bytes())
+    if cached_only:
+        return []
     ids = subject.tokenizer(text)["input_ids"][:length]
     states, nll = subject.states(ids, captured_layers(subject.bands))
     out = []
@@ -129,4 +150,6 @@ def context_windows(subject: Subject, text: str, length: int, points: int = 16) 
         start = end + 1 - WINDOW * 2  # a window's worth of history before the window itself
         window = Measured("context", int(end), "text", True, states[start : end + 1], ids[start : end + 1])
         out.append((window, float(np.nanmean(nll[end - 256 : end]))))
+    cache.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(out))
     return out

@@ -49,15 +49,22 @@ class Subject:
             )
         return out[0, len(prompt) :].tolist()
 
-    def states(self, ids: Sequence[int], layers: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Residual states ``[tokens, layers, d]`` (float64) at every position and each position's next-token
-        negative log-likelihood of the following id (NaN for the last), from one prefill."""
+    def states(self, ids: Sequence[int], layers: Sequence[int], chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Residual states ``[tokens, layers, d]`` (float32) at every position and each position's next-token
+        negative log-likelihood of the following id (NaN for the last), from one prefill in chunks of
+        ``chunk`` tokens over the KV cache (long contexts never hold a full attention matrix or all logits)."""
         capture = ResidualCapture(self.model.model.layers, layers, all_positions=True)
+        states, losses, cache = [], [], None
         with torch.inference_mode(), capture.attached():
-            logits = self.model(input_ids=torch.tensor([list(ids)])).logits[0].float()
-            states = capture.take()[0].double().numpy()
-        nll = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(list(ids)[1:]), reduction="none")
-        return states, np.append(nll.numpy(), np.nan)
+            for start in range(0, len(ids), chunk):
+                piece = list(ids[start : start + chunk])
+                out = self.model(input_ids=torch.tensor([piece]), cache=cache, use_cache=True)
+                cache = out.cache
+                states.append(capture.take()[0].numpy())
+                targets = torch.tensor(list(ids[start + 1 : start + chunk + 1]))
+                logits = out.logits[0, : len(targets)].float()
+                losses.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none").numpy())
+        return np.concatenate(states), np.append(np.concatenate(losses), np.nan)
 
 
 def load_subject(name: str, dtype: torch.dtype = torch.float32) -> Subject:
@@ -68,7 +75,7 @@ def load_subject(name: str, dtype: torch.dtype = torch.float32) -> Subject:
 
     folder = provision(name)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").eval()
     layers = len(model.model.layers)
     context = int(getattr(model.config, "max_position_embeddings", 2048))
     return Subject(name, model, tokenizer, PACKAGED_MODELS[name].chat, default_bands(layers), context)

@@ -3,11 +3,14 @@ signals to combine.
 
 Every candidate signal gets a threshold such that a fraction ``q`` of normal generations would fire on it
 alone; ``q`` is then lowered until the *union* of the selected signals fires on at most ``target_fpr`` of
-normal generations. Signals are chosen by greedy forward selection on the tune split: at each round the
-(signal, method) pair that adds the most credit joins (credit per sink: 1 for catching it, up to 1 more
-for warning before the text detector, see :func:`detection_credit`). Every rate ``q``, during selection
-and final, is set on out-of-fold false positives too, so the budget holds for normal generations the fit
-has not seen and a signal that only separates the generations it was fitted on earns nothing.
+normal generations. Signals are chosen by greedy forward selection on the tune split, judged by
+cross-validation over prompts: each candidate set is thresholded without one prompt-grouped fold and
+applied to it, for every fold, and scored on those out-of-fold firings. At each round the (signal,
+method) pair that adds the most out-of-fold credit joins (credit per sink: 1 for catching it, up to 1
+more for warning before the text detector, see :func:`detection_credit`), and only if it adds at least
+one sink's worth without raising the out-of-fold false alarms: a hidden-state signal is served only where
+it adds recall at a fixed false-alarm rate on prompts its thresholds never saw. Every rate ``q`` is also
+set on out-of-fold false positives, so the budget holds for normal generations the fit has not seen.
 """
 
 import zlib
@@ -27,6 +30,7 @@ __all__ = [
     "combine",
     "detection_credit",
     "fold_of",
+    "out_of_fold_firing",
     "rank_floor",
     "select_signals",
     "track",
@@ -195,6 +199,25 @@ def combine(
     return firing, thresholds, alarm_rate(firing >= 0, generations, negatives, per_1k_tokens)
 
 
+def out_of_fold_firing(
+    tracks: Sequence[Track], generations: Sequence[Generation], target_fpr: float, per_1k_tokens: bool
+) -> np.ndarray:
+    """Each generation's firing token (-1: never) under the union thresholded, as :func:`combine` does, on
+    the other prompt-grouped folds only: what the detector does on prompts its thresholds never saw."""
+    fold = np.array([fold_of(g) for g in generations])
+    out = np.full(len(generations), -1)
+    for f in range(CROSS_FIT_FOLDS):
+        keep, held = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        if not len(held):
+            continue
+        kept = [generations[i] for i in keep]
+        _, thresholds, _ = combine([t.subset(keep) for t in tracks], kept, target_fpr, True, per_1k_tokens)
+        firings = np.stack([t.subset(held).firing(th) for t, th in zip(tracks, thresholds, strict=True)])
+        firings = np.where(firings < 0, np.iinfo(np.int64).max, firings).min(axis=0)
+        out[held] = np.where(firings == np.iinfo(np.int64).max, -1, firings)
+    return out
+
+
 def detection_credit(firing: np.ndarray, generations: Sequence[Generation]) -> tuple[float, int, float]:
     """Credit per sink: 1 for catching it, plus up to 1 more for warning early (lead over the text detector
     clipped to ±LEAD_CLIP, scaled to ±1; a sink the text detector never flags earns the full 2).
@@ -223,25 +246,35 @@ def select_signals(
     per_1k_tokens: bool = False,
     required: Sequence[str] = (),
 ) -> Selection:
-    """Greedy forward selection of the combined detector's signals on the tune split; ``required`` signals
-    are in from the start (each with its best tracking), the others join only if they add credit."""
+    """Greedy forward selection of the combined detector's signals, judged out of fold (see the module
+    docstring); ``required`` signals are in from the start (each with its tracking of fewest out-of-fold
+    false alarms, then most credit), the others join only if they add at least ``MIN_GAIN`` out-of-fold
+    credit without adding out-of-fold false alarms."""
     tracks = {(c.name, c.method, c.span, c.persistence): track(c, generations, span, persistence) for c in candidates}
+    negatives = np.array([g.healthy for g in generations])
+
+    def judged(keys: list[tuple]) -> tuple[float, float]:
+        firing = out_of_fold_firing([tracks[k] for k in keys], generations, target_fpr, per_1k_tokens)
+        alarms = alarm_rate(firing >= 0, generations, negatives, per_1k_tokens)
+        return alarms, detection_credit(firing, generations)[0]
+
     chosen: list[tuple] = []
-    best_value = -np.inf
+    alarms, credit = np.inf, -np.inf
     while len(chosen) < max_signals:
-        round_best = None
         pending = [name for name in required if all(name != other[0] for other in chosen)]
-        for key in tracks:
-            if any(key[0] == other[0] for other in chosen) or (pending and key[0] != pending[0]):
-                continue
-            firing, _, _ = combine([tracks[k] for k in [*chosen, key]], generations, target_fpr, True, per_1k_tokens)
-            value = detection_credit(firing, generations)[0]
-            if round_best is None or value > round_best[0]:
-                round_best = (value, key)
-        if round_best is None or (not pending and round_best[0] < best_value + MIN_GAIN):
-            break
-        best_value = round_best[0]
-        chosen.append(round_best[1])
+        options = [
+            (judged([*chosen, key]), key)
+            for key in tracks
+            if not any(key[0] == other[0] for other in chosen) and (not pending or key[0] == pending[0])
+        ]
+        if pending:
+            (alarms, credit), key = min(options, key=lambda o: (o[0][0], -o[0][1]))
+        else:
+            adding = [o for o in options if o[0][0] <= alarms and o[0][1] >= credit + MIN_GAIN]
+            if not adding:
+                break
+            (alarms, credit), key = max(adding, key=lambda o: o[0][1])
+        chosen.append(key)
     selected = [tracks[k] for k in chosen]
     firing, thresholds, fpr = combine(selected, generations, target_fpr, True, per_1k_tokens)
     _, caught, lead = detection_credit(firing, generations)

@@ -180,6 +180,7 @@ def fit_split(
         base,
         model=fit_part[0].model,
         target_fpr=options.target_fpr,
+        target_unit="per_1k_tokens",
         signals=tuple(signals),
         rank_floors=floors,
         n_generations=len(kept),

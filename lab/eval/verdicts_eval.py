@@ -21,15 +21,17 @@ from lab.eval import calibrate
 from lab.eval.corpus import PRODUCTION_CORPUS
 from lab.eval.dataset import Generation, build_generations, labelled_entries
 from lab.eval.detection import detect
-from lab.eval.fit import fit_calibration
+from lab.eval.fit import FitOptions, fit_calibration
+from lab.eval.labels import HUMAN_KINDS
 from lab.eval.signals import Sampling
+from lab.eval.thresholds import out_of_fold_firing, track
 from monitors.calibration import Calibration
 from monitors.detector import PERIODICITY_SIGNAL
 from monitors.text import text_sink_onset
 
 __all__ = ["LENGTH_BUCKETS", "add_arguments", "breakdown", "firing_of", "group_stats", "run", "tables", "traffic_of"]
 
-LENGTH_BUCKETS = ((0, 128), (128, 256), (256, 512), (512, 10**6))
+LENGTH_BUCKETS = ((0, 128), (128, 256), (256, 512), (512, 1001))
 BLOCK_AT = (0.2, 0.5, 0.8, 0.95)
 # Hidden-state signals measured one at a time on top of text.periodicity.
 HIDDEN_SIGNALS = ("probe", "late.recurrence", "middle.recurrence", "middle.eff_rank", "late.pr", "entropy")
@@ -54,7 +56,7 @@ def traffic_of(g: Generation) -> str:
 
 def length_bucket(g: Generation) -> str:
     low, high = next(b for b in LENGTH_BUCKETS if b[0] <= g.length < b[1])
-    return f"{low}-{high - 1}" if high < 10**6 else f"{low}+"
+    return f"{low}-{high - 1}"
 
 
 def group_stats(generations: Sequence[Generation], firing: Firing) -> dict:
@@ -79,11 +81,17 @@ def group_stats(generations: Sequence[Generation], firing: Firing) -> dict:
 
 
 def breakdown(generations: Sequence[Generation], firing: Firing) -> dict:
-    """``group_stats`` over all generations, per traffic type and per length bucket."""
+    """``group_stats`` over all generations, per traffic type, per length bucket, and per length bucket of
+    the model's own answers (human-written documents left out)."""
     out = {"all": group_stats(generations, firing)}
-    for name, key in (("traffic", traffic_of), ("length", length_bucket)):
+    generated = [g for g in generations if g.entry.kind not in HUMAN_KINDS]
+    for name, key, among in (
+        ("traffic", traffic_of, generations),
+        ("length", length_bucket, generations),
+        ("length_generated", length_bucket, generated),
+    ):
         groups: dict[str, list[Generation]] = {}
-        for g in generations:
+        for g in among:
             groups.setdefault(key(g), []).append(g)
         out[name] = {k: group_stats(v, firing) for k, v in sorted(groups.items())}
     return out
@@ -93,12 +101,25 @@ def firing_of(calibration: Calibration, generations: Sequence[Generation]) -> Fi
     return {g.entry.key: detect(calibration, g).fired_at for g in generations}
 
 
+def out_of_fold(calibration: Calibration, generations: Sequence[Generation], options: FitOptions) -> Firing:
+    """Where the calibration's signals fire on each generation when thresholded, as the fit does, without its
+    prompt's cross-validation fold: the selection's numbers on prompts its thresholds never saw."""
+    tracks = [track(spec, generations, options.ewma_span, options.persistence) for spec in calibration.signals]
+    firing = out_of_fold_firing(tracks, generations, options.target_fpr, options.per_1k_tokens)
+    return {g.entry.key: int(f) if f >= 0 else None for g, f in zip(generations, firing, strict=True)}
+
+
 def text_detector_firing(generations: Sequence[Generation]) -> Firing:
     return {g.entry.key: text_sink_onset(g.entry.output_ids) for g in generations}
 
 
 def _restricted(generations: Sequence[Generation], keep: Callable[[str], bool]) -> list[Generation]:
     return [Generation(g.entry, g.label, {n: v for n, v in g.trajectories.items() if keep(n)}) for g in generations]
+
+
+def _only(*names: str) -> Callable[[str], bool]:
+    """A trajectory filter keeping only these signals."""
+    return lambda name: name in names
 
 
 def risk_checks(calibration: Calibration, generations: Sequence[Generation]) -> dict:
@@ -140,40 +161,36 @@ def run(args: argparse.Namespace) -> dict:
         fitted, _ = fit_calibration(calibration.model, calibration.bands, _restricted(tune, keep), reference, options)
         return fitted
 
-    detectors: dict[str, tuple[Firing, Firing, list[str]]] = {
-        "text detector (4-gram share, the old rule)": (text_detector_firing(tune), text_detector_firing(test), []),
+    def measured(fitted: Calibration, keep: Callable[[str], bool]) -> dict:
+        on_tune, on_test = _restricted(tune, keep), _restricted(test, keep)
+        return {
+            "signals": [f"{s.name}/{s.method}" for s in fitted.signals],
+            "tune": group_stats(tune, firing_of(fitted, on_tune)),
+            "tune_out_of_fold": group_stats(tune, out_of_fold(fitted, on_tune, options)),
+            "test": breakdown(test, firing_of(fitted, on_test)),
+        }
+
+    old_rule = {
+        "tune": group_stats(tune, text_detector_firing(tune)),
+        "test": breakdown(test, text_detector_firing(test)),
     }
-    served = [f"{s.name}/{s.method}" for s in calibration.signals]
-    detectors["served (calibrated selection)"] = (firing_of(calibration, tune), firing_of(calibration, test), served)
-    periodicity = refit(lambda n: n == PERIODICITY_SIGNAL)
-    detectors["text.periodicity alone"] = (
-        firing_of(periodicity, tune),
-        firing_of(periodicity, _restricted(test, lambda n: n == PERIODICITY_SIGNAL)),
-        [f"{s.name}/{s.method}" for s in periodicity.signals],
-    )
+    detectors = {
+        "text detector (4-gram share, the old rule)": {"signals": [], **old_rule, "tune_out_of_fold": old_rule["tune"]},
+        "served (calibrated selection)": measured(calibration, lambda n: True),
+        "text.periodicity alone": measured(refit(_only(PERIODICITY_SIGNAL)), _only(PERIODICITY_SIGNAL)),
+    }
     for signal in HIDDEN_SIGNALS:
-
-        def keep(n: str, signal: str = signal) -> bool:
-            return n in (PERIODICITY_SIGNAL, signal)
-
-        fitted = refit(keep)
-        detectors[f"text.periodicity + {signal}"] = (
-            firing_of(fitted, _restricted(tune, keep)),
-            firing_of(fitted, _restricted(test, keep)),
-            [f"{s.name}/{s.method}" for s in fitted.signals],
-        )
+        keep = _only(PERIODICITY_SIGNAL, signal)
+        detectors[f"text.periodicity + {signal}"] = measured(refit(keep), keep)
     result = {
         "corpus": args.corpus,
         "calibration": {
-            "signals": served,
+            "signals": detectors["served (calibrated selection)"]["signals"],
             "thresholds": {s.name: round(s.threshold, 4) for s in calibration.signals},
             "risk": None if calibration.risk is None else vars(calibration.risk),
             "target_false_alarms_per_1k_tokens": args.target_fpr,
         },
-        "detectors": {
-            name: {"signals": signals, "tune": group_stats(tune, on_tune), "test": breakdown(test, on_test)}
-            for name, (on_tune, on_test, signals) in detectors.items()
-        },
+        "detectors": detectors,
         "risk": {"tune": risk_checks(calibration, tune), "test": risk_checks(calibration, test)},
     }
     if args.figures is not None:
@@ -216,7 +233,9 @@ def tables(result: dict) -> str:
     out += [_row(f"{name} ({', '.join(d['signals']) or 'rule'})", d["test"]["all"]) for name, d in detectors.items()]
     out.append("\n" + head.format("detector (tune split)"))
     out += [_row(name, d["tune"]) for name, d in detectors.items()]
-    for axis in ("traffic", "length"):
+    out.append("\n" + head.format("detector (tune split, each fold thresholded without its prompts)"))
+    out += [_row(name, d["tune_out_of_fold"]) for name, d in detectors.items()]
+    for axis in ("traffic", "length", "length_generated"):
         for name in ("text detector (4-gram share, the old rule)", "served (calibrated selection)"):
             out.append("\n" + head.format(f"{axis}: {name}"))
             out += [_row(group, s) for group, s in detectors[name]["test"][axis].items()]

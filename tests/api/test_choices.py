@@ -86,7 +86,7 @@ def test_streamed_usage_counts_every_choice_once_per_prompt(client):
 MIXED_BLOCK = {
     "model": MODEL,
     "messages": STORY,
-    "max_tokens": 48,
+    "max_tokens": 96,
     "temperature": 1.0,
     "frequency_penalty": -1.0,
     "n": 2,
@@ -97,7 +97,7 @@ MIXED_BLOCK = {
 def _mixed_block(client, **options):
     """A seeded n=2 request under ``block`` in which one choice loops (a negative frequency penalty drives
     SmolLM2 into repetition) and the other does not; a few seeds are tried, as sampling decides which."""
-    for seed in range(6):
+    for seed in range(12):
         response = client.chat.completions.create(**MIXED_BLOCK, seed=seed, **options)
         reasons = [choice.finish_reason for choice in response.choices]
         if sorted(reasons) == ["content_filter", "length"]:

@@ -20,6 +20,7 @@ from gateway.generation import (
 from monitors.bands import LayerBand
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.features import StepFeatures
+from monitors.prefill import RequestSampling
 from monitors.verdict import Verdict, VerdictLevel
 
 MODEL = "scripted-model"
@@ -102,10 +103,15 @@ class ScriptedMonitor:
         self.judges = judges
         self.primed: list[int] = []
         self.tokens = 0
+        self.sampling: RequestSampling | None = None
+        self.prefill_risk: float | None = None
         self._verdict = Verdict(VerdictLevel.OK, -1)
 
     def prime(self, token_ids: list[int]) -> None:
         self.primed = list(token_ids)
+
+    def expect_prefill(self, sampling: RequestSampling) -> None:
+        self.sampling = sampling
 
     def observe(self, features: StepFeatures) -> Verdict:
         self.tokens += 1

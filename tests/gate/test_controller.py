@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from gateway.errors import ContentBlocked
+from gateway.gate.monitor import prefill_sampling
 from gateway.gate.policy import Policy
 from tests.gate.scripted import REQUEST, ScriptedBackend, ScriptedMonitor, controller, run, token_text
 
@@ -98,6 +99,17 @@ def test_rescue_resamples_from_the_stable_prefix_with_a_changed_request():
     assert gate.result.discarded_tokens == 21 - 10
     assert gate.result.completion_tokens == 10 + 12
     assert [a.strategy for a in gate.result.attempts] == [None, "combined"]
+
+
+def test_only_the_first_attempt_computes_the_prefill_risk_and_the_report_carries_it():
+    backend = ScriptedBackend([30, 12])
+    monitors = [ScriptedMonitor(20, 9), ScriptedMonitor(None)]
+    monitors[0].prefill_risk = 0.42  # what the first attempt's monitor computed at its first token
+    gate = controller(backend, Policy.RESCUE, monitors, holdback_tokens=16)
+    run(gate, backend)
+    assert monitors[0].sampling == prefill_sampling(REQUEST.sampling)
+    assert monitors[1].sampling is None
+    assert gate.prefill_risk == 0.42
 
 
 def test_every_rescue_starts_from_the_client_request_not_the_previous_retry():

@@ -6,6 +6,7 @@ import pytest
 
 from gateway.gate.holdback import HoldBack, required_lag, stable_prefix
 from monitors.calibration import load_calibration
+from monitors.text import MAX_PERIOD, PeriodicityTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
 
 
@@ -78,8 +79,35 @@ def test_released_tokens_cannot_be_rolled_back():
     assert [slot.token_id for slot in buffer.truncate(4)] == [4]
 
 
-def test_the_automatic_lag_covers_the_slowest_signal_and_the_repetition_check():
+def test_the_automatic_lag_covers_the_slowest_signal_and_a_loop_period():
     shipped = load_calibration("SmolLM2-135M-Instruct")
-    slow = replace(shipped, signals=(replace(shipped.signals[0], persistence=9), *shipped.signals[1:]))
-    assert required_lag(replace(shipped, persistence=2, signals=())) == 4 - 1
-    assert required_lag(slow) == 9 - 1
+    slow = replace(shipped, signals=(replace(shipped.signals[0], persistence=99), *shipped.signals[1:]))
+    assert required_lag(replace(shipped, persistence=2, signals=())) == MAX_PERIOD + 1
+    assert required_lag(slow) == 99 - 1
+
+
+def _near_loop(period: int, repeats: int) -> list[int]:
+    """Fresh text, then a loop of ``period`` tokens whose every third token is the repetition's number: no
+    4-gram of it ever repeats, so only its period shows it, and the number makes a second, shorter period
+    that wins until the loop's own period has built up."""
+    prose = list(range(1000, 1040))
+    unit = [2000 + i for i in range(period)]
+    loop = []
+    for k in range(repeats):
+        loop += [3000 + k if i % 3 == 0 else token for i, token in enumerate(unit)]
+    return prose + loop
+
+
+@pytest.mark.parametrize("period", [6, 21, 40, MAX_PERIOD])
+def test_nothing_a_loop_rollback_can_reach_is_released_under_the_automatic_lag(period):
+    """The detector rolls a loop back to where its tracker says it began repeating; under the automatic lag
+    no token from there on has been streamed at any point of the generation (a lag of 3 streamed up to a
+    period of them)."""
+    buffer = HoldBack(required_lag(load_calibration("SmolLM2-135M-Instruct")))
+    detector_view = PeriodicityTracker()
+    for token in _near_loop(period, 5):
+        buffer.add(f"<{token}>", token)
+        detector_view.push(token)
+        buffer.release(vouched=len(buffer))
+        if detector_view.stretch_start is not None:
+            assert buffer.released <= detector_view.stretch_start

@@ -11,18 +11,14 @@ from monitors.verdict import Verdict, VerdictLevel
 from tests.gate.scripted import REQUEST, ScriptedBackend, ScriptedMonitor, controller, loop_after, run
 
 
-class RiskMonitor:
+class RiskMonitor(ScriptedMonitor):
     """Risk ``step * i`` at token i; fires ``sink`` from ``fire_at`` on (never when None)."""
 
     judges = True
 
     def __init__(self, fire_at: int | None = None, step: float = 0.05) -> None:
-        self.fire_at, self.step = fire_at, step
-        self.tokens = 0
-        self._verdict = Verdict(VerdictLevel.OK, -1)
-
-    def prime(self, token_ids: list[int]) -> None:
-        pass
+        super().__init__(fire_at)
+        self.step = step
 
     def observe(self, features: StepFeatures) -> Verdict:
         self.tokens += 1

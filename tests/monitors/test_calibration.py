@@ -41,15 +41,22 @@ def test_a_calibration_round_trips_through_json_with_probe_and_outlier_dimension
     assert again.expected_lead_tokens == 3.5
 
 
+def test_the_shipped_calibration_counts_its_target_per_1k_tokens_and_the_unit_round_trips():
+    shipped = load_calibration(MODEL)
+    assert shipped.target_unit == "per_1k_tokens"
+    assert Calibration.from_json(replace(shipped, target_unit="generations").to_json()).target_unit == "generations"
+
+
 def test_a_file_from_before_probes_and_cusum_still_loads():
     data = json.loads(shipped_calibration_path(MODEL).read_text())
-    for key in ("probe", "outlier_dims", "expected_lead_tokens", "notes"):
+    for key in ("probe", "outlier_dims", "expected_lead_tokens", "notes", "target_unit"):
         data.pop(key, None)
     for signal in data["signals"]:
         for key in ("method", "mean", "std"):
             signal.pop(key, None)
     old = Calibration.from_json(json.dumps(data))
     assert old.probe is None and old.outlier_dims == {}
+    assert old.target_unit == "generations"
     assert all(s.method == "ewma" for s in old.signals)
 
 

@@ -51,7 +51,12 @@ NORMAL_PROMPTS = (
     "What are the main causes of the French Revolution?",
     "Name two uses of copper.",
 )
-COLLAPSE_ALERTS = {"sink": "SinkwatchSinkRateHigh", "rank_exhaustion": "SinkwatchRankExhaustionRateHigh"}
+# The alert each collapse verdict pages with, and its labels: the shipped calibration counts its sink target
+# per 1,000 tokens, so sinks page per 1,000 completion tokens (per model, no verdict label).
+COLLAPSE_ALERTS = {
+    "sink": ("SinkwatchSinkRatePer1kTokensHigh", {}),
+    "rank_exhaustion": ("SinkwatchRankExhaustionRateHigh", {"verdict": "rank_exhaustion"}),
+}
 
 
 @dataclass
@@ -211,8 +216,8 @@ def test_forced_collapses_make_their_alert_go_pending_then_firing(stack):
     collapses = Counter(verdict for verdict in stack.forced_verdicts if verdict in COLLAPSE_ALERTS)
     assert collapses, f"no forced generation collapsed (verdicts {stack.forced_verdicts}): the detector changed"
     mode, _ = collapses.most_common(1)[0]
-    alertname = COLLAPSE_ALERTS[mode]
-    _wait_for_firing(stack.prometheus, alertname, model=MODEL, verdict=mode)
+    alertname, labels = COLLAPSE_ALERTS[mode]
+    _wait_for_firing(stack.prometheus, alertname, model=MODEL, **labels)
     assert _was_pending(stack.prometheus, alertname, f'model="{MODEL}"')
 
 

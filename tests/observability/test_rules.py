@@ -113,3 +113,11 @@ def test_every_alert_has_a_unit_test_in_which_it_fires():
 @pytest.mark.parametrize("rule", [r for r in ALERTS if r["alert"] in COLLAPSE_ALERTS], ids=lambda r: r["alert"])
 def test_collapse_alert_thresholds_are_multiples_of_the_calibrated_target(rule):
     assert "model:sinkwatch_calibration_target_false_positive:ratio" in rule["expr"]
+
+
+def test_the_per_token_sink_alert_compares_sinks_per_1k_completion_tokens_with_the_per_token_target():
+    rule = next(r for r in ALERTS if r["alert"] == "SinkwatchSinkRatePer1kTokensHigh")
+    assert "model:sinkwatch_calibration_target_false_alarms:per_1k_tokens" in rule["expr"]
+    assert "model:sinkwatch_sink_verdicts_per_1k_completion_tokens:rate10m" in rule["expr"]
+    share = next(r for r in ALERTS if r["alert"] == "SinkwatchSinkRateHigh")
+    assert "unless on (model) model:sinkwatch_calibration_target_false_alarms:per_1k_tokens" in share["expr"]

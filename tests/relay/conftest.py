@@ -8,6 +8,7 @@ import pytest
 
 from gateway.app import create_app
 from gateway.config import Settings
+from monitors.calibration import Calibration
 from tests.backends.fake_vllm import FakeVLLM
 from tests.conftest import RunningServer, free_port
 from tests.gate.scripted import CALIBRATION
@@ -23,7 +24,7 @@ def fake() -> Iterator[tuple[FakeVLLM, RunningServer]]:
     fake.close()
 
 
-def relay_gateway(upstream: RunningServer, **settings) -> RunningServer:
+def relay_gateway(upstream: RunningServer, calibration: Calibration = CALIBRATION, **settings) -> RunningServer:
     """A gateway with the ``vllm`` backend in front of ``upstream`` (not started)."""
     configured = Settings().replace(
         backend="vllm",
@@ -33,7 +34,7 @@ def relay_gateway(upstream: RunningServer, **settings) -> RunningServer:
         port=free_port(),
         **settings,
     )
-    return RunningServer(create_app(configured, calibration=CALIBRATION), configured.port)
+    return RunningServer(create_app(configured, calibration=calibration), configured.port)
 
 
 @pytest.fixture

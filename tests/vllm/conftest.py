@@ -5,6 +5,7 @@ Tests marked ``vllm`` start a real vLLM server (minutes on CPU); they run only w
 """
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from gateway.config import Settings
 from gateway.engine.provision import provision
 from lab.bench.vllm_server import VLLMServer
+from monitors.calibration import Calibration, rank_overlay_path, shipped_calibration_path
 from tests.backends.fake_vllm import MODEL
 from tests.conftest import RunningServer, free_port, start_gateway
 
@@ -60,9 +62,16 @@ def vllm_server() -> Iterator[VLLMServer]:
 
 
 @pytest.fixture(scope="session")
-def real_vllm_gateway(vllm_server: VLLMServer) -> Iterator[RunningServer]:
-    """A gateway with the ``vllm`` backend in front of the real server."""
-    settings = Settings().replace(backend="vllm", upstreams=vllm_server.url, port=free_port())
+def real_vllm_gateway(vllm_server: VLLMServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A gateway with the ``vllm`` backend in front of the real server, judging with the shipped calibration
+    less its prefill alarm: these tests force loops with strong inducers to check where the detector cuts
+    them, and the alarm would block such requests before their first token (tests/gate/test_prefill_risk.py
+    covers the alarm). The prefill risk is still computed and reported."""
+    shipped = Calibration.from_json(shipped_calibration_path(MODEL).read_text())
+    path = tmp_path_factory.mktemp("calibration") / "calibration.json"
+    path.write_text(replace(shipped, prefill_probe=replace(shipped.prefill_probe, alarm_level=None)).to_json())
+    rank_overlay_path(path).write_text(rank_overlay_path(shipped_calibration_path(MODEL)).read_text())
+    settings = Settings().replace(backend="vllm", upstreams=vllm_server.url, port=free_port(), calibration=str(path))
     with start_gateway(settings) as server:
         server.wait_ready(timeout=60)
         yield server

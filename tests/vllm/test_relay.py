@@ -8,8 +8,12 @@ import openai
 import pytest
 
 from lab.bench.vllm_server import VLLMServer
+from monitors.bands import captured_layers
+from monitors.prefill import RequestSampling
 from tests.backends.fake_vllm import MODEL
 from tests.conftest import RunningServer
+from tests.gate.test_prefill_risk import MESSAGES as PREFILL_QUESTION
+from tests.gate.test_prefill_risk import prompt_states
 
 pytestmark = pytest.mark.vllm
 
@@ -230,3 +234,13 @@ def test_a_rescued_stream_continues_from_its_stable_point(real_vllm_gateway, vll
     assert choice["text"].startswith(stable) and len(choice["text"]) > len(stable)  # stable part, then more
     assert (second["strategy"], second["neutralised"], gate["tokens_leaked"]) == ("combined", ["frequency_penalty"], 0)
     assert gate["outcome"] in ("rescued", "rescue_failed")
+
+
+def test_the_prefill_risk_comes_from_the_prompt_states_vllm_computed(real_vllm_gateway, calibration, loaded_model):
+    """The plugin's first features are the prompt's last position: the risk matches the embedded model's."""
+    probe = calibration.prefill_probe
+    score = probe.prompt_score(prompt_states(loaded_model, captured_layers(calibration.bands)))
+    body = {"max_tokens": 8, "temperature": 0, "frequency_penalty": -1.0}
+    answer = _ask(real_vllm_gateway, False, messages=PREFILL_QUESTION, **body)
+    expected = probe.risk(score, RequestSampling.from_body(body))
+    assert answer["stability"]["prefill_risk"] == pytest.approx(expected, abs=0.02)

@@ -37,5 +37,6 @@ def test_groups_split_traffic_by_kind_and_inducer_and_by_length():
     assert traffic_of(gens[0]) == "induced:frequency_penalty"
     out = breakdown(gens, {"a": 30, "b": None})
     assert set(out["traffic"]) == {"induced:frequency_penalty", "human_code"}
-    assert set(out["length"]) == {"0-127", "512+"}
+    assert set(out["length"]) == {"0-127", "512-1000"}
+    assert set(out["length_generated"]) == {"0-127"}
     assert out["all"]["false_alarms_per_1k_tokens"] == 0.0

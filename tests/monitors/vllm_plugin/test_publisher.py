@@ -203,9 +203,11 @@ def test_the_reducer_stops_when_its_worker_is_gone(calibration, tmp_path):
     (tmp_path / "worker").mkdir()
     pid_file = tmp_path / "pid"
     config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config))  # a calibration is too long for a command line
     worker = (  # starts the reducer as the publisher does and exits at once, before the reducer is even up
         "import json, os, subprocess, sys\n"
-        f"open({str(config_file)!r}, 'w').write(json.dumps({{**{config!r}, 'worker_pid': os.getpid()}}))\n"
+        f"config = {{**json.load(open({str(config_file)!r})), 'worker_pid': os.getpid()}}\n"
+        f"open({str(config_file)!r}, 'w').write(json.dumps(config))\n"
         "p = subprocess.Popen([sys.executable, '-m', 'monitors.vllm_plugin.reducer'],"
         f" stdin=open({str(config_file)!r}))\n"
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
