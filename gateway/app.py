@@ -5,6 +5,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -17,12 +18,14 @@ from gateway.config import Settings
 from gateway.drain import Drain
 from gateway.generation import Backend
 from gateway.metrics_port import serve_metrics_apart
+from gateway.recording.recorder import TrafficRecorder
 from gateway.security.reload import KeyReloader, admission_for
+from gateway.serving.calibration_reload import CalibrationReloader, calibration_digest
 from gateway.serving.serving_context import ServingContext
 from gateway.telemetry import tracing
 from gateway.workers.exposition import WorkerExpositions, serve_exposition
 from gateway.workers.worker_context import WorkerContext
-from monitors.calibration import Calibration
+from monitors.calibration import Calibration, shipped_calibration_path
 
 __all__ = ["create_app"]
 
@@ -41,9 +44,17 @@ def create_app(
     checks) before it takes connections. API keys and rate limits are reloaded on SIGHUP and when the keys
     file changes, from the settings ``reload_settings`` returns (by default the same settings: only the
     keys file is read again)."""
-    if calibration is None:
+    named = settings.calibration or settings.served_name()  # a file, or a model whose shipped file it is
+    calibration_file = Path(named) if Path(named).is_file() else shipped_calibration_path(named)
+    resolved = calibration is None
+    if resolved:
         calibration = resolve_calibration(settings)
     backend = backend or build_backend(settings, calibration)
+    recorder = (
+        TrafficRecorder(Path(settings.record_dir), settings.record_max_bytes, settings.record_text)
+        if settings.record_dir
+        else None
+    )
     shared = worker.buckets if worker else None
     admission = admission_for(settings, shared)
     reloader = KeyReloader(admission, settings, reload_settings or (lambda: settings), shared)
@@ -65,6 +76,8 @@ def create_app(
             await backend.close()
             stop_metrics()
             tracing.flush()
+            if recorder is not None:
+                await asyncio.to_thread(recorder.close)
 
     # FastAPI's own OpenTelemetry hooks cost a provider lookup per request; metrics are Prometheus here.
     telemetry = {"tracing": False, "metrics": False, "logs": False}
@@ -74,7 +87,11 @@ def create_app(
         docs = dict.fromkeys(docs)
     app = FastAPI(title="sinkwatch", version=__version__, lifespan=lifespan, telemetry=telemetry, **docs)
     drain = Drain()
-    app.state.serving = ServingContext(settings, backend, calibration, started_at=int(time.time()), drain=drain)
+    digest = calibration_digest(calibration_file) if resolved and calibration_file.is_file() else ""
+    serving = ServingContext(settings, backend, calibration, int(time.time()), drain, recorder, digest)
+    app.state.serving = serving
+    if calibration is not None and calibration_file.is_file():
+        reloader.on_sighup.append(CalibrationReloader(serving, calibration_file).reload)
     app.state.worker_expositions = (
         WorkerExpositions(worker.exposition_paths(), restarts=worker.restarts) if worker else None
     )
@@ -104,9 +121,11 @@ async def _start(ctx: ServingContext) -> None:
         raise
     # A backend that derives an uncalibrated model's profile, or finds its upstream serves another model than
     # the calibration's, says which calibration its monitors use.
-    ctx.calibration = getattr(backend, "calibration", ctx.calibration)
+    derived = getattr(backend, "calibration", ctx.calibration)
+    if derived is not ctx.calibration:
+        ctx.use_calibration(derived, "")  # not the file's: the digest would name another calibration
     for model in backend.model_names():
-        metrics.model_ready(model, backend.name, ctx.calibration)
+        metrics.model_ready(model, backend.name, ctx.calibration, ctx.calibration_digest)
         log.info("model %s ready on %s: %s", model, backend.name, _judged_by(ctx.calibration))
 
 

@@ -41,6 +41,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "proxy": "lab.bench.proxy_bench",
             "vllm": "lab.bench.vllm_bench",
             "relay": "lab.bench.relay_bench",
+            "recording": "lab.bench.recording_bench",
         },
     ),
     "eval": (
@@ -56,6 +57,8 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "label": "lab.eval.labelling",
             "verdicts": "lab.eval.verdicts_eval",
             "rank": "lab.eval.rank_eval",
+            "record": "lab.eval.record_traffic",
+            "traffic": "lab.eval.traffic_eval",
             "prefill": "lab.eval.prefill_eval",
         },
     ),
@@ -101,7 +104,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     calibrate_parser = commands.add_parser("calibrate", help="set detector thresholds from normal prompts")
     if "calibrate" in wanted:
         calibrate = importlib.import_module(CALIBRATE_COMMAND)
-        calibrate.add_arguments(calibrate_parser)
+        calibrate.add_command_arguments(calibrate_parser)
         calibrate_parser.set_defaults(handler=calibrate.run)
 
     for group, (help_text, members) in COMMAND_GROUPS.items():

@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     calibration: str = _setting("", "calibration file (default: the one shipped for the model)")
     bands: str = _setting("", "layer bands, e.g. 'early=4,7;middle=13,17;late=23,27' (default: calibration's)")
     policy: str = _setting("annotate", "what to do with verdicts", ("observe", "annotate", "block", "rescue"))
+    record_dir: str = _setting(
+        "", "shadow recording: write each monitored generation under observe here, for calibrate --from-traffic"
+    )
+    record_max_bytes: int = _setting(
+        256 * 2**20, "shadow recording: the most the record directory holds (oldest segments deleted)", ge=1
+    )
+    record_text: bool = _setting(False, "shadow recording: keep each generation's token ids (its text)")
     allow_policy_override: bool = _setting(True, "let requests choose their policy (header or body)")
     holdback_tokens: int = _setting(
         -1,

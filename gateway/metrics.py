@@ -26,6 +26,8 @@ __all__ = [
     "PREFILL_RISK",
     "RANK_MARGIN",
     "RATE_LIMITED",
+    "RECORDED_GENERATIONS",
+    "RECORDING_FAILURES",
     "REQUESTS",
     "REQUEST_DURATION",
     "RESCUES",
@@ -42,6 +44,7 @@ __all__ = [
     "UPSTREAM_UP",
     "VERDICTS",
     "VLLM_STATS",
+    "calibration_in_force",
     "endpoint_label",
     "model_ready",
     "watch_event_loop",
@@ -109,6 +112,16 @@ MODEL_CALIBRATED = Gauge(
     ["model"],
 )
 CALIBRATION = Info("sinkwatch_calibration", "The calibration behind a model's verdicts (date, size)", ["model"])
+RECORDED_GENERATIONS = Counter(
+    "sinkwatch_recorded_generations_total",
+    "Monitored generations under observe written to the traffic recording (--record-dir)",
+    ["model"],
+)
+RECORDING_FAILURES = Counter(
+    "sinkwatch_recording_failures_total",
+    "Generations the traffic recording dropped, by reason (queue_full, write_error)",
+    ["reason"],
+)
 CALIBRATION_TARGET_FPR = Gauge(
     "sinkwatch_calibration_target_false_positive_ratio",
     "Share of normal generations the calibration lets fire a rank-exhaustion verdict (and a sink verdict, "
@@ -238,7 +251,7 @@ for _reason in UNMONITORED_REASONS:  # series exist from the start, for rate()
     UNMONITORED.labels(_reason)
 
 
-def model_ready(model: str, backend: str, calibration: Calibration | None) -> None:
+def model_ready(model: str, backend: str, calibration: Calibration | None, digest: str = "") -> None:
     """Mark ``model`` ready, export its calibration, and create its closed label sets at zero.
 
     A counter series that first appears at 1 hides that first increment from ``rate()``; alert ratios
@@ -254,10 +267,18 @@ def model_ready(model: str, backend: str, calibration: Calibration | None) -> No
     for outcome in ("success", "fallback_block"):
         RESCUES.labels(model, outcome)
     if calibration is not None and calibration.calibrated:
-        CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
-        if calibration.target_unit == "per_1k_tokens":
-            CALIBRATION_TARGET_PER_1K_TOKENS.labels(model).set(calibration.target_fpr)
-        CALIBRATION.labels(model).info({"created": calibration.created, "generations": str(calibration.n_generations)})
+        calibration_in_force(model, calibration, digest)
+
+
+def calibration_in_force(model: str, calibration: Calibration, digest: str) -> None:
+    """Export the calibration behind ``model``'s verdicts (at start and after each reload): its target, date, size
+    and the sha256 of its file (empty when it did not come from a file)."""
+    CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
+    if calibration.target_unit == "per_1k_tokens":
+        CALIBRATION_TARGET_PER_1K_TOKENS.labels(model).set(calibration.target_fpr)
+    CALIBRATION.labels(model).info(
+        {"created": calibration.created, "generations": str(calibration.n_generations), "sha256": digest}
+    )
 
 
 def endpoint_label(path: str) -> str:

@@ -342,6 +342,16 @@ VERDICTS = Row(
             unit="reqps",
             stacked=True,
         ),
+        Panel(
+            "Shadow recording",
+            "Generations under observe written to the traffic recording (--record-dir) per second, and those it "
+            "dropped, by reason (queue_full, write_error); the requests themselves are never affected.",
+            (
+                Query(f"sum(rate(sinkwatch_recorded_generations_total{{{M}}}{RATE}))", "recorded"),
+                Query(f"sum by (reason) (rate(sinkwatch_recording_failures_total{RATE}))", "dropped: {{reason}}"),
+            ),
+            unit="short",
+        ),
     ),
 )
 
@@ -454,11 +464,11 @@ MODEL_STATE = Row(
         ),
         Panel(
             "Calibration",
-            "Creation date and number of normal generations behind the live calibration.",
+            "Creation date, number of normal generations and file sha256 of the live calibration (SIGHUP reloads it).",
             (
                 Query(
-                    f"max by (created, generations) (sinkwatch_calibration_info{{{M}}})",
-                    "{{created}} n={{generations}}",
+                    f"max by (created, generations, sha256) (sinkwatch_calibration_info{{{M}}})",
+                    "{{created}} n={{generations}} sha256 {{sha256}}",
                 ),
             ),
             unit="none",

@@ -98,6 +98,7 @@ class StabilityDetector:
         self._stats = _RunningStats()
         self._prefill_alarm: Reason | None = None
         self.verdict = Verdict(VerdictLevel.OK, token_index=-1)
+        self.values: dict[str, float] = {}  # the last token's signals, as the thresholds saw them
 
     def note_prefill_risk(self, risk: float) -> None:
         """Before the first token: a prefill risk at the calibration's alarm level fires the verdict from it."""
@@ -120,6 +121,7 @@ class StabilityDetector:
         values = with_rank_margins(usable_values(features, self.calibration.window), self.calibration.rank_floors)
         values[PERIODICITY_SIGNAL] = self._periodicity.push(features.token_id)
         self._stats.add(values)
+        self.values = values
         crossing, persistent = [], []
         for state in self._signals:
             value = values.get(state.spec.name)

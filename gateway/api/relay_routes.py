@@ -24,7 +24,7 @@ from gateway.relay.responses_gate import ResponsesGate, relay_gated_responses
 from gateway.relay.seam import RelayCall
 from gateway.relay.session import RelaySession, unmonitored_report
 from gateway.request_metrics import RequestSeries
-from gateway.serving.serving_context import ServingContext, new_request_id, now
+from gateway.serving.serving_context import RECORDED_SAMPLING, ServingContext, new_request_id, now
 from gateway.telemetry.request_scope import current_scope
 
 __all__ = ["router"]
@@ -49,6 +49,15 @@ async def _accepted(http: Request, endpoint: str) -> tuple[ServingContext, Parse
     return ctx, parsed, resolve_policy(ctx.gate_config, parsed.body_policy, header_policy)
 
 
+def relayed_context(request: dict, endpoint: str, backend: str) -> dict:
+    """What a shadow record says of a relayed request: model, backend, endpoint and the sampling parameters
+    the client set (``max_completion_tokens`` as ``max_tokens``)."""
+    sampling = {name: request[name] for name in RECORDED_SAMPLING if name in request}
+    if "max_completion_tokens" in request:
+        sampling["max_tokens"] = request["max_completion_tokens"]
+    return {"model": request["model"], "backend": backend, "endpoint": endpoint, "sampling": sampling}
+
+
 async def _monitored(http: Request, endpoint: str, path: str, prefix: str) -> Response:
     received_at, _ = now()
     ctx, parsed, policy = await _accepted(http, endpoint)
@@ -61,7 +70,7 @@ async def _monitored(http: Request, endpoint: str, path: str, prefix: str) -> Re
         call,
         policy,
         ctx.gate_config,
-        ctx.monitor_factory(),
+        ctx.monitor_factory(policy, relayed_context(parsed.request, endpoint, ctx.backend.name)),
         series,
         received_at,
         parsed.include_usage,

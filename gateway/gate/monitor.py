@@ -4,6 +4,7 @@ from dataclasses import replace
 
 from gateway.generation import SamplingParams
 from gateway.protocol.stability import BandReport, SignalValues, StabilityReason, StabilityReport
+from gateway.recording.shadow import ShadowRecording
 from monitors.calibration import Calibration
 from monitors.detector import StabilityDetector
 from monitors.features import StepFeatures
@@ -28,8 +29,9 @@ def prefill_sampling(params: SamplingParams) -> RequestSampling:
 class RequestMonitor:
     """One per generation attempt: feed it each token's features; ask it for the verdict and the report."""
 
-    def __init__(self, calibration: Calibration) -> None:
+    def __init__(self, calibration: Calibration, recording: ShadowRecording | None = None) -> None:
         self.calibration = calibration
+        self.recording = recording
         self._detector = StabilityDetector(calibration)
         self._offset = 0
         self._sampling: RequestSampling | None = None
@@ -56,7 +58,14 @@ class RequestMonitor:
             self.prefill_risk = round(probe.risk(prompt_score, self._sampling), 4)
             self._detector.note_prefill_risk(self.prefill_risk)
         self._detector.update(features)
+        if self.recording is not None:
+            self.recording.trace.add(self._detector.values)
         return self.verdict
+
+    def finish(self, finish_reason: str, token_ids: list[int]) -> None:
+        """The generation ended well: write its record when it is being recorded (shadow mode)."""
+        if self.recording is not None:
+            self.recording.finish(finish_reason, token_ids)
 
     @property
     def judges(self) -> bool:

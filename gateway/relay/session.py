@@ -120,6 +120,7 @@ class RelaySession:
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         self._envelope: dict = {"id": call.request_id, "object": kind, "model": call.model}
         self._finish_reasons: tuple[str, ...] = ()
+        self._finish_by_choice: dict[int, str] = {}
         # Under rescue a plain streamed answer is continued from its stable point (what is stable streams under
         # the hold-back); anything else is held whole and resampled from its start.
         self._continues = policy is Policy.RESCUE and call.stream and backend.continues and continuable(call.body)
@@ -296,6 +297,7 @@ class RelaySession:
         reports = self._reports()
         top = self.report(reports)
         self._finish_reasons = tuple(str(f.choice.get("finish_reason")) for _, f in sorted(finishes.items()))
+        self._finish_by_choice = {index: str(f.choice.get("finish_reason")) for index, f in finishes.items()}
         usage = next((t for t in trailers if isinstance(t.get("usage"), dict)), None)
         self._usage = usage["usage"] if usage is not None else None
         trailers = [t for t in trailers if t is not usage or self._include_usage]
@@ -339,6 +341,11 @@ class RelaySession:
             choices[position] = await self._settle_whole(index, choice, raw, _texts(tokens))
         reports = self._reports()
         self._finish_reasons = tuple(str(raw.get("finish_reason")) for raw in choices if isinstance(raw, dict))
+        self._finish_by_choice = {
+            raw.get("index", position): str(raw.get("finish_reason"))
+            for position, raw in enumerate(choices)
+            if isinstance(raw, dict)
+        }
         for position, raw in enumerate(choices):
             index = raw.get("index", position)
             choices[position] = self._with_report(raw, reports.get(index))
@@ -523,6 +530,9 @@ class RelaySession:
             prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
             discarded = sum(c.discarded for c in self._choices.values())
             self._series.tokens(prompt, completion + discarded, completion)
+            for index, choice in self._choices.items():
+                if choice.gate.monitor is not None:
+                    choice.gate.monitor.finish(self._finish_by_choice.get(index, "unknown"), choice.gate.token_ids)
         gate = self._gate_outcome() if outcome == "ok" or isinstance(error, ContentBlocked) else None
         if gate is not None:
             self._series.stability(gate)

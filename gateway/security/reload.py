@@ -1,4 +1,5 @@
-"""API keys and rate limits reloaded while serving: on SIGHUP, and when the ``--api-keys-file`` changes.
+"""API keys and rate limits reloaded while serving: on SIGHUP, and when the ``--api-keys-file`` changes. SIGHUP
+also runs the other reloads registered in ``on_sighup`` (the calibration's, :mod:`gateway.serving.calibration_reload`).
 
 A reload reads the settings again (the YAML file, with the same environment and flags) and the keys file,
 and puts the new keys, request rate limit and token budget in force in this process's
@@ -68,6 +69,8 @@ class KeyReloader:
         self.load = load
         self.shared = shared
         self._stamp = _file_stamp(settings.api_keys_file) if settings.api_keys_file else None
+        # Other reloads SIGHUP triggers (the calibration): each called with why, after the keys.
+        self.on_sighup: list[Callable[[str], object]] = []
 
     def reload(self, why: str) -> bool:
         """Load the settings and keys again and put them in force; False (logged) when they cannot be."""
@@ -97,13 +100,18 @@ class KeyReloader:
         changed, self._stamp = stamp != self._stamp, stamp
         return changed and bool(path)
 
+    def _sighup(self) -> None:
+        self.reload("SIGHUP")
+        for reload in self.on_sighup:
+            reload("SIGHUP")
+
     async def watch(self) -> None:
         """Until cancelled: reload on SIGHUP (when served from the main thread, where signals arrive) and
         whenever the keys file changes."""
         loop = asyncio.get_running_loop()
         on_signal = threading.current_thread() is threading.main_thread()
         if on_signal:
-            loop.add_signal_handler(signal.SIGHUP, self.reload, "SIGHUP")
+            loop.add_signal_handler(signal.SIGHUP, self._sighup)
         try:
             while True:
                 await asyncio.sleep(KEYS_FILE_POLL)

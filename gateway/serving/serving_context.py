@@ -5,6 +5,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property
+from typing import Any
 
 from fastapi import Request
 from fastapi.responses import Response
@@ -15,26 +16,61 @@ from gateway.errors import ModelNotFound
 from gateway.gate.holdback import required_lag
 from gateway.gate.monitor import RequestMonitor
 from gateway.gate.policy import POLICY_HEADER, GateConfig, Policy, resolve_policy
-from gateway.generation import Backend, GenerationRequest
+from gateway.generation import Backend, GenerationRequest, SamplingParams
 from gateway.protocol.common import SamplingFields
+from gateway.recording.recorder import TrafficRecorder
+from gateway.recording.shadow import ShadowRecording
+from gateway.recording.trace import calibration_setup
 from gateway.serving.respond import streaming_response, whole_response
 from gateway.serving.session import GenerationSession, RequestLabels
 from gateway.serving.shapes import ResponseShape
 from monitors.calibration import Calibration
 
-__all__ = ["ServingContext", "choice_requests", "new_request_id", "now", "serve"]
+__all__ = [
+    "RECORDED_SAMPLING",
+    "ServingContext",
+    "choice_requests",
+    "new_request_id",
+    "now",
+    "recorded_context",
+    "serve",
+]
+
+# Sampling parameters a shadow record keeps: those that make loops more or less likely, and the length cap.
+RECORDED_SAMPLING = (
+    "temperature",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "max_tokens",
+    "seed",
+)
 
 
 @dataclass
 class ServingContext:
-    """Shared, read-only state of the running gateway (``calibration`` is settled once the backend started: an
-    uncalibrated model's profile needs the model)."""
+    """Shared state of the running gateway (read-only but for ``calibration``: settled once the backend started,
+    an uncalibrated model's profile needs the model; replaced by a reload on SIGHUP)."""
 
     settings: Settings
     backend: Backend
     calibration: Calibration | None
     started_at: int
     drain: Drain
+    recorder: TrafficRecorder | None = None
+    calibration_digest: str = ""
+
+    def use_calibration(self, calibration: Calibration | None, digest: str) -> None:
+        """Judge new requests with ``calibration`` (requests under way keep the monitors they have)."""
+        self.calibration, self.calibration_digest = calibration, digest
+        self.__dict__.pop("gate_config", None)
+        self.__dict__.pop("recording_setup", None)
+
+    @cached_property
+    def recording_setup(self) -> dict[str, Any]:
+        """What every record says of the calibration its signals were computed with."""
+        return calibration_setup(self.calibration, self.calibration_digest) if self.calibration else {}
 
     @cached_property
     def gate_config(self) -> GateConfig:
@@ -62,10 +98,31 @@ class ServingContext:
             return self.gate_config
         return replace(self.gate_config, block_at=block_at)
 
-    def monitor_factory(self) -> Callable[[], RequestMonitor | None]:
-        """Makes a fresh monitor per attempt, or None when hidden states are not captured."""
+    def monitor_factory(
+        self, policy: Policy | None = None, context: dict[str, Any] | None = None
+    ) -> Callable[[], RequestMonitor | None]:
+        """Makes a fresh monitor per attempt, or None when hidden states are not captured. Under ``observe``
+        with ``--record-dir`` each monitor records its generation, described by ``context`` (model, backend,
+        endpoint, sampling)."""
         calibration = self.calibration if self.settings.capture else None
-        return lambda: RequestMonitor(calibration) if calibration is not None else None
+        if calibration is None:
+            return lambda: None
+        recorder = self.recorder if policy is Policy.OBSERVE else None
+        if recorder is None:
+            return lambda: RequestMonitor(calibration)
+        described = {**(context or {}), **self.recording_setup}
+        return lambda: RequestMonitor(calibration, ShadowRecording(recorder, described))
+
+
+def recorded_context(labels: RequestLabels, sampling: SamplingParams) -> dict[str, Any]:
+    """What a shadow record says of an embedded request: model, backend, endpoint and the sampling that
+    shapes loops."""
+    return {
+        "model": labels.model,
+        "backend": labels.backend,
+        "endpoint": labels.endpoint,
+        "sampling": {name: getattr(sampling, name) for name in RECORDED_SAMPLING},
+    }
 
 
 def new_request_id(prefix: str) -> str:
@@ -84,12 +141,13 @@ async def serve(
 ) -> Response:
     """Start the generation (refusals become HTTP errors), then answer whole or streamed."""
     labels = RequestLabels(model=request.model, endpoint=endpoint, backend=ctx.backend.name)
+    policy = ctx.policy_for(body, http)
     session = GenerationSession(
         ctx.backend,
         choice_requests(request, body.n or 1),
-        ctx.policy_for(body, http),
+        policy,
         ctx.gate_config_for(body),
-        ctx.monitor_factory(),
+        ctx.monitor_factory(policy, recorded_context(labels, request.sampling)),
         streaming=bool(body.stream),
         labels=labels,
         received_at=received_at,

@@ -208,6 +208,9 @@ class GenerationSession:
             generated = sum(result.generated_tokens for result in results)
             self._series.tokens(self.usage.prompt_tokens, generated, self.usage.completion_tokens)
             charge_tokens(self.usage.prompt_tokens + generated)
+            for gate in self.gates:
+                if gate.monitor is not None:
+                    gate.monitor.finish(gate.result.finish_reason, gate.completion_ids)
         for gate in self.gates:
             gate_outcome = gate.outcome()
             if gate_outcome is not None and (outcome == "ok" or isinstance(error, ContentBlocked)):

@@ -20,7 +20,7 @@ from lab.eval.signals import Reference, Sampling, hold
 from monitors.bands import default_bands, parse_bands
 from monitors.calibration import Calibration, shipped_calibration_path
 
-__all__ = ["add_arguments", "bands_of", "calibrate_on", "ensure_corpus", "fit_options", "run"]
+__all__ = ["add_arguments", "add_command_arguments", "bands_of", "calibrate_on", "ensure_corpus", "fit_options", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +47,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--outlier-share", type=float, default=0.02, help="share of squared norm marking an outlier dim"
     )
     parser.add_argument("--output", type=Path, help="default: the calibration shipped for the model")
+
+
+def add_command_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``sinkwatch calibrate``: the shared ones, and calibrating from recorded traffic."""
+    add_arguments(parser)
+    parser.add_argument("-o", dest="output", type=Path, help="the same as --output")
+    traffic = parser.add_argument_group("from recorded traffic (sinkwatch serve --policy observe --record-dir DIR)")
+    traffic.add_argument(
+        "--from-traffic",
+        type=Path,
+        metavar="DIR",
+        help="fit thresholds on this recording instead of the corpus; --target-fpr then counts false alarms "
+        "per 1,000 recorded tokens",
+    )
+    traffic.add_argument(
+        "--base",
+        type=Path,
+        help="the calibration the recording was made with: its signals and reference are kept (default: "
+        "--calibration's file, else the one shipped for the recorded model)",
+    )
+    traffic.add_argument(
+        "--held-out", type=float, default=0.3, help="latest share of the recording checked, not fitted"
+    )
+    traffic.add_argument("--rank-fpr", type=float, default=0.05, help="healthy generations below a rank floor")
 
 
 def fit_options(args: argparse.Namespace) -> FitOptions:
@@ -106,7 +130,11 @@ def calibrate_on(
 
 
 def run(args: argparse.Namespace) -> Calibration:
-    """Generate (if needed), fit on the tune split, measure, write."""
+    """Generate (if needed), fit on the tune split, measure, write; or fit on a recording."""
+    if args.from_traffic is not None:
+        from lab.eval.traffic_command import run_from_traffic
+
+        return run_from_traffic(args)
     ensure_corpus(args, "tune")
     entries = [(e, lab) for e, lab in labelled_entries(args.corpus) if e.split == "tune"]
     print(f"calibrate: {len(entries)} labelled tune generations from corpus {args.corpus}")

@@ -16,7 +16,7 @@ bands and levels to read ``<band>.pr_novel`` and the plain ``<band>.pr``.
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +36,7 @@ __all__ = [
     "corpus_tracks",
     "fit_levels",
     "levels_from_states",
+    "novel_pr_lows",
     "read_items",
     "replay",
 ]
@@ -180,11 +181,18 @@ def band_lows(track: CorpusTracks, bands: Sequence[str], span: int, persistence:
     """Per band, the lowest EWMA of the novel PR held for ``persistence`` tokens (the detector's statistic);
     bands whose novel PR is never defined are left out. NaN tokens (all-recurrent windows) are skipped, as
     the detector skips a missing feature."""
+    return novel_pr_lows(track.values, bands, span, persistence)
+
+
+def novel_pr_lows(
+    values: Mapping[str, np.ndarray], bands: Sequence[str], span: int, persistence: int
+) -> dict[str, float]:
+    """:func:`band_lows` of one generation's per-token trajectories (``<band>.pr_novel``, NaN where undefined)."""
     lows = {}
     for band in bands:
-        values = track.values[f"{band}.{NOVEL_PR}"]
-        values = values[np.isfinite(values)]
-        low = persistent_extreme(ewma(values, span), "low", persistence) if len(values) else float("nan")
+        novel = values.get(f"{band}.{NOVEL_PR}")
+        novel = novel[np.isfinite(novel)] if novel is not None else np.empty(0)
+        low = persistent_extreme(ewma(novel, span), "low", persistence) if len(novel) else float("nan")
         if np.isfinite(low):
             lows[band] = low
     return lows

@@ -25,6 +25,7 @@ from monitors.calibration import Direction, Family, SignalThreshold, persistent_
 
 __all__ = [
     "Selection",
+    "alarm_rate",
     "candidate_spec",
     "combine",
     "detection_credit",

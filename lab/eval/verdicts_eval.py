@@ -29,7 +29,7 @@ from monitors.calibration import Calibration
 from monitors.detector import PERIODICITY_SIGNAL
 from monitors.text import text_sink_onset
 
-__all__ = ["LENGTH_BUCKETS", "add_arguments", "group_stats", "run", "tables", "traffic_of"]
+__all__ = ["LENGTH_BUCKETS", "add_arguments", "breakdown", "firing_of", "group_stats", "run", "tables", "traffic_of"]
 
 LENGTH_BUCKETS = ((0, 128), (128, 256), (256, 512), (512, 1001))
 BLOCK_AT = (0.2, 0.5, 0.8, 0.95)

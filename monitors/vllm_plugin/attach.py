@@ -68,7 +68,7 @@ def attach_tap(runner: Any, settings: PluginSettings) -> RunnerTap | None:
     runner.get_model().set_aux_hidden_state_layers(aux_layers)
     runner.use_aux_hidden_state_outputs = True
     profile = monitor_profile(calibration, bands)
-    publisher = FeaturePublisher(calibration, bands, cpus=settings.publisher_cpus)
+    publisher = FeaturePublisher(calibration, bands, settings.publisher_cpus, settings.calibration)
     publisher.start()
     atexit.register(publisher.close)
     log.info("sinkwatch: monitoring decoder layers %s (profile %s)", layers, profile)

@@ -61,8 +61,11 @@ REDUCER_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRE
 class FeaturePublisher:
     """A daemon thread and the reducer process behind it."""
 
-    def __init__(self, calibration: Calibration, bands: tuple[LayerBand, ...], cpus: str = "auto") -> None:
+    def __init__(
+        self, calibration: Calibration, bands: tuple[LayerBand, ...], cpus: str = "auto", calibration_path: str = ""
+    ) -> None:
         self._calibration = calibration
+        self._calibration_path = calibration_path  # watched by the reducer for a new calibration when set
         self._bands = bands
         self._cpus_setting = cpus
         self._cpus: frozenset[int] | None = None
@@ -93,6 +96,7 @@ class FeaturePublisher:
             "endpoint": self._endpoint,
             "worker_pid": os.getpid(),
             "cpus": None if self._cpus is None else sorted(self._cpus),
+            "calibration_path": self._calibration_path,
         }
         environment = {name: value for name, value in os.environ.items() if name not in OPENMP_BINDING_VARIABLES}
         self._reducer = subprocess.Popen(

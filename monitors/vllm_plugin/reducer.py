@@ -9,7 +9,9 @@ Python between kernels (measured: 8.5 % fewer tokens/s at 16 monitored streams o
 the host, through a local pipe; only features go to the gateways.
 
 Run as ``python -m monitors.vllm_plugin.reducer``: it reads its configuration (a JSON object: the
-calibration, the bands, the pipe's address, the worker's pid and the CPU cores to run on) from stdin, binds
+calibration, the bands, the pipe's address, the worker's pid, the CPU cores to run on and, when
+``SINKWATCH_CALIBRATION`` names one, the calibration file to watch for a new calibration,
+:mod:`monitors.vllm_plugin.calibration_watch`) from stdin, binds
 itself to those cores, and exits when the pipe says stop or the worker that started it is gone.
 """
 
@@ -29,6 +31,7 @@ import zmq
 from monitors.bands import LayerBand, parse_bands
 from monitors.calibration import Calibration
 from monitors.features import FeatureExtractor, StepFeatures
+from monitors.vllm_plugin.calibration_watch import CalibrationWatch
 from monitors.vllm_plugin.placement import bind
 from monitors.vllm_plugin.settings import PluginSettings
 from monitors.vllm_plugin.sinks import SinkSockets
@@ -50,31 +53,54 @@ def new_extractor_factory(calibration: Calibration, bands: tuple[LayerBand, ...]
 
 
 class FeatureReducer:
-    """Extractor pushes for each step, batching per gateway, ZMQ sends."""
+    """Extractor pushes for each step, batching per gateway, ZMQ sends. With a ``watch``, a new calibration
+    file gives the requests that start afterwards its extractors and profile (:meth:`reload_if_changed`)."""
 
-    def __init__(self, new_extractor: Callable[[], FeatureExtractor], profile: str, sockets: SinkSockets) -> None:
+    def __init__(
+        self,
+        new_extractor: Callable[[], FeatureExtractor],
+        profile: str,
+        sockets: SinkSockets,
+        watch: CalibrationWatch | None = None,
+    ) -> None:
         self._new_extractor = new_extractor
         self._profile = profile
         self._sockets = sockets
-        self._extractors: dict[str, FeatureExtractor] = {}
+        self._watch = watch
+        self._extractors: dict[str, tuple[FeatureExtractor, str]] = {}  # engine id -> extractor, its profile
+
+    def reload_if_changed(self) -> None:
+        """Take a new calibration, if the watched file has one, for the requests that start from now on."""
+        calibration = self._watch.changed() if self._watch is not None else None
+        if calibration is not None:
+            self._new_extractor = new_extractor_factory(calibration, self._watch.bands)
+            self._profile = monitor_profile(calibration, self._watch.bands)
 
     def process(self, step: CapturedStep) -> None:
         """Push the step's rows into their requests' extractors together; send each gateway its requests' features."""
-        batches: dict[str, list[tuple[str, StepFeatures]]] = defaultdict(list)
-        extractors = []
+        batches: dict[tuple[str, str], list[tuple[str, StepFeatures]]] = defaultdict(list)
+        extractors, profiles = [], []
         for engine_id in step.engine_ids:
-            extractor = self._extractors.get(engine_id)
-            if extractor is None:
-                extractor = self._extractors[engine_id] = self._new_extractor()
-            extractors.append(extractor)
-        if extractors:
-            rows = FeatureExtractor.push_many(extractors, step.states, step.row_entropies(), step.token_ids)
-            for tag, features in zip(step.tags, rows, strict=True):
-                batches[tag.sink].append((tag.request_id, features))
+            known = self._extractors.get(engine_id)
+            if known is None:
+                known = self._extractors[engine_id] = (self._new_extractor(), self._profile)
+            extractors.append(known[0])
+            profiles.append(known[1])
+        entropies = step.row_entropies()
+        for profile in dict.fromkeys(profiles):  # extractors of one calibration are pushed together
+            rows = [i for i, p in enumerate(profiles) if p == profile]
+            pushed = FeatureExtractor.push_many(
+                [extractors[i] for i in rows],
+                step.states if len(rows) == len(profiles) else step.states[rows],  # no copy in the usual case
+                [entropies[i] for i in rows],
+                [step.token_ids[i] for i in rows],
+            )
+            for i, features in zip(rows, pushed, strict=True):
+                batches[step.tags[i].sink, profile].append((step.tags[i].request_id, features))
         for engine_id in step.ended:
             self._extractors.pop(engine_id, None)
-        for sink, items in batches.items():
-            self._sockets.send(sink, encode_batch(self._profile, items))
+        for (sink, profile), items in batches.items():
+            self._sockets.send(sink, encode_batch(profile, items))
 
     def close(self) -> None:
         self._sockets.close()
@@ -88,6 +114,7 @@ def serve(endpoint: str, reducer: FeatureReducer, worker_pid: int) -> None:
     pipe.connect(endpoint)
     try:
         while True:
+            reducer.reload_if_changed()
             if not pipe.poll(LIVENESS_POLL_MS):
                 if os.getppid() != worker_pid:
                     log.warning("sinkwatch: the vLLM worker is gone; the feature reducer stops")
@@ -120,7 +147,11 @@ def main() -> None:
     calibration = Calibration.from_json(config["calibration"])
     bands = parse_bands(config["bands"])
     sockets = SinkSockets(PluginSettings.from_env().allowed_sinks)
-    reducer = FeatureReducer(new_extractor_factory(calibration, bands), monitor_profile(calibration, bands), sockets)
+    path = config.get("calibration_path")
+    watch = CalibrationWatch(Path(path), calibration, bands) if path else None
+    reducer = FeatureReducer(
+        new_extractor_factory(calibration, bands), monitor_profile(calibration, bands), sockets, watch
+    )
     try:
         serve(config["endpoint"], reducer, config["worker_pid"])
     except KeyboardInterrupt:  # Ctrl-C on the server reaches its whole process group

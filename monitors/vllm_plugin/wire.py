@@ -7,6 +7,7 @@ token it sampled for that gateway's requests, stamped with the monitoring profil
 bands) the features were computed with, so that a gateway never mixes features from another setup.
 """
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -76,8 +77,24 @@ class RequestTag:
 
 
 def monitor_profile(calibration: Calibration, bands: Iterable[LayerBand]) -> str:
-    """Names everything that shapes the features: calibration, bands and window. Both sides must agree."""
-    return f"{calibration.model}@{calibration.created}|{format_bands(bands)}|w{calibration.window}"
+    """Names everything that shapes the features: the model, the calibration's extractor reference (mean states,
+    outlier dimensions, probe, recurrence levels; not its thresholds, so a calibration refitted on traffic
+    agrees with the one the features were computed with), bands and window. Both sides must agree. An
+    uncalibrated model's is ``<model>@uncalibrated``: each side derives its reference from the model itself
+    (:func:`profile_accepts`)."""
+    if not calibration.calibrated:
+        return f"{calibration.model}@{calibration.created}|{format_bands(bands)}|w{calibration.window}"
+    reference = json.dumps(
+        {
+            "mean_states": {str(k): v for k, v in calibration.mean_states.items()},
+            "outlier_dims": {str(k): v for k, v in calibration.outlier_dims.items()},
+            "probe": calibration.probe.to_dict() if calibration.probe else None,
+            "recurrence_levels": {str(k): v for k, v in calibration.recurrence_levels.items()},
+        },
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(reference.encode()).hexdigest()[:12]
+    return f"{calibration.model}#{digest}|{format_bands(bands)}|w{calibration.window}"
 
 
 def profile_accepts(expected: str, received: str) -> bool:

@@ -48,10 +48,13 @@ def test_malformed_messages_are_refused(message):
         decode_batch(message)
 
 
-def test_the_profile_changes_with_calibration_bands_and_window(calibration):
+def test_the_profile_changes_with_the_extractor_reference_bands_and_window_not_with_thresholds(calibration):
     bands = calibration.bands
     profile = monitor_profile(calibration, bands)
     assert monitor_profile(calibration, (LayerBand("late", (20,)),)) != profile
     assert monitor_profile(replace(calibration, window=16), bands) != profile
-    assert monitor_profile(replace(calibration, created="2000-01-01"), bands) != profile
-    assert monitor_profile(calibration, bands) == profile
+    assert monitor_profile(replace(calibration, outlier_dims={4: [1]}), bands) != profile
+    assert monitor_profile(replace(calibration, recurrence_levels={4: 0.5}), bands) != profile
+    assert monitor_profile(replace(calibration, mean_states={}), bands) != profile
+    refitted = replace(calibration, created="2000-01-01", signals=calibration.signals[:1], rank_floors={})
+    assert monitor_profile(refitted, bands) == profile  # thresholds refitted on traffic: the same features

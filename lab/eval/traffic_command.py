@@ -1,0 +1,52 @@
+"""``sinkwatch calibrate --from-traffic DIR [-o FILE]``: read the recording, fit, print the check, write."""
+
+import argparse
+import json
+
+from lab.eval.traffic import read_recording
+from lab.eval.traffic_fit import TrafficFitOptions, fit_from_traffic
+from monitors.calibration import Calibration, load_calibration
+
+__all__ = ["run_from_traffic"]
+
+
+def run_from_traffic(args: argparse.Namespace) -> Calibration:
+    """Fit the recording at ``args.from_traffic`` on its base calibration; write it to ``--output``."""
+    if args.output is None:
+        raise ValueError("calibrate --from-traffic needs -o FILE (the shipped calibration is not overwritten)")
+    if not 0 <= args.held_out < 1:
+        raise ValueError(f"--held-out must be in [0, 1), not {args.held_out}")
+    generations, left_out = read_recording(args.from_traffic)
+    model = generations[0].model
+    base = load_calibration(args.base or model)
+    print(
+        f"calibrate: {len(generations)} recorded generations of {model} in {args.from_traffic} (left out: {left_out})"
+    )
+    options = TrafficFitOptions(args.target_fpr, args.rank_fpr, args.held_out)
+    fitted = fit_from_traffic(generations, base, options)
+    fitted.report["recording_left_out"] = left_out
+    report = fitted.report
+    signals = [f"{s.name}/{s.method}" for s in fitted.calibration.signals]
+    print(f"calibrate: base {base.model}@{base.created}; signals {signals}")
+    print(
+        f"calibrate: fitted on {report['fit_generations']} generations ({report['fit_visible_loops_dropped']} visible "
+        f"loops dropped, {report['fit_tokens']} tokens): {report['fit_rate']} false alarms per 1,000 tokens "
+        f"(target {args.target_fpr})"
+    )
+    print(
+        f"calibrate: held out (the latest {args.held_out:.0%}): {report['held_out_generations']} generations, "
+        f"{report['held_out_rate']} false alarms per 1,000 tokens on {report['held_out_tokens']} tokens not "
+        f"visibly looping; {report['held_out_loops_caught']}/{report['held_out_visible_loops']} visible loops caught"
+    )
+    finest = 1000.0 / max(report["fit_tokens"], 1)
+    if args.target_fpr < finest:
+        print(
+            f"calibrate: note: {report['fit_tokens']} fitted tokens cannot resolve {args.target_fpr} alarms per 1,000 "
+            f"(one alarm is {finest:.3f}): the thresholds sit at the highest healthy values seen, and later traffic "
+            "passes them more often than the target; record more (docs/EVALUATION.md, Calibrating from traffic)"
+        )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(fitted.calibration.to_json())
+    print(f"calibrate: wrote {args.output}")
+    print(json.dumps({"thresholds": {s.name: round(s.threshold, 4) for s in fitted.calibration.signals}}))
+    return fitted.calibration

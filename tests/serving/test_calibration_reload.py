@@ -1,0 +1,69 @@
+"""Reloading the calibration: a new file is put in force for new monitors (monitors already made keep theirs),
+a file that cannot be loaded or that would change the features keeps the old one, and the metric names the
+calibration in force by its file's sha256."""
+
+import hashlib
+import logging
+from dataclasses import replace
+
+from gateway import metrics
+from gateway.config import Settings
+from gateway.drain import Drain
+from gateway.serving.calibration_reload import CalibrationReloader
+from gateway.serving.serving_context import ServingContext
+from monitors.bands import LayerBand
+from monitors.calibration import SignalThreshold
+from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend
+
+
+def _context(path) -> ServingContext:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return ServingContext(Settings(), ScriptedBackend([4]), CALIBRATION, 0, Drain(), calibration_digest=digest)
+
+
+def _info() -> dict[str, str]:
+    [family] = list(metrics.CALIBRATION.collect())
+    return next(s.labels for s in family.samples if s.labels["model"] == MODEL)
+
+
+def test_a_new_file_judges_new_monitors_and_monitors_made_before_keep_theirs(tmp_path):
+    path = tmp_path / "calibration.json"
+    path.write_text(CALIBRATION.to_json())
+    ctx = _context(path)
+    before = ctx.monitor_factory()()
+    stricter = replace(
+        CALIBRATION, created="2026-12-07", signals=(SignalThreshold("entropy", "low", 2.5, "sink"),), min_agreeing=1
+    )
+    path.write_text(stricter.to_json())
+    assert CalibrationReloader(ctx, path).reload("test")
+    after = ctx.monitor_factory()()
+    assert after.calibration.signals == stricter.signals and ctx.calibration.created == "2026-12-07"
+    assert before.calibration is CALIBRATION
+    assert _info()["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert _info()["created"] == "2026-12-07"
+
+
+def test_a_broken_file_keeps_the_calibration_in_force_and_says_why(tmp_path, caplog):
+    path = tmp_path / "calibration.json"
+    path.write_text(CALIBRATION.to_json())
+    ctx = _context(path)
+    path.write_text('{"model": "half a file"')
+    with caplog.at_level(logging.ERROR):
+        assert not CalibrationReloader(ctx, path).reload("SIGHUP")
+    assert ctx.calibration is CALIBRATION
+    assert "keeping calibration scripted-model@" in caplog.text and "cannot be loaded" in caplog.text
+    path.write_text('{"model": "no bands"}')
+    assert not CalibrationReloader(ctx, path).reload("SIGHUP")
+    assert ctx.calibration is CALIBRATION
+
+
+def test_a_file_that_changes_the_features_takes_a_restart(tmp_path, caplog):
+    path = tmp_path / "calibration.json"
+    path.write_text(CALIBRATION.to_json())
+    ctx = _context(path)
+    digest = ctx.calibration_digest
+    path.write_text(replace(CALIBRATION, bands=(LayerBand("late", (2,)),)).to_json())
+    with caplog.at_level(logging.ERROR):
+        assert not CalibrationReloader(ctx, path).reload("SIGHUP")
+    assert "takes a restart" in caplog.text
+    assert ctx.calibration is CALIBRATION and ctx.calibration_digest == digest
