@@ -8,8 +8,10 @@ user texts as completions prompts (``Q: ... A:``), sampled and greedy, plus the 
 """
 
 import argparse
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import openai
 
@@ -38,18 +40,19 @@ def _prompt(case: PromptCase) -> str:
 
 
 def completion_requests(
-    model: str, split: str | None, per_set: int, max_tokens: int, induced: int
+    model: str, split: str | None, per_set: int, max_tokens: int, induced: int, offset: int = 0
 ) -> list[CompletionRequest]:
     """``per_set`` prompts of every ordinary set (alternately sampled at 0.8 and greedy) and ``induced``
-    induce prompts under each inducer penalty, of ``split`` (None: both)."""
+    induce prompts under each inducer penalty, of ``split`` (None: both), each set's first ``offset`` skipped
+    (a held-out batch after a recorded one)."""
     ordinary, induced_requests = [], []
     for name in ORDINARY_SETS:
-        for number, case in enumerate(load_prompts(name, split)[:per_set]):
+        for number, case in enumerate(load_prompts(name, split)[offset : offset + per_set]):
             sampled = number % 2 == 0
             body = {"model": model, "prompt": _prompt(case), "max_tokens": max_tokens, "seed": number}
             body["temperature"] = 0.8 if sampled else 0.0
             ordinary.append(CompletionRequest(f"{case.id}:{'sampled' if sampled else 'greedy'}", "ordinary", body))
-    for case in load_prompts(INDUCED_SET, split)[:induced]:
+    for case in load_prompts(INDUCED_SET, split)[offset : offset + induced]:
         for penalty in INDUCER_PENALTIES:
             body = {"model": model, "prompt": _prompt(case), "max_tokens": max_tokens, "temperature": 0.0}
             body["frequency_penalty"] = penalty
@@ -67,13 +70,16 @@ def _interleaved(ordinary: list[CompletionRequest], induced: list[CompletionRequ
     return out
 
 
-def send(base_url: str, requests: list[CompletionRequest], concurrency: int) -> dict[str, str]:
-    """Send ``requests`` with the official client, ``concurrency`` at a time; each key's verdict header."""
+def send(base_url: str, requests: list[CompletionRequest], concurrency: int) -> dict[str, dict]:
+    """Send ``requests`` with the official client, ``concurrency`` at a time; per key the verdict header, the
+    text and the finish reason."""
     client = openai.OpenAI(base_url=base_url, api_key="sinkwatch", max_retries=0, timeout=600)
 
-    def one(request: CompletionRequest) -> tuple[str, str]:
+    def one(request: CompletionRequest) -> tuple[str, dict]:
         raw = client.completions.with_raw_response.create(**request.body)
-        return request.key, raw.headers.get("x-sinkwatch-verdict", "")
+        choice = raw.parse().choices[0]
+        answer = {"verdict": raw.headers.get("x-sinkwatch-verdict", ""), "finish_reason": choice.finish_reason}
+        return request.key, {**answer, "text": choice.text}
 
     with ThreadPoolExecutor(concurrency) as pool:
         return dict(pool.map(one, requests))
@@ -86,13 +92,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="prompt split sent (default: both)")
     parser.add_argument("--per-set", type=int, default=24, help="prompts of each ordinary set")
     parser.add_argument("--induced", type=int, default=4, help="induce prompts under each inducer")
+    parser.add_argument("--offset", type=int, default=0, help="prompts of each set skipped (sent before)")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--output", type=Path, help="write every answer here, one JSON line each")
 
 
 def run(args: argparse.Namespace) -> None:
-    """Send the traffic and print each request's verdict."""
-    requests = completion_requests(args.model, args.split, args.per_set, args.max_tokens, args.induced)
-    verdicts = send(args.base_url, requests, args.concurrency)
+    """Send the traffic, print each request's verdict, and write the answers to ``--output``."""
+    requests = completion_requests(args.model, args.split, args.per_set, args.max_tokens, args.induced, args.offset)
+    answers = send(args.base_url, requests, args.concurrency)
     for request in requests:
-        print(f"{request.traffic}\t{request.key}\t{verdicts[request.key]}")
+        print(f"{request.traffic}\t{request.key}\t{answers[request.key]['verdict']}")
+    if args.output is not None:
+        lines = [json.dumps({"key": r.key, "traffic": r.traffic, **answers[r.key]}) for r in requests]
+        args.output.write_text("\n".join(lines) + "\n")
