@@ -72,14 +72,16 @@ def _interleaved(ordinary: list[CompletionRequest], induced: list[CompletionRequ
 
 def send(base_url: str, requests: list[CompletionRequest], concurrency: int) -> dict[str, dict]:
     """Send ``requests`` with the official client, ``concurrency`` at a time; per key the verdict header, the
-    text and the finish reason."""
+    text, the finish reason, the completion tokens and the stability report (none under observe)."""
     client = openai.OpenAI(base_url=base_url, api_key="sinkwatch", max_retries=0, timeout=600)
 
     def one(request: CompletionRequest) -> tuple[str, dict]:
         raw = client.completions.with_raw_response.create(**request.body)
-        choice = raw.parse().choices[0]
+        completion = raw.parse()
+        choice = completion.choices[0]
         answer = {"verdict": raw.headers.get("x-sinkwatch-verdict", ""), "finish_reason": choice.finish_reason}
-        return request.key, {**answer, "text": choice.text}
+        answer["tokens"] = completion.usage.completion_tokens if completion.usage else None
+        return request.key, {**answer, "text": choice.text, "stability": completion.model_extra.get("stability")}
 
     with ThreadPoolExecutor(concurrency) as pool:
         return dict(pool.map(one, requests))
