@@ -8,7 +8,7 @@ from gateway.config import Settings
 
 
 def test_a_missing_calibration_file_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="absent.json"):
+    with pytest.raises(FileNotFoundError, match=r"absent\.json"):
         resolve_calibration(Settings().replace(calibration=str(tmp_path / "absent.json")))
 
 

@@ -86,7 +86,9 @@ def test_gemma_recorded_uncalibrated_is_calibrated_from_its_traffic_and_judges_a
     assert "recorded uncalibrated: default signals" in done.stdout
     fitted = json.loads(calibration.read_text())
     assert fitted["model"] == GEMMA and fitted["notes"]["recorded_under"] == f"{GEMMA}@uncalibrated"
-    assert [s["name"] for s in fitted["signals"]][0] == "text.periodicity"
+    assert {s["name"] for s in fitted["signals"]} == {f"{band}.recurrence" for band in ("early", "middle", "late")} | {
+        "text.periodicity"
+    }
     assert fitted["bands"] == {"early": [3, 4], "middle": [8, 10], "late": [14, 16]}  # Gemma's own profile
 
     os.kill(served.process.pid, signal.SIGHUP)
