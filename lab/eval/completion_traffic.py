@@ -40,19 +40,20 @@ def _prompt(case: PromptCase) -> str:
 
 
 def completion_requests(
-    model: str, split: str | None, per_set: int, max_tokens: int, induced: int, offset: int = 0
+    model: str, split: str | None, per_set: int, max_tokens: int, induced: int, offset: tuple[int, int] = (0, 0)
 ) -> list[CompletionRequest]:
     """``per_set`` prompts of every ordinary set (alternately sampled at 0.8 and greedy) and ``induced``
-    induce prompts under each inducer penalty, of ``split`` (None: both), each set's first ``offset`` skipped
-    (a held-out batch after a recorded one)."""
+    induce prompts under each inducer penalty, of ``split`` (None: both); ``offset``: how many prompts of
+    each ordinary set and of the induce set are skipped (a held-out batch after a recorded one)."""
+    skip, skip_induced = offset
     ordinary, induced_requests = [], []
     for name in ORDINARY_SETS:
-        for number, case in enumerate(load_prompts(name, split)[offset : offset + per_set]):
+        for number, case in enumerate(load_prompts(name, split)[skip : skip + per_set]):
             sampled = number % 2 == 0
             body = {"model": model, "prompt": _prompt(case), "max_tokens": max_tokens, "seed": number}
             body["temperature"] = 0.8 if sampled else 0.0
             ordinary.append(CompletionRequest(f"{case.id}:{'sampled' if sampled else 'greedy'}", "ordinary", body))
-    for case in load_prompts(INDUCED_SET, split)[offset : offset + induced]:
+    for case in load_prompts(INDUCED_SET, split)[skip_induced : skip_induced + induced]:
         for penalty in INDUCER_PENALTIES:
             body = {"model": model, "prompt": _prompt(case), "max_tokens": max_tokens, "temperature": 0.0}
             body["frequency_penalty"] = penalty
@@ -94,7 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help="prompt split sent (default: both)")
     parser.add_argument("--per-set", type=int, default=24, help="prompts of each ordinary set")
     parser.add_argument("--induced", type=int, default=4, help="induce prompts under each inducer")
-    parser.add_argument("--offset", type=int, default=0, help="prompts of each set skipped (sent before)")
+    parser.add_argument("--offset", type=int, default=0, help="prompts of each ordinary set skipped (sent before)")
+    parser.add_argument("--induced-offset", type=int, default=0, help="induce prompts skipped (sent before)")
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--output", type=Path, help="write every answer here, one JSON line each")
@@ -102,7 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     """Send the traffic, print each request's verdict, and write the answers to ``--output``."""
-    requests = completion_requests(args.model, args.split, args.per_set, args.max_tokens, args.induced, args.offset)
+    requests = completion_requests(
+        args.model, args.split, args.per_set, args.max_tokens, args.induced, (args.offset, args.induced_offset)
+    )
     answers = send(args.base_url, requests, args.concurrency)
     for request in requests:
         print(f"{request.traffic}\t{request.key}\t{answers[request.key]['verdict']}")
