@@ -19,16 +19,6 @@ from monitors.vllm_plugin.step import CapturedStep
 from monitors.vllm_plugin.wire import RequestTag, decode_batch, monitor_profile
 
 
-@pytest.fixture
-def sink():
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    pull.bind("tcp://127.0.0.1:0")
-    yield pull
-    pull.close()
-    context.term()
-
-
 @pytest.fixture(autouse=True)
 def look_every_time(monkeypatch):
     monkeypatch.setattr(calibration_watch, "WATCH_INTERVAL_S", 0.0)

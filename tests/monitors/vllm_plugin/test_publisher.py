@@ -27,16 +27,6 @@ from monitors.vllm_plugin.wire import RequestTag, decode_batch, monitor_profile
 
 
 @pytest.fixture
-def sink():
-    context = zmq.Context()
-    pull = context.socket(zmq.PULL)
-    pull.bind("tcp://127.0.0.1:0")
-    yield pull
-    pull.close()
-    context.term()
-
-
-@pytest.fixture
 def reducer(calibration):
     sockets = SinkSockets(PluginSettings.from_env({}).allowed_sinks)
     reducer = FeatureReducer(
