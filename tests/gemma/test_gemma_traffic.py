@@ -91,9 +91,11 @@ def test_gemma_recorded_uncalibrated_is_calibrated_from_its_traffic_and_judges_a
     }
     assert fitted["bands"] == {"early": [3, 4], "middle": [8, 10], "late": [14, 16]}  # Gemma's own profile
 
+    assert [value for _, value in samples(served.base_url, "sinkwatch_model_calibrated")] == [0]
     os.kill(served.process.pid, signal.SIGHUP)
     wait_for(lambda: "in force" in served.log.read_text(), timeout=30, poll=0.2)
     assert "changes the features" not in served.log.read_text()
+    assert [value for _, value in samples(served.base_url, "sinkwatch_model_calibrated")] == [1]
     looped = served.complete("annotate", **LOOP)
     stability = looped.model_extra["stability"]
     assert stability["verdict"] == "sink" and stability["calibration"] == f"{GEMMA}@{fitted['created']}"

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gateway import metrics
 from gateway.config import Settings
 from gateway.drain import Drain
 from gateway.recording.recorder import TrafficRecorder
@@ -20,6 +21,7 @@ from lab.eval.traffic_defaults import VISIBLE_LOOP, default_base
 from lab.eval.traffic_fit import TrafficFitOptions, firing, fit_from_traffic, loop_rule
 from monitors.calibration import load_calibration
 from monitors.model_profile import derive_profile, uncalibrated
+from tests.gate.scripted import MODEL as SCRIPTED_MODEL
 from tests.gate.scripted import ScriptedBackend
 
 MODEL = "new-model"
@@ -116,8 +118,11 @@ def test_a_gateway_that_started_uncalibrated_reloads_the_fitted_calibration(tmp_
     path = tmp_path / "calibration.json"
     path.write_text(_fit(tmp_path / "rec", profile)[2].calibration.to_json())
     ctx = ServingContext(Settings(), ScriptedBackend([4]), recorded_under, 0, Drain())
+    metrics.model_ready(SCRIPTED_MODEL, "scripted", recorded_under)
+    assert metrics.MODEL_CALIBRATED.labels(SCRIPTED_MODEL)._value.get() == 0
     assert CalibrationReloader(ctx, path).reload("SIGHUP")
     assert ctx.calibration.calibrated and ctx.calibration == load_calibration(path)
+    assert metrics.MODEL_CALIBRATED.labels(SCRIPTED_MODEL)._value.get() == 1  # SinkwatchModelUncalibrated clears
     assert ctx.gate_config.holdback_tokens > 0  # it judges now
 
 
