@@ -20,7 +20,9 @@ def _base(named: Path | None, model: str, setup: dict[str, Any]) -> Calibration:
         return load_calibration(named)
     if recorded_uncalibrated(setup):
         print(f"calibrate: {model} was recorded uncalibrated: default signals on its own profile")
-        return default_base(model, setup, profile_mean_states(model, setup))
+        # No outlier dimensions at all: recorded behind the vLLM plugin, which derives no reference (bands only).
+        derived = bool(setup.get("outlier_dims"))
+        return default_base(model, setup, profile_mean_states(model, setup) if derived else {})
     return load_calibration(model)
 
 

@@ -2,7 +2,9 @@
 the default signal set over the recorded setup, loops are told by the default visible-loop rule, and the
 result is a calibration a gateway that started uncalibrated on the same profile reloads on SIGHUP."""
 
+import argparse
 import math
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from gateway.recording.trace import SignalTrace, calibration_setup, generation_r
 from gateway.serving.calibration_reload import CalibrationReloader
 from gateway.serving.serving_context import ServingContext
 from lab.eval.traffic import read_recording, recorded_uncalibrated
+from lab.eval.traffic_command import run_from_traffic
 from lab.eval.traffic_defaults import VISIBLE_LOOP, default_base
 from lab.eval.traffic_fit import TrafficFitOptions, firing, fit_from_traffic, loop_rule
 from monitors.calibration import load_calibration
@@ -138,3 +141,21 @@ def test_a_calibration_on_another_profile_is_refused_by_a_gateway_started_uncali
     ctx = ServingContext(Settings(), ScriptedBackend([4]), recorded_under, 0, Drain())
     assert not CalibrationReloader(ctx, path).reload("SIGHUP")
     assert ctx.calibration is recorded_under
+
+
+def test_a_recording_behind_the_vllm_plugin_is_calibrated_without_loading_the_model(tmp_path, profile):
+    # The plugin derives no reference: bands only, no outlier dimensions, no mean states.
+    plugin = replace(uncalibrated(MODEL, profile), outlier_dims={}, mean_states={})
+    _record(tmp_path / "rec", plugin, 60, loop_every=10)
+    args = argparse.Namespace(
+        from_traffic=tmp_path / "rec",
+        output=tmp_path / "out.json",
+        base=None,
+        held_out=0.3,
+        target_fpr=0.05,
+        rank_fpr=0.05,
+    )
+    fitted = run_from_traffic(args)  # "new-model" is no model that could be loaded: none is
+    assert load_calibration(args.output) == fitted
+    assert (fitted.outlier_dims, fitted.mean_states, fitted.bands) == ({}, {}, profile.bands)
+    assert {s.name for s in fitted.signals} >= {"text.periodicity", "early.recurrence"}
