@@ -3,7 +3,9 @@ traffic, checked on later traffic the fit never saw.
 
 Without labels nothing says which signals separate loops from healthy answers, so the signals, their sides and
 their tracking (EWMA span, persistence, CUSUM) are the base calibration's (the one the recording was made with,
-chosen on labelled data); what the traffic sets is where each one alarms, for this model and these users.
+chosen on labelled data); what the traffic sets is where each one alarms, for this model and these users. A
+recording made with no calibration in force has no base: :mod:`lab.eval.traffic_defaults` supplies one (a
+model-independent signal set on the recorded setup, and the visible-loop rule the filter then uses).
 
 - **Sinks in the traffic.** Before fitting, generations the base calibration's own text signal calls a visible
   loop (``text.periodicity`` tracked as the base tracks it, held past the base's threshold) are dropped: a
