@@ -106,7 +106,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     if "calibrate" in wanted:
         calibrate = importlib.import_module(CALIBRATE_COMMAND)
         calibrate.add_command_arguments(calibrate_parser)
-        calibrate_parser.set_defaults(handler=calibrate.run)
+        calibrate_parser.set_defaults(handler=calibrate.run_command)
 
     for group, (help_text, members) in COMMAND_GROUPS.items():
         _add_group(commands, group, help_text, members if group in wanted else None)

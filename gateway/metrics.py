@@ -117,11 +117,14 @@ RECORDED_GENERATIONS = Counter(
     "Monitored generations under observe written to the traffic recording (--record-dir)",
     ["model"],
 )
+RECORDING_FAILURE_REASONS = ("queue_full", "write_error")
 RECORDING_FAILURES = Counter(
     "sinkwatch_recording_failures_total",
     "Generations the traffic recording dropped, by reason (queue_full, write_error)",
     ["reason"],
 )
+for _reason in RECORDING_FAILURE_REASONS:  # series exist from the start, for rate()
+    RECORDING_FAILURES.labels(_reason)
 CALIBRATION_TARGET_FPR = Gauge(
     "sinkwatch_calibration_target_false_positive_ratio",
     "Share of normal generations the calibration lets fire a rank-exhaustion verdict (and a sink verdict, "

@@ -20,7 +20,16 @@ from lab.eval.signals import Reference, Sampling, hold
 from monitors.bands import default_bands, parse_bands
 from monitors.calibration import Calibration, shipped_calibration_path
 
-__all__ = ["add_arguments", "add_command_arguments", "bands_of", "calibrate_on", "ensure_corpus", "fit_options", "run"]
+__all__ = [
+    "add_arguments",
+    "add_command_arguments",
+    "bands_of",
+    "calibrate_on",
+    "ensure_corpus",
+    "fit_options",
+    "run",
+    "run_command",
+]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,12 +138,17 @@ def calibrate_on(
     return calibration, generations, reference
 
 
-def run(args: argparse.Namespace) -> Calibration:
-    """Generate (if needed), fit on the tune split, measure, write; or fit on a recording."""
+def run_command(args: argparse.Namespace) -> Calibration:
+    """``sinkwatch calibrate``: fit on a recording (``--from-traffic``), else on the corpus (:func:`run`)."""
     if args.from_traffic is not None:
         from lab.eval.traffic_command import run_from_traffic
 
         return run_from_traffic(args)
+    return run(args)
+
+
+def run(args: argparse.Namespace) -> Calibration:
+    """Generate (if needed), fit on the tune split, measure, write."""
     ensure_corpus(args, "tune")
     entries = [(e, lab) for e, lab in labelled_entries(args.corpus) if e.split == "tune"]
     print(f"calibrate: {len(entries)} labelled tune generations from corpus {args.corpus}")

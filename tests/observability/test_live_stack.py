@@ -3,7 +3,8 @@ pending, then firing, and every dashboard query parses and returns data.
 
 The stack: the session's embedded gateway; a second gateway in its own process with the ``openai``
 backend, API keys and a rate limit, proxying to three upstreams (the embedded gateway, a fake upstream
-that resets its streams, and an address where nothing listens); and Prometheus scraping both gateways
+that resets its streams, and an address where nothing listens); a third, embedded, recording what it
+serves under ``observe`` (``--record-dir``); and Prometheus scraping the three gateways
 every second and evaluating the real rules file with every ``for:`` shortened to a few seconds (the
 promtool unit tests check the real durations).
 """
@@ -174,6 +175,13 @@ def _load_proxy(base_url: str) -> None:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
 
 
+def _load_recorder(base_url: str) -> None:
+    """Answers under observe on the gateway that records them (--record-dir)."""
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=300)
+    for content in NORMAL_PROMPTS[:2]:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": content}], max_tokens=16)
+
+
 @pytest.fixture(scope="module")
 def stack(gateway, tmp_path_factory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("observability")
@@ -184,15 +192,23 @@ def stack(gateway, tmp_path_factory) -> Iterator[Stack]:
         upstreams = f"local={gateway.base_url}/v1,flaky={fake.base_url},dead=http://127.0.0.1:{free_port()}/v1"
         proxy_flags = ("--backend", "openai", "--upstreams", upstreams, "--upstream-health-interval", "1")
         limits = ("--api-keys", f"ops:{PROXY_KEY}", "--rate-limit-rps", "0.05", "--rate-limit-burst", "3")
-        with GatewayProcess(workdir, *proxy_flags, *limits, "--log-level", "warning") as proxy:
-            addresses = [url.removeprefix("http://") for url in (gateway.base_url, proxy.base_url)]
+        recording = ("--policy", "observe", "--record-dir", str(workdir / "recording"))
+        with (
+            GatewayProcess(workdir, *proxy_flags, *limits, "--log-level", "warning") as proxy,
+            GatewayProcess(workdir, *recording, "--log-level", "warning") as recorder,
+        ):
+            gateways = (gateway.base_url, proxy.base_url, recorder.base_url)
+            addresses = [url.removeprefix("http://") for url in gateways]
             with PrometheusServer(workdir, {"sinkwatch-gateway": addresses}, [rules]) as prometheus:
                 # Every increment must happen after a first scrape, and be seen by two more, or rate() cannot see it.
                 prometheus.wait_for(
-                    lambda: len(prometheus.query('up{job="sinkwatch-gateway"} == 1')) == 2, 60, "both gateways up"
+                    lambda: len(prometheus.query('up{job="sinkwatch-gateway"} == 1')) == len(gateways),
+                    60,
+                    "every gateway up",
                 )
                 forced = asyncio.run(_load_embedded(gateway.base_url))
                 _load_proxy(proxy.base_url)
+                _load_recorder(recorder.base_url)
                 prometheus.wait_for_scrapes("sinkwatch-gateway", count=2, timeout=30)
                 yield Stack(prometheus, forced)
 
