@@ -86,7 +86,8 @@ test-newest:
 	$(NEWEST_VENV)/bin/pip list --format=freeze | grep -iE '^(uvicorn|httptools|httpx|fastapi|starlette|pydantic|prometheus)'
 	$(NEWEST_VENV)/bin/pytest -m 'not load and not hostile and not model' $(NEWEST_TESTS)
 
-## test-gemma: Gemma 3 270M end to end on the embedded engine: fetch, serve, uncalibrated reports (marker `gemma`;
+## test-gemma: Gemma 3 270M end to end on the embedded engine: fetch, serve, uncalibrated reports, calibrated from its
+## own recorded traffic and reloaded on SIGHUP (marker `gemma`;
 ## the first run downloads and converts it, about 2 min)
 test-gemma: setup
 	$(BIN)/sinkwatch fetch --model gemma-3-270m

@@ -45,7 +45,8 @@ def create_app(
     file changes, from the settings ``reload_settings`` returns (by default the same settings: only the
     keys file is read again)."""
     named = settings.calibration or settings.served_name()  # a file, or a model whose shipped file it is
-    calibration_file = Path(named) if Path(named).is_file() else shipped_calibration_path(named)
+    awaited = bool(settings.calibration) and settings.await_calibration  # written later, loaded on SIGHUP
+    calibration_file = Path(named) if awaited or Path(named).is_file() else shipped_calibration_path(named)
     resolved = calibration is None
     if resolved:
         calibration = resolve_calibration(settings)
@@ -90,7 +91,7 @@ def create_app(
     digest = calibration_digest(calibration_file) if resolved and calibration_file.is_file() else ""
     serving = ServingContext(settings, backend, calibration, int(time.time()), drain, recorder, digest)
     app.state.serving = serving
-    if calibration is not None and calibration_file.is_file():
+    if (calibration is not None and calibration_file.is_file()) or (calibration is None and awaited):
         reloader.on_sighup.append(CalibrationReloader(serving, calibration_file).reload)
     app.state.worker_expositions = (
         WorkerExpositions(worker.exposition_paths(), restarts=worker.restarts) if worker else None

@@ -58,6 +58,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "verdicts": "lab.eval.verdicts_eval",
             "rank": "lab.eval.rank_eval",
             "record": "lab.eval.record_traffic",
+            "record-completions": "lab.eval.completion_traffic",
             "traffic": "lab.eval.traffic_eval",
             "prefill": "lab.eval.prefill_eval",
         },

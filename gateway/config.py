@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     )
     capture: bool = _setting(True, "capture hidden states and run the monitors")
     calibration: str = _setting("", "calibration file (default: the one shipped for the model)")
+    await_calibration: bool = _setting(
+        False, "serve uncalibrated while the --calibration file does not exist yet; SIGHUP loads it once written"
+    )
     bands: str = _setting("", "layer bands, e.g. 'early=4,7;middle=13,17;late=23,27' (default: calibration's)")
     policy: str = _setting("annotate", "what to do with verdicts", ("observe", "annotate", "block", "rescue"))
     record_dir: str = _setting(

@@ -275,7 +275,9 @@ def model_ready(model: str, backend: str, calibration: Calibration | None, diges
 
 def calibration_in_force(model: str, calibration: Calibration, digest: str) -> None:
     """Export the calibration behind ``model``'s verdicts (at start and after each reload): its target, date, size
-    and the sha256 of its file (empty when it did not come from a file)."""
+    and the sha256 of its file (empty when it did not come from a file); a model that was served uncalibrated
+    is calibrated from then on."""
+    MODEL_CALIBRATED.labels(model).set(calibration.calibrated)
     CALIBRATION_TARGET_FPR.labels(model).set(calibration.target_fpr)
     if calibration.target_unit == "per_1k_tokens":
         CALIBRATION_TARGET_PER_1K_TOKENS.labels(model).set(calibration.target_fpr)

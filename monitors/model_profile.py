@@ -32,6 +32,7 @@ __all__ = [
     "DEFAULT_WINDOW",
     "NEUTRAL_TEXT",
     "OUTLIER_SHARE",
+    "UNCALIBRATED",
     "ModelProfile",
     "derive_profile",
     "outlier_dimensions",
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 OUTLIER_SHARE = 0.02
+UNCALIBRATED = "uncalibrated"  # the ``created`` of a model's uncalibrated configuration (records name it)
 DEFAULT_WINDOW = 32
 # Plain expository prose on ordinary topics: no lists, code, dialogue or repetition, so that the states are
 # the model's ordinary ones and none of its special-purpose behaviour.
@@ -121,7 +123,7 @@ def uncalibrated(model: str, profile: ModelProfile) -> Calibration:
         target_fpr=0.0,
         signals=(),
         rank_floors={},
-        created="uncalibrated",
+        created=UNCALIBRATED,
         mean_states=profile.mean_states,
         outlier_dims=profile.outlier_dims,
         calibrated=False,

@@ -19,11 +19,12 @@ log = logging.getLogger(__name__)
 
 def resolve_calibration(settings: Settings) -> Calibration | None:
     """The configured calibration file, else the one shipped for the served model, else none (the backend
-    then serves the model uncalibrated: no other model's thresholds ever judge it)."""
+    then serves the model uncalibrated: no other model's thresholds ever judge it). A configured file that
+    does not exist is an error, unless ``await_calibration`` (it is written later and loaded on SIGHUP)."""
     try:
         return load_calibration(settings.calibration or settings.served_name())
     except FileNotFoundError as missing:
-        if settings.calibration:
+        if settings.calibration and not settings.await_calibration:
             raise
         log.warning("%s: serving it uncalibrated", missing)
         return None

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 
 from monitors.calibration import SignalThreshold, tracked
+from monitors.model_profile import UNCALIBRATED
 
-__all__ = ["RecordedGeneration", "SetupMismatch", "by_time", "read_recording", "setup_key"]
+__all__ = ["RecordedGeneration", "SetupMismatch", "by_time", "read_recording", "recorded_uncalibrated", "setup_key"]
 
 # What must agree between records for their signals to be comparable.
 _SETUP_FIELDS = ("bands", "window", "outlier_dims", "recurrence_levels")
@@ -65,6 +66,11 @@ class RecordedGeneration:
             return False
         crossed = np.array([spec.crossed(v) for v in tracked(values, spec, span)], dtype=np.int64)
         return bool(np.convolve(crossed, np.ones(needed, dtype=np.int64), "valid").max() >= needed)
+
+
+def recorded_uncalibrated(setup: dict[str, Any]) -> bool:
+    """Whether the recording was made with no calibration in force (the model's derived profile only)."""
+    return str(setup.get("calibration", "")).endswith(f"@{UNCALIBRATED}")
 
 
 def setup_key(record: dict[str, Any]) -> str:

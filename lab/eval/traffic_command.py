@@ -2,12 +2,28 @@
 
 import argparse
 import json
+from pathlib import Path
+from typing import Any
 
-from lab.eval.traffic import read_recording
+from lab.eval.traffic import read_recording, recorded_uncalibrated
+from lab.eval.traffic_defaults import default_base, profile_mean_states
 from lab.eval.traffic_fit import TrafficFitOptions, fit_from_traffic
 from monitors.calibration import Calibration, load_calibration
 
 __all__ = ["run_from_traffic"]
+
+
+def _base(named: Path | None, model: str, setup: dict[str, Any]) -> Calibration:
+    """``--base``; else, for a recording made uncalibrated, the default signals on the recorded setup and
+    the model's derived profile; else the calibration shipped for the recorded model."""
+    if named is not None:
+        return load_calibration(named)
+    if recorded_uncalibrated(setup):
+        print(f"calibrate: {model} was recorded uncalibrated: default signals on its own profile")
+        # No outlier dimensions at all: recorded behind the vLLM plugin, which derives no reference (bands only).
+        derived = bool(setup.get("outlier_dims"))
+        return default_base(model, setup, profile_mean_states(model, setup) if derived else {})
+    return load_calibration(model)
 
 
 def run_from_traffic(args: argparse.Namespace) -> Calibration:
@@ -18,7 +34,7 @@ def run_from_traffic(args: argparse.Namespace) -> Calibration:
         raise ValueError(f"--held-out must be in [0, 1), not {args.held_out}")
     generations, left_out = read_recording(args.from_traffic)
     model = generations[0].model
-    base = load_calibration(args.base or model)
+    base = _base(args.base, model, generations[0].setup)
     print(
         f"calibrate: {len(generations)} recorded generations of {model} in {args.from_traffic} (left out: {left_out})"
     )

@@ -3,7 +3,9 @@ traffic, checked on later traffic the fit never saw.
 
 Without labels nothing says which signals separate loops from healthy answers, so the signals, their sides and
 their tracking (EWMA span, persistence, CUSUM) are the base calibration's (the one the recording was made with,
-chosen on labelled data); what the traffic sets is where each one alarms, for this model and these users.
+chosen on labelled data); what the traffic sets is where each one alarms, for this model and these users. A
+recording made with no calibration in force has no base: :mod:`lab.eval.traffic_defaults` supplies one (a
+model-independent signal set on the recorded setup, and the visible-loop rule the filter then uses).
 
 - **Sinks in the traffic.** Before fitting, generations the base calibration's own text signal calls a visible
   loop (``text.periodicity`` tracked as the base tracks it, held past the base's threshold) are dropped: a
@@ -35,6 +37,7 @@ import numpy as np
 from lab.eval.rank_corpus import novel_pr_lows
 from lab.eval.thresholds import alarm_rate, combine, track
 from lab.eval.traffic import RecordedGeneration, SetupMismatch, by_time
+from lab.eval.traffic_defaults import VISIBLE_LOOP
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.detector import PERIODICITY_SIGNAL
 from monitors.rank_exhaustion import fit_rank_floors, rank_overlay
@@ -47,6 +50,7 @@ __all__ = [
     "fit_from_traffic",
     "fit_split",
     "is_visible_loop",
+    "loop_rule",
 ]
 
 
@@ -84,11 +88,22 @@ def check_setup(base: Calibration, setup: dict[str, Any]) -> None:
         )
 
 
-def is_visible_loop(generation: RecordedGeneration, base: Calibration) -> bool:
-    """Whether the base calibration's text signal holds past its level on this generation (False when the
-    base has no text signal)."""
+def loop_rule(base: Calibration) -> SignalThreshold:
+    """What calls a generation a visible loop: the base's text signal at its level, or, when the base has no
+    fitted text signal (a recording made uncalibrated), the model-independent :data:`VISIBLE_LOOP`."""
     spec = next((s for s in base.signals if s.name == PERIODICITY_SIGNAL), None)
-    return spec is not None and generation.holds_above(spec, base.ewma_span, base.persistence)
+    return spec if spec is not None and np.isfinite(spec.threshold) else VISIBLE_LOOP
+
+
+def is_visible_loop(generation: RecordedGeneration, base: Calibration) -> bool:
+    """Whether the text signal holds past the loop level of :func:`loop_rule` on this generation."""
+    return generation.holds_above(loop_rule(base), base.ewma_span, base.persistence)
+
+
+def _loop_filter(base: Calibration) -> str:
+    rule = loop_rule(base)
+    source = "the default visible-loop rule" if rule is VISIBLE_LOOP else "the base calibration's level"
+    return f"{PERIODICITY_SIGNAL} held past {rule.threshold:.4g} ({source})"
 
 
 def _refit_spec(spec: SignalThreshold, generations: Sequence[RecordedGeneration]) -> SignalThreshold:
@@ -173,7 +188,7 @@ def fit_split(
         "held_out_visible_loops": int(held_loops.sum()),
         "held_out_loops_caught": int((held_sink & held_loops).sum()),
         "split": f"by time: the latest {options.held_out:.0%} held out",
-        "loop_filter": f"{PERIODICITY_SIGNAL} held past the base calibration's level" if options.drop_loops else "off",
+        "loop_filter": _loop_filter(base) if options.drop_loops else "off",
         "rank_fpr_per_generation": options.rank_fpr,
     }
     calibration = replace(

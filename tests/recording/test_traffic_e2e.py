@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from lab.fakes.processes import free_port
+from monitors.calibration import load_calibration
 from tests.conftest import MODEL, samples, wait_for
 
 CALM = [
@@ -148,5 +149,19 @@ def test_a_calibration_from_traffic_judges_the_model_and_reloads_on_sighup(recor
         wait_for(lambda: "cannot be loaded" in gateway.log.read_text(), timeout=30, poll=0.2)
         assert gateway.calibration_sha256() == digest
         assert gateway.chat(CALM[0]).model_extra["stability"]["verdict"] in ("ok", "warn")
+    finally:
+        gateway.stop()
+
+
+def test_a_gateway_awaiting_its_calibration_serves_uncalibrated_and_refuses_a_file_on_another_profile(tmp_path):
+    awaited = tmp_path / "awaited.json"
+    gateway = Gateway(tmp_path / "await.log", "--calibration", str(awaited), "--await-calibration")
+    try:
+        assert gateway.chat(CALM[0]).model_extra["stability"]["verdict"] == "uncalibrated"
+        # The shipped file has the shipped reference, not the profile derived at start: it takes a restart.
+        awaited.write_text(load_calibration(MODEL).to_json())
+        os.kill(gateway.process.pid, signal.SIGHUP)
+        wait_for(lambda: "changes the features" in gateway.log.read_text(), timeout=30, poll=0.2)
+        assert gateway.chat(CALM[0]).model_extra["stability"]["verdict"] == "uncalibrated"
     finally:
         gateway.stop()

@@ -1,0 +1,25 @@
+"""The completions traffic for a base model: the prompt sets' user texts as ``Q: ... A:`` prompts, sampled and
+greedy, the induce prompts under each penalty spread through the stream, held-out batches by offset."""
+
+from lab.eval.completion_traffic import INDUCER_PENALTIES, completion_requests
+from lab.eval.prompts import load_prompts
+
+
+def test_ordinary_prompts_alternate_sampled_and_greedy_and_loops_are_spread_through():
+    requests = completion_requests("m", None, per_set=4, max_tokens=50, induced=2)
+    ordinary = [r for r in requests if r.traffic == "ordinary"]
+    induced = [i for i, r in enumerate(requests) if r.traffic == "induced"]
+    assert len(ordinary) == 12 and len(induced) == 2 * len(INDUCER_PENALTIES)
+    assert [r.body["temperature"] for r in ordinary[:4]] == [0.8, 0.0, 0.8, 0.0]
+    assert induced[0] > 0 and induced[-1] - induced[0] >= len(requests) // 2  # not bunched at one end
+    first = load_prompts("normal")[0]
+    assert ordinary[0].body["prompt"] == f"Q: {first.messages[-1]['content']}\nA:"
+    assert all(
+        r.body["frequency_penalty"] < 0 and r.body["temperature"] == 0.0 for r in requests if r.traffic == "induced"
+    )
+
+
+def test_a_held_out_batch_shares_no_prompt_with_the_recorded_one():
+    recorded = completion_requests("m", None, per_set=6, max_tokens=50, induced=2)
+    held_out = completion_requests("m", None, per_set=6, max_tokens=50, induced=2, offset=(6, 2))
+    assert held_out and not {r.body["prompt"] for r in recorded} & {r.body["prompt"] for r in held_out}
