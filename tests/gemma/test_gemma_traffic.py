@@ -4,7 +4,6 @@ official client (ordinary answers and forced loops), ``sinkwatch calibrate --fro
 signal set, and SIGHUP putting the result in force in the same gateway: a forced loop is then a ``sink`` and
 ``block`` stops it. Marker ``gemma`` (``make test-gemma``)."""
 
-import contextlib
 import json
 import os
 import signal
@@ -13,12 +12,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from lab.fakes.processes import free_port
 from tests.conftest import samples, wait_for
+from tests.served_gateway import ServedGateway
 
 pytestmark = pytest.mark.gemma
 
@@ -28,34 +26,14 @@ CALM = ["Q: What is the capital of France?\nA:", "Q: Name three colors.\nA:", "Q
 LOOP = {"prompt": "Q: Explain what a black hole is.\nA:", "max_tokens": 64, "temperature": 0, "frequency_penalty": -2}
 
 
-class GemmaGateway:
-    """``sinkwatch serve --model gemma-3-270m`` in a process of its own, its log in a file."""
+class GemmaGateway(ServedGateway):
+    """``sinkwatch serve --model gemma-3-270m`` in a process of its own."""
 
     def __init__(self, log: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--model", GEMMA, "--port", str(self.port), *flags]
-        self.log = log
-        with log.open("w") as sink:
-            self.process = subprocess.Popen(command, stdout=sink, stderr=sink, start_new_session=True)
-        wait_for(self._ready, timeout=300, poll=0.5)
-        self.client = openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="x", max_retries=0, timeout=300)
-
-    def _ready(self) -> bool:
-        assert self.process.poll() is None, self.log.read_text()
-        with contextlib.suppress(httpx.TransportError):
-            return httpx.get(f"{self.base_url}/readyz", timeout=5).status_code == 200
-        return False
+        super().__init__(log, "--model", GEMMA, *flags)
 
     def complete(self, policy: str, **body) -> openai.types.Completion:
         return self.client.completions.create(model=GEMMA, extra_headers={"x-sinkwatch-policy": policy}, **body)
-
-    def recorded(self) -> float:
-        return sum(value for _, value in samples(self.base_url, "sinkwatch_recorded_generations_total"))
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

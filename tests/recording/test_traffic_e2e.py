@@ -2,7 +2,6 @@
 recording on, varied requests from the official client, ``sinkwatch calibrate --from-traffic``, a gateway
 judging with the result, and SIGHUP putting a changed calibration in force (a broken one is refused)."""
 
-import contextlib
 import hashlib
 import json
 import os
@@ -12,13 +11,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import openai
 import pytest
 
-from lab.fakes.processes import free_port
 from monitors.calibration import load_calibration
 from tests.conftest import MODEL, samples, wait_for
+from tests.served_gateway import ServedGateway
 
 CALM = [
     "Name three colors.",
@@ -34,24 +32,8 @@ LOOP_EXTRA = {"repetition_penalty": 0.8}
 COLLAPSE = {"sink", "rank_exhaustion"}
 
 
-class Gateway:
-    """``sinkwatch serve`` with the embedded model in a process of its own, its log in a file."""
-
-    def __init__(self, log: Path, *flags: str) -> None:
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port), *flags]
-        self.log = log
-        with log.open("w") as sink:
-            self.process = subprocess.Popen(command, stdout=sink, stderr=sink, start_new_session=True)
-        wait_for(self._ready, timeout=300, poll=0.5)
-        self.client = openai.OpenAI(base_url=f"{self.base_url}/v1", api_key="x", max_retries=0, timeout=300)
-
-    def _ready(self) -> bool:
-        assert self.process.poll() is None, self.log.read_text()
-        with contextlib.suppress(httpx.TransportError):
-            return httpx.get(f"{self.base_url}/readyz", timeout=5).status_code == 200
-        return False
+class Gateway(ServedGateway):
+    """The embedded model's gateway, with the requests these tests send."""
 
     def chat(self, content: str, **options) -> openai.types.chat.ChatCompletion:
         """A chat completion of ``content``: greedy, 48 tokens, unless ``options`` say otherwise."""
@@ -66,10 +48,6 @@ class Gateway:
     def calibration_sha256(self) -> str:
         [(labels, _)] = samples(self.base_url, "sinkwatch_calibration_info")
         return labels["sha256"]
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -88,14 +66,10 @@ def recording(tmp_path_factory) -> Iterator[Path]:
         annotated = gateway.loop(extra_headers={"x-sinkwatch-policy": "annotate"})  # not recorded
         assert annotated.model_extra["stability"]["verdict"] in COLLAPSE
         assert gateway.loop().model_extra.get("stability") is None  # observe: no report, but recorded
-        wait_for(lambda: _recorded(gateway) == 2 * len(CALM) + 2, timeout=60)
+        wait_for(lambda: gateway.recorded() == 2 * len(CALM) + 2, timeout=60)
     finally:
         gateway.stop()
     yield directory
-
-
-def _recorded(gateway: Gateway) -> float:
-    return sum(value for _, value in samples(gateway.base_url, "sinkwatch_recorded_generations_total"))
 
 
 def _calibrate(recording: Path, output: Path) -> str:
