@@ -86,7 +86,7 @@ def test_streamed_usage_counts_every_choice_once_per_prompt(client):
 MIXED_BLOCK = {
     "model": MODEL,
     "messages": STORY,
-    "max_tokens": 96,
+    "max_tokens": 64,
     "temperature": 1.0,
     "frequency_penalty": -1.0,
     "n": 2,
