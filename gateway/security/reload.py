@@ -12,7 +12,6 @@ needing a restart.
 
 import asyncio
 import logging
-import os
 import signal
 import threading
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from gateway.security.admission import Admission
 from gateway.security.auth_throttle import AuthThrottle
 from gateway.security.keys import ApiKeys
 from gateway.security.ratelimit import RateLimiter, SharedBuckets, token_budget
+from monitors.file_stamp import file_stamp
 
 __all__ = ["KeyReloader", "admission_for"]
 
@@ -45,15 +45,6 @@ def _limits(settings: Settings, shared: SharedBuckets | None) -> tuple[ApiKeys, 
     return keys, limiter, token_budget(settings.rate_limit_tpm, shared=shared)
 
 
-def _file_stamp(path: str) -> tuple[int, int, int] | None:
-    """What changes when a file is written or replaced: its inode, size and modification time."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
-
-
 class KeyReloader:
     """Reloads ``admission`` from the settings ``load`` returns, on SIGHUP and when the keys file changes."""
 
@@ -68,7 +59,7 @@ class KeyReloader:
         self.settings = settings
         self.load = load
         self.shared = shared
-        self._stamp = _file_stamp(settings.api_keys_file) if settings.api_keys_file else None
+        self._stamp = file_stamp(settings.api_keys_file) if settings.api_keys_file else None
         # Other reloads SIGHUP triggers (the calibration): each called with why, after the keys.
         self.on_sighup: list[Callable[[str], object]] = []
 
@@ -96,7 +87,7 @@ class KeyReloader:
     def keys_file_changed(self) -> bool:
         """Whether the keys file was written or replaced since the last look (or since it was set)."""
         path = self.settings.api_keys_file
-        stamp = _file_stamp(path) if path else None
+        stamp = file_stamp(path) if path else None
         changed, self._stamp = stamp != self._stamp, stamp
         return changed and bool(path)
 

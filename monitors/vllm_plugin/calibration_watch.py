@@ -12,26 +12,18 @@ changes nothing here: the profile names the reference, not the thresholds.
 """
 
 import logging
-import os
 import time
 from pathlib import Path
 
 from monitors.bands import LayerBand
 from monitors.calibration import Calibration, load_calibration
+from monitors.file_stamp import file_stamp
 
 __all__ = ["WATCH_INTERVAL_S", "CalibrationWatch"]
 
 log = logging.getLogger("sinkwatch.reducer")
 
 WATCH_INTERVAL_S = 1.0
-
-
-def _stamp(path: Path) -> tuple[int, int, int] | None:
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 class CalibrationWatch:
@@ -42,7 +34,7 @@ class CalibrationWatch:
         self.path = path
         self.current = current
         self.bands = bands
-        self._stamp = _stamp(path)
+        self._stamp = file_stamp(path)
         self._looked_at = time.monotonic()
 
     def changed(self) -> Calibration | None:
@@ -51,7 +43,7 @@ class CalibrationWatch:
         if now - self._looked_at < WATCH_INTERVAL_S:
             return None
         self._looked_at = now
-        stamp = _stamp(self.path)
+        stamp = file_stamp(self.path)
         if stamp == self._stamp:
             return None
         self._stamp = stamp
