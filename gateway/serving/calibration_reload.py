@@ -32,14 +32,7 @@ def calibration_digest(path: Path) -> str:
 
 def _feature_setup(calibration: Calibration) -> tuple:
     """What the backend computes features with: a reload must leave it as it is."""
-    return (
-        calibration.bands,
-        calibration.window,
-        calibration.mean_states,
-        calibration.outlier_dims,
-        calibration.probe.to_dict() if calibration.probe else None,
-        calibration.recurrence_levels,
-    )
+    return calibration.bands, calibration.window, calibration.extractor_reference()
 
 
 class CalibrationReloader:

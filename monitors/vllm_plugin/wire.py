@@ -84,15 +84,7 @@ def monitor_profile(calibration: Calibration, bands: Iterable[LayerBand]) -> str
     (:func:`profile_accepts`)."""
     if not calibration.calibrated:
         return f"{calibration.model}@{calibration.created}|{format_bands(bands)}|w{calibration.window}"
-    reference = json.dumps(
-        {
-            "mean_states": {str(k): v for k, v in calibration.mean_states.items()},
-            "outlier_dims": {str(k): v for k, v in calibration.outlier_dims.items()},
-            "probe": calibration.probe.to_dict() if calibration.probe else None,
-            "recurrence_levels": {str(k): v for k, v in calibration.recurrence_levels.items()},
-        },
-        sort_keys=True,
-    )
+    reference = json.dumps(calibration.extractor_reference(), sort_keys=True)
     digest = hashlib.sha256(reference.encode()).hexdigest()[:12]
     return f"{calibration.model}#{digest}|{format_bands(bands)}|w{calibration.window}"
 
