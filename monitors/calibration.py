@@ -128,13 +128,14 @@ class Calibration:
 
     def extractor_reference(self) -> dict[str, Any]:
         """What the feature extractor computes with besides bands and window (mean states, outlier dimensions,
-        probe, recurrence levels), in JSON form: what names the monitoring profile and what a reload while
-        serving must leave as it is."""
+        probe, recurrence levels, the prefill probe's prompt part: :meth:`extractor_options`), in JSON form:
+        what names the monitoring profile and what a reload while serving must leave as it is."""
         return {
             "mean_states": {str(k): v for k, v in self.mean_states.items()},
             "outlier_dims": {str(k): v for k, v in self.outlier_dims.items()},
             "probe": self.probe.to_dict() if self.probe else None,
             "recurrence_levels": {str(k): v for k, v in self.recurrence_levels.items()},
+            "prefill_probe": self.prefill_probe.prompt.to_dict() if self.prefill_probe else None,
         }
 
     def to_json(self) -> str:

@@ -13,6 +13,8 @@ from gateway.serving.calibration_reload import CalibrationReloader
 from gateway.serving.serving_context import ServingContext
 from monitors.bands import LayerBand
 from monitors.calibration import SignalThreshold
+from monitors.prefill import PrefillProbe
+from monitors.probe import LinearProbe
 from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend
 
 
@@ -67,3 +69,16 @@ def test_a_file_that_changes_the_features_takes_a_restart(tmp_path, caplog):
         assert not CalibrationReloader(ctx, path).reload("SIGHUP")
     assert "takes a restart" in caplog.text
     assert ctx.calibration is CALIBRATION and ctx.calibration_digest == digest
+
+
+def test_a_file_with_another_prefill_probe_takes_a_restart(tmp_path, caplog):
+    """The prefill probe's prompt part is computed by the extractor, like the other references."""
+    path = tmp_path / "calibration.json"
+    path.write_text(CALIBRATION.to_json())
+    ctx = _context(path)
+    prompt = LinearProbe((2,), (0.5, -0.5), 0.1, (0.0, 0.0), (1.0, 1.0))
+    path.write_text(replace(CALIBRATION, prefill_probe=PrefillProbe(prompt, 1.0, (0.5,) * 6, -1.0)).to_json())
+    with caplog.at_level(logging.ERROR):
+        assert not CalibrationReloader(ctx, path).reload("SIGHUP")
+    assert "takes a restart" in caplog.text
+    assert ctx.calibration is CALIBRATION
