@@ -10,28 +10,19 @@ user texts as completions prompts (``Q: ... A:``), sampled and greedy, plus the 
 import argparse
 import json
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import openai
 
 from lab.eval.prompts import PromptCase, load_prompts
+from lab.eval.record_traffic import TrafficRequest
 
-__all__ = ["CompletionRequest", "add_arguments", "completion_requests", "run", "send"]
+__all__ = ["add_arguments", "completion_requests", "run", "send"]
 
 # Sets with ordinary answers, and the one whose prompts are sent under the loop inducers.
 ORDINARY_SETS = ("normal", "production", "enumeration")
 INDUCED_SET = "induce"
 INDUCER_PENALTIES = (-1.0, -2.0)  # frequency_penalty at temperature 0: the stronger, the sooner the loop
-
-
-@dataclass(frozen=True)
-class CompletionRequest:
-    """One completions request and the traffic it stands for (``ordinary`` or ``induced``)."""
-
-    key: str
-    traffic: str
-    body: dict
 
 
 def _prompt(case: PromptCase) -> str:
@@ -41,7 +32,7 @@ def _prompt(case: PromptCase) -> str:
 
 def completion_requests(
     model: str, split: str | None, per_set: int, max_tokens: int, induced: int, offset: tuple[int, int] = (0, 0)
-) -> list[CompletionRequest]:
+) -> list[TrafficRequest]:
     """``per_set`` prompts of every ordinary set (alternately sampled at 0.8 and greedy) and ``induced``
     induce prompts under each inducer penalty, of ``split`` (None: both); ``offset``: how many prompts of
     each ordinary set and of the induce set are skipped (a held-out batch after a recorded one)."""
@@ -52,16 +43,16 @@ def completion_requests(
             sampled = number % 2 == 0
             body = {"model": model, "prompt": _prompt(case), "max_tokens": max_tokens, "seed": number}
             body["temperature"] = 0.8 if sampled else 0.0
-            ordinary.append(CompletionRequest(f"{case.id}:{'sampled' if sampled else 'greedy'}", "ordinary", body))
+            ordinary.append(TrafficRequest(f"{case.id}:{'sampled' if sampled else 'greedy'}", "ordinary", body))
     for case in load_prompts(INDUCED_SET, split)[skip_induced : skip_induced + induced]:
         for penalty in INDUCER_PENALTIES:
             body = {"model": model, "prompt": _prompt(case), "max_tokens": max_tokens, "temperature": 0.0}
             body["frequency_penalty"] = penalty
-            induced_requests.append(CompletionRequest(f"{case.id}:fp{penalty}", "induced", body))
+            induced_requests.append(TrafficRequest(f"{case.id}:fp{penalty}", "induced", body))
     return _interleaved(ordinary, induced_requests)
 
 
-def _interleaved(ordinary: list[CompletionRequest], induced: list[CompletionRequest]) -> list[CompletionRequest]:
+def _interleaved(ordinary: list[TrafficRequest], induced: list[TrafficRequest]) -> list[TrafficRequest]:
     """The induced requests spread evenly through the ordinary ones (a time split then holds loops on both
     sides)."""
     step = max(1, len(ordinary) // max(1, len(induced)))
@@ -71,12 +62,12 @@ def _interleaved(ordinary: list[CompletionRequest], induced: list[CompletionRequ
     return out
 
 
-def send(base_url: str, requests: list[CompletionRequest], concurrency: int) -> dict[str, dict]:
+def send(base_url: str, requests: list[TrafficRequest], concurrency: int) -> dict[str, dict]:
     """Send ``requests`` with the official client, ``concurrency`` at a time; per key the verdict header, the
     text, the finish reason, the completion tokens and the stability report (none under observe)."""
     client = openai.OpenAI(base_url=base_url, api_key="sinkwatch", max_retries=0, timeout=600)
 
-    def one(request: CompletionRequest) -> tuple[str, dict]:
+    def one(request: TrafficRequest) -> tuple[str, dict]:
         raw = client.completions.with_raw_response.create(**request.body)
         completion = raw.parse()
         choice = completion.choices[0]

@@ -21,7 +21,7 @@ __all__ = ["TrafficRequest", "add_arguments", "requests_for", "run"]
 
 @dataclass(frozen=True)
 class TrafficRequest:
-    """One chat request of the replayed traffic, and what it stands for."""
+    """One request of the replayed traffic (a chat or a completions body), and what it stands for."""
 
     key: str
     traffic: str
