@@ -67,21 +67,6 @@ class RequestSampling:
             ]
         )
 
-    @classmethod
-    def from_body(cls, body: Mapping, default_max_tokens: int = 256) -> "RequestSampling":
-        """From an OpenAI request body (``max_completion_tokens`` or ``max_tokens``; missing fields: defaults)."""
-        bias = body.get("logit_bias") or {}
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
-        temperature = body.get("temperature")
-        return cls(
-            temperature=1.0 if temperature is None else float(temperature),
-            repetition_penalty=float(body.get("repetition_penalty") or 1.0),
-            frequency_penalty=float(body.get("frequency_penalty") or 0.0),
-            presence_penalty=float(body.get("presence_penalty") or 0.0),
-            max_logit_bias=max((float(v) for v in bias.values()), default=0.0),
-            max_tokens=int(max_tokens),
-        )
-
 
 @dataclass(frozen=True)
 class PrefillProbe:

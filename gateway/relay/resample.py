@@ -13,7 +13,7 @@ from dataclasses import replace
 from gateway.gate.rescue import STRATEGIES, neutralise
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams, TextPrompt
 
-__all__ = ["continuable", "continuation_body", "resample_body"]
+__all__ = ["body_sampling", "continuable", "continuation_body", "resample_body"]
 
 
 def _number(body: dict, name: str, default: float) -> float:
@@ -21,11 +21,18 @@ def _number(body: dict, name: str, default: float) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
 
 
-def _sampling(body: dict) -> SamplingParams:
+def _count(body: dict, name: str) -> int | None:
+    value = body.get(name)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def body_sampling(body: dict) -> SamplingParams:
+    """The sampling a client's OpenAI body asks for, read as sent (a field missing or of another type: its
+    default; the token limit: ``max_completion_tokens``, else ``max_tokens``, else none)."""
     seed = body.get("seed")
     bias = body.get("logit_bias") if isinstance(body.get("logit_bias"), dict) else {}
     return SamplingParams(
-        max_tokens=None,
+        max_tokens=_count(body, "max_completion_tokens") or _count(body, "max_tokens"),
         temperature=_number(body, "temperature", 1.0),
         top_p=_number(body, "top_p", 1.0),
         seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
@@ -42,7 +49,7 @@ def resample_body(body: dict, strategy: str, failed_ids: list[int], attempt: int
     gate does: :func:`~gateway.gate.rescue.neutralise`)."""
     messages = body.get("messages")
     prompt = ChatPrompt(tuple(messages)) if isinstance(messages, list) else TextPrompt(text="")
-    original = GenerationRequest("resample", str(body.get("model")), prompt, _sampling(body))
+    original = GenerationRequest("resample", str(body.get("model")), prompt, body_sampling(body))
     sampling, neutralised = neutralise(original.sampling, failed_ids)
     changed = STRATEGIES[strategy](replace(original, sampling=sampling), failed_ids, attempt)
     sampling, before = changed.sampling, original.sampling

@@ -20,11 +20,11 @@ from typing import Any
 
 from gateway.errors import ContentBlocked, EngineFailure, OpenAIError
 from gateway.gate.controller import Attempt
-from gateway.gate.monitor import RequestMonitor
+from gateway.gate.monitor import RequestMonitor, prefill_sampling
 from gateway.gate.policy import GateConfig, Policy
 from gateway.protocol.stability import GateReport, StabilityReport, worst_of
 from gateway.relay.choice_gate import ChoiceGate
-from gateway.relay.resample import continuable, continuation_body, resample_body
+from gateway.relay.resample import body_sampling, continuable, continuation_body, resample_body
 from gateway.relay.seam import (
     ChoiceToken,
     Fragment,
@@ -39,7 +39,6 @@ from gateway.relay.whole_cut import cut_choice
 from gateway.request_metrics import GateOutcome, RequestSeries, outcome_of
 from gateway.telemetry.request_scope import current_scope
 from gateway.telemetry.spans import end_attempt_span, start_attempt_span
-from monitors.prefill import RequestSampling
 from monitors.verdict import UNCALIBRATED, Verdict
 
 __all__ = ["RelaySession", "unmonitored_report"]
@@ -398,7 +397,7 @@ class RelaySession:
         if choice is None:
             gate = self._new_gate(None)
             if gate.monitor is not None:  # the client's own request: its prompt and sampling
-                gate.monitor.expect_prefill(RequestSampling.from_body(self.call.body))
+                gate.monitor.expect_prefill(prefill_sampling(body_sampling(self.call.body)))
             choice = self._choices[index] = _Choice(gate, [gate.attempt], first_monitor=gate.monitor)
             choice.span = self._attempt_span(1, index)
         return choice

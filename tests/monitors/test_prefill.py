@@ -41,19 +41,6 @@ def test_sampling_features_measure_how_far_each_inducer_is_pushed():
     assert RequestSampling(1.0, 1.3, 0.5, 0.5, -100.0).features()[:4].tolist() == [0, 0, 0, 0]
 
 
-def test_sampling_is_read_from_an_openai_body():
-    body = {
-        "temperature": 0,
-        "frequency_penalty": -1,
-        "repetition_penalty": 0.8,
-        "logit_bias": {"262": 6, "11": -2},
-        "max_completion_tokens": 64,
-    }
-    assert RequestSampling.from_body(body) == RequestSampling(0.0, 0.8, -1.0, 0.0, 6.0, 64)
-    assert RequestSampling.from_body({"max_tokens": 10}) == RequestSampling(max_tokens=10)
-    assert RequestSampling.from_body({"temperature": None}) == RequestSampling()
-
-
 def test_the_logistic_fit_recovers_a_known_model():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4000, 2))

@@ -7,6 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from gateway.gate.monitor import prefill_sampling
+from gateway.relay.resample import body_sampling
 from monitors.prefill import PrefillProbe, RequestSampling
 from monitors.probe import LinearProbe
 from tests.backends.fake_vllm import MODEL, WIDTH, FakeVLLM
@@ -37,7 +39,7 @@ def test_the_relay_reports_and_counts_the_prefill_risk():
     fake.close()
     first_states = np.random.default_rng(TOKENS).normal(size=(TOKENS, 1, WIDTH))[0]  # the fake's seeded states
     probe = calibration.prefill_probe
-    expected = probe.risk(probe.prompt_score(first_states), RequestSampling.from_body(body))
+    expected = probe.risk(probe.prompt_score(first_states), prefill_sampling(body_sampling(body)))
     assert answer.model_extra["stability"]["prefill_risk"] == pytest.approx(expected, abs=1e-4)
     assert counted == 1
 
@@ -46,3 +48,16 @@ def test_the_relay_without_a_prefill_probe_reports_none(fake, relay_server):
     answer = client_of(relay_server).chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4)
     assert answer.model_extra["stability"]["tokens_monitored"] == 4
     assert "prefill_risk" not in answer.model_extra["stability"]
+
+
+def test_sampling_is_read_from_an_openai_body():
+    body = {
+        "temperature": 0,
+        "frequency_penalty": -1,
+        "repetition_penalty": 0.8,
+        "logit_bias": {"262": 6, "11": -2},
+        "max_completion_tokens": 64,
+    }
+    assert prefill_sampling(body_sampling(body)) == RequestSampling(0.0, 0.8, -1.0, 0.0, 6.0, 64)
+    assert prefill_sampling(body_sampling({"max_tokens": 10})) == RequestSampling(max_tokens=10)
+    assert prefill_sampling(body_sampling({"temperature": None})) == RequestSampling()

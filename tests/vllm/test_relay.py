@@ -7,9 +7,10 @@ import json
 import openai
 import pytest
 
+from gateway.gate.monitor import prefill_sampling
+from gateway.relay.resample import body_sampling
 from lab.bench.vllm_server import VLLMServer
 from monitors.bands import captured_layers
-from monitors.prefill import RequestSampling
 from tests.backends.fake_vllm import MODEL
 from tests.conftest import RunningServer
 from tests.gate.test_prefill_risk import MESSAGES as PREFILL_QUESTION
@@ -242,5 +243,5 @@ def test_the_prefill_risk_comes_from_the_prompt_states_vllm_computed(real_vllm_g
     score = probe.prompt_score(prompt_states(loaded_model, captured_layers(calibration.bands)))
     body = {"max_tokens": 8, "temperature": 0, "frequency_penalty": -1.0}
     answer = _ask(real_vllm_gateway, False, messages=PREFILL_QUESTION, **body)
-    expected = probe.risk(score, RequestSampling.from_body(body))
+    expected = probe.risk(score, prefill_sampling(body_sampling(body)))
     assert answer["stability"]["prefill_risk"] == pytest.approx(expected, abs=0.02)
