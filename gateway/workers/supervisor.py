@@ -203,7 +203,7 @@ class Supervisor:
         close_at = time.monotonic() + self.settings.drain_delay
         kill_at = close_at + self.settings.shutdown_timeout + KILL_AFTER
         killed = False
-        while self._alive():
+        while alive := self._alive():  # asked once: one that exits after the asking still wakes the wait
             now = time.monotonic()
             if now >= close_at:
                 self.listener.close()
@@ -211,7 +211,7 @@ class Supervisor:
                 log.warning("%s: killing the workers", "second signal" if self.signals > 1 else "shutdown timeout")
                 self._send(signal.SIGKILL)
                 killed = True
-            self._wait(self._alive(), close_at - now if now < close_at else None if killed else kill_at - now)
+            self._wait(alive, close_at - now if now < close_at else None if killed else kill_at - now)
         self.listener.close()
         for worker in self.workers:
             if worker is not None:

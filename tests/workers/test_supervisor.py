@@ -3,16 +3,20 @@ one rate limit per key, a worker that dies started again, a signal that stops th
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
+from gateway.workers.supervisor import Supervisor
 from lab.fakes.fake_upstream import FakeUpstreamConfig, FakeUpstreamThread
 from lab.fakes.processes import Process, children, free_port, gateway_process, proc_file
 from tests import conftest
@@ -207,3 +211,40 @@ def test_workers_need_a_backend_without_a_model() -> None:
     finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert finished.returncode == 1
     assert "workers > 1 needs the openai backend without --reader" in finished.stderr
+
+
+class _ExitsAfterBeingAsked:
+    """A worker that is running the first ``running_answers`` times its exit code is read, and has exited
+    (its sentinel readable) from then on: the last worker exiting between two looks of the supervisor."""
+
+    def __init__(self, pid: int, running_answers: int) -> None:
+        self.pid = pid
+        self._answers = running_answers
+        self.sentinel, write_end = os.pipe()
+        os.close(write_end)  # an exited process's sentinel: at end of file
+
+    @property
+    def exitcode(self) -> int | None:
+        self._answers -= 1
+        return None if self._answers >= 0 else 0
+
+    def join(self) -> None:
+        os.close(self.sentinel)
+
+
+def test_a_worker_that_exits_while_the_supervisor_looks_does_not_hold_up_the_stop() -> None:
+    """Seen in CI: the last worker exited between the loop's look and the wait's, and the supervisor slept
+    until the kill deadline (shutdown timeout + 10 s) before it exited."""
+    settings = SimpleNamespace(drain_delay=0.0, shutdown_timeout=600.0)
+    target = subprocess.Popen(["sleep", "60"])  # what the SIGTERM of the stop reaches
+    listener = socket.socket()
+    supervisor = Supervisor(settings, listener, contexts=[], run=lambda *_: None)  # type: ignore[arg-type]
+    supervisor.workers = [_ExitsAfterBeingAsked(target.pid, running_answers=2)]  # the SIGTERM's look, the loop's
+    stopping = threading.Thread(target=supervisor._stop_all, daemon=True)
+    try:
+        stopping.start()
+        stopping.join(timeout=30)
+        assert not stopping.is_alive(), "the supervisor waits on no worker though one was running"
+    finally:
+        target.kill()
+        target.wait()
