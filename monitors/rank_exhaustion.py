@@ -13,14 +13,17 @@ summaries calibrate it as well as replayed states do.
 """
 
 from collections.abc import Mapping, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from monitors.spectral import participation_ratios
 
 __all__ = [
+    "LEVEL_QUANTILE",
     "MIN_NOVEL_STATES",
     "NOVEL_PR",
+    "band_recurrence_levels",
     "fit_rank_floors",
     "fit_recurrence_levels",
     "novel_participation_ratios",
@@ -30,6 +33,9 @@ __all__ = [
 
 NOVEL_PR = "pr_novel"  # the per-band feature name: ``<band>.pr_novel``
 MIN_NOVEL_STATES = 8  # fewer novel states than this and the window's novel PR is not defined
+Key = TypeVar("Key", int, str)  # a captured layer, or a band's name
+# A state recurs above its layer's median healthy recurrence: the definition's level (see docs/EVALUATION.md).
+LEVEL_QUANTILE = 0.5
 
 
 def recurrent_rows(unit: np.ndarray, n: np.ndarray, ages: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -57,10 +63,22 @@ def novel_participation_ratios(
     return np.where(kept >= MIN_NOVEL_STATES, pr, np.nan), kept
 
 
-def fit_recurrence_levels(recurrence: Mapping[int, np.ndarray], quantile: float) -> dict[int, float]:
-    """Per layer, the cosine that healthy traffic's per-token recurrence (largest cosine to an earlier,
+def fit_recurrence_levels(recurrence: Mapping[Key, np.ndarray], quantile: float) -> dict[Key, float]:
+    """Per layer (or band), the cosine that healthy traffic's per-token recurrence (largest cosine to an earlier,
     non-adjacent state of the window) stays under at ``quantile``."""
-    return {layer: float(np.quantile(values, quantile)) for layer, values in recurrence.items() if len(values)}
+    return {key: float(np.quantile(values, quantile)) for key, values in recurrence.items() if len(values)}
+
+
+def band_recurrence_levels(
+    recurrence: Mapping[str, np.ndarray], band_layers: Mapping[str, Sequence[int]], quantile: float
+) -> dict[int, float]:
+    """The levels of :func:`fit_recurrence_levels` from *band* recurrence (per token, the mean over the band's
+    layers: what a recording holds): each band's ``quantile``, the level of every layer of the band."""
+    return {
+        layer: level
+        for band, level in fit_recurrence_levels(recurrence, quantile).items()
+        for layer in band_layers[band]
+    }
 
 
 def fit_rank_floors(band_lows: Sequence[Mapping[str, float]], fpr: float) -> dict[str, float]:

@@ -80,6 +80,12 @@ def add_command_arguments(parser: argparse.ArgumentParser) -> None:
         "--held-out", type=float, default=0.3, help="latest share of the recording checked, not fitted"
     )
     traffic.add_argument("--rank-fpr", type=float, default=0.05, help="healthy generations below a rank floor")
+    traffic.add_argument(
+        "--rank-levels",
+        action="store_true",
+        help="fit the recurrence levels from the recording (first step to rank floors for a model recorded without "
+        "them; fits no floors; takes a restart): record again under the result and fit that with --base it",
+    )
 
 
 def fit_options(args: argparse.Namespace) -> FitOptions:

@@ -38,7 +38,7 @@ from lab.eval.rank_stress import WINDOW, context_windows, long_text, run_stresso
 from lab.eval.rank_subjects import GEMMA, load_subject
 from monitors.bands import captured_layers
 from monitors.calibration import Calibration, load_calibration, shipped_calibration_path
-from monitors.rank_exhaustion import fit_rank_floors, rank_overlay
+from monitors.rank_exhaustion import LEVEL_QUANTILE, fit_rank_floors, rank_overlay
 
 __all__ = ["add_arguments", "run"]
 
@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--stress-sets", default="induce,enumeration", help="prompt sets kept out of healthy")
     parser.add_argument("--human-sets", default="human", help="prompt sets healthy even when their text repeats")
-    parser.add_argument("--quantile", type=float, default=0.5, help="recurrence level: quantile of healthy traffic")
+    parser.add_argument(
+        "--quantile", type=float, default=LEVEL_QUANTILE, help="recurrence level: quantile of healthy traffic"
+    )
     parser.add_argument("--levels-from", type=Path, help="recurrence levels from this overlay instead of refitting")
     parser.add_argument("--persistences", default="1,2,4,8,16", help="persistences cross-validation chooses from")
     parser.add_argument("--fit-rates", default="0.05,0.04,0.03,0.02,0.01", help="rates the floors may be fitted at")

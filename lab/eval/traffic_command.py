@@ -38,7 +38,7 @@ def run_from_traffic(args: argparse.Namespace) -> Calibration:
     print(
         f"calibrate: {len(generations)} recorded generations of {model} in {args.from_traffic} (left out: {left_out})"
     )
-    options = TrafficFitOptions(args.target_fpr, args.rank_fpr, args.held_out)
+    options = TrafficFitOptions(args.target_fpr, args.rank_fpr, args.held_out, fit_levels=args.rank_levels)
     fitted = fit_from_traffic(generations, base, options)
     fitted.report["recording_left_out"] = left_out
     report = fitted.report
@@ -64,5 +64,6 @@ def run_from_traffic(args: argparse.Namespace) -> Calibration:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(fitted.calibration.to_json())
     print(f"calibrate: wrote {args.output}")
+    print(f"calibrate: rank floors: {report['rank_floors']}")
     print(json.dumps({"thresholds": {s.name: round(s.threshold, 4) for s in fitted.calibration.signals}}))
     return fitted.calibration

@@ -25,6 +25,12 @@ model-independent signal set on the recorded setup, and the visible-loop rule th
   fit-part generation per signal (see docs/EVALUATION.md, "Calibrating from traffic").
 - **Rank floors.** :func:`monitors.rank_exhaustion.fit_rank_floors` on each kept generation's lowest tracked
   novel PR per band (computed with the recording's recurrence levels), at ``--rank-fpr`` per generation.
+- **Recurrence levels** (``--rank-levels``). The novel PR needs levels, and a recording made without them (an
+  uncalibrated model) holds no novel PR: the fit then sets each band's level to the median of its kept
+  generations' recorded recurrence (:func:`monitors.rank_exhaustion.band_recurrence_levels`; a recording holds
+  band means, not layers) and fits no floors. Served with the result, the gateway computes the novel PR; a
+  second recording, fitted with that calibration as ``--base``, gives the floors. New levels change the
+  features: the gateway takes them on a restart, not a reload.
 """
 
 import datetime
@@ -40,7 +46,7 @@ from lab.eval.traffic import RecordedGeneration, SetupMismatch, by_time
 from lab.eval.traffic_defaults import VISIBLE_LOOP
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.detector import PERIODICITY_SIGNAL
-from monitors.rank_exhaustion import fit_rank_floors, rank_overlay
+from monitors.rank_exhaustion import LEVEL_QUANTILE, band_recurrence_levels, fit_rank_floors, rank_overlay
 
 __all__ = [
     "TrafficFit",
@@ -62,6 +68,7 @@ class TrafficFitOptions:
     rank_fpr: float = 0.05  # healthy generations below a rank floor (the shipped floors' rate)
     held_out: float = 0.3  # the latest share of the recording, judged but never fitted on
     drop_loops: bool = True  # leave visible loops out of the fit (off only to measure what it buys)
+    fit_levels: bool = False  # refit the recurrence levels from the recorded recurrence (then no floors)
 
 
 @dataclass
@@ -112,6 +119,27 @@ def _refit_spec(spec: SignalThreshold, generations: Sequence[RecordedGeneration]
     return replace(spec, threshold=float("nan"), mean=float(values.mean()), std=float(values.std() + 1e-9))
 
 
+def _recorded_levels(generations: Sequence[RecordedGeneration], base: Calibration) -> dict[int, float]:
+    """Recurrence levels from the generations' recorded band recurrence (see the module's description)."""
+    recurrence = {}
+    for band in base.bands:
+        values = np.concatenate([g.values(f"{band.name}.recurrence") for g in generations])
+        recurrence[band.name] = values[np.isfinite(values)]
+    return band_recurrence_levels(recurrence, {band.name: band.layers for band in base.bands}, LEVEL_QUANTILE)
+
+
+def _floors_note(floors: dict[str, float], fitted_levels: bool) -> str:
+    """What the report says of the rank floors."""
+    if floors:
+        return "fitted on the recorded novel participation ratio"
+    if fitted_levels:
+        return (
+            "none yet: recurrence levels fitted; serve this calibration (a restart) with --record-dir, then "
+            "calibrate --from-traffic that recording with --base this file"
+        )
+    return "none: the recording holds no novel participation ratio (recorded without recurrence levels: --rank-levels)"
+
+
 def _with_rank_margins(generations: Sequence[RecordedGeneration], floors: dict[str, float]) -> None:
     """Add ``<band>.rank_margin`` (novel PR minus floor) to every generation, as the detector computes it."""
     for g in generations:
@@ -160,10 +188,15 @@ def fit_split(
     _, thresholds, fit_rate = combine(tracks, kept, options.target_fpr, cross_fit=True, per_1k_tokens=True)
     sink_signals = [replace(t.spec, threshold=t.oriented(th)) for t, th in zip(tracks, thresholds, strict=True)]
     bands = [band.name for band in base.bands]
-    floors = fit_rank_floors(
-        [novel_pr_lows(g.trajectories, bands, base.ewma_span, base.persistence) for g in kept], options.rank_fpr
-    )
-    overlay = rank_overlay(base.recurrence_levels, floors, base.persistence, {})
+    if options.fit_levels:
+        levels = _recorded_levels(kept, base)
+        floors: dict[str, float] = {}  # the recorded novel PR (if any) was computed with other levels
+    else:
+        levels = base.recurrence_levels
+        floors = fit_rank_floors(
+            [novel_pr_lows(g.trajectories, bands, base.ewma_span, base.persistence) for g in kept], options.rank_fpr
+        )
+    overlay = rank_overlay(levels, floors, base.persistence, {})
     rank_signals = [SignalThreshold(**s) for s in overlay["signals"]]
     signals = sink_signals + rank_signals
     _with_rank_margins([*kept, *held], floors)
@@ -190,6 +223,7 @@ def fit_split(
         "split": f"by time: the latest {options.held_out:.0%} held out",
         "loop_filter": _loop_filter(base) if options.drop_loops else "off",
         "rank_fpr_per_generation": options.rank_fpr,
+        "rank_floors": _floors_note(floors, options.fit_levels),
     }
     calibration = replace(
         base,
@@ -198,6 +232,7 @@ def fit_split(
         target_unit="per_1k_tokens",
         signals=tuple(signals),
         rank_floors=floors,
+        recurrence_levels=levels,
         n_generations=len(kept),
         created=datetime.date.today().isoformat(),
         expected_lead_tokens=None,

@@ -1,6 +1,7 @@
 """Calibrating a model that has no calibration from its recording: a recording made uncalibrated is fitted on
 the default signal set over the recorded setup, loops are told by the default visible-loop rule, and the
-result is a calibration a gateway that started uncalibrated on the same profile reloads on SIGHUP."""
+result is a calibration a gateway that started uncalibrated on the same profile reloads on SIGHUP; rank floors
+take a second recording, made under recurrence levels fitted on the first."""
 
 import argparse
 import math
@@ -18,11 +19,13 @@ from gateway.recording.recorder import TrafficRecorder
 from gateway.recording.trace import SignalTrace, calibration_setup, generation_record
 from gateway.serving.calibration_reload import CalibrationReloader
 from gateway.serving.serving_context import ServingContext
-from lab.eval.traffic import read_recording, recorded_uncalibrated
+from lab.eval.traffic import by_time, read_recording, recorded_uncalibrated
 from lab.eval.traffic_command import run_from_traffic
 from lab.eval.traffic_defaults import VISIBLE_LOOP, default_base
 from lab.eval.traffic_fit import TrafficFitOptions, firing, fit_from_traffic, loop_rule
+from monitors.bands import captured_layers
 from monitors.calibration import load_calibration
+from monitors.features import FeatureExtractor
 from monitors.model_profile import derive_profile, uncalibrated
 from tests.gate.scripted import MODEL as SCRIPTED_MODEL
 from tests.gate.scripted import ScriptedBackend
@@ -154,8 +157,67 @@ def test_a_recording_behind_the_vllm_plugin_is_calibrated_without_loading_the_mo
         held_out=0.3,
         target_fpr=0.05,
         rank_fpr=0.05,
+        rank_levels=False,
     )
     fitted = run_from_traffic(args)  # "new-model" is no model that could be loaded: none is
     assert load_calibration(args.output) == fitted
     assert (fitted.outlier_dims, fitted.mean_states, fitted.bands) == ({}, {}, profile.bands)
     assert {s.name for s in fitted.signals} >= {"text.periodicity", "early.recurrence"}
+
+
+def _record_states(directory: Path, calibration, count: int, seed: int) -> None:
+    """Record ``count`` generations whose signals the real feature extractor computes, as the gateway serving
+    ``calibration`` does, on random hidden states of the profile's width (no loops)."""
+    rng = np.random.default_rng(seed)
+    recorder = TrafficRecorder(directory, 10**9)
+    context = {"model": MODEL, "backend": "embedded", "endpoint": "completions", **calibration_setup(calibration, "")}
+    layers = captured_layers(calibration.bands)
+    for number in range(count):
+        extractor = FeatureExtractor(calibration.bands, calibration.window, **calibration.extractor_options())
+        trace = SignalTrace()
+        for token in range(TOKENS):
+            step = extractor.push(rng.normal(size=(len(layers), 16)), 1.0, token)
+            trace.add({"text.periodicity": 0.0, **step.values})
+        recorder.submit(partial(generation_record, trace, context, "length", None, float(number)))
+    recorder.close()
+
+
+def test_rank_floors_of_a_model_recorded_uncalibrated_come_from_a_second_recording_under_fitted_levels(
+    tmp_path, profile, recorded_under
+):
+    _record_states(tmp_path / "first", recorded_under, 40, seed=2)
+    generations, _ = read_recording(tmp_path / "first")
+    base = default_base(MODEL, generations[0].setup, profile.mean_states)
+    assert fit_from_traffic(generations, base, TrafficFitOptions()).calibration.rank_floors == {}  # no novel PR
+    fitted = fit_from_traffic(generations, base, TrafficFitOptions(fit_levels=True))
+    first = fitted.calibration
+    assert first.rank_floors == {} and not [s for s in first.signals if s.family == "rank"]
+    assert "none yet" in fitted.report["rank_floors"]
+    fit_part = by_time(generations, 0.3)[0]
+    for band in first.bands:  # each band's median recorded recurrence, the level of each of its layers
+        recurrence = np.concatenate([g.values(f"{band.name}.recurrence") for g in fit_part])
+        median = float(np.median(recurrence[np.isfinite(recurrence)]))
+        assert [first.recurrence_levels[layer] for layer in band.layers] == [median] * len(band.layers)
+    assert tuple(sorted(first.recurrence_levels)) == captured_layers(first.bands)
+
+    # Served with the first fit, the extractor computes the novel PR; that recording fitted on it gives floors.
+    _record_states(tmp_path / "second", first, 40, seed=3)
+    recorded, _ = read_recording(tmp_path / "second")
+    assert all(np.isfinite(g.values(f"{band.name}.pr_novel")).any() for g in recorded for band in first.bands)
+    second = fit_from_traffic(recorded, first, TrafficFitOptions()).calibration
+    assert set(second.rank_floors) == {"early", "middle", "late"}
+    assert all(4.0 < floor < 16.0 for floor in second.rank_floors.values())  # novel PR of 16-wide random states
+    assert [s.name for s in second.signals if s.family == "rank"] == [
+        f"{band}.rank_margin" for band in second.rank_floors
+    ]
+    assert second.recurrence_levels == first.recurrence_levels
+
+    # The levels take a restart (a reload into the uncalibrated gateway is refused); the floors then a SIGHUP.
+    paths = {name: tmp_path / f"{name}.json" for name in ("first", "second")}
+    for name, calibration in (("first", first), ("second", second)):
+        paths[name].write_text(calibration.to_json())
+    unconfigured = ServingContext(Settings(), ScriptedBackend([4]), recorded_under, 0, Drain())
+    assert not CalibrationReloader(unconfigured, paths["first"]).reload("SIGHUP")
+    restarted = ServingContext(Settings(), ScriptedBackend([4]), load_calibration(paths["first"]), 0, Drain())
+    assert CalibrationReloader(restarted, paths["second"]).reload("SIGHUP")
+    assert restarted.calibration.rank_floors == second.rank_floors
