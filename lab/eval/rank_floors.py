@@ -7,7 +7,10 @@ prompt (its greedy and sampled answers) sits in the same fold, floors are fitted
 chosen pair is the one whose cross-validated false-alarm rate comes closest to the target without passing
 it (the most sensitive floors that hold the target), the smaller persistence on a tie. The floors are then
 fitted on the whole tune split and the rate is read once on the test split, which no choice looked at:
-overall with a Wilson interval, per traffic type and per generation length.
+overall with a Wilson interval, per traffic type and per generation length, per generation and per 1,000
+tokens. A rule that judges every window alike fires more often on longer generations at the same rate per
+token; whether long generations fire for their length or for their content is read by judging them on their
+first :data:`HEAD_TOKENS` tokens only (``long_head``).
 """
 
 import zlib
@@ -16,10 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lab.eval.rank_corpus import CorpusTracks, band_lows
+from lab.eval.rank_corpus import CorpusTracks, band_lows, novel_pr_lows
 from monitors.rank_exhaustion import fit_rank_floors
 
 __all__ = [
+    "HEAD_TOKENS",
     "LENGTH_EDGES",
     "HealthyGeneration",
     "choose",
@@ -32,17 +36,20 @@ __all__ = [
 ]
 
 LENGTH_EDGES = (64, 128, 256)  # generation-length buckets (tokens): <64, 64-127, 128-255, >=256
+HEAD_TOKENS = LENGTH_EDGES[-1]  # long generations are also judged on this many first tokens
 
 
 @dataclass(frozen=True)
 class HealthyGeneration:
     """One healthy generation: its prompt (the cross-validation group), traffic type, length in tokens, and
-    per persistence the per-band lows of its tracked novel PR (:func:`lab.eval.rank_corpus.band_lows`)."""
+    per persistence the per-band lows of its tracked novel PR (:func:`lab.eval.rank_corpus.band_lows`), over
+    the whole generation and over its first :data:`HEAD_TOKENS` tokens."""
 
     prompt: str
     traffic: str
     tokens: int
     lows: Mapping[int, Mapping[str, float]]
+    head_lows: Mapping[int, Mapping[str, float]]
 
 
 def healthy_generations(
@@ -55,6 +62,7 @@ def healthy_generations(
             t.item.kind,
             len(t.item.output_ids),
             {p: band_lows(t, bands, span, p) for p in persistences},
+            {p: novel_pr_lows({k: v[:HEAD_TOKENS] for k, v in t.values.items()}, bands, span, p) for p in persistences},
         )
         for t in tracks
         if t.healthy
@@ -129,23 +137,36 @@ def length_bucket(tokens: int) -> str:
 
 
 def held_out(generations: Sequence[HealthyGeneration], floors: Mapping[str, float], persistence: int) -> dict:
-    """False-alarm rate of ``floors`` on ``generations``: overall with a Wilson interval, per traffic type and
-    per length bucket."""
+    """False-alarm rate of ``floors`` on ``generations``: overall, per traffic type and per length bucket, per
+    generation (Wilson interval) and per 1,000 tokens (Wilson interval over tokens: a generation alarms at most
+    once); and how many generations of :data:`HEAD_TOKENS` tokens or more fire within their first ones."""
 
     def rate(group: Sequence[HealthyGeneration]) -> dict:
         fired = sum(fires(g.lows[persistence], floors) for g in group)
+        tokens = sum(g.tokens for g in group)
         low, high = wilson(fired, len(group))
+        per_token = wilson(fired, tokens)
         return {
             "generations": len(group),
             "fired": fired,
             "rate": fired / len(group) if group else float("nan"),
             "ci95": [low, high],
+            "tokens": tokens,
+            "per_1k_tokens": 1000 * fired / tokens if tokens else float("nan"),
+            "per_1k_tokens_ci95": [1000 * per_token[0], 1000 * per_token[1]],
         }
 
     by_traffic = sorted({g.traffic for g in generations})
     by_length = sorted({length_bucket(g.tokens) for g in generations}, key=lambda b: int(b.strip(">=").split("-")[0]))
+    long = [g for g in generations if g.tokens >= HEAD_TOKENS]
     return {
         "all": rate(generations),
         "traffic": {t: rate([g for g in generations if g.traffic == t]) for t in by_traffic},
         "length": {b: rate([g for g in generations if length_bucket(g.tokens) == b]) for b in by_length},
+        "long_head": {
+            "head_tokens": HEAD_TOKENS,
+            "generations": len(long),
+            "fired": sum(fires(g.lows[persistence], floors) for g in long),
+            "fired_in_head": sum(fires(g.head_lows[persistence], floors) for g in long),
+        },
     }

@@ -13,8 +13,12 @@ from lab.eval.rank_floors import (
 )
 
 
-def _generation(prompt: str, low: float, traffic: str = "chat", tokens: int = 100) -> HealthyGeneration:
-    return HealthyGeneration(prompt, traffic, tokens, {4: {"late": low}})
+def _generation(
+    prompt: str, low: float, traffic: str = "chat", tokens: int = 100, head_low: float | None = None
+) -> HealthyGeneration:
+    return HealthyGeneration(
+        prompt, traffic, tokens, {4: {"late": low}}, {4: {"late": low if head_low is None else head_low}}
+    )
 
 
 def test_a_prompts_generations_are_held_out_together():
@@ -60,6 +64,22 @@ def test_held_out_splits_by_traffic_and_length():
     assert list(report["length"]) == ["0-63", "128-255", ">=256"]
     assert report["length"]["0-63"]["fired"] == 1
     assert report["length"][">=256"]["generations"] == 2
+
+
+def test_held_out_counts_alarms_per_1k_tokens_and_long_generations_judged_on_their_head():
+    generations = [
+        _generation("a", 1.0, "code", 100),
+        _generation("b", 9.0, "code", 100),
+        _generation("c", 1.0, "human_docs", 800, head_low=9.0),  # dips only after its first 256 tokens
+        _generation("d", 1.0, "human_docs", 1000, head_low=2.0),
+    ]
+    report = held_out(generations, {"late": 5.0}, 4)
+    assert report["all"]["tokens"] == 2000 and report["all"]["per_1k_tokens"] == 1.5
+    low, high = report["all"]["per_1k_tokens_ci95"]
+    assert low < 1.5 < high < 5.0
+    assert report["length"]["64-127"]["per_1k_tokens"] == 5.0
+    assert report["length"][">=256"]["per_1k_tokens"] == pytest.approx(2000 / 1800)  # 2 alarms in 1,800 tokens
+    assert report["long_head"] == {"head_tokens": 256, "generations": 2, "fired": 2, "fired_in_head": 1}
 
 
 def test_length_buckets():
