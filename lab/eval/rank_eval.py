@@ -11,7 +11,9 @@ and drive it with stressors on the embedded model and Gemma 3 270M.
    that :func:`monitors.calibration.load_calibration` merges.
 2. Stressors (:mod:`lab.eval.rank_stress`), per model: the novel PR's margin to the floor per band and the
    scored task's accuracy per level, with 95 % intervals. Gemma has no corpus: its levels and floors are
-   fitted on its own unstressed answers (no constraints, greedy, float32).
+   those of a calibration named with ``--rank-calibration gemma-3-270m=FILE`` (fitted from its recorded
+   traffic, ``calibrate --from-traffic``), else fitted on its own unstressed answers (no constraints, greedy,
+   float32).
 
 Generated answers and states are cached per stressor and level under ``~/.cache/sinkwatch/eval/rank/``
 (never committed).
@@ -72,6 +74,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch threads (more thrash on a shared CPU)")
     parser.add_argument("--models", default=f"{DEFAULT_MODEL},{GEMMA}", help="models the stressors run on")
+    parser.add_argument(
+        "--rank-calibration",
+        action="append",
+        default=[],
+        metavar="MODEL=FILE",
+        help="recurrence levels and rank floors of a model without a corpus, from this calibration (repeatable)",
+    )
     parser.add_argument("--overlay", type=Path, default=None, help="where to write the rank calibration overlay")
     parser.add_argument("--results", type=Path, default=Path("docs/evaluation/rank.json"))
     parser.add_argument("--figures", type=Path, default=Path("docs/figures"))
@@ -152,7 +161,9 @@ def _plain_lows(track, bands: Sequence[str], span: int, persistence: int) -> dic
     return band_lows(renamed, bands, span, persistence)
 
 
-def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floors: dict | None) -> dict:
+def stress_study(
+    args: argparse.Namespace, model: str, levels: dict | None, floors: dict | None, source: str | None = None
+) -> dict:
     """Stressors on one model: per stressor and level, each band's median margin (with a bootstrap interval)
     and share below the floor, and accuracy (with a Wilson interval) or, for context, next-token loss."""
     cache = cache_root() / "eval" / "rank" / f"{served_name(model)}-m{args.max_tokens}-k{args.per_task}"
@@ -200,6 +211,7 @@ def stress_study(args: argparse.Namespace, model: str, levels: dict | None, floo
         "bands": {b.name: list(b.layers) for b in bands},
         "levels": levels,
         "floors": floors,
+        "floors_from": source or "the model's own unstressed answers",
         "context_tokens": length,
         "rows": rows,
     }
@@ -241,17 +253,22 @@ def run(args: argparse.Namespace) -> dict:
         )
     )
     result = {"corpus": {k: v for k, v in corpus.items() if k != "tracks"}, "stress": []}
+    named = dict(entry.split("=", 1) for entry in args.rank_calibration)
     for model in filter(None, args.models.split(",")):
-        own = model == args.model
-        result["stress"].append(
-            stress_study(args, model, corpus["levels"] if own else None, corpus["floors"] if own else None)
-        )
+        levels, floors, source = None, None, None
+        if model == args.model:
+            levels, floors, source = corpus["levels"], corpus["floors"], f"the corpus {args.corpus}"
+        elif model in named:
+            other = load_calibration(Path(named[model]))
+            levels, floors, source = other.recurrence_levels, other.rank_floors, named[model]
+        result["stress"].append(stress_study(args, model, levels, floors, source))
         print(f"stressors done on {model}", flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=1, default=str))
-    from lab.eval.rank_plots import plot_corpus, plot_stress
+    from lab.eval.rank_plots import plot_corpus, plot_lengths, plot_stress
 
     plot_corpus(corpus["tracks"], corpus["floors"], calibration.bands, args.figures)
+    plot_lengths(corpus["held_out"], args.figures)
     for study in result["stress"]:
         plot_stress(study, args.figures)
     print(json.dumps(result["corpus"], indent=1, default=str))

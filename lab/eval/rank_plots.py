@@ -8,7 +8,7 @@ import numpy as np
 from lab.eval.rank_corpus import CorpusTracks
 from monitors.bands import LayerBand
 
-__all__ = ["plot_corpus", "plot_stress"]
+__all__ = ["plot_corpus", "plot_lengths", "plot_stress"]
 
 _STRESSORS = (
     ("constraints", "system-prompt constraints", "accuracy"),
@@ -39,6 +39,35 @@ def plot_corpus(tracks: Sequence[CorpusTracks], floors: dict, bands: Sequence[La
         axis.set_ylabel("lowest novel PR (all-recurrent windows: 0)")
     axes[0][0].legend(fontsize=7)
     save(fig, folder / "rank_novel_vs_plain.png")
+
+
+def plot_lengths(report: dict, folder: Path) -> None:
+    """Held-out false alarms per length bucket (a ``held_out`` report): per generation and per 1,000 tokens,
+    each with its 95 % interval and the number of generations under its bar."""
+    from lab.plotting import pyplot, save
+
+    plt = pyplot()
+    buckets = list(report["length"])
+    rows = [report["length"][b] for b in buckets]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for axis, (key, interval, label) in zip(
+        axes,
+        (
+            ("rate", "ci95", "share of generations that fire"),
+            ("per_1k_tokens", "per_1k_tokens_ci95", "per 1,000 tokens"),
+        ),
+        strict=True,
+    ):
+        values = np.array([r[key] for r in rows])
+        bounds = np.array([r[interval] for r in rows], dtype=float)
+        axis.bar(buckets, values, color="tab:blue", alpha=0.7)
+        axis.errorbar(buckets, values, yerr=[values - bounds[:, 0], bounds[:, 1] - values], fmt="none", color="black")
+        for x, r in enumerate(rows):
+            axis.annotate(f"{r['fired']}/{r['generations']}", (x, 0), ha="center", va="bottom", fontsize=8)
+        axis.set_xlabel("generation length (tokens)")
+        axis.set_ylabel(f"held-out false alarms, {label}")
+    fig.suptitle("rank floors on held-out healthy traffic, by length (95 % Wilson intervals)")
+    save(fig, folder / "rank_by_length.png")
 
 
 def _low(values: np.ndarray) -> float:
