@@ -13,6 +13,7 @@ from monitors.detector import StabilityDetector
 from monitors.features import FeatureExtractor
 from monitors.rank_exhaustion import (
     MIN_NOVEL_STATES,
+    band_recurrence_levels,
     fit_rank_floors,
     fit_recurrence_levels,
     novel_participation_ratios,
@@ -163,3 +164,9 @@ def test_the_detector_says_rank_exhaustion_on_a_low_rank_trajectory_and_not_on_a
     assert _verdicts(calibration, _loop(64))[-1].level is VerdictLevel.OK
     assert _verdicts(calibration, _healthy(64))[-1].level is VerdictLevel.OK
     assert low[-1].token_index >= calibration.window - 1 + 3  # needs a full window, then 4 tokens below
+
+
+def test_band_recurrence_levels_give_each_layer_its_bands_quantile():
+    recurrence = {"early": np.array([0.2, 0.4, 0.6, 0.8]), "late": np.array([0.9, 0.95, 1.0]), "middle": np.array([])}
+    levels = band_recurrence_levels(recurrence, {"early": (3, 4), "middle": (8, 10), "late": (14, 16)}, 0.5)
+    assert levels == {3: pytest.approx(0.5), 4: pytest.approx(0.5), 14: 0.95, 16: 0.95}  # no values: no level
