@@ -34,6 +34,9 @@ def register() -> None:
         return
     # The tap knows the V1 model runner; vLLM picks V2 by default on some GPUs unless told otherwise.
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    from monitors.vllm_plugin.aux_models import register_aux_models
+
+    register_aux_models()
     after_import(RUNNER_MODULE, lambda module: wrap_runner(module.GPUModelRunner, settings))
 
 
