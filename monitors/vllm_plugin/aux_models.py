@@ -99,7 +99,6 @@ def __getattr__(name: str) -> type:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-
 def register_aux_models() -> None:
     """Serve every listed architecture as its subclass with auxiliary outputs (imported lazily by vLLM)."""
     from vllm import ModelRegistry

@@ -8,15 +8,14 @@ compilation.
   same tokens.
 - The whole path on one vLLM server: the gateway (``--backend vllm``) records under ``observe`` while the model is
   uncalibrated, ``sinkwatch calibrate --from-traffic`` fits on that recording, the plugin takes the file
-  (``SINKWATCH_CALIBRATION`` awaited) and the gateway on SIGHUP, and a forced loop is then judged ``sink`` and
-  cut under ``block``.
+  (``SINKWATCH_CALIBRATION`` awaited, no restart of vLLM), a gateway started on it judges a forced loop
+  ``sink`` and cuts it under ``block``.
 
 Markers ``vllm`` and ``gemma`` (``make test-vllm-gemma``); minutes: each part starts vLLM once.
 """
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -52,7 +51,7 @@ def test_vllm_captures_the_embedded_engines_states_for_the_same_greedy_tokens(tm
     assert done.returncode == 0, done.stderr[-4000:]
     vllm = np.load(out)
     assert str(vllm["model_class"]) == "monitors.vllm_plugin.aux_models:Gemma3ForCausalLM"
-    assert str(vllm["compilation_mode"]) != "CompilationMode.NONE"  # vLLM's default: the graph is compiled
+    assert str(vllm["compilation_mode"]) in ("DYNAMO_TRACE_ONCE", "VLLM_COMPILE")  # compiled, as vLLM defaults to
 
     loaded = load_model(provision(GEMMA), GEMMA)
     prompt, tokens, layers = list(vllm["prompt_ids"]), list(vllm["token_ids"]), list(vllm["layers"])
@@ -72,10 +71,9 @@ def test_vllm_captures_the_embedded_engines_states_for_the_same_greedy_tokens(tm
 
 
 @pytest.fixture(scope="module")
-def gemma_on_vllm(tmp_path_factory) -> Iterator[tuple[VLLMServer, ServedGateway, Path, Path]]:
-    """vLLM serving Gemma with the plugin awaiting its calibration file, and a gateway in front recording."""
+def gemma_on_vllm(tmp_path_factory) -> Iterator[tuple[VLLMServer, Path]]:
+    """vLLM serving Gemma with the plugin awaiting its calibration file (in the folder given)."""
     directory = tmp_path_factory.mktemp("gemma-vllm")
-    calibration, recording = directory / "gemma.json", directory / "recording"
     server = VLLMServer(
         model_dir=provision(GEMMA),
         served_name=GEMMA,
@@ -83,23 +81,18 @@ def gemma_on_vllm(tmp_path_factory) -> Iterator[tuple[VLLMServer, ServedGateway,
         dtype="float32",
         max_model_len=512,
         kv_cache_gib=1,
-        env={"SINKWATCH_CALIBRATION": str(calibration), "SINKWATCH_AWAIT_CALIBRATION": "1"},
+        env={"SINKWATCH_CALIBRATION": str(directory / "gemma.json"), "SINKWATCH_AWAIT_CALIBRATION": "1"},
     )
-    flags = ["--backend", "vllm", "--policy", "observe", "--record-dir", str(recording)]
     with server:
-        gateway = ServedGateway(
-            directory / "serve.log",
-            *flags,
-            "--upstreams",
-            server.url,
-            "--calibration",
-            str(calibration),
-            "--await-calibration",
-        )
-        try:
-            yield server, gateway, calibration, recording
-        finally:
-            gateway.stop()
+        yield server, directory
+
+
+def _gateway(server: VLLMServer, directory: Path, log: str) -> ServedGateway:
+    """``sinkwatch serve --backend vllm`` recording under ``observe``; the served name makes it expect the
+    upstream's model, uncalibrated, until the calibration file exists."""
+    flags = ["--backend", "vllm", "--upstreams", server.url, "--served-model-name", GEMMA, "--policy", "observe"]
+    calibration = ["--calibration", str(directory / "gemma.json"), "--await-calibration"]
+    return ServedGateway(directory / log, *flags, "--record-dir", str(directory / "recording"), *calibration)
 
 
 def _complete(gateway: ServedGateway, policy: str, **body) -> openai.types.Completion:
@@ -107,35 +100,42 @@ def _complete(gateway: ServedGateway, policy: str, **body) -> openai.types.Compl
 
 
 def test_gemma_on_vllm_is_recorded_uncalibrated_calibrated_from_its_traffic_and_judged(gemma_on_vllm):
-    server, gateway, calibration, recording = gemma_on_vllm
+    server, directory = gemma_on_vllm
+    calibration, recording = directory / "gemma.json", directory / "recording"
     log = server.log_path.read_text(errors="replace")
     assert "sinkwatch: monitoring decoder layers (3, 4, 8, 10, 14, 16)" in log and "not written yet" in log
 
-    for number, prompt in enumerate(CALM):
-        _complete(gateway, "observe", prompt=prompt, max_tokens=48, temperature=0)
-        _complete(gateway, "observe", prompt=prompt, max_tokens=48, temperature=0.8, seed=number)
-    before = _complete(gateway, "annotate", **LOOP).model_extra["stability"]
-    assert before["verdict"] == "uncalibrated" and before["tokens_monitored"] == 64  # raw signals, no judgement
-    _complete(gateway, "observe", **LOOP)
-    wait_for(lambda: gateway.recorded() == 2 * len(CALM) + 1, timeout=60)
-    assert metric(gateway.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
+    recorder = _gateway(server, directory, "record.log")
+    try:
+        for number, prompt in enumerate(CALM):
+            _complete(recorder, "observe", prompt=prompt, max_tokens=48, temperature=0)
+            _complete(recorder, "observe", prompt=prompt, max_tokens=48, temperature=0.8, seed=number)
+        before = _complete(recorder, "annotate", **LOOP).model_extra["stability"]
+        assert before["verdict"] == "uncalibrated" and before["tokens_monitored"] == 64  # raw signals only
+        _complete(recorder, "observe", **LOOP)
+        wait_for(lambda: recorder.recorded() == 2 * len(CALM) + 1, timeout=60)
+        assert metric(recorder.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
+    finally:
+        recorder.stop()
 
     command = [sys.executable, "-m", "gateway.cli", "calibrate", "--from-traffic", str(recording)]
     done = subprocess.run([*command, "-o", str(calibration), "--held-out", "0.2"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert [value for _, value in samples(gateway.base_url, "sinkwatch_model_calibrated")] == [0]
     fitted = json.loads(calibration.read_text())
     assert fitted["notes"]["recorded_under"] == f"{GEMMA}@uncalibrated"
-    assert fitted["bands"] == {"early": [3, 4], "middle": [8, 10], "late": [14, 16]}
-
+    assert fitted["bands"] == {"early": [3, 4], "middle": [8, 10], "late": [14, 16]}  # the plugin's
     wait_for(lambda: "in force for new requests" in server.log_path.read_text(errors="replace"), timeout=30)
-    os.kill(gateway.process.pid, signal.SIGHUP)
-    wait_for(lambda: "in force" in gateway.log.read_text(), timeout=30, poll=0.2)
-    assert [value for _, value in samples(gateway.base_url, "sinkwatch_model_calibrated")] == [1]
-    looped = _complete(gateway, "annotate", **LOOP)
-    stability = looped.model_extra["stability"]
-    assert stability["verdict"] == "sink" and stability["calibration"] == f"{GEMMA}@{fitted['created']}"
-    blocked = _complete(gateway, "block", **LOOP)
-    assert blocked.choices[0].finish_reason == "content_filter"
-    assert len(blocked.choices[0].text) < len(looped.choices[0].text)
-    assert metric(gateway.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
+
+    # The fitted calibration has the plugin's reference, not the uncalibrated gateway's: a restart takes it.
+    judge = _gateway(server, directory, "judge.log")
+    try:
+        assert [value for _, value in samples(judge.base_url, "sinkwatch_model_calibrated")] == [1]
+        looped = _complete(judge, "annotate", **LOOP)
+        stability = looped.model_extra["stability"]
+        assert stability["verdict"] == "sink" and stability["calibration"] == f"{GEMMA}@{fitted['created']}"
+        blocked = _complete(judge, "block", **LOOP)
+        assert blocked.choices[0].finish_reason == "content_filter"
+        assert len(blocked.choices[0].text) < len(looped.choices[0].text)
+        assert metric(judge.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
+    finally:
+        judge.stop()

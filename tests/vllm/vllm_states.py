@@ -31,7 +31,7 @@ def _record_then_sample(sample_tokens: Any) -> Any:
             model = self.get_model()
             served["model_class"] = f"{type(model).__module__}:{type(model).__qualname__}"
             served["layers"] = [slot - 1 for slot in model.model.aux_hidden_state_layers]
-            served["compilation_mode"] = str(self.vllm_config.compilation_config.mode)
+            served["compilation_mode"] = self.vllm_config.compilation_config.mode.name
         return sample_tokens(self, grammar_output)
 
     return wrapped
