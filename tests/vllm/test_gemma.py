@@ -65,7 +65,7 @@ def test_vllm_captures_the_embedded_engines_states_for_the_same_greedy_tokens(tm
     assert states.shape == embedded.shape
     cosine = (states * embedded).sum(-1) / (np.linalg.norm(states, axis=-1) * np.linalg.norm(embedded, axis=-1))
     norm_ratio = np.linalg.norm(states, axis=-1) / np.linalg.norm(embedded, axis=-1)
-    print(f"layers {layers}: min cosine per layer {cosine.min(0).round(6).tolist()}")
+    print(f"layers {[int(layer) for layer in layers]}: min cosine per layer {cosine.min(0).round(8).tolist()}")
     assert cosine.min() >= MIN_COSINE, cosine.min(0)
     assert np.abs(norm_ratio - 1).max() <= MAX_NORM_RATIO_ERROR
 
