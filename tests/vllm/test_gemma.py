@@ -8,14 +8,15 @@ compilation.
   same tokens.
 - The whole path on one vLLM server: the gateway (``--backend vllm``) records under ``observe`` while the model is
   uncalibrated, ``sinkwatch calibrate --from-traffic`` fits on that recording, the plugin takes the file
-  (``SINKWATCH_CALIBRATION`` awaited, no restart of vLLM), a gateway started on it judges a forced loop
-  ``sink`` and cuts it under ``block``.
+  (``SINKWATCH_CALIBRATION`` awaited, no restart of vLLM), the same gateway takes it on SIGHUP and judges a
+  forced loop ``sink`` and cuts it under ``block``.
 
 Markers ``vllm`` and ``gemma`` (``make test-vllm-gemma``); minutes: each part starts vLLM once.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -105,37 +106,34 @@ def test_gemma_on_vllm_is_recorded_uncalibrated_calibrated_from_its_traffic_and_
     log = server.log_path.read_text(errors="replace")
     assert "sinkwatch: monitoring decoder layers (3, 4, 8, 10, 14, 16)" in log and "not written yet" in log
 
-    recorder = _gateway(server, directory, "record.log")
+    gateway = _gateway(server, directory, "gateway.log")
     try:
         for number, prompt in enumerate(CALM):
-            _complete(recorder, "observe", prompt=prompt, max_tokens=48, temperature=0)
-            _complete(recorder, "observe", prompt=prompt, max_tokens=48, temperature=0.8, seed=number)
-        before = _complete(recorder, "annotate", **LOOP).model_extra["stability"]
+            _complete(gateway, "observe", prompt=prompt, max_tokens=48, temperature=0)
+            _complete(gateway, "observe", prompt=prompt, max_tokens=48, temperature=0.8, seed=number)
+        before = _complete(gateway, "annotate", **LOOP).model_extra["stability"]
         assert before["verdict"] == "uncalibrated" and before["tokens_monitored"] == 64  # raw signals only
-        _complete(recorder, "observe", **LOOP)
-        wait_for(lambda: recorder.recorded() == 2 * len(CALM) + 1, timeout=60)
-        assert metric(recorder.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
-    finally:
-        recorder.stop()
+        _complete(gateway, "observe", **LOOP)
+        wait_for(lambda: gateway.recorded() == 2 * len(CALM) + 1, timeout=60)
+        assert metric(gateway.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
 
-    command = [sys.executable, "-m", "gateway.cli", "calibrate", "--from-traffic", str(recording)]
-    done = subprocess.run([*command, "-o", str(calibration), "--held-out", "0.2"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    fitted = json.loads(calibration.read_text())
-    assert fitted["notes"]["recorded_under"] == f"{GEMMA}@uncalibrated"
-    assert fitted["bands"] == {"early": [3, 4], "middle": [8, 10], "late": [14, 16]}  # the plugin's
-    wait_for(lambda: "in force for new requests" in server.log_path.read_text(errors="replace"), timeout=30)
+        command = [sys.executable, "-m", "gateway.cli", "calibrate", "--from-traffic", str(recording)]
+        done = subprocess.run([*command, "-o", str(calibration), "--held-out", "0.2"], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        fitted = json.loads(calibration.read_text())
+        assert fitted["notes"]["recorded_under"] == f"{GEMMA}@uncalibrated"
+        assert fitted["bands"] == {"early": [3, 4], "middle": [8, 10], "late": [14, 16]}  # the plugin's
+        wait_for(lambda: "in force for new requests" in server.log_path.read_text(errors="replace"), timeout=30)
 
-    # The fitted calibration has the plugin's reference, not the uncalibrated gateway's: a restart takes it.
-    judge = _gateway(server, directory, "judge.log")
-    try:
-        assert [value for _, value in samples(judge.base_url, "sinkwatch_model_calibrated")] == [1]
-        looped = _complete(judge, "annotate", **LOOP)
+        # Neither vLLM nor the gateway restarts: the plugin took the file itself, the gateway takes it on SIGHUP.
+        gateway.process.send_signal(signal.SIGHUP)
+        wait_for(lambda: [value for _, value in samples(gateway.base_url, "sinkwatch_model_calibrated")] == [1])
+        looped = _complete(gateway, "annotate", **LOOP)
         stability = looped.model_extra["stability"]
         assert stability["verdict"] == "sink" and stability["calibration"] == f"{GEMMA}@{fitted['created']}"
-        blocked = _complete(judge, "block", **LOOP)
+        blocked = _complete(gateway, "block", **LOOP)
         assert blocked.choices[0].finish_reason == "content_filter"
         assert len(blocked.choices[0].text) < len(looped.choices[0].text)
-        assert metric(judge.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
+        assert metric(gateway.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
     finally:
-        judge.stop()
+        gateway.stop()
