@@ -14,6 +14,8 @@ import numpy as np
 __all__ = [
     "MAX_PERIOD",
     "PERIODICITY_WINDOW",
+    "PERIOD_JITTER",
+    "ROLLBACK_PERIOD",
     "PeriodicityTracker",
     "RepetitionTracker",
     "periodicity_trajectory",
@@ -22,6 +24,11 @@ __all__ = [
 
 PERIODICITY_WINDOW = 16
 MAX_PERIOD = 64
+# The longest period whose loop is rolled back to its second occurrence; a longer loop is rolled back to its
+# third, so that the hold-back covering a rollback stays this many tokens long whatever period is detected.
+ROLLBACK_PERIOD = 64
+# How far (tokens) a loop's period may change from one occurrence to the next (a paraphrase adds a word).
+PERIOD_JITTER = 0
 # Mismatches in a row that end a periodic run (a near loop changes a token or two per period: a counter).
 RUN_BREAK = 3
 
@@ -30,39 +37,61 @@ class PeriodicityTracker:
     """Share of the last ``window`` tokens equal to the tokens one and two periods earlier, at the best period.
 
     For every lag ``p`` up to ``max_period`` it counts, over the last ``window`` tokens, the positions
-    where ``x[t] == x[t - p] == x[t - 2p]``; the value is the largest count divided by ``window``. A loop
-    is a stretch that recurs contiguously, so from its third occurrence on it drives the value to 1 within
-    ``window`` tokens, whatever the period (a near loop, such as a counter with the same text around it,
-    stays close to 1). Healthy text that repeats itself does so differently: structure repeats only its
-    scaffolding (code lines, bullets, table rows: the same punctuation around new content), and a phrase,
-    URL or formula used again occurs twice, not three times in a row. It also tracks where the current
-    loop began repeating (the start of its second occurrence: a rescue keeps the first), at the best
-    period (``stretch_start``) and at the earliest of all periods under way (``earliest_stretch_start``: the
-    best period can change as a loop builds up, and a hold-back must not release what any of them could
-    roll back).
+    where ``x[t] == x[t - p] == x[t - p - q]`` for some ``q`` within ``jitter`` of ``p`` (``jitter`` 0:
+    ``x[t - 2p]``); the value is the largest count divided by ``window``. A loop is a stretch that recurs
+    contiguously, so from its third occurrence on it drives the value to 1 within ``window`` tokens,
+    whatever the period (a near loop, such as a counter with the same text around it, stays close to 1).
+    Healthy text that repeats itself does so differently: structure repeats only its scaffolding (code
+    lines, bullets, table rows: the same punctuation around new content), and a phrase, URL or formula
+    used again occurs twice, not three times in a row. It also tracks where the current loop began
+    repeating, at the best period (``stretch_start``) and at the earliest of all periods under way
+    (``earliest_stretch_start``: the best period can change as a loop builds up, and a hold-back must not
+    release what any of them could roll back). That is the start of the loop's second occurrence (a rescue
+    keeps the first) for periods up to ``rollback_period``, and the start of its third for longer ones: a
+    rollback point at most ``rollback_period`` tokens before the run is seen.
     """
 
-    def __init__(self, window: int = PERIODICITY_WINDOW, max_period: int = MAX_PERIOD) -> None:
+    def __init__(
+        self,
+        window: int = PERIODICITY_WINDOW,
+        max_period: int = MAX_PERIOD,
+        jitter: int = PERIOD_JITTER,
+        rollback_period: int = ROLLBACK_PERIOD,
+    ) -> None:
         self.window = window
         self.max_period = max_period
-        self._history: deque[int] = deque(maxlen=2 * max_period)
+        self.jitter = jitter
+        self._history: deque[int] = deque(maxlen=2 * max_period + jitter)
         self._matches: deque[np.ndarray] = deque(maxlen=window)
         self._counts = np.zeros(max_period, dtype=np.int64)
         self._misses = np.full(max_period, RUN_BREAK, dtype=np.int64)
         self._run_start = np.full(max_period, -1, dtype=np.int64)
         self._lags = np.arange(1, max_period + 1)
+        # How far before its run each lag's rollback point lies: one period, or none past rollback_period.
+        self._rollback = np.where(self._lags <= rollback_period, self._lags, 0)
         self._index = -1
         self.stretch_start: int | None = None
         self.earliest_stretch_start: int | None = None
 
-    def push(self, token_id: int) -> float:
-        """Add a token; return the best lag's share of recent tokens that repeat two periods back."""
-        self._index += 1
+    def _match(self, token_id: int) -> np.ndarray:
+        """Per lag: does ``token_id`` repeat the token one period back and the one a period (± jitter) before?"""
         previous = np.fromiter(reversed(self._history), dtype=np.int64, count=len(self._history))
         seen = len(previous)
         match = np.zeros(self.max_period, dtype=bool)
-        twice = self._lags[2 * self._lags <= seen]
-        match[: len(twice)] = (previous[twice - 1] == token_id) & (previous[2 * twice - 1] == token_id)
+        lags = self._lags[self._lags <= seen]
+        once = previous[lags - 1] == token_id
+        twice = np.zeros(len(lags), dtype=bool)
+        for shift in range(-self.jitter, self.jitter + 1):
+            back = 2 * lags + shift
+            valid = (back <= seen) & (lags + shift >= 1)
+            twice |= valid & (previous[np.clip(back, 1, seen) - 1] == token_id)
+        match[: len(lags)] = once & twice
+        return match
+
+    def push(self, token_id: int) -> float:
+        """Add a token; return the best lag's share of recent tokens that repeat two periods back."""
+        self._index += 1
+        match = self._match(token_id)
         if len(self._matches) == self.window:
             self._counts -= self._matches[0]
         self._matches.append(match)
@@ -74,16 +103,16 @@ class PeriodicityTracker:
         best = int(np.argmax(self._counts))
         start = int(self._run_start[best])
         # The run starts at the loop's third occurrence; the loop started repeating one period earlier.
-        self.stretch_start = max(start - (best + 1), 0) if self._counts[best] and start >= 0 else None
+        self.stretch_start = max(start - int(self._rollback[best]), 0) if self._counts[best] and start >= 0 else None
         alive = (self._run_start >= 0) & (self._counts > 0)
-        starts = self._run_start[alive] - self._lags[alive]
+        starts = self._run_start[alive] - self._rollback[alive]
         self.earliest_stretch_start = max(int(starts.min()), 0) if len(starts) else None
         return float(self._counts[best]) / self.window
 
 
-def periodicity_trajectory(token_ids: list[int]) -> np.ndarray:
-    """The periodicity signal after every token."""
-    tracker = PeriodicityTracker()
+def periodicity_trajectory(token_ids: list[int], **options: int) -> np.ndarray:
+    """The periodicity signal after every token (``options``: those of :class:`PeriodicityTracker`)."""
+    tracker = PeriodicityTracker(**options)
     return np.array([tracker.push(t) for t in token_ids], dtype=np.float64)
 
 

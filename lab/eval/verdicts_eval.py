@@ -12,7 +12,9 @@ each adds). The risk model is checked for calibration (predicted vs observed) an
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +29,20 @@ from lab.eval.signals import Sampling
 from lab.eval.thresholds import out_of_fold_firing, track
 from monitors.calibration import Calibration
 from monitors.detector import PERIODICITY_SIGNAL
-from monitors.text import text_sink_onset
+from monitors.text import MAX_PERIOD, PERIOD_JITTER, PERIODICITY_WINDOW, ROLLBACK_PERIOD, text_sink_onset
 
-__all__ = ["LENGTH_BUCKETS", "add_arguments", "breakdown", "firing_of", "group_stats", "run", "tables", "traffic_of"]
+__all__ = [
+    "LENGTH_BUCKETS",
+    "add_arguments",
+    "breakdown",
+    "firing_of",
+    "group_stats",
+    "out_of_fold",
+    "restricted",
+    "run",
+    "tables",
+    "traffic_of",
+]
 
 LENGTH_BUCKETS = ((0, 128), (128, 256), (256, 512), (512, 1001))
 BLOCK_AT = (0.2, 0.5, 0.8, 0.95)
@@ -113,7 +126,8 @@ def text_detector_firing(generations: Sequence[Generation]) -> Firing:
     return {g.entry.key: text_sink_onset(g.entry.output_ids) for g in generations}
 
 
-def _restricted(generations: Sequence[Generation], keep: Callable[[str], bool]) -> list[Generation]:
+def restricted(generations: Sequence[Generation], keep: Callable[[str], bool]) -> list[Generation]:
+    """The generations with only the trajectories of the signals ``keep`` accepts."""
     return [Generation(g.entry, g.label, {n: v for n, v in g.trajectories.items() if keep(n)}) for g in generations]
 
 
@@ -158,11 +172,11 @@ def run(args: argparse.Namespace) -> dict:
     options = calibrate.fit_options(args)
 
     def refit(keep: Callable[[str], bool]) -> Calibration:
-        fitted, _ = fit_calibration(calibration.model, calibration.bands, _restricted(tune, keep), reference, options)
+        fitted, _ = fit_calibration(calibration.model, calibration.bands, restricted(tune, keep), reference, options)
         return fitted
 
     def measured(fitted: Calibration, keep: Callable[[str], bool]) -> dict:
-        on_tune, on_test = _restricted(tune, keep), _restricted(test, keep)
+        on_tune, on_test = restricted(tune, keep), restricted(test, keep)
         return {
             "signals": [f"{s.name}/{s.method}" for s in fitted.signals],
             "tune": group_stats(tune, firing_of(fitted, on_tune)),
@@ -202,8 +216,17 @@ def run(args: argparse.Namespace) -> dict:
     print(tables(result))
     print(f"verdicts: wrote {args.results}")
     if args.output:
-        args.output.write_text(calibration.to_json())
+        args.output.write_text(replace(calibration, notes={**calibration.notes, **provenance()}).to_json())
     return result
+
+
+def provenance() -> dict[str, str]:
+    """How a calibration written by this command was made: the command line and the periodicity tracker."""
+    return {
+        "command": " ".join(["sinkwatch", *sys.argv[1:]]),
+        "text.periodicity": f"max_period={MAX_PERIOD} jitter={PERIOD_JITTER} window={PERIODICITY_WINDOW} "
+        f"rollback_period={ROLLBACK_PERIOD}",
+    }
 
 
 def _cell(value: float | int | None) -> str:

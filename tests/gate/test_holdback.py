@@ -6,7 +6,7 @@ import pytest
 
 from gateway.gate.holdback import HoldBack, required_lag, stable_prefix
 from monitors.calibration import load_calibration
-from monitors.text import MAX_PERIOD, PeriodicityTracker
+from monitors.text import MAX_PERIOD, ROLLBACK_PERIOD, PeriodicityTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
 
 
@@ -82,7 +82,7 @@ def test_released_tokens_cannot_be_rolled_back():
 def test_the_automatic_lag_covers_the_slowest_signal_and_a_loop_period():
     shipped = load_calibration("SmolLM2-135M-Instruct")
     slow = replace(shipped, signals=(replace(shipped.signals[0], persistence=99), *shipped.signals[1:]))
-    assert required_lag(replace(shipped, persistence=2, signals=())) == MAX_PERIOD + 1
+    assert required_lag(replace(shipped, persistence=2, signals=())) == ROLLBACK_PERIOD + 1
     assert required_lag(slow) == 99 - 1
 
 
