@@ -6,7 +6,8 @@ from lab.eval.periodicity_eval import Variant, choose
 
 def _result(period: int, alarms: int, caught: int, lead: float | None, speed: int) -> dict:
     stats = {"false_alarms": alarms, "loops_caught": caught, "median_lead_over_text_detector": lead}
-    return {"variant": Variant(period, 0, 16).options(), "tokens_per_second": speed, "selection": {"out_of_fold": stats}}
+    variant = Variant(period, 0, 16).options()
+    return {"variant": variant, "tokens_per_second": speed, "selection": {"out_of_fold": stats}}
 
 
 def test_more_loops_win_only_without_more_false_alarms():
