@@ -23,4 +23,3 @@ def test_ties_go_to_the_earlier_then_the_cheaper_tracker():
     cheaper = _result(192, 1, 30, -13, 3000)
     assert choose([served, later, cheaper], served) is cheaper
     assert choose([served, later], served) is served
-
