@@ -61,7 +61,8 @@ class PeriodicityTracker:
         self.window = window
         self.max_period = max_period
         self.jitter = jitter
-        self._history: deque[int] = deque(maxlen=2 * max_period + jitter)
+        # The last tokens, a ring buffer indexed by token position (as long as the furthest look back).
+        self._history = np.zeros(2 * max_period + jitter, dtype=np.int64)
         self._matches: deque[np.ndarray] = deque(maxlen=window)
         self._counts = np.zeros(max_period, dtype=np.int64)
         self._misses = np.full(max_period, RUN_BREAK, dtype=np.int64)
@@ -75,16 +76,15 @@ class PeriodicityTracker:
 
     def _match(self, token_id: int) -> np.ndarray:
         """Per lag: does ``token_id`` repeat the token one period back and the one a period (± jitter) before?"""
-        previous = np.fromiter(reversed(self._history), dtype=np.int64, count=len(self._history))
-        seen = len(previous)
+        seen = min(self._index, len(self._history))
         match = np.zeros(self.max_period, dtype=bool)
-        lags = self._lags[self._lags <= seen]
-        once = previous[lags - 1] == token_id
+        lags = self._lags[: min(seen, self.max_period)]
+        once = self._history[(self._index - lags) % len(self._history)] == token_id
         twice = np.zeros(len(lags), dtype=bool)
         for shift in range(-self.jitter, self.jitter + 1):
             back = 2 * lags + shift
             valid = (back <= seen) & (lags + shift >= 1)
-            twice |= valid & (previous[np.clip(back, 1, seen) - 1] == token_id)
+            twice |= valid & (self._history[(self._index - back) % len(self._history)] == token_id)
         match[: len(lags)] = once & twice
         return match
 
@@ -96,7 +96,7 @@ class PeriodicityTracker:
             self._counts -= self._matches[0]
         self._matches.append(match)
         self._counts += match
-        self._history.append(token_id)
+        self._history[self._index % len(self._history)] = token_id
         self._misses = np.where(match, 0, self._misses + 1)
         self._run_start = np.where(self._misses >= RUN_BREAK, -1, self._run_start)
         self._run_start = np.where(match & (self._run_start < 0), self._index, self._run_start)
