@@ -23,12 +23,14 @@ __all__ = [
 ]
 
 PERIODICITY_WINDOW = 16
-MAX_PERIOD = 64
+# Paragraph-sized loops of long answers recur with periods of 70-250 tokens; chosen with the jitter on the
+# tune split, out of fold (``sinkwatch eval periodicity``, docs/EVALUATION.md).
+MAX_PERIOD = 128
 # The longest period whose loop is rolled back to its second occurrence; a longer loop is rolled back to its
 # third, so that the hold-back covering a rollback stays this many tokens long whatever period is detected.
 ROLLBACK_PERIOD = 64
 # How far (tokens) a loop's period may change from one occurrence to the next (a paraphrase adds a word).
-PERIOD_JITTER = 0
+PERIOD_JITTER = 2
 # Mismatches in a row that end a periodic run (a near loop changes a token or two per period: a counter).
 RUN_BREAK = 3
 
