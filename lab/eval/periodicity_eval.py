@@ -12,9 +12,7 @@ split is never read.
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,32 +21,13 @@ from lab.eval import calibrate
 from lab.eval.corpus import PRODUCTION_CORPUS
 from lab.eval.dataset import Generation, labelled_entries
 from lab.eval.fit import fit_calibration
+from lab.eval.periodicity_variants import SERVED, Variant, tokens_per_second, with_variant
 from lab.eval.signals import Reference
 from lab.eval.verdicts_eval import group_stats, out_of_fold, restricted
 from monitors.calibration import Calibration
 from monitors.detector import PERIODICITY_SIGNAL
-from monitors.text import MAX_PERIOD, PERIOD_JITTER, PERIODICITY_WINDOW, PeriodicityTracker
 
-__all__ = ["Variant", "add_arguments", "choose", "run", "tokens_per_second"]
-
-
-@dataclass(frozen=True)
-class Variant:
-    """The tracker's options: the longest period it sees, the period change it tolerates, its window."""
-
-    max_period: int
-    jitter: int
-    window: int
-
-    @property
-    def name(self) -> str:
-        return f"max_period={self.max_period} jitter={self.jitter} window={self.window}"
-
-    def options(self) -> dict[str, int]:
-        return {"max_period": self.max_period, "jitter": self.jitter, "window": self.window}
-
-
-SERVED = Variant(MAX_PERIOD, PERIOD_JITTER, PERIODICITY_WINDOW)
+__all__ = ["add_arguments", "choose", "run"]
 
 
 def _ints(text: str) -> list[int]:
@@ -65,31 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", type=Path, default=Path("docs/evaluation/periodicity.json"))
 
 
-def tokens_per_second(variant: Variant, token_ids: Sequence[int]) -> float:
-    """Tokens a tracker of this variant takes per second (one push per decode step, as the detector does)."""
-    tracker = PeriodicityTracker(**variant.options())
-    started = time.perf_counter()
-    for token_id in token_ids:
-        tracker.push(token_id)
-    return len(token_ids) / (time.perf_counter() - started)
-
-
-def _with_variant(tune: Sequence[Generation], variant: Variant) -> list[Generation]:
-    """The generations with this variant's periodicity trajectory in place of the served one's."""
-    out = []
-    for g in tune:
-        tracker = PeriodicityTracker(**variant.options())
-        values = np.array([tracker.push(t) for t in g.entry.output_ids], dtype=np.float64)
-        out.append(Generation(g.entry, g.label, {**g.trajectories, PERIODICITY_SIGNAL: values}))
-    return out
-
-
 def measure(
     variant: Variant, tune: Sequence[Generation], base: Calibration, reference: Reference, args: argparse.Namespace
 ) -> dict:
     """The variant's out-of-fold tune results, for the full selection and for the periodicity signal alone."""
     options = calibrate.fit_options(args)
-    generations = _with_variant(tune, variant)
+    generations = with_variant(tune, variant)
     speed = tokens_per_second(variant, [t for g in tune for t in g.entry.output_ids])
     out: dict = {"variant": variant.options(), "tokens_per_second": round(speed)}
     for name, keep in (("selection", lambda n: True), ("alone", lambda n: n == PERIODICITY_SIGNAL)):

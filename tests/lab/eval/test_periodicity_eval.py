@@ -1,7 +1,8 @@
 """Choosing the periodicity tracker: most loops out of fold, never more out-of-fold false alarms than the
 served one, then the earliest onset, then the cheapest."""
 
-from lab.eval.periodicity_eval import Variant, choose
+from lab.eval.periodicity_eval import choose
+from lab.eval.periodicity_variants import Variant
 
 
 def _result(period: int, alarms: int, caught: int, lead: float | None, speed: int) -> dict:
