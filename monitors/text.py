@@ -70,6 +70,10 @@ class PeriodicityTracker:
         self._misses = np.full(max_period, RUN_BREAK, dtype=np.int64)
         self._run_start = np.full(max_period, -1, dtype=np.int64)
         self._lags = np.arange(1, max_period + 1)
+        # Per period shift (rows) and lag: how far back the occurrence before the previous one lies.
+        shifts = np.arange(-jitter, jitter + 1)[:, None]
+        self._back = 2 * self._lags + shifts
+        self._back_valid = self._lags + shifts >= 1
         # How far before its run each lag's rollback point lies: one period, or none past rollback_period.
         self._rollback = np.where(self._lags <= rollback_period, self._lags, 0)
         self._index = -1
@@ -79,16 +83,10 @@ class PeriodicityTracker:
     def _match(self, token_id: int) -> np.ndarray:
         """Per lag: does ``token_id`` repeat the token one period back and the one a period (± jitter) before?"""
         seen = min(self._index, len(self._history))
-        match = np.zeros(self.max_period, dtype=bool)
-        lags = self._lags[: min(seen, self.max_period)]
-        once = self._history[(self._index - lags) % len(self._history)] == token_id
-        twice = np.zeros(len(lags), dtype=bool)
-        for shift in range(-self.jitter, self.jitter + 1):
-            back = 2 * lags + shift
-            valid = (back <= seen) & (lags + shift >= 1)
-            twice |= valid & (self._history[(self._index - back) % len(self._history)] == token_id)
-        match[: len(lags)] = once & twice
-        return match
+        positions = self._index % len(self._history)
+        once = self._history[(positions - self._lags) % len(self._history)] == token_id
+        twice = self._history[(positions - self._back) % len(self._history)] == token_id
+        return once & (self._lags <= seen) & (twice & self._back_valid & (self._back <= seen)).any(axis=0)
 
     def push(self, token_id: int) -> float:
         """Add a token; return the best lag's share of recent tokens that repeat two periods back."""
