@@ -4,6 +4,7 @@ result is a calibration a gateway that started uncalibrated on the same profile 
 take a second recording, made under recurrence levels fitted on the first."""
 
 import argparse
+import json
 import math
 from dataclasses import replace
 from functools import partial
@@ -23,7 +24,7 @@ from lab.eval.traffic import by_time, read_recording, recorded_uncalibrated
 from lab.eval.traffic_command import run_from_traffic
 from lab.eval.traffic_defaults import VISIBLE_LOOP, default_base
 from lab.eval.traffic_fit import TrafficFitOptions, firing, fit_from_traffic, loop_rule
-from monitors.bands import captured_layers
+from monitors.bands import captured_layers, default_bands
 from monitors.calibration import load_calibration
 from monitors.features import FeatureExtractor
 from monitors.model_profile import derive_profile, uncalibrated
@@ -62,10 +63,12 @@ def _signals(rng: np.random.Generator, looping_from: int | None, recurrence_mean
     return steps
 
 
-def _record(directory: Path, calibration, count: int, loop_every: int, recurrence_mean: float = 0.78) -> None:
+def _record(
+    directory: Path, calibration, count: int, loop_every: int, recurrence_mean: float = 0.78, model: str = MODEL
+) -> None:
     rng = np.random.default_rng(1)
     recorder = TrafficRecorder(directory, 10**9)
-    context = {"model": MODEL, "backend": "embedded", "endpoint": "completions", **calibration_setup(calibration, "")}
+    context = {"model": model, "backend": "embedded", "endpoint": "completions", **calibration_setup(calibration, "")}
     for number in range(count):
         looping_from = 60 if number % loop_every == loop_every - 1 else None
         trace = SignalTrace()
@@ -221,3 +224,28 @@ def test_rank_floors_of_a_model_recorded_uncalibrated_come_from_a_second_recordi
     restarted = ServingContext(Settings(), ScriptedBackend([4]), load_calibration(paths["first"]), 0, Drain())
     assert CalibrationReloader(restarted, paths["second"]).reload("SIGHUP")
     assert restarted.calibration.rank_floors == second.rank_floors
+
+
+def test_a_recording_behind_the_vllm_plugin_that_names_no_bands_is_fitted_on_the_plugins_thirds(tmp_path, profile):
+    # A gateway in front of vLLM cannot see the model's depth: its uncalibrated recording names no bands, and
+    # the plugin computed the features on the thirds of the model's depth, which the model's config gives.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": LAYERS}))
+    gateway_view = replace(uncalibrated(str(model), profile), bands=(), outlier_dims={}, mean_states={})
+    _record(tmp_path / "rec", gateway_view, 60, loop_every=10, model=str(model))
+    args = argparse.Namespace(
+        from_traffic=tmp_path / "rec",
+        output=tmp_path / "out.json",
+        base=None,
+        held_out=0.3,
+        target_fpr=0.05,
+        rank_fpr=0.05,
+        rank_levels=False,
+    )
+    fitted = run_from_traffic(args)
+    assert fitted.bands == default_bands(LAYERS) == profile.bands
+    assert (fitted.outlier_dims, fitted.mean_states) == ({}, {})
+    assert {s.name for s in fitted.signals} == {"text.periodicity"} | {
+        f"{b}.recurrence" for b in ("early", "middle", "late")
+    }
