@@ -36,7 +36,7 @@ from lab.eval.rank_corpus import (
     read_items,
 )
 from lab.eval.rank_floors import choose, cross_validate, fires, healthy_generations, held_out, wilson
-from lab.eval.rank_stress import WINDOW, context_windows, long_text, run_stressors, window_end
+from lab.eval.rank_stress import WINDOW, answer_fires, context_windows, long_text, run_stressors, window_end
 from lab.eval.rank_subjects import GEMMA, load_subject
 from monitors.bands import captured_layers
 from monitors.calibration import Calibration, load_calibration, shipped_calibration_path
@@ -162,10 +162,17 @@ def _plain_lows(track, bands: Sequence[str], span: int, persistence: int) -> dic
 
 
 def stress_study(
-    args: argparse.Namespace, model: str, levels: dict | None, floors: dict | None, source: str | None = None
+    args: argparse.Namespace,
+    model: str,
+    levels: dict | None,
+    floors: dict | None,
+    tracking: tuple[int, int],
+    source: str | None = None,
 ) -> dict:
     """Stressors on one model: per stressor and level, each band's median margin (with a bootstrap interval)
-    and share below the floor, and accuracy (with a Wilson interval) or, for context, next-token loss."""
+    and share below the floor, the share of answers the verdict fires on (the novel PR tracked with
+    ``tracking``: EWMA span, persistence), and accuracy (with a Wilson interval) or, for context, next-token
+    loss."""
     cache = cache_root() / "eval" / "rank" / f"{served_name(model)}-m{args.max_tokens}-k{args.per_task}"
     subject = load_subject(model)
     stress_levels = {
@@ -201,6 +208,9 @@ def stress_study(
                 correct = int(sum(m.correct for m in at))
                 row["accuracy"] = correct / len(at)
                 row["accuracy_ci95"] = wilson(correct, len(at))
+                fired = int(sum(answer_fires(bands, m, levels, floors, tracking) for m in at))
+                row["verdict_fires"] = fired / len(at)
+                row["verdict_fires_ci95"] = wilson(fired, len(at))
             for band in bands:
                 novel = np.array([ends[id(m)][0][band.name] for m in at])
                 plain = np.array([ends[id(m)][1][band.name] for m in at])
@@ -256,12 +266,14 @@ def run(args: argparse.Namespace) -> dict:
     named = dict(entry.split("=", 1) for entry in args.rank_calibration)
     for model in filter(None, args.models.split(",")):
         levels, floors, source = None, None, None
+        tracking = (calibration.ewma_span, corpus["persistence"])
         if model == args.model:
             levels, floors, source = corpus["levels"], corpus["floors"], f"the corpus {args.corpus}"
         elif model in named:
             other = load_calibration(Path(named[model]))
             levels, floors, source = other.recurrence_levels, other.rank_floors, named[model]
-        result["stress"].append(stress_study(args, model, levels, floors, source))
+            tracking = (other.ewma_span, other.persistence)
+        result["stress"].append(stress_study(args, model, levels, floors, tracking, source))
         print(f"stressors done on {model}", flush=True)
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(result, indent=1, default=str))

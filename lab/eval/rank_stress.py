@@ -20,14 +20,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lab.eval.rank_corpus import replay
+from lab.eval.rank_corpus import novel_pr_lows, replay
+from lab.eval.rank_floors import fires
 from lab.eval.rank_subjects import Subject, load_subject
 from lab.eval.rank_tasks import scored_items, stacked_constraints
 from monitors.bands import LayerBand, captured_layers
 from monitors.features import FeatureExtractor
 from monitors.rank_exhaustion import NOVEL_PR
 
-__all__ = ["WINDOW", "Measured", "context_windows", "long_text", "measure_items", "run_stressors", "window_end"]
+__all__ = [
+    "WINDOW",
+    "Measured",
+    "answer_fires",
+    "context_windows",
+    "long_text",
+    "measure_items",
+    "run_stressors",
+    "window_end",
+]
 
 WINDOW = 32
 PLAIN_SYSTEM = "You are a helpful assistant. Answer briefly."
@@ -72,6 +82,19 @@ def window_end(bands: Sequence[LayerBand], measured: Measured, levels: dict) -> 
     novel = {b.name: float(rows.get(f"{b.name}.{NOVEL_PR}", np.full(len(tail), np.nan))[last]) for b in bands}
     plain = {b.name: float(rows.get(f"{b.name}.pr", np.full(len(tail), np.nan))[last]) for b in bands}
     return novel, plain
+
+
+def answer_fires(
+    bands: Sequence[LayerBand], measured: Measured, levels: dict, floors: Mapping[str, float], tracking: tuple[int, int]
+) -> bool:
+    """Whether the verdict fires on a measured answer: any band's novel PR over the answer's tokens, tracked as
+    the detector tracks it (``tracking``: EWMA span, persistence), holds below its floor."""
+    tail = measured.tail
+    extractor = FeatureExtractor(bands, WINDOW, recurrence_levels=levels)
+    rows = replay(tail, np.zeros(len(tail)), measured.ids, extractor, captured_layers(tuple(bands)))
+    answer = slice(WINDOW, None)  # the tail is the last window of prompt states, then the answer's
+    values = {name: column[answer] for name, column in rows.items()}
+    return fires(novel_pr_lows(values, [b.name for b in bands], *tracking), floors)
 
 
 def _int8(subject: Subject) -> Subject:
