@@ -83,8 +83,8 @@ def add_command_arguments(parser: argparse.ArgumentParser) -> None:
     traffic.add_argument(
         "--rank-levels",
         action="store_true",
-        help="fit the recurrence levels from the recording (first step to rank floors for a model recorded without "
-        "them; fits no floors; takes a restart): record again under the result and fit that with --base it",
+        help="fit recurrence levels from the recording and no rank floors (for a model recorded without levels); "
+        "restart with the result, record again, then fit that recording with --base the result for the floors",
     )
 
 
