@@ -63,7 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve nothing: recount --results against the hand labels read since (and redraw the figure)",
     )
-    parser.add_argument("--figures", type=Path, default=Path("docs/figures"), help="with --inducers: the figure")
+    parser.add_argument(
+        "--with",
+        dest="with_results",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="with --rescore: further results files, recounted too and drawn in the same figure",
+    )
+    parser.add_argument("--figures", type=Path, default=Path("docs/figures"), help="where the figure goes")
 
 
 def inducer_conditions(spec: str) -> list[Condition]:
@@ -207,19 +215,22 @@ def _grouped_summaries(measured: dict, run_name: str) -> dict[str, dict]:
 
 
 def rescore(args: argparse.Namespace) -> dict:
-    """The per-inducer and per-traffic-type hand-label counts of an earlier run (``--results``), recounted
-    and written back."""
-    result = json.loads(args.results.read_text())
-    result.update(_grouped_summaries(result, args.results.stem))
-    for group in ("summary_per_inducer", "summary_per_kind"):
-        for name, row in result[group].items():
-            print(f"{name:>32} {row['hand_labels']}")
-    if args.inducers:
-        from lab.eval.verdict_plots import plot_rescue
+    """The per-inducer and per-traffic-type hand-label counts of earlier runs (``--results`` and any
+    ``--with``), recounted and written back, and drawn in one figure."""
+    merged: dict[str, dict] = {"summary_per_inducer": {}, "summary_per_kind": {}}
+    for path in (args.results, *args.with_results):
+        result = json.loads(path.read_text())
+        result.update(_grouped_summaries(result, path.stem))
+        path.write_text(json.dumps(result, indent=1))
+        for group, rows in merged.items():
+            rows.update(result[group])
+    for rows in merged.values():
+        for name, row in rows.items():
+            print(f"{name:>32} {row['cases']:>3} cases {row['hand_labels']}")
+    from lab.eval.verdict_plots import plot_rescue
 
-        result["figure"] = plot_rescue(result["summary_per_inducer"], args.figures)
-    args.results.write_text(json.dumps(result, indent=1))
-    return result
+    merged["figure"] = plot_rescue(merged["summary_per_inducer"], merged["summary_per_kind"], args.figures)
+    return merged
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -248,7 +259,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.inducers:
         from lab.eval.verdict_plots import plot_rescue
 
-        result["figure"] = plot_rescue(by_inducer, args.figures)
+        result["figure"] = plot_rescue(by_inducer, grouped["summary_per_kind"], args.figures)
         for name, row in by_inducer.items():
             print(f"{name:>32} {row['cases']:>3} cases {row.get('success_rate', 0):>5.0%} rescued healthy")
     if args.results:
