@@ -261,7 +261,7 @@ def run(args: argparse.Namespace) -> dict:
 
         result["figure"] = plot_rescue(by_inducer, grouped["summary_per_kind"], args.figures)
         for name, row in by_inducer.items():
-            print(f"{name:>32} {row['cases']:>3} cases {row.get('success_rate', 0):>5.0%} rescued healthy")
+            print(f"{name:>32} {row['cases']:>3} cases {row.get('success_rate', 0):>5.0%} pass the automatic check")
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(result, indent=1))
