@@ -3,9 +3,10 @@
 A strategy takes the next attempt's request as the client sent it (continuation set to the accepted
 text), the token ids of the failed trajectory and the attempt number (1, 2, ...), and returns the
 request to send. ``reseed`` samples again at a raised temperature from a new seed; ``penalize`` adds
-presence and repetition penalties; ``ngram_bias`` biases against the tokens that kept closing repeated
-n-grams; ``combined`` (the default) does all three. ``constrain`` changes no sampling and adds an
-instruction instead: the "parallel" control of ``sinkwatch eval rescue``.
+presence and repetition penalties; ``ngram_bias`` (the default) biases against the tokens that kept closing
+repeated n-grams; ``combined`` does all three (its penalties apply to every token already in the answer,
+punctuation included, and made most rescued answers incoherent: docs/EVALUATION.md). ``constrain`` changes
+no sampling and adds an instruction instead: the "parallel" control of ``sinkwatch eval rescue``.
 
 Before any strategy, :func:`neutralise` takes out whatever in the client's own sampling pushes toward
 repetition (negative frequency or presence penalties, a repetition penalty below 1, a positive logit bias
