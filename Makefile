@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm bench-vllm bench-relay test-load test-hostile test-newest test-gemma
+.PHONY: setup run test lint format bench rules generate vllm-setup test-vllm test-vllm-gemma bench-vllm bench-relay test-load test-hostile test-newest test-gemma
 # From Debian, installed together: Prometheus, promtool, Alertmanager and amtool, which the rule tests and the
 # live observability tests run; nginx, the reference proxy of `sinkwatch bench proxy` and of its test.
 PROMETHEUS_TOOLS := /usr/bin/prometheus /usr/bin/promtool /usr/bin/amtool
@@ -115,7 +115,13 @@ vllm-setup: $(VLLM_INSTALLED) setup
 
 ## test-vllm: integration tests against a real vLLM server with the plugin (slow; see docs/VLLM.md)
 test-vllm: vllm-setup
-	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest -m vllm tests/vllm
+	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest -m "vllm and not gemma" tests/vllm
+
+## test-vllm-gemma: Gemma 3 270M under vLLM with the plugin (auxiliary outputs the plugin adds): captured states
+## against the embedded engine's, then recorded, calibrated from traffic and judged (two vLLM starts, ~6 min)
+test-vllm-gemma: vllm-setup
+	$(BIN)/sinkwatch fetch --model gemma-3-270m
+	SINKWATCH_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(BIN)/pytest -m "vllm and gemma" tests/vllm
 
 ## bench-vllm: vLLM throughput with the plugin off vs on at 1 and 16 streams, as recorded in docs/BENCHMARKS.md
 # (float32: vLLM's CPU build decodes bfloat16 slowly without AVX-512; about 25 minutes on 2 cores)

@@ -56,6 +56,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "rescue": "lab.eval.rescue_eval",
             "label": "lab.eval.labelling",
             "verdicts": "lab.eval.verdicts_eval",
+            "periodicity": "lab.eval.periodicity_eval",
             "rank": "lab.eval.rank_eval",
             "record": "lab.eval.record_traffic",
             "record-completions": "lab.eval.completion_traffic",

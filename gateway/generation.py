@@ -2,13 +2,15 @@
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
+from monitors.calibration import Calibration
 from monitors.features import StepFeatures
 
 __all__ = [
     "Backend",
     "ChatPrompt",
+    "FeaturesUpstream",
     "FinishEvent",
     "FinishReason",
     "GenerationEvent",
@@ -136,3 +138,13 @@ class Backend(Protocol):
     def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream the generation's events: one ``StartEvent`` once the request is accepted, token events,
         then exactly one ``FinishEvent``."""
+
+
+@runtime_checkable
+class FeaturesUpstream(Protocol):
+    """A backend whose features are computed upstream (the vLLM plugin, from its own calibration file): a
+    calibration reloaded while serving is the backend's to take, and the features follow the upstream's own
+    reload, so the gateway's feature setup is not its to keep."""
+
+    def use_calibration(self, calibration: Calibration) -> None:
+        """Expect features computed under ``calibration`` for requests from now on."""

@@ -97,12 +97,15 @@ class StabilityDetector:
         self._fired_level = VerdictLevel.OK
         self._stats = _RunningStats()
         self._prefill_alarm: Reason | None = None
+        self._prefill_risk: float | None = None
         self.verdict = Verdict(VerdictLevel.OK, token_index=-1)
         self.values: dict[str, float] = {}  # the last token's signals, as the thresholds saw them
 
     def note_prefill_risk(self, risk: float) -> None:
-        """Before the first token: a prefill risk at the calibration's alarm level fires the verdict from it."""
+        """Before the first token: a prefill risk at the calibration's alarm level fires the verdict from it,
+        and the verdict's ``risk`` is never below it (see :meth:`_risk`)."""
         probe = self.calibration.prefill_probe
+        self._prefill_risk = risk
         if probe is not None and probe.alarms(risk):
             self._prefill_alarm = Reason(PREFILL_SIGNAL, risk, float(probe.alarm_level), "high", 0)
 
@@ -157,9 +160,19 @@ class StabilityDetector:
             onset_token=self._onset,
             last_stable_token=self._last_stable,
             expected_lead_tokens=self.calibration.expected_lead_tokens,
-            risk=self.calibration.risk.probability(self.score) if self.calibration.risk else None,
+            risk=self._risk(),
         )
         return self.verdict
+
+    def _risk(self) -> float | None:
+        """``stability.risk``: the probability of sinking the signals' score so far gives, or the prefill risk
+        when that is higher (both are calibrated probabilities that this generation loops), so a request the
+        prefill alarm fires on reports the risk it fired at, and ``--block-at`` weighs both alike. None
+        without a risk model (a traffic calibration has none: it has no labels)."""
+        if self.calibration.risk is None:
+            return None
+        from_signals = self.calibration.risk.probability(self.score)
+        return from_signals if self._prefill_risk is None else max(from_signals, self._prefill_risk)
 
     def _stable_before_repetition(self, last_stable: int | None) -> int | None:
         """Move the last stable token back before the repetitive stretch under way, if any: a loop's text

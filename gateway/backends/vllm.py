@@ -51,10 +51,12 @@ class VLLMBackend:
         receiver: StatsReceiver | None,
         calibration: Calibration | None = None,
         configured: bool = False,
+        bands: tuple[LayerBand, ...] = (),
     ) -> None:
         self.pool = pool
         self.receiver = receiver
         self.calibration = calibration
+        self._bands = bands  # --bands: the layers the plugin was told to capture, whatever the calibration's
         self._configured = configured  # the operator named the calibration file: used whatever the upstream serves
 
     @property
@@ -84,9 +86,15 @@ class VLLMBackend:
             ", ".join(served),
             calibration.model,
         )
-        self.calibration = uncalibrated(served[0], NO_PROFILE)
+        self.use_calibration(uncalibrated(served[0], NO_PROFILE))
+
+    def use_calibration(self, calibration: Calibration) -> None:
+        """Requests opened from now on expect the plugin's features under ``calibration`` (a reload: the plugin
+        watches its own ``SINKWATCH_CALIBRATION`` and gives new requests the new extractors); requests under
+        way keep the profile they were opened with."""
+        self.calibration = calibration
         if self.receiver is not None:
-            self.receiver.profile = monitor_profile(self.calibration, ())
+            self.receiver.profile = monitor_profile(calibration, self._bands or calibration.bands)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -151,4 +159,4 @@ def vllm_backend(
     # handed to the app for another name was chosen for this upstream).
     by_name = not settings.calibration and calibration is not None and calibration.model == settings.served_name()
     pool = UpstreamPool.from_settings(settings)
-    return VLLMBackend(pool, receiver, calibration if settings.capture else None, configured=not by_name)
+    return VLLMBackend(pool, receiver, calibration if settings.capture else None, not by_name, bands or ())

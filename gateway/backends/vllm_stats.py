@@ -31,8 +31,9 @@ _WILDCARD_HOSTS = {"*", "0.0.0.0", "::"}
 class FeatureStream:
     """The features of one request's tokens, taken in order by the backend."""
 
-    def __init__(self, receiver: "StatsReceiver", request_id: str, timeout: float) -> None:
+    def __init__(self, receiver: "StatsReceiver", request_id: str, timeout: float, profile: str) -> None:
         self.request_id = request_id
+        self.profile = profile  # the receiver's when the request was opened: a reload changes it for later ones
         self._receiver = receiver
         self._timeout = timeout
         self._ready: dict[int, StepFeatures] = {}
@@ -92,7 +93,7 @@ class StatsReceiver:
         self._socket: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task | None = None
         self._streams: dict[str, FeatureStream] = {}
-        self._foreign_profiles: set[str] = set()
+        self._foreign_profiles: set[tuple[str, str]] = set()  # (received, expected) pairs logged
 
     @property
     def address(self) -> str:
@@ -115,7 +116,7 @@ class StatsReceiver:
 
     def open(self, request_id: str) -> FeatureStream:
         """Start collecting ``request_id``'s features (before the request is sent, so none are missed)."""
-        stream = self._streams[request_id] = FeatureStream(self, request_id, self.timeout)
+        stream = self._streams[request_id] = FeatureStream(self, request_id, self.timeout, self.profile)
         return stream
 
     def forget(self, request_id: str) -> None:
@@ -130,19 +131,18 @@ class StatsReceiver:
                 log.warning("vLLM statistics: %s", bad)
 
     def dispatch(self, message: bytes) -> None:
-        """Hand each feature set in ``message`` to its request's stream."""
+        """Hand each feature set in ``message`` to its request's stream, if computed under the profile the
+        stream expects."""
         profile, steps = decode_batch(message)
-        if not profile_accepts(self.profile, profile):
-            if profile not in self._foreign_profiles:
-                self._foreign_profiles.add(profile)
-                log.error("vLLM statistics computed with %r, not this gateway's %r: dropped", profile, self.profile)
-            return
         for request_id, features in steps:
             stream = self._streams.get(request_id)
             if stream is None:
                 metrics.VLLM_STATS.labels("late").inc()
-            else:
+            elif profile_accepts(stream.profile, profile):
                 stream.deliver(features)
+            elif (profile, stream.profile) not in self._foreign_profiles:
+                self._foreign_profiles.add((profile, stream.profile))
+                log.error("vLLM statistics computed with %r, not this gateway's %r: dropped", profile, stream.profile)
 
     async def close(self) -> None:
         if self._task is not None:

@@ -9,7 +9,8 @@ Why that is enough: the detector reports a crossing only once it has lasted its 
 ``persistence``, so a crossing that starts at token ``s`` is first visible at ``s + persistence - 1``;
 and when it fires it moves its stable point back to where the loop began repeating: the start of its
 second occurrence (:class:`~monitors.text.PeriodicityTracker`), which is known only once the third
-occurrence begins, one period (at most ``MAX_PERIOD`` tokens) later. Until then the stable point can run
+occurrence begins, one period (at most ``ROLLBACK_PERIOD`` tokens) later; a loop of a longer period is
+rolled back to its third occurrence, which is known as it begins. Until then the stable point can run
 ahead; a ``lag`` of :func:`required_lag` tokens keeps those tokens unsent, and afterwards the stable point
 and the stretch holds (a repeated n-gram's, a periodic run's) hold releases themselves. Should a detector
 ever disown tokens later than that,
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 from gateway.generation import TokenLogprobs
 from monitors.calibration import Calibration
-from monitors.text import MAX_PERIOD, PeriodicityTracker, RepetitionTracker
+from monitors.text import ROLLBACK_PERIOD, PeriodicityTracker, RepetitionTracker
 from monitors.verdict import Verdict, VerdictLevel
 
 __all__ = ["HoldBack", "Slot", "required_lag", "stable_prefix", "token_ids"]
@@ -32,10 +33,11 @@ def required_lag(calibration: Calibration) -> int:
     ``persistence - 1`` tokens after it began (the longest persistence of any signal), a repetitive stretch
     ``n - 1`` tokens after (its first repeated n-gram must close), and a loop's rollback point (the start of
     its second occurrence) one period after it, when the third occurrence begins: the periodic run is seen
-    at its first token, so the lag must exceed the longest period (the detector rolls back there whichever
-    signal fires)."""
+    at its first token, so the lag must exceed the longest period rolled back that far (``ROLLBACK_PERIOD``;
+    the detector rolls back there whichever signal fires, and loops of longer periods, which it also
+    detects, to their third occurrence, so the lag does not grow with the periods it sees)."""
     persistence = max((spec.persistence or calibration.persistence for spec in calibration.signals), default=0)
-    return max(persistence, RepetitionTracker().n, MAX_PERIOD + 2) - 1
+    return max(persistence, RepetitionTracker().n, ROLLBACK_PERIOD + 2) - 1
 
 
 def stable_prefix(verdict: Verdict | None) -> int:

@@ -4,8 +4,11 @@ under way keep the monitors (and thresholds) they started with.
 The file reloaded is ``--calibration``, else the one shipped for the served model. A file that cannot be
 loaded (unreadable, not a calibration) or that would change the features themselves (layer bands, window,
 mean states, outlier dimensions, probe, recurrence levels: the backend computes features with them, a restart
-applies them) leaves the calibration in force as it was, and the log says why. Which calibration is in force
-is logged and exported as ``sinkwatch_calibration_info{created, sha256}``.
+applies them) leaves the calibration in force as it was, and the log says why. The ``vllm`` backend is the
+exception (:class:`~gateway.generation.FeaturesUpstream`): its plugin computes the features from its own
+``SINKWATCH_CALIBRATION``, which it reloads itself, so any file is taken and new requests expect the features
+the new file makes (a gateway started uncalibrated in front of vLLM takes its fitted file on SIGHUP).
+Which calibration is in force is logged and exported as ``sinkwatch_calibration_info{created, sha256}``.
 """
 
 import hashlib
@@ -13,6 +16,7 @@ import logging
 from pathlib import Path
 
 from gateway import metrics
+from gateway.generation import FeaturesUpstream
 from gateway.serving.serving_context import ServingContext
 from monitors.calibration import Calibration, load_calibration, rank_overlay_path
 
@@ -53,7 +57,8 @@ class CalibrationReloader:
                 "%s: keeping calibration %s, %s cannot be loaded: %s", why, self._name(current), self.path, problem
             )
             return False
-        if current is not None and _feature_setup(calibration) != _feature_setup(current):
+        upstream = self.ctx.backend if isinstance(self.ctx.backend, FeaturesUpstream) else None
+        if current is not None and upstream is None and _feature_setup(calibration) != _feature_setup(current):
             log.error(
                 "%s: keeping calibration %s, %s changes the features (bands, window or the extractor's reference: "
                 "mean states, outlier dimensions, probe, recurrence levels), which takes a restart",
@@ -65,6 +70,8 @@ class CalibrationReloader:
         if digest == self.ctx.calibration_digest:
             log.info("%s: calibration %s unchanged (sha256 %s)", why, self._name(calibration), digest[:12])
             return True
+        if upstream is not None:
+            upstream.use_calibration(calibration)
         self.ctx.use_calibration(calibration, digest)
         for model in self.ctx.backend.model_names():
             metrics.calibration_in_force(model, calibration, digest)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.eval.traffic import read_recording, recorded_uncalibrated
-from lab.eval.traffic_defaults import default_base, profile_mean_states
+from lab.eval.traffic_defaults import default_base, plugin_bands, profile_mean_states
 from lab.eval.traffic_fit import TrafficFitOptions, fit_from_traffic
 from monitors.calibration import Calibration, load_calibration
 
@@ -34,6 +34,12 @@ def run_from_traffic(args: argparse.Namespace) -> Calibration:
         raise ValueError(f"--held-out must be in [0, 1), not {args.held_out}")
     generations, left_out = read_recording(args.from_traffic)
     model = generations[0].model
+    if recorded_uncalibrated(generations[0].setup) and not generations[0].setup.get("bands"):
+        # Behind the vLLM plugin, uncalibrated: the gateway could not see the bands the plugin captured.
+        bands = plugin_bands(model)
+        print(f"calibrate: the recording names no bands: those the vLLM plugin captures on {model}, {bands}")
+        for generation in generations:
+            generation.setup = {**generation.setup, "bands": bands}
     base = _base(args.base, model, generations[0].setup)
     print(
         f"calibrate: {len(generations)} recorded generations of {model} in {args.from_traffic} (left out: {left_out})"

@@ -26,13 +26,20 @@ from typing import Any
 
 from lab.eval.fit import FitOptions
 from lab.eval.traffic import SetupMismatch
-from monitors.bands import LayerBand
+from monitors.bands import LayerBand, default_bands
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.detector import PERIODICITY_SIGNAL
 from monitors.model_profile import ModelProfile
 from monitors.text import PERIODICITY_WINDOW
 
-__all__ = ["DEFAULT_SINK_METRICS", "VISIBLE_LOOP", "default_base", "default_signals", "profile_mean_states"]
+__all__ = [
+    "DEFAULT_SINK_METRICS",
+    "VISIBLE_LOOP",
+    "default_base",
+    "default_signals",
+    "plugin_bands",
+    "profile_mean_states",
+]
 
 DEFAULT_SINK_METRICS = ("recurrence",)
 VISIBLE_LOOP = SignalThreshold(PERIODICITY_SIGNAL, "high", 0.9, "sink", "ewma", span=1, persistence=PERIODICITY_WINDOW)
@@ -97,3 +104,15 @@ def profile_mean_states(model: str, setup: Mapping[str, Any]) -> dict[int, list[
             "pass the model the recording was made with as --model"
         )
     return profile.mean_states
+
+
+def plugin_bands(model: str) -> dict[str, list[int]]:
+    """The bands the vLLM plugin captures on ``model`` (as ``serve --model`` takes it) without a calibration: the
+    thirds of its depth (``monitors.vllm_plugin.tap.resolve_calibration``). A gateway in front of vLLM cannot see
+    the model's depth, so its uncalibrated recording names no bands."""
+    from transformers import AutoConfig
+
+    from gateway.engine.provision import provision
+
+    depth = AutoConfig.from_pretrained(provision(model)).get_text_config().num_hidden_layers
+    return {band.name: list(band.layers) for band in default_bands(depth)}

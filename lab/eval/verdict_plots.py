@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lab.eval.verdicts_eval import PREVIOUS_NAME
 from lab.plotting import pyplot, save
 
 __all__ = ["plot_rescue", "plot_verdicts"]
@@ -22,6 +23,26 @@ def _bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str, ti
     ax.legend(fontsize=7)
 
 
+def _plot_onsets(plt, detectors: dict, path: Path) -> Path:
+    """Per held-out loop: where the detector fired against where the 4-gram rule fires (on the diagonal: as
+    early; above: later); a loop never caught is drawn at its length, crossed."""
+    figure, ax = plt.subplots(figsize=(6.5, 5))
+    for name, colour in ((PREVIOUS_NAME, "tab:orange"), (SERVED, "tab:blue")):
+        loops = [lp for lp in detectors[name]["test_loops"] if lp["text_detector"] is not None]
+        caught = [lp for lp in loops if lp["fired"] is not None]
+        missed = [lp for lp in loops if lp["fired"] is None]
+        label = "served" if name == SERVED else "previous tracker (64 tokens, exact)"
+        ax.scatter([lp["text_detector"] for lp in caught], [lp["fired"] for lp in caught], s=18, c=colour, label=label)
+        ax.scatter([lp["text_detector"] for lp in missed], [lp["length"] for lp in missed], s=30, c=colour, marker="x")
+    top = max(lp["length"] for lp in detectors[SERVED]["test_loops"])
+    ax.plot([0, top], [0, top], color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("4-gram rule fires at token")
+    ax.set_ylabel("detector fires at token (x: never; drawn at the answer's length)")
+    ax.set_title("Held-out loops: onset against the 4-gram rule", fontsize=10)
+    ax.legend(fontsize=8)
+    return save(figure, path)
+
+
 def plot_verdicts(result: dict, folder: Path) -> list[str]:
     """False alarms per 1,000 healthy tokens and recall, per traffic type and length (held-out split), for
     the old 4-gram rule and the served detector; the risk model's reliability and block_at trade-off."""
@@ -31,7 +52,7 @@ def plot_verdicts(result: dict, folder: Path) -> list[str]:
     for axis, name in (("traffic", "verdicts_traffic.png"), ("length", "verdicts_length.png")):
         groups = sorted(detectors[SERVED]["test"][axis])
         figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-        stats = {d: [detectors[d]["test"][axis][g] for g in groups] for d in (OLD, SERVED)}
+        stats = {d: [detectors[d]["test"][axis][g] for g in groups] for d in (OLD, PREVIOUS_NAME, SERVED)}
         _bars(
             left,
             groups,
@@ -49,6 +70,7 @@ def plot_verdicts(result: dict, folder: Path) -> list[str]:
         )
         right.axhline(0.95, color="black", lw=0.8, ls="--")
         written.append(str(save(figure, folder / name)))
+    written.append(str(_plot_onsets(plt, detectors, folder / "verdicts_onset.png")))
     risk = result["risk"]["test"]
     figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     bins = risk["reliability"]

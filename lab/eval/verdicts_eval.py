@@ -12,7 +12,9 @@ each adds). The risk model is checked for calibration (predicted vs observed) an
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +25,26 @@ from lab.eval.dataset import Generation, build_generations, labelled_entries
 from lab.eval.detection import detect
 from lab.eval.fit import FitOptions, fit_calibration
 from lab.eval.labels import HUMAN_KINDS
+from lab.eval.periodicity_variants import PREVIOUS, with_variant
 from lab.eval.signals import Sampling
 from lab.eval.thresholds import out_of_fold_firing, track
 from monitors.calibration import Calibration
 from monitors.detector import PERIODICITY_SIGNAL
-from monitors.text import text_sink_onset
+from monitors.text import MAX_PERIOD, PERIOD_JITTER, PERIODICITY_WINDOW, ROLLBACK_PERIOD, text_sink_onset
 
-__all__ = ["LENGTH_BUCKETS", "add_arguments", "breakdown", "firing_of", "group_stats", "run", "tables", "traffic_of"]
+__all__ = [
+    "LENGTH_BUCKETS",
+    "PREVIOUS_NAME",
+    "add_arguments",
+    "breakdown",
+    "firing_of",
+    "group_stats",
+    "out_of_fold",
+    "restricted",
+    "run",
+    "tables",
+    "traffic_of",
+]
 
 LENGTH_BUCKETS = ((0, 128), (128, 256), (256, 512), (512, 1001))
 BLOCK_AT = (0.2, 0.5, 0.8, 0.95)
@@ -37,6 +52,7 @@ BLOCK_AT = (0.2, 0.5, 0.8, 0.95)
 HIDDEN_SIGNALS = ("probe", "late.recurrence", "middle.recurrence", "middle.eff_rank", "late.pr", "entropy")
 
 Firing = dict[str, int | None]
+PREVIOUS_NAME = f"served selection refitted with the previous tracker ({PREVIOUS.name})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -109,11 +125,27 @@ def out_of_fold(calibration: Calibration, generations: Sequence[Generation], opt
     return {g.entry.key: int(f) if f >= 0 else None for g, f in zip(generations, firing, strict=True)}
 
 
+def loop_onsets(generations: Sequence[Generation], firing: Firing) -> list[dict]:
+    """Each visible loop: its traffic and length, where the 4-gram text detector fires and where this one did."""
+    return [
+        {
+            "key": g.entry.key,
+            "traffic": traffic_of(g),
+            "length": g.length,
+            "text_detector": g.label.onset,
+            "fired": firing[g.entry.key],
+        }
+        for g in generations
+        if g.label.kind == "visible"
+    ]
+
+
 def text_detector_firing(generations: Sequence[Generation]) -> Firing:
     return {g.entry.key: text_sink_onset(g.entry.output_ids) for g in generations}
 
 
-def _restricted(generations: Sequence[Generation], keep: Callable[[str], bool]) -> list[Generation]:
+def restricted(generations: Sequence[Generation], keep: Callable[[str], bool]) -> list[Generation]:
+    """The generations with only the trajectories of the signals ``keep`` accepts."""
     return [Generation(g.entry, g.label, {n: v for n, v in g.trajectories.items() if keep(n)}) for g in generations]
 
 
@@ -158,17 +190,22 @@ def run(args: argparse.Namespace) -> dict:
     options = calibrate.fit_options(args)
 
     def refit(keep: Callable[[str], bool]) -> Calibration:
-        fitted, _ = fit_calibration(calibration.model, calibration.bands, _restricted(tune, keep), reference, options)
+        fitted, _ = fit_calibration(calibration.model, calibration.bands, restricted(tune, keep), reference, options)
         return fitted
 
-    def measured(fitted: Calibration, keep: Callable[[str], bool]) -> dict:
-        on_tune, on_test = _restricted(tune, keep), _restricted(test, keep)
+    def measured(fitted: Calibration, keep: Callable[[str], bool], among: tuple[list, list] = (tune, test)) -> dict:
+        on_tune, on_test = restricted(among[0], keep), restricted(among[1], keep)
+        firing = firing_of(fitted, on_test)
         return {
             "signals": [f"{s.name}/{s.method}" for s in fitted.signals],
             "tune": group_stats(tune, firing_of(fitted, on_tune)),
             "tune_out_of_fold": group_stats(tune, out_of_fold(fitted, on_tune, options)),
-            "test": breakdown(test, firing_of(fitted, on_test)),
+            "test": breakdown(test, firing),
+            "test_loops": loop_onsets(test, firing),
         }
+
+    before = (with_variant(tune, PREVIOUS), with_variant(test, PREVIOUS))
+    fitted_before, _ = fit_calibration(calibration.model, calibration.bands, before[0], reference, options)
 
     old_rule = {
         "tune": group_stats(tune, text_detector_firing(tune)),
@@ -177,6 +214,7 @@ def run(args: argparse.Namespace) -> dict:
     detectors = {
         "text detector (4-gram share, the old rule)": {"signals": [], **old_rule, "tune_out_of_fold": old_rule["tune"]},
         "served (calibrated selection)": measured(calibration, lambda n: True),
+        PREVIOUS_NAME: measured(fitted_before, lambda n: True, before),
         "text.periodicity alone": measured(refit(_only(PERIODICITY_SIGNAL)), _only(PERIODICITY_SIGNAL)),
     }
     for signal in HIDDEN_SIGNALS:
@@ -202,8 +240,17 @@ def run(args: argparse.Namespace) -> dict:
     print(tables(result))
     print(f"verdicts: wrote {args.results}")
     if args.output:
-        args.output.write_text(calibration.to_json())
+        args.output.write_text(replace(calibration, notes={**calibration.notes, **provenance()}).to_json())
     return result
+
+
+def provenance() -> dict[str, str]:
+    """How a calibration written by this command was made: the command line and the periodicity tracker."""
+    return {
+        "command": " ".join(["sinkwatch", *sys.argv[1:]]),
+        "text.periodicity": f"max_period={MAX_PERIOD} jitter={PERIOD_JITTER} window={PERIODICITY_WINDOW} "
+        f"rollback_period={ROLLBACK_PERIOD}",
+    }
 
 
 def _cell(value: float | int | None) -> str:
@@ -236,7 +283,7 @@ def tables(result: dict) -> str:
     out.append("\n" + head.format("detector (tune split, each fold thresholded without its prompts)"))
     out += [_row(name, d["tune_out_of_fold"]) for name, d in detectors.items()]
     for axis in ("traffic", "length", "length_generated"):
-        for name in ("text detector (4-gram share, the old rule)", "served (calibrated selection)"):
+        for name in ("text detector (4-gram share, the old rule)", PREVIOUS_NAME, "served (calibrated selection)"):
             out.append("\n" + head.format(f"{axis}: {name}"))
             out += [_row(group, s) for group, s in detectors[name]["test"][axis].items()]
     out.append("\n" + head.format("served detector acting at block_at (test)"))

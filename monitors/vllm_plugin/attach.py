@@ -29,7 +29,10 @@ def unsupported(runner: Any) -> str | None:
     if get_pp_group().world_size > 1:
         return "pipeline parallelism is not supported"
     if not supports_eagle3(runner.get_model()):
-        return f"{type(runner.get_model()).__name__} has no auxiliary hidden-state outputs (vLLM's SupportsEagle3)"
+        return (
+            f"{type(runner.get_model()).__name__} has no auxiliary hidden-state outputs (vLLM's SupportsEagle3) "
+            "and is not among the architectures the plugin gives them (aux_models.RESIDUAL_LOOP_DECODERS)"
+        )
     return None
 
 
@@ -47,11 +50,17 @@ def attach_tap(runner: Any, settings: PluginSettings) -> RunnerTap | None:
     names = [served] if isinstance(served, str) else list(served)
     num_layers = runner.model_config.hf_text_config.num_hidden_layers
     try:
-        calibration = resolve_calibration(settings.calibration, names, num_layers)
+        calibration = resolve_calibration(settings.calibration, names, num_layers, settings.await_calibration)
     except FileNotFoundError as missing:  # a wrong SINKWATCH_CALIBRATION: never another model's thresholds
         log.error("sinkwatch: %s. Not monitoring.", missing)
         return None
-    if not calibration.calibrated:
+    if not calibration.calibrated and settings.calibration:
+        log.warning(
+            "sinkwatch: %s not written yet; monitoring %s uncalibrated until it is (SINKWATCH_AWAIT_CALIBRATION)",
+            settings.calibration,
+            names[0],
+        )
+    elif not calibration.calibrated:
         log.warning(
             "sinkwatch: no calibration for %s; monitoring it uncalibrated (verdicts 'uncalibrated'). "
             "Set SINKWATCH_CALIBRATION to judge it.",

@@ -1,7 +1,10 @@
 """The entry point vLLM calls in each of its processes, and the wiring into the V1 model runner.
 
-Only worker processes import the model runner module; :func:`register` waits for that import (a
-post-import hook) instead of importing it, so the API server and engine core pay nothing. In the worker,
+It first registers, for the architectures whose vLLM class returns no auxiliary hidden states, subclasses
+that do (:mod:`monitors.vllm_plugin.aux_models`; every process resolves the model's class through vLLM's
+registry, which imports them lazily). Only worker processes import the model runner module; :func:`register`
+waits for that import (a post-import hook) instead of importing it, so the API server and engine core pay
+nothing for the tap. In the worker,
 three runner methods gain a tap: the end of model loading (enable the auxiliary hidden-state outputs),
 ``execute_model`` (a step begins: the publisher may work on the previous ones) and ``sample_tokens``
 (capture before sampling, publish after).
@@ -34,6 +37,9 @@ def register() -> None:
         return
     # The tap knows the V1 model runner; vLLM picks V2 by default on some GPUs unless told otherwise.
     os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
+    from monitors.vllm_plugin.aux_models import register_aux_models
+
+    register_aux_models()
     after_import(RUNNER_MODULE, lambda module: wrap_runner(module.GPUModelRunner, settings))
 
 

@@ -124,14 +124,17 @@ class RunnerTap:
                 self._ended.append(engine_id)
 
 
-def resolve_calibration(configured: str, served_names: list[str], num_layers: int) -> Calibration:
+def resolve_calibration(
+    configured: str, served_names: list[str], num_layers: int, awaited: bool = False
+) -> Calibration:
     """``SINKWATCH_CALIBRATION`` if set, else the calibration shipped for one of the served names, else the
     first name uncalibrated on the thirds of the model's ``num_layers`` (outlier dimensions and mean states
-    would need a pass of the model, which the plugin does not make)."""
+    would need a pass of the model, which the plugin does not make). A configured calibration that does not
+    exist is an error unless ``awaited`` (it is written later; the model is uncalibrated until then)."""
     for candidate in [configured] if configured else served_names:
         try:
             return load_calibration(candidate)
         except FileNotFoundError:
-            if configured:
+            if configured and not awaited:
                 raise
     return uncalibrated(served_names[0], ModelProfile(default_bands(num_layers), {}, {}))

@@ -108,6 +108,25 @@ def test_features_computed_with_another_profile_are_dropped():
     assert asyncio.run(_with_receiver(test, timeout=0.3)) is None
 
 
+def test_a_request_keeps_the_profile_it_was_opened_with_when_a_reload_changes_the_receivers():
+    """The plugin gives requests under way the extractors they started with and new ones the reloaded file's."""
+    reloaded = "m#abc|late=2|w32"
+
+    async def test(receiver, push):
+        before = receiver.open("before")
+        receiver.profile = reloaded
+        after = receiver.open("after")
+        _send(push, "before", 0)
+        _send(push, "after", 0)  # computed with the old file (the plugin has not reloaded yet): dropped
+        _send(push, "after", 1, profile=reloaded)
+        return await before.take(0, 1), await after.take(0, 2), await after.take(1, 3)
+
+    kept, dropped, taken = asyncio.run(_with_receiver(test, timeout=0.5))
+    assert kept is not None and kept.index == 0
+    assert dropped is None
+    assert taken is not None and taken.index == 1
+
+
 def test_a_malformed_message_does_not_stop_the_receiver():
     async def test(receiver, push):
         stream = receiver.open("r")

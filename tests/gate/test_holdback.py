@@ -6,7 +6,7 @@ import pytest
 
 from gateway.gate.holdback import HoldBack, required_lag, stable_prefix
 from monitors.calibration import load_calibration
-from monitors.text import MAX_PERIOD, PeriodicityTracker
+from monitors.text import MAX_PERIOD, ROLLBACK_PERIOD, PeriodicityTracker
 from monitors.verdict import Reason, Verdict, VerdictLevel
 
 
@@ -82,7 +82,7 @@ def test_released_tokens_cannot_be_rolled_back():
 def test_the_automatic_lag_covers_the_slowest_signal_and_a_loop_period():
     shipped = load_calibration("SmolLM2-135M-Instruct")
     slow = replace(shipped, signals=(replace(shipped.signals[0], persistence=99), *shipped.signals[1:]))
-    assert required_lag(replace(shipped, persistence=2, signals=())) == MAX_PERIOD + 1
+    assert required_lag(replace(shipped, persistence=2, signals=())) == ROLLBACK_PERIOD + 1
     assert required_lag(slow) == 99 - 1
 
 
@@ -98,11 +98,12 @@ def _near_loop(period: int, repeats: int) -> list[int]:
     return prose + loop
 
 
-@pytest.mark.parametrize("period", [6, 21, 40, MAX_PERIOD])
+@pytest.mark.parametrize("period", [6, 21, 40, ROLLBACK_PERIOD, 100, MAX_PERIOD])
 def test_nothing_a_loop_rollback_can_reach_is_released_under_the_automatic_lag(period):
     """The detector rolls a loop back to where its tracker says it began repeating; under the automatic lag
     no token from there on has been streamed at any point of the generation (a lag of 3 streamed up to a
-    period of them)."""
+    period of them). Loops longer than ``ROLLBACK_PERIOD`` are rolled back to their third occurrence, so
+    the lag does not grow with the longest period detected."""
     buffer = HoldBack(required_lag(load_calibration("SmolLM2-135M-Instruct")))
     detector_view = PeriodicityTracker()
     for token in _near_loop(period, 5):
@@ -111,3 +112,4 @@ def test_nothing_a_loop_rollback_can_reach_is_released_under_the_automatic_lag(p
         buffer.release(vouched=len(buffer))
         if detector_view.stretch_start is not None:
             assert buffer.released <= detector_view.stretch_start
+    assert detector_view.stretch_start is not None

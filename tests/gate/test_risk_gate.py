@@ -6,6 +6,8 @@ from dataclasses import replace
 from gateway.gate.controller import GateController
 from gateway.gate.monitor import shifted
 from gateway.gate.policy import GateConfig, Policy
+from monitors.calibration import load_calibration, shipped_calibration_path
+from monitors.detector import StabilityDetector
 from monitors.features import StepFeatures
 from monitors.verdict import Verdict, VerdictLevel
 from tests.gate.scripted import REQUEST, ScriptedBackend, ScriptedMonitor, controller, loop_after, run
@@ -74,3 +76,16 @@ def test_a_rescue_neutralises_the_clients_negative_penalty_and_says_so():
     attempts = gate.report().attempts
     assert attempts[0].neutralised == []
     assert attempts[1].neutralised == ["frequency_penalty", "logit_bias"]
+
+
+def test_block_at_weighs_a_prefill_risk_as_it_weighs_the_signals():
+    """``stability.risk`` is never below the prefill risk, so an operator acting at a risk acts on a prompt the
+    probe rates above it, and not on one the probe's own alarm level would fire on when that is below it."""
+    shipped = load_calibration(shipped_calibration_path("SmolLM2-135M-Instruct"))
+    alarm = shipped.prefill_probe.alarm_level
+    for prefill_risk, block_at, acts in [(alarm, alarm, True), (alarm, (1 + alarm) / 2, False), (0.5, 0.4, True)]:
+        detector = StabilityDetector(shipped)
+        detector.note_prefill_risk(prefill_risk)
+        verdict = detector.update(StepFeatures(0, 11, 1, {"entropy": 2.0}))
+        assert verdict.risk == prefill_risk
+        assert GateConfig(block_at=block_at).acts_on(verdict) is acts

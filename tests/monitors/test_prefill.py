@@ -153,6 +153,7 @@ def test_a_prefill_risk_at_the_alarm_level_fires_the_verdict_from_the_first_toke
         (PREFILL_SIGNAL, 0.85, 0.8, 0)
     ]
     assert (verdict.onset_token, verdict.last_stable_token) == (0, None)
+    assert verdict.risk == 0.85  # the risk it fired at, not the quiet signals' (was 0.07 when blocked)
     later = detector.update(StepFeatures(1, 12, 2, {"entropy": 2.0}))
     assert later.level is VerdictLevel.SINK and later.last_stable_token is None
 
@@ -164,3 +165,4 @@ def test_below_the_alarm_level_or_without_one_the_prefill_risk_changes_nothing(l
     verdict = detector.update(StepFeatures(0, 11, 1, {"entropy": 2.0}))
     assert verdict.level is VerdictLevel.OK and verdict.reasons == ()
     assert verdict.last_stable_token == 0
+    assert verdict.risk == max(risk, detector.calibration.risk.probability(detector.score))

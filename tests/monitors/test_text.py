@@ -81,3 +81,39 @@ def test_values_are_shares_of_the_window():
     values = periodicity_trajectory(words(5) * 40)
     assert np.all((values >= 0) & (values <= 1))
     assert np.all(np.diff(values) >= 0) and values[-1] == 1.0
+
+
+def test_a_paragraph_sized_loop_is_seen_only_by_a_tracker_that_looks_that_far_back():
+    unit = words(150)
+    ids = words(20) + unit * 3 + unit[:PERIODICITY_WINDOW]
+    assert periodicity_trajectory(ids, max_period=64).max() < 0.5
+    assert periodicity_trajectory(ids, max_period=160)[-1] == 1.0
+
+
+def test_jitter_keeps_a_loop_whose_occurrences_differ_in_length():
+    # A paraphrase adds a word to the second occurrence: its spacing to the first is one token longer
+    # than to the third.
+    unit, extra = words(20), words(1)
+    ids = words(10) + unit + extra + unit + unit
+    third_filled_window = 10 + 2 * len(unit) + 1 + PERIODICITY_WINDOW - 1
+    assert periodicity_trajectory(ids, jitter=0)[third_filled_window] == 0.0
+    assert periodicity_trajectory(ids, jitter=1)[third_filled_window] == 1.0
+
+
+def test_jitter_does_not_turn_scaffolding_or_a_stretch_used_twice_into_a_loop():
+    stretch = words(40)
+    assert periodicity_trajectory(words(30) + stretch + words(1) + stretch + words(40), jitter=2).max() == 0.0
+    bullets = [t for _ in range(20) for t in (DASH, *words(4), NEWLINE)]
+    assert periodicity_trajectory(bullets, jitter=2).max() <= 2 * math.ceil(PERIODICITY_WINDOW / 6) / PERIODICITY_WINDOW
+
+
+def test_a_loop_longer_than_the_rollback_period_is_rolled_back_to_its_third_occurrence():
+    prefix, unit = words(15), words(100)
+    tracker = PeriodicityTracker(max_period=128, rollback_period=64)
+    for token in prefix + unit * 3 + unit[:20]:
+        tracker.push(token)
+    assert tracker.stretch_start == tracker.earliest_stretch_start == len(prefix) + 2 * len(unit)
+    short = PeriodicityTracker(max_period=128, rollback_period=128)
+    for token in prefix + unit * 3 + unit[:20]:
+        short.push(token)
+    assert short.stretch_start == len(prefix) + len(unit)

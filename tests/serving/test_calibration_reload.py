@@ -7,14 +7,17 @@ import logging
 from dataclasses import replace
 
 from gateway import metrics
+from gateway.backends.vllm import NO_PROFILE, vllm_backend
 from gateway.config import Settings
 from gateway.drain import Drain
 from gateway.serving.calibration_reload import CalibrationReloader
 from gateway.serving.serving_context import ServingContext
 from monitors.bands import LayerBand
 from monitors.calibration import SignalThreshold
+from monitors.model_profile import uncalibrated
 from monitors.prefill import PrefillProbe
 from monitors.probe import LinearProbe
+from monitors.vllm_plugin.wire import monitor_profile
 from tests.gate.scripted import CALIBRATION, MODEL, ScriptedBackend
 
 
@@ -82,3 +85,20 @@ def test_a_file_with_another_prefill_probe_takes_a_restart(tmp_path, caplog):
         assert not CalibrationReloader(ctx, path).reload("SIGHUP")
     assert "takes a restart" in caplog.text
     assert ctx.calibration is CALIBRATION
+
+
+def test_in_front_of_vllm_a_gateway_started_uncalibrated_takes_its_fitted_file(tmp_path):
+    """The plugin computes the features from its own file, so the gateway's bands (it has none when uncalibrated:
+    it cannot see the model's depth) are not its to keep: it takes the file, and new requests expect the
+    features the plugin makes with it."""
+    settings = Settings().replace(backend="vllm", served_model_name=MODEL, upstreams=["http://127.0.0.1:9/v1"])
+    started = uncalibrated(MODEL, NO_PROFILE)
+    backend = vllm_backend(settings, started, None)
+    ctx = ServingContext(settings, backend, started, 0, Drain())
+    expected_before = backend.receiver.profile
+    path = tmp_path / "fitted.json"
+    path.write_text(CALIBRATION.to_json())
+    assert CalibrationReloader(ctx, path).reload("SIGHUP")
+    assert ctx.calibration.calibrated and backend.calibration == ctx.calibration
+    assert backend.receiver.profile == monitor_profile(CALIBRATION, CALIBRATION.bands) != expected_before
+    assert backend.receiver.open("new").profile == backend.receiver.profile

@@ -5,10 +5,11 @@ import json
 
 import pytest
 
-from lab.eval import calibrate, detect_eval
+from lab.eval import calibrate, detect_eval, periodicity_eval
 from lab.eval.corpus import build_corpus, read_manifest
 from lab.eval.dataset import labelled_entries
 from monitors.calibration import load_calibration
+from monitors.text import MAX_PERIOD, PERIOD_JITTER, PERIODICITY_WINDOW
 
 pytestmark = pytest.mark.model
 
@@ -59,3 +60,21 @@ def test_eval_detect_measures_on_the_test_split_only(mini_corpus, tmp_path):
     assert 0.0 <= written["combined"]["fpr"] <= 1.0
     assert "text.zlib" in written["signals"] and "entropy" in written["signals"]
     assert (args.figures / "trajectories.png").is_file()
+
+
+def test_eval_periodicity_compares_tracker_options_on_tune_only(mini_corpus, tmp_path):
+    parser = argparse.ArgumentParser()
+    periodicity_eval.add_arguments(parser)
+    flags = f"--corpus {mini_corpus} --window 8 --probe-layers 13 --probe-folds 2 --max-periods 8,64 --jitters 0,1"
+    args = parser.parse_args([*flags.split(), "--windows", "16", "--results", str(tmp_path / "periodicity.json")])
+    written = periodicity_eval.run(args)
+    assert json.loads(args.results.read_text()) == written
+    served = {"max_period": MAX_PERIOD, "jitter": PERIOD_JITTER, "window": PERIODICITY_WINDOW}
+    assert written["served"]["variant"] == served == written["variants"][0]["variant"]
+    assert [v["variant"]["max_period"] for v in written["variants"][1:]] == [8, 8, 64, 64]
+    tune = [e for e, label in labelled_entries(mini_corpus) if e.split == "tune"]
+    for variant in written["variants"]:
+        healthy = variant["selection"]["out_of_fold"]["healthy_generations"]
+        loops = variant["selection"]["out_of_fold"]["loops"]
+        assert 0 < healthy + loops <= len(tune)
+    assert written["chosen"] in written["variants"]

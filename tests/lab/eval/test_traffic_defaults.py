@@ -3,6 +3,7 @@ the default signal set over the recorded setup, loops are told by the default vi
 result is a calibration a gateway that started uncalibrated on the same profile reloads on SIGHUP."""
 
 import argparse
+import json
 import math
 from dataclasses import replace
 from functools import partial
@@ -22,6 +23,7 @@ from lab.eval.traffic import read_recording, recorded_uncalibrated
 from lab.eval.traffic_command import run_from_traffic
 from lab.eval.traffic_defaults import VISIBLE_LOOP, default_base
 from lab.eval.traffic_fit import TrafficFitOptions, firing, fit_from_traffic, loop_rule
+from monitors.bands import default_bands
 from monitors.calibration import load_calibration
 from monitors.model_profile import derive_profile, uncalibrated
 from tests.gate.scripted import MODEL as SCRIPTED_MODEL
@@ -59,10 +61,12 @@ def _signals(rng: np.random.Generator, looping_from: int | None, recurrence_mean
     return steps
 
 
-def _record(directory: Path, calibration, count: int, loop_every: int, recurrence_mean: float = 0.78) -> None:
+def _record(
+    directory: Path, calibration, count: int, loop_every: int, recurrence_mean: float = 0.78, model: str = MODEL
+) -> None:
     rng = np.random.default_rng(1)
     recorder = TrafficRecorder(directory, 10**9)
-    context = {"model": MODEL, "backend": "embedded", "endpoint": "completions", **calibration_setup(calibration, "")}
+    context = {"model": model, "backend": "embedded", "endpoint": "completions", **calibration_setup(calibration, "")}
     for number in range(count):
         looping_from = 60 if number % loop_every == loop_every - 1 else None
         trace = SignalTrace()
@@ -143,11 +147,9 @@ def test_a_calibration_on_another_profile_is_refused_by_a_gateway_started_uncali
     assert ctx.calibration is recorded_under
 
 
-def test_a_recording_behind_the_vllm_plugin_is_calibrated_without_loading_the_model(tmp_path, profile):
-    # The plugin derives no reference: bands only, no outlier dimensions, no mean states.
-    plugin = replace(uncalibrated(MODEL, profile), outlier_dims={}, mean_states={})
-    _record(tmp_path / "rec", plugin, 60, loop_every=10)
-    args = argparse.Namespace(
+def _from_traffic_args(tmp_path: Path) -> argparse.Namespace:
+    """``calibrate --from-traffic tmp_path/rec -o tmp_path/out.json --held-out 0.3``."""
+    return argparse.Namespace(
         from_traffic=tmp_path / "rec",
         output=tmp_path / "out.json",
         base=None,
@@ -155,7 +157,31 @@ def test_a_recording_behind_the_vllm_plugin_is_calibrated_without_loading_the_mo
         target_fpr=0.05,
         rank_fpr=0.05,
     )
+
+
+def test_a_recording_behind_the_vllm_plugin_is_calibrated_without_loading_the_model(tmp_path, profile):
+    # The plugin derives no reference: bands only, no outlier dimensions, no mean states.
+    plugin = replace(uncalibrated(MODEL, profile), outlier_dims={}, mean_states={})
+    _record(tmp_path / "rec", plugin, 60, loop_every=10)
+    args = _from_traffic_args(tmp_path)
     fitted = run_from_traffic(args)  # "new-model" is no model that could be loaded: none is
     assert load_calibration(args.output) == fitted
     assert (fitted.outlier_dims, fitted.mean_states, fitted.bands) == ({}, {}, profile.bands)
     assert {s.name for s in fitted.signals} >= {"text.periodicity", "early.recurrence"}
+
+
+def test_a_recording_behind_the_vllm_plugin_that_names_no_bands_is_fitted_on_the_plugins_thirds(tmp_path, profile):
+    # A gateway in front of vLLM cannot see the model's depth: its uncalibrated recording names no bands, and
+    # the plugin computed the features on the thirds of the model's depth, which the model's config gives.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": LAYERS}))
+    gateway_view = replace(uncalibrated(str(model), profile), bands=(), outlier_dims={}, mean_states={})
+    _record(tmp_path / "rec", gateway_view, 60, loop_every=10, model=str(model))
+    args = _from_traffic_args(tmp_path)
+    fitted = run_from_traffic(args)
+    assert fitted.bands == default_bands(LAYERS) == profile.bands
+    assert (fitted.outlier_dims, fitted.mean_states) == ({}, {})
+    assert {s.name for s in fitted.signals} == {"text.periodicity"} | {
+        f"{b}.recurrence" for b in ("early", "middle", "late")
+    }

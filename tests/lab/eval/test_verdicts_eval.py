@@ -3,7 +3,7 @@
 from lab.eval.corpus import CorpusEntry
 from lab.eval.dataset import Generation
 from lab.eval.labels import Label
-from lab.eval.verdicts_eval import breakdown, group_stats, traffic_of
+from lab.eval.verdicts_eval import breakdown, group_stats, loop_onsets, traffic_of
 
 
 def generation(key: str, kind: str, length: int, label: Label, inducer: str = "none") -> Generation:
@@ -40,3 +40,17 @@ def test_groups_split_traffic_by_kind_and_inducer_and_by_length():
     assert set(out["length"]) == {"0-127", "512-1000"}
     assert set(out["length_generated"]) == {"0-127"}
     assert out["all"]["false_alarms_per_1k_tokens"] == 0.0
+
+
+def test_loop_onsets_list_every_visible_loop_with_both_firing_tokens():
+    gens = [
+        generation("a", "longform", 600, Label("visible", onset=120)),
+        generation("b", "code", 300, Label("negative")),
+        generation("c", "list", 200, Label("visible", onset=None)),
+    ]
+    onsets = loop_onsets(gens, {"a": 340, "b": 10, "c": None})
+    assert [(o["key"], o["text_detector"], o["fired"], o["length"]) for o in onsets] == [
+        ("a", 120, 340, 600),
+        ("c", None, None, 200),
+    ]
+    assert onsets[0]["traffic"] == "longform"

@@ -10,6 +10,7 @@ import pytest
 import zmq
 
 from monitors.bands import LayerBand
+from monitors.model_profile import ModelProfile, uncalibrated
 from monitors.vllm_plugin import calibration_watch
 from monitors.vllm_plugin.calibration_watch import CalibrationWatch
 from monitors.vllm_plugin.reducer import FeatureReducer, new_extractor_factory
@@ -86,3 +87,12 @@ def test_a_broken_file_or_other_bands_keep_the_calibration_in_force(calibration,
     path.write_text(refitted.to_json())
     assert watch.changed() == refitted
     assert watch.changed() is None  # nothing new since
+
+
+def test_an_awaited_file_is_taken_when_it_is_first_written(calibration, tmp_path):
+    path = tmp_path / "written-later.json"
+    waiting = uncalibrated(calibration.model, ModelProfile(calibration.bands, {}, {}))
+    watch = CalibrationWatch(path, waiting, calibration.bands)
+    assert watch.changed() is None  # not there yet: the model stays uncalibrated
+    path.write_text(calibration.to_json())
+    assert watch.changed() == calibration

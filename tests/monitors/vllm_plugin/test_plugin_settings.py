@@ -27,3 +27,10 @@ def test_calibration_bands_and_sinks_mean_what_they_mean_for_the_gateway():
     )
     assert settings.calibration == "/etc/cal.json" and settings.bands == "late=20,25"
     assert settings.allowed_sinks == (ipaddress.ip_network("10.1.0.0/16"), ipaddress.ip_network("127.0.0.1/32"))
+
+
+def test_awaiting_the_calibration_is_off_unless_asked():
+    assert not PluginSettings.from_env({}).await_calibration
+    assert not PluginSettings.from_env({"SINKWATCH_AWAIT_CALIBRATION": ""}).await_calibration
+    assert PluginSettings.from_env({"SINKWATCH_AWAIT_CALIBRATION": "1"}).await_calibration
+    assert PluginSettings.from_env({"SINKWATCH_VLLM_PLUGIN": ""}).enabled

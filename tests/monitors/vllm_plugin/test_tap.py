@@ -146,3 +146,8 @@ def test_the_calibration_is_the_served_names_own_else_the_model_is_monitored_unc
     assert [band.layers for band in other.bands] == [(3, 4), (8, 10), (14, 16)]
     with pytest.raises(FileNotFoundError):
         resolve_calibration(str(tmp_path / "absent.json"), ["SmolLM2-135M-Instruct"], 30)
+
+
+def test_an_awaited_calibration_not_written_yet_leaves_the_model_uncalibrated(tmp_path):
+    awaited = resolve_calibration(str(tmp_path / "later.json"), ["SmolLM2-135M-Instruct"], 30, awaited=True)
+    assert (awaited.model, awaited.calibrated, awaited.signals) == ("SmolLM2-135M-Instruct", False, ())
