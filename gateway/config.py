@@ -134,7 +134,7 @@ class Settings(BaseSettings):
     )
     rescue_attempts: int = _setting(2, "rescue: resampling attempts before falling back to block", ge=0)
     rescue_token_budget: int = _setting(256, "rescue: generated tokens that may be thrown away per request", ge=0)
-    rescue_strategy: str = _setting("combined", "rescue: how to resample from the stable prefix", tuple(STRATEGIES))
+    rescue_strategy: str = _setting("ngram_bias", "rescue: how to resample from the stable prefix", tuple(STRATEGIES))
     upstreams: CommaList = _setting(
         "", "openai/vllm backends: upstream base URLs, comma-separated, optionally named ('a=http://h1:8000/v1,...')"
     )

@@ -309,6 +309,22 @@ VERDICTS = Row(
             stacked=True,
         ),
         Panel(
+            "Blocks per 1,000 completion tokens",
+            "For a calibration that counts its sink target per 1,000 tokens: blocks per 1,000 completion tokens "
+            f"over 10 minutes, against {COLLAPSE_MULTIPLE}x what the calibration allows both collapse modes in that "
+            "unit (the alert threshold).",
+            (
+                Query(
+                    f'model_action:sinkwatch_gate_actions_per_1k_completion_tokens:rate10m{{{M},action="block"}}',
+                    "{{model}} blocks",
+                ),
+                Query(
+                    f"{COLLAPSE_MULTIPLE} * model:sinkwatch_blocks_allowed_per_1k_completion_tokens:rate10m{{{M}}}",
+                    "{{model}} alert threshold",
+                ),
+            ),
+        ),
+        Panel(
             "Rescues",
             "Rescued requests by final outcome, and individual resampling attempts.",
             (

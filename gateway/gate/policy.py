@@ -45,7 +45,7 @@ class GateConfig:
     block_at: float = 0.0
     rescue_attempts: int = 2
     rescue_token_budget: int = 256
-    rescue_strategy: str = "combined"
+    rescue_strategy: str = "ngram_bias"
 
 
 def resolve_policy(config: GateConfig, body_policy: str | None, header_policy: str | None) -> Policy:

@@ -3,9 +3,10 @@
 A strategy takes the next attempt's request as the client sent it (continuation set to the accepted
 text), the token ids of the failed trajectory and the attempt number (1, 2, ...), and returns the
 request to send. ``reseed`` samples again at a raised temperature from a new seed; ``penalize`` adds
-presence and repetition penalties; ``ngram_bias`` biases against the tokens that kept closing repeated
-n-grams; ``combined`` (the default) does all three. ``constrain`` changes no sampling and adds an
-instruction instead: the "parallel" control of ``sinkwatch eval rescue``.
+presence and repetition penalties; ``ngram_bias`` (the default) biases against the tokens that kept closing
+repeated n-grams; ``combined`` does all three (its penalties apply to every token already in the answer,
+punctuation included, and made most rescued answers incoherent: docs/EVALUATION.md). ``constrain`` changes
+no sampling and adds an instruction instead: the "parallel" control of ``sinkwatch eval rescue``.
 
 Before any strategy, :func:`neutralise` takes out whatever in the client's own sampling pushes toward
 repetition (negative frequency or presence penalties, a repetition penalty below 1, a positive logit bias
@@ -18,11 +19,15 @@ from dataclasses import replace
 
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams
 
-__all__ = ["CONSTRAINT", "NGRAM_BIAS", "STRATEGIES", "looping_tokens", "neutralise"]
+__all__ = ["CONSTRAINT", "NGRAM_BIAS", "STRATEGIES", "TOP_P_CEILING", "looping_tokens", "neutralise"]
 
 NGRAM = 4
-# How far each retry moves sampling away from the failed setting.
+# How far each retry moves sampling away from the failed setting. A resample draws at least at the sampled
+# setting of the production-like corpus (temperature 0.7, nucleus 0.95), under which 76% of the held-out
+# answers are healthy by hand label (docs/EVALUATION.md); without the nucleus, a greedy request resampled
+# at temperature 0.7 draws from the whole tail of a small model's distribution and drifts into garbage.
 TEMPERATURE_FLOOR = 0.7
+TOP_P_CEILING = 0.95
 TEMPERATURE_STEP = 0.2
 MAX_TEMPERATURE = 2.0
 SEED_STRIDE = 7919
@@ -63,10 +68,12 @@ def neutralise(sampling: SamplingParams, failed_ids: Sequence[int]) -> tuple[Sam
 
 
 def _reseed(sampling: SamplingParams, attempt: int) -> SamplingParams:
-    """Sample (greedy requests too) at a temperature raised with each attempt, from a new seed if seeded."""
+    """Sample (greedy requests too) at a temperature raised with each attempt, within the nucleus, from a new
+    seed if seeded."""
     temperature = max(sampling.temperature, TEMPERATURE_FLOOR) + TEMPERATURE_STEP * (attempt - 1)
     seed = None if sampling.seed is None else sampling.seed + SEED_STRIDE * attempt
-    return replace(sampling, temperature=min(temperature, MAX_TEMPERATURE), seed=seed)
+    top_p = min(sampling.top_p, TOP_P_CEILING)
+    return replace(sampling, temperature=min(temperature, MAX_TEMPERATURE), top_p=top_p, seed=seed)
 
 
 def _penalize(sampling: SamplingParams) -> SamplingParams:

@@ -55,7 +55,7 @@ def resample_body(body: dict, strategy: str, failed_ids: list[int], attempt: int
     sampling, before = changed.sampling, original.sampling
     out = {key: value for key, value in body.items() if key != "n"}
     out["temperature"] = sampling.temperature  # stated even when unchanged: the upstream's default may differ
-    for name in ("seed", "presence_penalty", "frequency_penalty", "repetition_penalty"):
+    for name in ("seed", "top_p", "presence_penalty", "frequency_penalty", "repetition_penalty"):
         if getattr(sampling, name) != getattr(before, name):
             out[name] = getattr(sampling, name)
     if sampling.logit_bias != before.logit_bias:

@@ -34,6 +34,7 @@ __all__ = [
     "load_rubric_labels",
     "record_rubric_label",
     "repetition_trajectory",
+    "rescue_labels_path",
     "rubric_labels_path",
 ]
 
@@ -85,6 +86,11 @@ class RubricLabel:
 def rubric_labels_path() -> Path:
     """The committed hand labels of the production-like corpus."""
     return Path(str(resources.files("monitors") / "data" / "verdict_labels.jsonl"))
+
+
+def rescue_labels_path() -> Path:
+    """The committed hand labels of rescued answers (key ``<results file stem>:<case>``)."""
+    return Path(str(resources.files("monitors") / "data" / "rescue_labels.jsonl"))
 
 
 def load_rubric_labels(path: Path | None = None) -> dict[str, RubricLabel]:

@@ -24,7 +24,6 @@ import asyncio
 import json
 import statistics
 import zlib
-from importlib import resources
 from pathlib import Path
 
 from gateway.engine.provision import DEFAULT_MODEL
@@ -32,19 +31,19 @@ from gateway.gate.policy import GateConfig, Policy
 from gateway.gate.rescue import STRATEGIES
 from gateway.generation import ChatPrompt, GenerationRequest, SamplingParams
 from lab.eval.corpus import INDUCERS, Condition
-from lab.eval.labels import RubricLabel, load_rubric_labels
+from lab.eval.labels import RubricLabel, load_rubric_labels, rescue_labels_path
 from lab.eval.prompts import PromptCase, load_prompts
 from lab.gate_harness import GatedRun, run_gated, start_embedded
 from monitors.text import text_sink_onset
 
-__all__ = ["add_arguments", "healthy_by_hand", "rescue_labels_path", "run", "score_run", "summarize"]
+__all__ = ["add_arguments", "healthy_by_hand", "run", "score_run", "summarize"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch eval rescue``."""
     parser.add_argument("--model", default=DEFAULT_MODEL)
-    parser.add_argument("--prompts", default="loop", help="prompt set (shipped name or JSONL file)")
-    parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts (0: all)")
+    parser.add_argument("--prompts", default="loop", help="comma-separated prompt sets (shipped names or JSONL files)")
+    parser.add_argument("--limit", type=int, default=0, help="use only the first N prompts of each set (0: all)")
     parser.add_argument("--tokens", type=int, default=96, help="max_tokens per request")
     parser.add_argument("--repetition-penalty", type=float, default=0.8, help="the loop-inducing setting")
     parser.add_argument("--attempts", type=int, default=2, help="rescue attempts per request")
@@ -64,7 +63,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="serve nothing: recount --results against the hand labels read since (and redraw the figure)",
     )
-    parser.add_argument("--figures", type=Path, default=Path("docs/figures"), help="with --inducers: the figure")
+    parser.add_argument(
+        "--with",
+        dest="with_results",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="with --rescore: further results files, recounted too and drawn in the same figure",
+    )
+    parser.add_argument("--figures", type=Path, default=Path("docs/figures"), help="where the figure goes")
 
 
 def inducer_conditions(spec: str) -> list[Condition]:
@@ -122,7 +129,7 @@ def score_run(run: GatedRun) -> dict:
 async def _evaluate(args: argparse.Namespace) -> dict:
     backend, calibration = await start_embedded(args.model)
     model = backend.model_names()[0]
-    prompts = load_prompts(args.prompts, args.split)[: args.limit or None]
+    prompts = [p for name in args.prompts.split(",") for p in load_prompts(name, args.split)[: args.limit or None]]
     conditions = inducer_conditions(args.inducers)
     cases = [(p, c) for p in prompts for c in conditions] if conditions else [(p, None) for p in prompts]
     bias_token = backend.engine.loaded.tokenizer.encode(" the", add_special_tokens=False)[0] if conditions else None
@@ -147,12 +154,14 @@ async def _evaluate(args: argparse.Namespace) -> dict:
         await backend.close()
     per_strategy: dict[str, list[dict]] = {}
     per_inducer: dict[str, list[dict]] = {}
+    per_kind: dict[str, list[dict]] = {}
     for (case, strategy), run in zip(pairs, runs, strict=True):
         condition = case[1] or Condition("client", 0.0, repetition_penalty=args.repetition_penalty)
         inducer = condition.inducer
-        score = {"case": case_id(case), "inducer": inducer, **score_run(run)}
+        score = {"case": case_id(case), "inducer": inducer, "kind": case[0].kind, **score_run(run)}
         per_strategy.setdefault(strategy, []).append(score)
         per_inducer.setdefault(f"{strategy}/{inducer}", []).append(score)
+        per_kind.setdefault(f"{strategy}/{case[0].kind}", []).append(score)
     return {
         "prompts": len(prompts),
         "requests": len(cases),
@@ -160,12 +169,8 @@ async def _evaluate(args: argparse.Namespace) -> dict:
         "blocked_texts": {case_id(c): run.text for c, run in zip(cases, first, strict=True) if c in fired},
         "per_strategy": per_strategy,
         "per_inducer": per_inducer,
+        "per_kind": per_kind,
     }
-
-
-def rescue_labels_path() -> Path:
-    """The committed hand labels of rescued answers (key ``<results file stem>:<case>``)."""
-    return Path(str(resources.files("monitors") / "data" / "rescue_labels.jsonl"))
 
 
 def healthy_by_hand(scores: list[dict], run_name: str, labels: dict[str, RubricLabel]) -> dict:
@@ -196,19 +201,36 @@ def summarize(scores: list[dict]) -> dict:
     }
 
 
-def rescore(args: argparse.Namespace) -> dict:
-    """The per-inducer hand-label counts of an earlier run (``--results``), recounted and written back."""
-    result = json.loads(args.results.read_text())
+def _grouped_summaries(measured: dict, run_name: str) -> dict[str, dict]:
+    """Per inducer and per traffic type (``summary_per_inducer``, ``summary_per_kind``): the rates and the
+    hand-label counts of each group of cases."""
     hand = load_rubric_labels(rescue_labels_path())
-    for name, scores in result["per_inducer"].items():
-        result["summary_per_inducer"][name]["hand_labels"] = healthy_by_hand(scores, args.results.stem, hand)
-        print(f"{name:>32} {result['summary_per_inducer'][name]['hand_labels']}")
-    if args.inducers:
-        from lab.eval.verdict_plots import plot_rescue
+    summaries = {}
+    for group in ("inducer", "kind"):
+        rows = {name: summarize(scores) for name, scores in measured.get(f"per_{group}", {}).items()}
+        for name, scores in measured.get(f"per_{group}", {}).items():
+            rows[name]["hand_labels"] = healthy_by_hand(scores, run_name, hand)
+        summaries[f"summary_per_{group}"] = rows
+    return summaries
 
-        result["figure"] = plot_rescue(result["summary_per_inducer"], args.figures)
-    args.results.write_text(json.dumps(result, indent=1))
-    return result
+
+def rescore(args: argparse.Namespace) -> dict:
+    """The per-inducer and per-traffic-type hand-label counts of earlier runs (``--results`` and any
+    ``--with``), recounted and written back, and drawn in one figure."""
+    merged: dict[str, dict] = {"summary_per_inducer": {}, "summary_per_kind": {}}
+    for path in (args.results, *args.with_results):
+        result = json.loads(path.read_text())
+        result.update(_grouped_summaries(result, path.stem))
+        path.write_text(json.dumps(result, indent=1))
+        for group, rows in merged.items():
+            rows.update(result[group])
+    for rows in merged.values():
+        for name, row in rows.items():
+            print(f"{name:>32} {row['cases']:>3} cases {row['hand_labels']}")
+    from lab.eval.verdict_plots import plot_rescue
+
+    merged["figure"] = plot_rescue(merged["summary_per_inducer"], merged["summary_per_kind"], args.figures)
+    return merged
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -217,11 +239,8 @@ def run(args: argparse.Namespace) -> dict:
         return rescore(args)
     measured = asyncio.run(_evaluate(args))
     summary = {name: summarize(scores) for name, scores in measured["per_strategy"].items()}
-    by_inducer = {name: summarize(scores) for name, scores in measured["per_inducer"].items()}
-    hand = load_rubric_labels(rescue_labels_path())
-    run_name = args.results.stem if args.results else "rescue"
-    for name, scores in measured["per_inducer"].items():
-        by_inducer[name]["hand_labels"] = healthy_by_hand(scores, run_name, hand)
+    grouped = _grouped_summaries(measured, args.results.stem if args.results else "rescue")
+    by_inducer = grouped["summary_per_inducer"]
     print(f"{len(measured['cases'])} of {measured['requests']} requests fired the detector (max_tokens {args.tokens})")
     print(f"{'strategy':>11} {'success':>8} {'rescued':>8} {'text sink':>10} {'det. fired':>11} {'extra tok':>10}")
     for name, row in summary.items():
@@ -233,16 +252,16 @@ def run(args: argparse.Namespace) -> dict:
     settings = {k: v for k, v in vars(args).items() if k not in ("handler", "results") and not callable(v)}
     result = {
         "summary": summary,
-        "summary_per_inducer": by_inducer,
+        **grouped,
         "settings": {k: str(v) for k, v in settings.items()},
         **measured,
     }
     if args.inducers:
         from lab.eval.verdict_plots import plot_rescue
 
-        result["figure"] = plot_rescue(by_inducer, args.figures)
+        result["figure"] = plot_rescue(by_inducer, grouped["summary_per_kind"], args.figures)
         for name, row in by_inducer.items():
-            print(f"{name:>32} {row['cases']:>3} cases {row.get('success_rate', 0):>5.0%} rescued healthy")
+            print(f"{name:>32} {row['cases']:>3} cases {row.get('success_rate', 0):>5.0%} pass the automatic check")
     if args.results:
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(result, indent=1))

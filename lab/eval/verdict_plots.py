@@ -96,21 +96,23 @@ def plot_verdicts(result: dict, folder: Path) -> list[str]:
     return written
 
 
-def plot_rescue(summary_per_inducer: dict, folder: Path) -> str:
-    """Rescue per inducer: share passing the automatic check, and share healthy by hand label."""
+def plot_rescue(per_inducer: dict, per_kind: dict, folder: Path) -> str:
+    """Rescue per loop inducer and per traffic type: share passing the automatic check, and share healthy
+    by hand label (of the cases the detector fired on; the case counts in brackets)."""
     plt = pyplot()
-    names = sorted(summary_per_inducer)
-    figure, ax = plt.subplots(figsize=(8, 3.8))
-    _bars(
-        ax,
-        [f"{n} ({summary_per_inducer[n]['cases']})" for n in names],
-        {
-            "automatic check": [summary_per_inducer[n].get("success_rate") for n in names],
-            "healthy by hand label": [summary_per_inducer[n]["hand_labels"]["rate"] for n in names],
-        },
-        "share of cases",
-        "Rescue per loop inducer, held-out prompts (target ≥ 0.9)",
-    )
-    ax.axhline(0.9, color="black", lw=0.8, ls="--")
-    ax.set_ylim(0, 1.05)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, summaries, what in ((axes[0], per_inducer, "loop inducer"), (axes[1], per_kind, "traffic type")):
+        names = sorted(summaries)
+        _bars(
+            ax,
+            [f"{n.split('/')[-1]} ({summaries[n]['cases']})" for n in names],
+            {
+                "automatic check": [summaries[n].get("success_rate") for n in names],
+                "healthy by hand label": [summaries[n]["hand_labels"]["rate"] for n in names],
+            },
+            "share of cases",
+            f"Rescue per {what}, held-out prompts (target ≥ 0.9)",
+        )
+        ax.axhline(0.9, color="black", lw=0.8, ls="--")
+        ax.set_ylim(0, 1.05)
     return str(save(figure, folder / "rescue_inducers.png"))

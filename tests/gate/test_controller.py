@@ -98,7 +98,7 @@ def test_rescue_resamples_from_the_stable_prefix_with_a_changed_request():
     assert (gate.result.action, gate.result.outcome) == ("rescue", "rescued")
     assert gate.result.discarded_tokens == 21 - 10
     assert gate.result.completion_tokens == 10 + 12
-    assert [a.strategy for a in gate.result.attempts] == [None, "combined"]
+    assert [a.strategy for a in gate.result.attempts] == [None, "ngram_bias"]
 
 
 def test_only_the_first_attempt_computes_the_prefill_risk_and_the_report_carries_it():

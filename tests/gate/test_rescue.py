@@ -2,7 +2,7 @@
 
 from dataclasses import replace
 
-from gateway.gate.rescue import CONSTRAINT, NGRAM_BIAS, STRATEGIES, looping_tokens, neutralise
+from gateway.gate.rescue import CONSTRAINT, NGRAM_BIAS, STRATEGIES, TOP_P_CEILING, looping_tokens, neutralise
 from tests.gate.scripted import REQUEST
 
 LOOP = [1, 2, 3, 4] + [7, 8, 9] * 5
@@ -20,6 +20,13 @@ def test_reseed_raises_the_temperature_and_changes_the_seed_with_each_attempt():
     assert 0 < first.temperature < second.temperature
     assert len({REQUEST.sampling.seed, first.seed, second.seed}) == 3
     assert first.repetition_penalty == REQUEST.sampling.repetition_penalty and not first.logit_bias
+
+
+def test_a_resample_draws_within_the_nucleus_and_keeps_a_narrower_one():
+    assert REQUEST.sampling.top_p == 1.0
+    assert STRATEGIES["reseed"](REQUEST, LOOP, 1).sampling.top_p == TOP_P_CEILING < 1
+    narrow = replace(REQUEST, sampling=replace(REQUEST.sampling, top_p=0.5))
+    assert STRATEGIES["combined"](narrow, LOOP, 2).sampling.top_p == 0.5
 
 
 def test_an_unseeded_request_stays_unseeded():

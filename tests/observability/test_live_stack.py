@@ -237,6 +237,16 @@ def test_forced_collapses_make_their_alert_go_pending_then_firing(stack):
     assert _was_pending(stack.prometheus, alertname, f'model="{MODEL}"')
 
 
+def test_forced_blocks_page_per_1k_completion_tokens_as_the_shipped_calibration_counts(stack):
+    """The shipped calibration counts its sink target per 1,000 tokens: blocks page in that unit, and the
+    share-of-generations block alert stays silent."""
+    blocked = sum(verdict in COLLAPSE_ALERTS for verdict in stack.forced_verdicts)
+    assert blocked >= 3, f"only {blocked} forced generations collapsed (verdicts {stack.forced_verdicts})"
+    _wait_for_firing(stack.prometheus, "SinkwatchBlockRatePer1kTokensHigh", model=MODEL, action="block")
+    assert _was_pending(stack.prometheus, "SinkwatchBlockRatePer1kTokensHigh", f'model="{MODEL}"')
+    assert not _was_pending(stack.prometheus, "SinkwatchBlockRateHigh", f'model="{MODEL}"')
+
+
 def test_an_upstream_nobody_listens_on_makes_upstream_down_fire_for_it_alone(stack):
     _wait_for_firing(stack.prometheus, "SinkwatchUpstreamDown", upstream="dead")
     assert _was_pending(stack.prometheus, "SinkwatchUpstreamDown", 'upstream="dead"')

@@ -121,3 +121,11 @@ def test_the_per_token_sink_alert_compares_sinks_per_1k_completion_tokens_with_t
     assert "model:sinkwatch_sink_verdicts_per_1k_completion_tokens:rate10m" in rule["expr"]
     share = next(r for r in ALERTS if r["alert"] == "SinkwatchSinkRateHigh")
     assert "unless on (model) model:sinkwatch_calibration_target_false_alarms:per_1k_tokens" in share["expr"]
+
+
+def test_the_per_token_block_alert_compares_blocks_per_1k_completion_tokens_with_the_per_token_allowance():
+    rule = next(r for r in ALERTS if r["alert"] == "SinkwatchBlockRatePer1kTokensHigh")
+    assert "model:sinkwatch_blocks_allowed_per_1k_completion_tokens:rate10m" in rule["expr"]
+    assert "model_action:sinkwatch_gate_actions_per_1k_completion_tokens:rate10m" in rule["expr"]
+    share = next(r for r in ALERTS if r["alert"] == "SinkwatchBlockRateHigh")
+    assert "unless on (model) model:sinkwatch_calibration_target_false_alarms:per_1k_tokens" in share["expr"]

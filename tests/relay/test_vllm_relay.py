@@ -197,11 +197,11 @@ def test_rescue_resamples_a_collapsed_choice_from_its_start_and_says_so(fake, re
     )
     gate = answer.model_extra["stability"]["gate"]
     assert (gate["action"], gate["outcome"]) == ("rescue", "rescued")
-    assert [attempt["strategy"] for attempt in gate["attempts"]] == [None, "combined"]
+    assert [attempt["strategy"] for attempt in gate["attempts"]] == [None, "ngram_bias"]
     assert answer.choices[0].message.tool_calls[0].function.arguments == "".join(f" t{i}" for i in range(40))
     resample = upstream.bodies[before + 1]
     assert resample["tools"] == TOOLS and "n" not in resample
-    assert resample["temperature"] >= 0.7 and resample["presence_penalty"] > 0
+    assert resample["temperature"] >= 0.7 and resample["top_p"] <= 0.95 and min(resample["logit_bias"].values()) < 0
 
 
 def test_a_resample_takes_out_the_clients_inducers_of_repetition_and_says_so(fake, relay_server):

@@ -60,7 +60,7 @@ def test_a_rescued_choice_has_a_span_per_attempt_beside_the_choice_that_held(spa
     first, rescue = by_choice[0]
     assert first.attributes["sinkwatch.attempt.verdict"] == reports[0]["attempts"][0]["verdict"] == "sink"
     assert first.attributes["sinkwatch.attempt.fired_at_token"] == reports[0]["attempts"][0]["fired_at_token"]
-    assert rescue.attributes["sinkwatch.attempt.strategy"] == "combined"
+    assert rescue.attributes["sinkwatch.attempt.strategy"] == "ngram_bias"
     cut = reports[0]["attempts"][0]["rollback_to_token"]  # continued from there
     assert rescue.attributes["sinkwatch.attempt.tokens_kept"] == reports[0]["attempts"][1]["tokens_kept"] == 40 - cut
     assert "sinkwatch.attempt.fired_at_token" not in by_choice[1][0].attributes

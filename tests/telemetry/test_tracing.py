@@ -142,7 +142,7 @@ def test_a_rescued_generation_has_a_span_per_gate_attempt_and_its_verdict(spans,
     assert all(attempt.parent.span_id == request.context.span_id for attempt in attempts)
     assert attempts[0].attributes["sinkwatch.attempt.verdict"] == gate["attempts"][0]["verdict"]
     assert attempts[0].attributes["sinkwatch.attempt.fired_at_token"] == gate["attempts"][0]["fired_at_token"]
-    assert attempts[1].attributes["sinkwatch.attempt.strategy"] == "combined"
+    assert attempts[1].attributes["sinkwatch.attempt.strategy"] == "ngram_bias"
     assert request.name == f"chat {MODEL}"
     assert request.attributes["sinkwatch.gate.action"] == "rescue"
     assert request.attributes["sinkwatch.gate.outcome"] == "rescued"

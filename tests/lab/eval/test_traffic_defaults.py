@@ -149,11 +149,9 @@ def test_a_calibration_on_another_profile_is_refused_by_a_gateway_started_uncali
     assert ctx.calibration is recorded_under
 
 
-def test_a_recording_behind_the_vllm_plugin_is_calibrated_without_loading_the_model(tmp_path, profile):
-    # The plugin derives no reference: bands only, no outlier dimensions, no mean states.
-    plugin = replace(uncalibrated(MODEL, profile), outlier_dims={}, mean_states={})
-    _record(tmp_path / "rec", plugin, 60, loop_every=10)
-    args = argparse.Namespace(
+def _from_traffic_args(tmp_path: Path) -> argparse.Namespace:
+    """``calibrate --from-traffic tmp_path/rec -o tmp_path/out.json --held-out 0.3``."""
+    return argparse.Namespace(
         from_traffic=tmp_path / "rec",
         output=tmp_path / "out.json",
         base=None,
@@ -162,6 +160,13 @@ def test_a_recording_behind_the_vllm_plugin_is_calibrated_without_loading_the_mo
         rank_fpr=0.05,
         rank_levels=False,
     )
+
+
+def test_a_recording_behind_the_vllm_plugin_is_calibrated_without_loading_the_model(tmp_path, profile):
+    # The plugin derives no reference: bands only, no outlier dimensions, no mean states.
+    plugin = replace(uncalibrated(MODEL, profile), outlier_dims={}, mean_states={})
+    _record(tmp_path / "rec", plugin, 60, loop_every=10)
+    args = _from_traffic_args(tmp_path)
     fitted = run_from_traffic(args)  # "new-model" is no model that could be loaded: none is
     assert load_calibration(args.output) == fitted
     assert (fitted.outlier_dims, fitted.mean_states, fitted.bands) == ({}, {}, profile.bands)
@@ -234,15 +239,7 @@ def test_a_recording_behind_the_vllm_plugin_that_names_no_bands_is_fitted_on_the
     (model / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": LAYERS}))
     gateway_view = replace(uncalibrated(str(model), profile), bands=(), outlier_dims={}, mean_states={})
     _record(tmp_path / "rec", gateway_view, 60, loop_every=10, model=str(model))
-    args = argparse.Namespace(
-        from_traffic=tmp_path / "rec",
-        output=tmp_path / "out.json",
-        base=None,
-        held_out=0.3,
-        target_fpr=0.05,
-        rank_fpr=0.05,
-        rank_levels=False,
-    )
+    args = _from_traffic_args(tmp_path)
     fitted = run_from_traffic(args)
     assert fitted.bands == default_bands(LAYERS) == profile.bands
     assert (fitted.outlier_dims, fitted.mean_states) == ({}, {})
