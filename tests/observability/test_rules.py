@@ -115,17 +115,33 @@ def test_collapse_alert_thresholds_are_multiples_of_the_calibrated_target(rule):
     assert "model:sinkwatch_calibration_target_false_positive:ratio" in rule["expr"]
 
 
-def test_the_per_token_sink_alert_compares_sinks_per_1k_completion_tokens_with_the_per_token_target():
-    rule = next(r for r in ALERTS if r["alert"] == "SinkwatchSinkRatePer1kTokensHigh")
-    assert "model:sinkwatch_calibration_target_false_alarms:per_1k_tokens" in rule["expr"]
-    assert "model:sinkwatch_sink_verdicts_per_1k_completion_tokens:rate10m" in rule["expr"]
-    share = next(r for r in ALERTS if r["alert"] == "SinkwatchSinkRateHigh")
-    assert "unless on (model) model:sinkwatch_calibration_target_false_alarms:per_1k_tokens" in share["expr"]
-
-
-def test_the_per_token_block_alert_compares_blocks_per_1k_completion_tokens_with_the_per_token_allowance():
-    rule = next(r for r in ALERTS if r["alert"] == "SinkwatchBlockRatePer1kTokensHigh")
-    assert "model:sinkwatch_blocks_allowed_per_1k_completion_tokens:rate10m" in rule["expr"]
-    assert "model_action:sinkwatch_gate_actions_per_1k_completion_tokens:rate10m" in rule["expr"]
-    share = next(r for r in ALERTS if r["alert"] == "SinkwatchBlockRateHigh")
+@pytest.mark.parametrize(
+    ("alert", "series", "share_alert"),
+    [
+        (
+            "SinkwatchSinkRatePer1kTokensHigh",
+            (
+                "model:sinkwatch_calibration_target_false_alarms:per_1k_tokens",
+                "model:sinkwatch_sink_verdicts_per_1k_completion_tokens:rate10m",
+            ),
+            "SinkwatchSinkRateHigh",
+        ),
+        (
+            "SinkwatchBlockRatePer1kTokensHigh",
+            (
+                "model:sinkwatch_blocks_allowed_per_1k_completion_tokens:rate10m",
+                "model_action:sinkwatch_gate_actions_per_1k_completion_tokens:rate10m",
+            ),
+            "SinkwatchBlockRateHigh",
+        ),
+    ],
+)
+def test_a_per_token_alert_compares_a_rate_per_1k_completion_tokens_and_its_share_twin_stays_silent(
+    alert, series, share_alert
+):
+    """For a calibration that counts its target per 1,000 tokens, the per-token alert reads that unit and the
+    per-generation alert beside it is silenced."""
+    rule = next(r for r in ALERTS if r["alert"] == alert)
+    assert all(name in rule["expr"] for name in series)
+    share = next(r for r in ALERTS if r["alert"] == share_alert)
     assert "unless on (model) model:sinkwatch_calibration_target_false_alarms:per_1k_tokens" in share["expr"]
