@@ -4,11 +4,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from lab.eval.dataset import Generation
 from monitors.detector import PERIODICITY_SIGNAL
-from monitors.text import MAX_PERIOD, PERIOD_JITTER, PERIODICITY_WINDOW, PeriodicityTracker
+from monitors.text import MAX_PERIOD, PERIOD_JITTER, PERIODICITY_WINDOW, PeriodicityTracker, periodicity_trajectory
 
 __all__ = ["PREVIOUS", "SERVED", "Variant", "tokens_per_second", "with_variant"]
 
@@ -45,9 +43,14 @@ def tokens_per_second(variant: Variant, token_ids: Sequence[int]) -> float:
 
 def with_variant(generations: Sequence[Generation], variant: Variant) -> list[Generation]:
     """The generations with this variant's periodicity trajectory in place of the served one's."""
-    out = []
-    for g in generations:
-        tracker = PeriodicityTracker(**variant.options())
-        values = np.array([tracker.push(t) for t in g.entry.output_ids], dtype=np.float64)
-        out.append(Generation(g.entry, g.label, {**g.trajectories, PERIODICITY_SIGNAL: values}))
-    return out
+    return [
+        Generation(
+            g.entry,
+            g.label,
+            {
+                **g.trajectories,
+                PERIODICITY_SIGNAL: periodicity_trajectory(list(g.entry.output_ids), **variant.options()),
+            },
+        )
+        for g in generations
+    ]
