@@ -58,6 +58,7 @@ COMMAND_GROUPS: dict[str, tuple[str, dict[str, str]]] = {
             "verdicts": "lab.eval.verdicts_eval",
             "periodicity": "lab.eval.periodicity_eval",
             "rank": "lab.eval.rank_eval",
+            "rank-served": "lab.eval.rank_served",
             "record": "lab.eval.record_traffic",
             "record-completions": "lab.eval.completion_traffic",
             "traffic": "lab.eval.traffic_eval",

@@ -184,10 +184,12 @@ class StabilityDetector:
         return before if last_stable is None else min(last_stable, before)
 
     def _level(self, crossing: list[_SignalState], persistent: list[_SignalState]) -> VerdictLevel:
-        if any(s.spec.family == "rank" for s in persistent):
-            return VerdictLevel.RANK_EXHAUSTION
+        """This token's level. A visible loop is ``sink`` even where a rank floor is crossed too: rank
+        exhaustion is the loss of directions that the text does not already show as recurrence."""
         if sum(s.spec.family == "sink" for s in persistent) >= self.calibration.min_agreeing:
             return VerdictLevel.SINK
+        if any(s.spec.family == "rank" for s in persistent):
+            return VerdictLevel.RANK_EXHAUSTION
         return VerdictLevel.WARN if crossing else VerdictLevel.OK
 
     def summary(self) -> dict:

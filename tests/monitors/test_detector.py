@@ -46,6 +46,16 @@ def test_a_rank_family_signal_gives_rank_exhaustion():
     assert verdict.level is VerdictLevel.RANK_EXHAUSTION
 
 
+def test_a_visible_loop_stays_sink_when_a_rank_floor_is_crossed_too():
+    rank = SignalThreshold("late.pr", "low", 4.0, "rank")
+    loop = SignalThreshold("entropy", "low", 0.5, "sink")
+    detector = StabilityDetector(_calibration(rank, loop, persistence=1))
+    verdicts = _feed(detector, [{"late.pr": 2.0, "entropy": 2.0}] * 4 + [{"late.pr": 2.0, "entropy": 0.0}] * 12)
+    assert verdicts[3].level is VerdictLevel.RANK_EXHAUSTION  # fewer directions, no loop in sight yet
+    assert verdicts[-1].level is VerdictLevel.SINK
+    assert {r.signal for r in verdicts[-1].reasons} == {"late.pr", "entropy"}
+
+
 def test_cusum_tracks_a_moderate_sustained_shift_that_a_level_threshold_misses():
     cusum = SignalThreshold("probe", "high", 4.0, "sink", "cusum", mean=0.0, std=1.0)
     level = SignalThreshold("probe", "high", 2.0, "sink", "ewma")
