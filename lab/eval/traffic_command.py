@@ -71,5 +71,13 @@ def run_from_traffic(args: argparse.Namespace) -> Calibration:
     args.output.write_text(fitted.calibration.to_json())
     print(f"calibrate: wrote {args.output}")
     print(f"calibrate: rank floors: {report['rank_floors']}")
+    if fitted.calibration.rank_floors:
+        fired, healthy = report["held_out_rank_fired"]
+        low, high = report["held_out_rank_share_ci95"]
+        print(
+            f"calibrate: held out below a rank floor: {fired} of {healthy} generations not visibly looping "
+            f"(95 % CI {low:.1%}-{high:.1%}; target {args.rank_fpr:.0%}); by sampling "
+            f"{report['held_out_rank_by_sampling']} [fired, generations]"
+        )
     print(json.dumps({"thresholds": {s.name: round(s.threshold, 4) for s in fitted.calibration.signals}}))
     return fitted.calibration

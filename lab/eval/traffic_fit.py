@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from lab.eval.rank_corpus import novel_pr_lows
+from lab.eval.rank_floors import wilson
 from lab.eval.thresholds import alarm_rate, combine, track
 from lab.eval.traffic import RecordedGeneration, SetupMismatch, by_time
 from lab.eval.traffic_defaults import VISIBLE_LOOP
@@ -147,6 +148,22 @@ def _with_rank_margins(generations: Sequence[RecordedGeneration], floors: dict[s
             g.trajectories[f"{band}.rank_margin"] = g.values(f"{band}.pr_novel") - floor
 
 
+def _rank_share_detail(held: Sequence[RecordedGeneration], fired: np.ndarray, healthy: np.ndarray) -> dict[str, Any]:
+    """How many held-out generations that do not visibly loop go below a rank floor: in all (with a 95 %
+    Wilson interval) and by how they were sampled (greedy or not), as [fired, generations]."""
+    greedy = np.array([not g.sampling.get("temperature") for g in held], dtype=bool)
+    by_sampling = {
+        name: [int((fired & healthy & part).sum()), int((healthy & part).sum())]
+        for name, part in (("greedy", greedy), ("sampled", ~greedy))
+    }
+    fired_healthy = int((fired & healthy).sum())
+    return {
+        "held_out_rank_fired": [fired_healthy, int(healthy.sum())],
+        "held_out_rank_share_ci95": [round(x, 4) for x in wilson(fired_healthy, int(healthy.sum()))],
+        "held_out_rank_by_sampling": by_sampling,
+    }
+
+
 def firing(
     signals: Sequence[SignalThreshold], generations: Sequence[RecordedGeneration], span: int, persistence: int
 ) -> np.ndarray:
@@ -218,6 +235,7 @@ def fit_split(
             round(alarm_rate(held_sink, held, held_healthy, per_1k_tokens=True), 4) if held_healthy.any() else None
         ),
         "held_out_rank_share": round(float(held_rank[held_healthy].mean()), 4) if held_healthy.any() else None,
+        **_rank_share_detail(held, held_rank, held_healthy),
         "held_out_visible_loops": int(held_loops.sum()),
         "held_out_loops_caught": int((held_sink & held_loops).sum()),
         "split": f"by time: the latest {options.held_out:.0%} held out",
