@@ -3,7 +3,8 @@
 Each record (:mod:`gateway.recording.trace`) becomes a :class:`RecordedGeneration`: its per-token signal
 trajectories, length, finish reason, time and the setup they were computed with. A recording made under
 several setups (a calibration with other bands or another reference reloaded or restarted in between) is
-read for one setup only, the one most records have: signals computed differently do not mix.
+read for one setup only: the base calibration's when one is named, else the one most records have; signals
+computed differently do not mix.
 """
 
 import json
@@ -15,10 +16,19 @@ from typing import Any
 
 import numpy as np
 
-from monitors.calibration import SignalThreshold, tracked
+from gateway.recording.trace import calibration_setup
+from monitors.calibration import Calibration, SignalThreshold, tracked
 from monitors.model_profile import UNCALIBRATED
 
-__all__ = ["RecordedGeneration", "SetupMismatch", "by_time", "read_recording", "recorded_uncalibrated", "setup_key"]
+__all__ = [
+    "RecordedGeneration",
+    "SetupMismatch",
+    "by_time",
+    "read_recording",
+    "recorded_uncalibrated",
+    "recording_setup",
+    "setup_key",
+]
 
 # What must agree between records for their signals to be comparable.
 _SETUP_FIELDS = ("bands", "window", "outlier_dims", "recurrence_levels")
@@ -97,9 +107,18 @@ def _generation(record: dict[str, Any], key: str) -> RecordedGeneration:
     )
 
 
-def read_recording(directory: Path, model: str | None = None) -> tuple[list[RecordedGeneration], dict[str, int]]:
-    """Every readable record of ``directory`` (for ``model`` when given), under the most common setup;
-    and what was left out, by reason (``unreadable``, ``other_model``, ``other_setup``)."""
+def recording_setup(calibration: Calibration) -> dict[str, Any]:
+    """The setup fields a gateway records under ``calibration`` (what its recorded signals depend on)."""
+    recorded = calibration_setup(calibration, digest="")
+    return {name: recorded[name] for name in _SETUP_FIELDS}
+
+
+def read_recording(
+    directory: Path, model: str | None = None, setup: dict[str, Any] | None = None
+) -> tuple[list[RecordedGeneration], dict[str, int]]:
+    """Every readable record of ``directory`` (for ``model`` when given) under ``setup`` (see
+    :func:`recording_setup`), or when none is given under the most common setup; and what was left out, by
+    reason (``unreadable``, ``other_model``, ``other_setup``)."""
     if not directory.is_dir():
         raise FileNotFoundError(f"no recording at {directory}")
     records, left_out = [], Counter()
@@ -120,9 +139,15 @@ def read_recording(directory: Path, model: str | None = None) -> tuple[list[Reco
     models = {g.model for _, g in records}
     if len(models) > 1:
         raise SetupMismatch(f"{directory} records several models ({', '.join(sorted(models))}); name one with --model")
-    common, _ = Counter(key for key, _ in records).most_common(1)[0]
-    left_out["other_setup"] = sum(key != common for key, _ in records)
-    return [g for key, g in records if key == common], dict(left_out)
+    wanted = setup_key(setup) if setup is not None else Counter(key for key, _ in records).most_common(1)[0][0]
+    left_out["other_setup"] = sum(key != wanted for key, _ in records)
+    kept = [g for key, g in records if key == wanted]
+    if not kept:
+        raise SetupMismatch(
+            f"no record of {directory} was made under the base calibration's setup (bands, window, outlier "
+            "dimensions, recurrence levels): record with it in force, or pass the calibration recorded under as --base"
+        )
+    return kept, dict(left_out)
 
 
 def by_time(generations: Sequence[RecordedGeneration], held_out: float) -> tuple[list, list]:

@@ -2,10 +2,9 @@
 
 import argparse
 import json
-from pathlib import Path
 from typing import Any
 
-from lab.eval.traffic import read_recording, recorded_uncalibrated
+from lab.eval.traffic import read_recording, recorded_uncalibrated, recording_setup
 from lab.eval.traffic_defaults import default_base, plugin_bands, profile_mean_states
 from lab.eval.traffic_fit import TrafficFitOptions, fit_from_traffic
 from monitors.calibration import Calibration, load_calibration
@@ -13,11 +12,11 @@ from monitors.calibration import Calibration, load_calibration
 __all__ = ["run_from_traffic"]
 
 
-def _base(named: Path | None, model: str, setup: dict[str, Any]) -> Calibration:
-    """``--base``; else, for a recording made uncalibrated, the default signals on the recorded setup and
-    the model's derived profile; else the calibration shipped for the recorded model."""
+def _base(named: Calibration | None, model: str, setup: dict[str, Any]) -> Calibration:
+    """``--base`` (loaded); else, for a recording made uncalibrated, the default signals on the recorded setup
+    and the model's derived profile; else the calibration shipped for the recorded model."""
     if named is not None:
-        return load_calibration(named)
+        return named
     if recorded_uncalibrated(setup):
         print(f"calibrate: {model} was recorded uncalibrated: default signals on its own profile")
         # No outlier dimensions at all: recorded behind the vLLM plugin, which derives no reference (bands only).
@@ -32,7 +31,9 @@ def run_from_traffic(args: argparse.Namespace) -> Calibration:
         raise ValueError("calibrate --from-traffic needs -o FILE (the shipped calibration is not overwritten)")
     if not 0 <= args.held_out < 1:
         raise ValueError(f"--held-out must be in [0, 1), not {args.held_out}")
-    generations, left_out = read_recording(args.from_traffic)
+    named = load_calibration(args.base) if args.base is not None else None
+    # Under a named base, only what was recorded with it in force (a record dir kept across a reload holds more).
+    generations, left_out = read_recording(args.from_traffic, setup=recording_setup(named) if named else None)
     model = generations[0].model
     if recorded_uncalibrated(generations[0].setup) and not generations[0].setup.get("bands"):
         # Behind the vLLM plugin, uncalibrated: the gateway could not see the bands the plugin captured.
@@ -40,7 +41,7 @@ def run_from_traffic(args: argparse.Namespace) -> Calibration:
         print(f"calibrate: the recording names no bands: those the vLLM plugin captures on {model}, {bands}")
         for generation in generations:
             generation.setup = {**generation.setup, "bands": bands}
-    base = _base(args.base, model, generations[0].setup)
+    base = _base(named, model, generations[0].setup)
     print(
         f"calibrate: {len(generations)} recorded generations of {model} in {args.from_traffic} (left out: {left_out})"
     )

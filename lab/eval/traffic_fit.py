@@ -43,7 +43,7 @@ import numpy as np
 from lab.eval.rank_corpus import novel_pr_lows
 from lab.eval.rank_floors import wilson
 from lab.eval.thresholds import alarm_rate, combine, track
-from lab.eval.traffic import RecordedGeneration, SetupMismatch, by_time
+from lab.eval.traffic import RecordedGeneration, SetupMismatch, by_time, recording_setup
 from lab.eval.traffic_defaults import VISIBLE_LOOP
 from monitors.calibration import Calibration, SignalThreshold
 from monitors.detector import PERIODICITY_SIGNAL
@@ -82,12 +82,7 @@ class TrafficFit:
 
 def check_setup(base: Calibration, setup: dict[str, Any]) -> None:
     """The recording's signals must come from the base's setup (bands, window, extractor reference)."""
-    expected = {
-        "bands": {band.name: list(band.layers) for band in base.bands},
-        "window": base.window,
-        "outlier_dims": {str(layer): dims for layer, dims in base.outlier_dims.items()},
-        "recurrence_levels": {str(layer): level for layer, level in base.recurrence_levels.items()},
-    }
+    expected = recording_setup(base)
     differing = [name for name, value in expected.items() if setup.get(name) != value]
     if differing:
         raise SetupMismatch(

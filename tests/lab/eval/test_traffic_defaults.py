@@ -20,7 +20,7 @@ from gateway.recording.recorder import TrafficRecorder
 from gateway.recording.trace import SignalTrace, calibration_setup, generation_record
 from gateway.serving.calibration_reload import CalibrationReloader
 from gateway.serving.serving_context import ServingContext
-from lab.eval.traffic import by_time, read_recording, recorded_uncalibrated
+from lab.eval.traffic import SetupMismatch, by_time, read_recording, recorded_uncalibrated
 from lab.eval.traffic_command import run_from_traffic
 from lab.eval.traffic_defaults import VISIBLE_LOOP, default_base
 from lab.eval.traffic_fit import TrafficFitOptions, firing, fit_from_traffic, loop_rule
@@ -229,6 +229,26 @@ def test_rank_floors_of_a_model_recorded_uncalibrated_come_from_a_second_recordi
     restarted = ServingContext(Settings(), ScriptedBackend([4]), load_calibration(paths["first"]), 0, Drain())
     assert CalibrationReloader(restarted, paths["second"]).reload("SIGHUP")
     assert restarted.calibration.rank_floors == second.rank_floors
+
+
+def test_a_second_recording_into_the_same_folder_is_read_under_the_base_it_was_made_with(tmp_path, recorded_under):
+    # Behind vLLM nothing restarts between the two recordings, so both go to one --record-dir; with --base
+    # the fit reads the records made under that base, even where the first recording has more.
+    _record_states(tmp_path / "rec", recorded_under, 60, seed=2)
+    generations, _ = read_recording(tmp_path / "rec")
+    base = default_base(MODEL, generations[0].setup, {})
+    levels = fit_from_traffic(generations, base, TrafficFitOptions(fit_levels=True)).calibration
+    (tmp_path / "levels.json").write_text(levels.to_json())
+    _record_states(tmp_path / "rec", levels, 40, seed=3)
+    args = _from_traffic_args(tmp_path)
+    args.base = tmp_path / "levels.json"
+    fitted = run_from_traffic(args)
+    assert fitted.notes["recording_left_out"]["other_setup"] == 60
+    assert set(fitted.rank_floors) == {"early", "middle", "late"}
+    (tmp_path / "other.json").write_text(replace(levels, window=16).to_json())
+    args.base = tmp_path / "other.json"
+    with pytest.raises(SetupMismatch, match="base calibration's setup"):  # a base nothing was recorded under
+        run_from_traffic(args)
 
 
 def test_a_recording_behind_the_vllm_plugin_that_names_no_bands_is_fitted_on_the_plugins_thirds(tmp_path, profile):
