@@ -3,13 +3,13 @@
 The offline stressors (:mod:`lab.eval.rank_stress`) read one window at a short answer's end that holds the
 prompt's last states; the served detector sees only the answer's own states and judges a window once it is
 full (32 tokens). This sends the scored task's items (:mod:`lab.eval.rank_tasks`) with the first ``n``
-stacked constraints, or at a sampling temperature, as requests long enough to fill the window, with the
-official client under ``annotate``, and counts per level what the gateway reported: each verdict, the
-requests on which a ``rank`` signal (``<band>.rank_margin``) fired whatever the verdict, the band lows of the
-rank margin, and accuracy. Most scored answers are a line long, too short to fill the window, so
-``--questions open`` sends the ``normal`` prompt set's open questions instead (long answers, no score). A chat
-model gets the constraints as its system prompt; a base model the offline stressors' plain text
-(``<rules>\\n\\nQuestion: ...\\nAnswer:``) on ``/v1/completions``.
+stacked constraints, or at a sampling temperature, with the official client under ``annotate``, and counts
+per level what the gateway reported: each verdict, the requests whose report names a ``rank`` signal
+(``<band>.rank_margin``) among its reasons (a visible loop, ``sink``, names it beside the sink signals), the
+band lows of the rank margin, and accuracy. Most scored answers of a chat model are a line long, too short
+to fill the window, so ``--questions open`` sends the ``normal`` prompt set's open questions instead (long
+answers, no score). A chat model gets the constraints as its system prompt; a base model the offline
+stressors' plain text (``<rules>\\n\\nQuestion: ...\\nAnswer:``) on ``/v1/completions``.
 """
 
 import argparse

@@ -9,11 +9,13 @@ compilation.
 - The whole path on one vLLM server: the gateway (``--backend vllm``) records under ``observe`` while the model is
   uncalibrated, ``sinkwatch calibrate --from-traffic`` fits on that recording, the plugin takes the file
   (``SINKWATCH_CALIBRATION`` awaited, no restart of vLLM), the same gateway takes it on SIGHUP and judges a
-  forced loop ``sink`` and cuts it under ``block``.
+  forced loop ``sink`` and cuts it under ``block``; then rank floors come from a second recording under
+  recurrence levels fitted on the first, with neither vLLM nor the gateway restarted.
 
 Markers ``vllm`` and ``gemma`` (``make test-vllm-gemma``); minutes: each part starts vLLM once.
 """
 
+import hashlib
 import json
 import os
 import signal
@@ -135,5 +137,56 @@ def test_gemma_on_vllm_is_recorded_uncalibrated_calibrated_from_its_traffic_and_
         assert blocked.choices[0].finish_reason == "content_filter"
         assert len(blocked.choices[0].text) < len(looped.choices[0].text)
         assert metric(gateway.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
+
+        _rank_floors_from_a_second_recording(server, gateway, command, calibration)
     finally:
         gateway.stop()
+
+
+def _taken(server: VLLMServer, gateway: ServedGateway, calibration: Path, times: int) -> None:
+    """Wait until the plugin has taken the calibration file ``times`` times, then SIGHUP the gateway and wait
+    until it exports the file's sha256 as the calibration in force."""
+    plugin_log = lambda: server.log_path.read_text(errors="replace")  # noqa: E731
+    wait_for(lambda: plugin_log().count("in force for new requests") >= times, timeout=30)
+    digest = hashlib.sha256(calibration.read_bytes()).hexdigest()
+    gateway.process.send_signal(signal.SIGHUP)
+    info = lambda: samples(gateway.base_url, "sinkwatch_calibration_info")  # noqa: E731
+    wait_for(lambda: any(labels.get("sha256") == digest for labels, _ in info()), timeout=30)
+
+
+def _rank_floors_from_a_second_recording(
+    server: VLLMServer, gateway: ServedGateway, command: list[str], calibration: Path
+) -> None:
+    """docs/OPERATIONS.md step 4 behind vLLM, where nothing restarts: recurrence levels fitted on the first
+    recording, taken by the plugin from the file and by the gateway on SIGHUP; a second recording into the
+    same folder then carries the novel PR, and its fit (the levels as ``--base``) gives floors that the
+    plugin and the gateway take the same way and every report then measures against."""
+    levels = calibration.with_name("gemma-levels.json")
+    first = subprocess.run([*command, "--rank-levels", "-o", str(levels)], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert "rank floors: none yet" in first.stdout
+    levels_fitted = json.loads(levels.read_text())
+    assert set(map(int, levels_fitted["recurrence_levels"])) == {3, 4, 8, 10, 14, 16}
+    calibration.write_text(levels.read_text())
+    # New levels change the features; the plugin computes them, so neither vLLM nor the gateway restarts.
+    _taken(server, gateway, calibration, times=2)
+
+    before = gateway.recorded()
+    for seed in range(4):
+        for prompt in CALM:
+            _complete(gateway, "observe", prompt=prompt, max_tokens=48, temperature=0.8, seed=seed)
+    wait_for(lambda: gateway.recorded() == before + 4 * len(CALM), timeout=60)
+    second = subprocess.run(
+        [*command, "--base", str(levels), "-o", str(calibration), "--held-out", "0.2"], capture_output=True, text=True
+    )
+    assert second.returncode == 0, second.stderr
+    assert f"{4 * len(CALM)} recorded generations" in second.stdout  # the second recording's only
+    floors = json.loads(calibration.read_text())["rank_floors"]
+    assert floors and set(floors) <= {"early", "middle", "late"}
+    _taken(server, gateway, calibration, times=3)
+
+    answer = _complete(gateway, "annotate", prompt=CALM[2], max_tokens=96, temperature=0.8, seed=7)
+    report = answer.model_extra["stability"]
+    # The novel PR minus each floor, from vLLM's states (a band whose windows all recur has none).
+    assert [band for band in floors if report["bands"][band]["rank_margin_min"] is not None]
+    assert metric(gateway.base_url, "sinkwatch_vllm_stats_total", outcome="missing") == 0
