@@ -118,7 +118,7 @@ def summarise(level: Level, answers: Sequence[dict], items: Sequence[ScoredItem]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``sinkwatch eval rank-served``."""
     parser.add_argument("--base-url", default="http://127.0.0.1:8000/v1", help="the gateway's API")
-    parser.add_argument("--model", required=True)
+    parser.add_argument("--model", default="SmolLM2-135M-Instruct", help="the model name the gateway serves")
     parser.add_argument("--completions", action="store_true", help="a base model: plain-text /v1/completions")
     parser.add_argument("--constraints", default="0,10,20,30,40,50", help="constraint levels (greedy)")
     parser.add_argument("--temperatures", default="1.0,1.8", help="temperature levels (no constraints)")
@@ -127,7 +127,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--open", type=int, default=30, help="open questions sent under --questions open")
     parser.add_argument("--max-tokens", type=int, default=64, help="long enough to fill the 32-token window")
     parser.add_argument("--concurrency", type=int, default=8)
-    parser.add_argument("--output", type=Path, required=True, help="write the per-level summary here (JSON)")
+    parser.add_argument(
+        "--output", type=Path, default=Path("rank-served.json"), help="the per-level summary (JSON); answers beside it"
+    )
 
 
 def _numbers(text: str, kind: type) -> list:
