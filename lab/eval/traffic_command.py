@@ -72,7 +72,7 @@ def run_from_traffic(args: argparse.Namespace) -> Calibration:
     args.output.write_text(fitted.calibration.to_json())
     print(f"calibrate: wrote {args.output}")
     print(f"calibrate: rank floors: {report['rank_floors']}")
-    if fitted.calibration.rank_floors:
+    if fitted.calibration.rank_floors and report["held_out_rank_share_ci95"] is not None:
         fired, healthy = report["held_out_rank_fired"]
         low, high = report["held_out_rank_share_ci95"]
         print(

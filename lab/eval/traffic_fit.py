@@ -154,7 +154,9 @@ def _rank_share_detail(held: Sequence[RecordedGeneration], fired: np.ndarray, he
     fired_healthy = int((fired & healthy).sum())
     return {
         "held_out_rank_fired": [fired_healthy, int(healthy.sum())],
-        "held_out_rank_share_ci95": [round(x, 4) for x in wilson(fired_healthy, int(healthy.sum()))],
+        "held_out_rank_share_ci95": (
+            [round(x, 4) for x in wilson(fired_healthy, int(healthy.sum()))] if healthy.any() else None
+        ),
         "held_out_rank_by_sampling": by_sampling,
     }
 

@@ -102,7 +102,7 @@ def _complete(gateway: ServedGateway, policy: str, **body) -> openai.types.Compl
     return gateway.client.completions.create(model=GEMMA, extra_headers={"x-sinkwatch-policy": policy}, **body)
 
 
-def test_gemma_on_vllm_is_recorded_uncalibrated_calibrated_from_its_traffic_and_judged(gemma_on_vllm):
+def test_gemma_on_vllm_is_recorded_uncalibrated_calibrated_from_its_traffic_judged_and_given_rank_floors(gemma_on_vllm):
     server, directory = gemma_on_vllm
     calibration, recording = directory / "gemma.json", directory / "recording"
     log = server.log_path.read_text(errors="replace")
