@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--questions", choices=("scored", "open"), default="scored")
     parser.add_argument("--per-task", type=int, default=10, help="scored items of each task (at most 10; 3 tasks)")
     parser.add_argument("--open", type=int, default=30, help="open questions sent under --questions open")
-    parser.add_argument("--max-tokens", type=int, default=64, help="long enough to fill the 32-token window")
+    parser.add_argument("--max-tokens", type=int, default=96, help="room to fill the 32-token window")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument(
         "--output", type=Path, default=Path("rank-served.json"), help="the per-level summary (JSON); answers beside it"
