@@ -36,7 +36,15 @@ from lab.eval.rank_corpus import (
     read_items,
 )
 from lab.eval.rank_floors import choose, cross_validate, fires, healthy_generations, held_out, wilson
-from lab.eval.rank_stress import WINDOW, answer_fires, context_windows, long_text, run_stressors, window_end
+from lab.eval.rank_stress import (
+    WINDOW,
+    answer_fires,
+    context_windows,
+    long_text,
+    replay_tail,
+    run_stressors,
+    window_end,
+)
 from lab.eval.rank_subjects import GEMMA, load_subject
 from monitors.bands import captured_layers
 from monitors.calibration import Calibration, load_calibration, shipped_calibration_path
@@ -191,7 +199,8 @@ def stress_study(
         levels = levels_from_states(
             ((m.tail, np.zeros(len(m.tail)), m.ids) for m in baseline), bands, WINDOW, args.quantile, stored
         )
-    ends = {id(m): window_end(bands, m, levels) for m in measured + [w for w, _ in context]}
+    replays = {id(m): replay_tail(bands, m, levels) for m in measured + [w for w, _ in context]}
+    ends = {key: window_end(bands, rows) for key, rows in replays.items()}
     if floors is None:
         floors = fit_rank_floors(
             [{b: v for b, v in ends[id(m)][0].items() if np.isfinite(v)} for m in baseline], args.fpr
@@ -208,7 +217,7 @@ def stress_study(
                 correct = int(sum(m.correct for m in at))
                 row["accuracy"] = correct / len(at)
                 row["accuracy_ci95"] = wilson(correct, len(at))
-                fired = int(sum(answer_fires(bands, m, levels, floors, tracking) for m in at))
+                fired = int(sum(answer_fires(bands, replays[id(m)], floors, tracking) for m in at))
                 row["verdict_fires"] = fired / len(at)
                 row["verdict_fires_ci95"] = wilson(fired, len(at))
             for band in bands:

@@ -35,6 +35,7 @@ __all__ = [
     "context_windows",
     "long_text",
     "measure_items",
+    "replay_tail",
     "run_stressors",
     "window_end",
 ]
@@ -73,25 +74,31 @@ def measure_items(
     return out
 
 
-def window_end(bands: Sequence[LayerBand], measured: Measured, levels: dict) -> tuple[dict, dict]:
-    """Per band, the novel and plain PR of the last window of a measured tail (NaN when undefined)."""
+def replay_tail(bands: Sequence[LayerBand], measured: Measured, levels: dict) -> dict[str, np.ndarray]:
+    """The served extractor's features over a measured tail (the last window of prompt states, then the
+    answer's), one row per token: what :func:`window_end` and :func:`answer_fires` read."""
     tail = measured.tail
     extractor = FeatureExtractor(bands, WINDOW, recurrence_levels=levels)
-    rows = replay(tail, np.zeros(len(tail)), measured.ids, extractor, captured_layers(tuple(bands)))
-    last = len(tail) - 1
-    novel = {b.name: float(rows.get(f"{b.name}.{NOVEL_PR}", np.full(len(tail), np.nan))[last]) for b in bands}
-    plain = {b.name: float(rows.get(f"{b.name}.pr", np.full(len(tail), np.nan))[last]) for b in bands}
+    return replay(tail, np.zeros(len(tail)), measured.ids, extractor, captured_layers(tuple(bands)))
+
+
+def window_end(bands: Sequence[LayerBand], rows: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """Per band, the novel and plain PR of the last window of a replayed tail (NaN when undefined)."""
+
+    def last(name: str) -> float:
+        return float(rows[name][-1]) if name in rows else float("nan")
+
+    novel = {b.name: last(f"{b.name}.{NOVEL_PR}") for b in bands}
+    plain = {b.name: last(f"{b.name}.pr") for b in bands}
     return novel, plain
 
 
 def answer_fires(
-    bands: Sequence[LayerBand], measured: Measured, levels: dict, floors: Mapping[str, float], tracking: tuple[int, int]
+    bands: Sequence[LayerBand], rows: Mapping[str, np.ndarray], floors: Mapping[str, float], tracking: tuple[int, int]
 ) -> bool:
-    """Whether the verdict fires on a measured answer: any band's novel PR over the answer's tokens, tracked as
-    the detector tracks it (``tracking``: EWMA span, persistence), holds below its floor."""
-    tail = measured.tail
-    extractor = FeatureExtractor(bands, WINDOW, recurrence_levels=levels)
-    rows = replay(tail, np.zeros(len(tail)), measured.ids, extractor, captured_layers(tuple(bands)))
+    """Whether the verdict would fire on a replayed tail's answer tokens: any band's novel PR, tracked as the
+    detector tracks it (``tracking``: EWMA span, persistence), holds below its floor. The windows still hold
+    prompt states, which the served detector never sees (``sinkwatch eval rank-served`` reads that)."""
     answer = slice(WINDOW, None)  # the tail is the last window of prompt states, then the answer's
     values = {name: column[answer] for name, column in rows.items()}
     return fires(novel_pr_lows(values, [b.name for b in bands], *tracking), floors)

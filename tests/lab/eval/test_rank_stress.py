@@ -6,7 +6,15 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from lab.eval.rank_stress import WINDOW, Measured, answer_fires, context_windows, run_stressors, window_end
+from lab.eval.rank_stress import (
+    WINDOW,
+    Measured,
+    answer_fires,
+    context_windows,
+    replay_tail,
+    run_stressors,
+    window_end,
+)
 from monitors.bands import LayerBand
 
 
@@ -37,9 +45,10 @@ def test_the_verdict_fires_on_an_answer_whose_tracked_novel_pr_holds_below_a_flo
     states = rng.normal(size=(WINDOW + 12, 1, 16))  # 32 prompt states, then 12 answer states
     measured = Measured("constraints", 50, "facts", True, states, list(range(WINDOW + 12)))
     levels = {1: 0.999}  # nothing recurs: every state is novel, the novel PR is defined at every answer token
-    novel, _ = window_end(bands, measured, levels)
+    rows = replay_tail(bands, measured, levels)
+    novel, _ = window_end(bands, rows)
     assert 4.0 < novel["late"] < 16.0
-    assert answer_fires(bands, measured, levels, {"late": 100.0}, (8, 4))
-    assert not answer_fires(bands, measured, levels, {"late": 1.0}, (8, 4))
-    assert answer_fires(bands, measured, levels, {"late": 100.0}, (8, 12))
-    assert not answer_fires(bands, measured, levels, {"late": 100.0}, (8, 13))  # the answer has 12 tokens only
+    assert answer_fires(bands, rows, {"late": 100.0}, (8, 4))
+    assert not answer_fires(bands, rows, {"late": 1.0}, (8, 4))
+    assert answer_fires(bands, rows, {"late": 100.0}, (8, 12))
+    assert not answer_fires(bands, rows, {"late": 100.0}, (8, 13))  # the answer has 12 tokens only
