@@ -83,9 +83,8 @@ class PeriodicityTracker:
     def _match(self, token_id: int) -> np.ndarray:
         """Per lag: does ``token_id`` repeat the token one period back and the one a period (± jitter) before?"""
         seen = min(self._index, len(self._history))
-        positions = self._index % len(self._history)
-        once = self._history[(positions - self._lags) % len(self._history)] == token_id
-        twice = self._history[(positions - self._back) % len(self._history)] == token_id
+        once = self._history[(self._index - self._lags) % len(self._history)] == token_id
+        twice = self._history[(self._index - self._back) % len(self._history)] == token_id
         return once & (self._lags <= seen) & (twice & self._back_valid & (self._back <= seen)).any(axis=0)
 
     def push(self, token_id: int) -> float:

@@ -207,10 +207,10 @@ def _grouped_summaries(measured: dict, run_name: str) -> dict[str, dict]:
     hand = load_rubric_labels(rescue_labels_path())
     summaries = {}
     for group in ("inducer", "kind"):
-        rows = {name: summarize(scores) for name, scores in measured.get(f"per_{group}", {}).items()}
-        for name, scores in measured.get(f"per_{group}", {}).items():
-            rows[name]["hand_labels"] = healthy_by_hand(scores, run_name, hand)
-        summaries[f"summary_per_{group}"] = rows
+        summaries[f"summary_per_{group}"] = {
+            name: {**summarize(scores), "hand_labels": healthy_by_hand(scores, run_name, hand)}
+            for name, scores in measured.get(f"per_{group}", {}).items()
+        }
     return summaries
 
 

@@ -30,7 +30,8 @@ model-independent signal set on the recorded setup, and the visible-loop rule th
   generations' recorded recurrence (:func:`monitors.rank_exhaustion.band_recurrence_levels`; a recording holds
   band means, not layers) and fits no floors. Served with the result, the gateway computes the novel PR; a
   second recording, fitted with that calibration as ``--base``, gives the floors. New levels change the
-  features: the gateway takes them on a restart, not a reload.
+  features: a gateway on the embedded engine takes them on a restart, not a reload; behind vLLM the plugin
+  takes the file itself and the gateway on SIGHUP.
 """
 
 import datetime
@@ -130,8 +131,8 @@ def _floors_note(floors: dict[str, float], fitted_levels: bool) -> str:
         return "fitted on the recorded novel participation ratio"
     if fitted_levels:
         return (
-            "none yet: recurrence levels fitted; serve this calibration (a restart) with --record-dir, then "
-            "calibrate --from-traffic that recording with --base this file"
+            "none yet: recurrence levels fitted; serve this calibration (embedded engine: a restart; behind vLLM: "
+            "SIGHUP) with --record-dir, then calibrate --from-traffic that recording with --base this file"
         )
     return "none: the recording holds no novel participation ratio (recorded without recurrence levels: --rank-levels)"
 
@@ -143,20 +144,19 @@ def _with_rank_margins(generations: Sequence[RecordedGeneration], floors: dict[s
             g.trajectories[f"{band}.rank_margin"] = g.values(f"{band}.pr_novel") - floor
 
 
-def _rank_share_detail(held: Sequence[RecordedGeneration], fired: np.ndarray, healthy: np.ndarray) -> dict[str, Any]:
-    """How many held-out generations that do not visibly loop go below a rank floor: in all (with a 95 %
-    Wilson interval) and by how they were sampled (greedy or not), as [fired, generations]."""
+def _rank_share(held: Sequence[RecordedGeneration], fired: np.ndarray, healthy: np.ndarray) -> dict[str, Any]:
+    """How many held-out generations that do not visibly loop go below a rank floor: their share (with a 95 %
+    Wilson interval), and [fired, generations] in all and by how they were sampled (greedy or not)."""
     greedy = np.array([not g.sampling.get("temperature") for g in held], dtype=bool)
     by_sampling = {
         name: [int((fired & healthy & part).sum()), int((healthy & part).sum())]
         for name, part in (("greedy", greedy), ("sampled", ~greedy))
     }
-    fired_healthy = int((fired & healthy).sum())
+    fired_healthy, total = int((fired & healthy).sum()), int(healthy.sum())
     return {
-        "held_out_rank_fired": [fired_healthy, int(healthy.sum())],
-        "held_out_rank_share_ci95": (
-            [round(x, 4) for x in wilson(fired_healthy, int(healthy.sum()))] if healthy.any() else None
-        ),
+        "held_out_rank_share": round(fired_healthy / total, 4) if total else None,
+        "held_out_rank_fired": [fired_healthy, total],
+        "held_out_rank_share_ci95": [round(x, 4) for x in wilson(fired_healthy, total)] if total else None,
         "held_out_rank_by_sampling": by_sampling,
     }
 
@@ -231,8 +231,7 @@ def fit_split(
         "held_out_rate": (
             round(alarm_rate(held_sink, held, held_healthy, per_1k_tokens=True), 4) if held_healthy.any() else None
         ),
-        "held_out_rank_share": round(float(held_rank[held_healthy].mean()), 4) if held_healthy.any() else None,
-        **_rank_share_detail(held, held_rank, held_healthy),
+        **_rank_share(held, held_rank, held_healthy),
         "held_out_visible_loops": int(held_loops.sum()),
         "held_out_loops_caught": int((held_sink & held_loops).sum()),
         "split": f"by time: the latest {options.held_out:.0%} held out",
